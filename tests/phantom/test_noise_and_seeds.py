@@ -1,0 +1,104 @@
+"""Noise levels, determinism and domain randomisation of the phantom."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perfnet.phantom import PhantomConfig, ct_noise_sd, simulate_study
+from phantoms import small_study
+
+
+@pytest.mark.parametrize("dose", [60.0, 150.0, 380.0])
+def test_ct_noise_sd_follows_dose(dose: float) -> None:
+    noisy = small_study(7, "CT", dose_mas=dose, motion=False)
+    clean = small_study(7, "CT", noise=False, dose_mas=dose, motion=False)
+    measured = float(np.std(noisy.series.data - clean.series.data))
+    requested = ct_noise_sd(dose)
+    assert measured == pytest.approx(requested, rel=0.05)
+    assert requested == pytest.approx(15.0 * np.sqrt(100.0 / dose))
+
+
+def test_ct_noise_sd_override() -> None:
+    noisy = small_study(7, "CT", noise_sd=4.0, motion=False)
+    clean = small_study(7, "CT", noise=False, noise_sd=4.0, motion=False)
+    assert np.std(noisy.series.data - clean.series.data) == pytest.approx(4.0, rel=0.05)
+
+
+@pytest.mark.parametrize("snr", [20.0, 100.0])
+def test_mr_rician_noise_sd(snr: float) -> None:
+    noisy = small_study(8, "MR", snr=snr, motion=False)
+    clean = small_study(8, "MR", noise=False, snr=snr, motion=False)
+    sigma = noisy.config.s0 / snr
+    bright = clean.series.data > 8 * sigma  # Rician ≈ Gaussian at high signal
+    assert bright.sum() > 10000
+    measured = float(np.std((noisy.series.data - clean.series.data)[bright]))
+    assert measured == pytest.approx(sigma, rel=0.05)
+    assert noisy.series.data.min() >= 0  # magnitude images
+
+
+def test_seed_reproduces_bit_exactly() -> None:
+    cfg = PhantomConfig.draw(42, "CT", matrix=64, slices=4, motion=True)
+    a, b = simulate_study(cfg), simulate_study(PhantomConfig.draw(42, "CT", matrix=64, slices=4, motion=True))
+    assert np.array_equal(a.series.data, b.series.data)
+    assert np.array_equal(a.series.times, b.series.times)
+    for name in a.truth.maps:
+        assert np.array_equal(a.truth.maps[name], b.truth.maps[name])
+    c = simulate_study(PhantomConfig.draw(43, "CT", matrix=64, slices=4, motion=True))
+    assert not np.array_equal(a.truth.maps["cbf"], c.truth.maps["cbf"]) or a.series.shape != c.series.shape
+
+
+def test_override_keeps_other_draws() -> None:
+    base = PhantomConfig.draw(9, "MR")
+    other = PhantomConfig.draw(9, "MR", matrix=64, frames=40)
+    assert (other.matrix, other.frames) == (64, 40)
+    for name in ("arrival_s", "cbf_gm", "lesion", "territory", "aif_peak", "snr", "anatomy_seed"):
+        assert getattr(base, name) == getattr(other, name)
+
+
+def test_noise_does_not_change_truth() -> None:
+    noisy, clean = small_study(12, "CT"), small_study(12, "CT", noise=False)
+    for name in noisy.truth.maps:
+        assert np.array_equal(noisy.truth.maps[name], clean.truth.maps[name])
+
+
+def test_domain_randomisation_covers_documented_ranges() -> None:
+    cfgs = [PhantomConfig.draw(s, "CT") for s in range(300)]
+    arrivals = np.array([c.arrival_s for c in cfgs])
+    intervals = np.array([c.frame_interval_s for c in cfgs])
+    assert 2 <= arrivals.min() < 3 and 14 < arrivals.max() <= 15
+    assert 0.5 <= intervals.min() < 0.6 and 1.9 < intervals.max() <= 2.0
+    assert {c.lesion for c in cfgs} == {"none", "oligaemia", "penumbra", "core"}
+    assert {c.territory for c in cfgs} == {"MCA", "ACA", "PCA"}
+    assert {c.residue for c in cfgs} == {"exponential", "box", "gamma", "lognormal"}
+    assert {c.timing for c in cfgs} == {"uniform", "two-phase", "jittered"}
+    assert 0.2 < np.mean([c.motion for c in cfgs]) < 0.4
+    frames = np.array([c.frames for c in cfgs])
+    assert frames.min() >= 30 and frames.max() <= 90 and len(set(frames)) > 30
+    slices = {c.slices for c in cfgs}
+    assert min(slices) == 4 and max(slices) == 32
+    peaks = np.array([c.aif_peak for c in cfgs])
+    assert 200 <= peaks.min() < 220 and 580 < peaks.max() <= 600
+    mr = [PhantomConfig.draw(s, "MR") for s in range(100)]
+    assert min(c.matrix for c in mr) == 64 and all(15 <= c.snr <= 150 for c in mr)
+
+
+def test_non_uniform_frame_times() -> None:
+    two = PhantomConfig.draw(
+        3, "CT", timing="two-phase", frames=50, frame_interval_s=1.0, second_interval_s=2.0
+    )
+    steps = np.diff(two.frame_times())
+    assert set(np.round(steps, 6)) == {1.0, 2.0}
+    jit = PhantomConfig.draw(3, "CT", timing="jittered", frames=50, frame_interval_s=1.0)
+    steps = np.diff(jit.frame_times())
+    assert steps.min() >= 0.85 and steps.max() <= 1.15 and steps.std() > 0.03
+
+
+def test_motion_is_rigid_and_bounded() -> None:
+    study = small_study(13, "CT", motion=True, motion_translation_mm=2.0, motion_rotation_deg=2.0)
+    motion = study.truth.motion
+    assert np.all(motion[0] == 0)
+    assert np.abs(motion[:, :3]).max() <= 2.0 + 1e-9 and np.abs(motion[:, 3:]).max() <= 2.0 + 1e-9
+    assert np.abs(motion).max() > 0.5
+    still = small_study(13, "CT", motion=False)
+    assert np.all(still.truth.motion == 0)

@@ -1,0 +1,114 @@
+"""The phantom's truth is self-consistent and its curves obey the indicator-dilution theory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perfnet.constants import HEMATOCRIT_FACTOR, TISSUE_DENSITY
+from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.phantom.physiology import FINE_DT, build_curve_table
+from phantoms import small_study
+
+
+@pytest.mark.parametrize(("seed", "modality"), [(1, "CT"), (2, "MR"), (3, "CT"), (4, "MR")])
+def test_cbv_equals_cbf_times_mtt(seed: int, modality: str) -> None:
+    study = small_study(seed, modality)
+    brain = study.truth.masks["brain"]
+    maps = study.truth.maps
+    assert brain.sum() > 1000
+    expected = maps["cbf"][brain] * maps["mtt"][brain] / 60.0
+    np.testing.assert_allclose(maps["cbv"][brain], expected, rtol=0.01)
+    # plausible physiology in healthy tissue: grey ≈ 45–75, white ≈ 18–30 mL/100 g/min
+    assert 10 < np.median(maps["cbf"][brain]) < 80
+    assert 1.0 < np.median(maps["cbv"][brain]) < 6.0
+
+
+def _clean_concentration(study) -> np.ndarray:
+    """Concentration recovered from the noise-free signal itself (CT: HU − baseline; MR: ΔR2*)."""
+    data = study.series.data
+    if study.series.modality == "CT":
+        return data - data[..., :1]
+    return -np.log(np.maximum(data, 1e-6) / np.maximum(data[..., :1], 1e-6)) / study.series.echo_time
+
+
+@pytest.mark.parametrize("residue", ["exponential", "box", "gamma", "lognormal"])
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_area_ratio_reproduces_cbv(residue: str, modality: str) -> None:
+    """∫C_t / ∫C_a = (CBV/100)·ρ/kH on a noise-free study long enough for the whole bolus."""
+    cfg = PhantomConfig.draw(
+        11,
+        modality,
+        matrix=64,
+        slices=4,
+        coverage_mm=40.0,
+        residue=residue,
+        frames=90,
+        frame_interval_s=2.0,
+        timing="uniform",
+        arrival_s=4.0,
+        steady_state_fraction=0.0,
+        motion=False,
+        lesion="core",
+        lesion_delay_s=8.0,
+    )
+    study = simulate_study(cfg, noise=False)
+    truth = study.truth
+    # voxels without vessel partial volume (those carry arterial/venous blood on top of tissue)
+    clean = truth.masks["brain"] & (study.anatomy.artery_pv == 0) & (study.anatomy.vein_pv == 0)
+    assert clean.sum() > 500 and truth.maps["tmax"][clean].max() > 6
+    conc = _clean_concentration(study)[clean]
+    ratio = np.trapezoid(conc, truth.times, axis=1) / np.trapezoid(truth.aif, truth.times)
+    expected = truth.maps["cbv"][clean] / 100.0 * TISSUE_DENSITY / HEMATOCRIT_FACTOR
+    np.testing.assert_allclose(ratio, expected, rtol=0.01)
+
+
+def test_truth_masks_follow_definitions() -> None:
+    for seed in range(20, 26):
+        truth = small_study(seed, "CT", noise=False).truth
+        brain, core, hypo, pen = (truth.masks[k] for k in ("brain", "core", "hypoperfused", "penumbra"))
+        assert not (core & ~hypo).any()
+        assert np.array_equal(pen, hypo & ~core)
+        assert np.array_equal(hypo, brain & (truth.maps["tmax"] > 6.0))
+        assert (truth.maps["cbf"][~brain] == 0).all()
+
+
+def test_lesion_kinds_produce_their_regions() -> None:
+    core = small_study(30, "CT", noise=False, lesion="core", lesion_radius_mm=40.0, territory="MCA").truth
+    assert core.masks["core"].sum() > 0 and core.masks["penumbra"].sum() > 0
+    none = small_study(30, "CT", noise=False, lesion="none").truth
+    assert none.masks["hypoperfused"].sum() == 0
+    pen = small_study(31, "CT", noise=False, lesion="penumbra", lesion_radius_mm=40.0).truth
+    assert pen.masks["core"].sum() == 0 and pen.masks["penumbra"].sum() > 0
+
+
+def test_lesion_in_requested_hemisphere() -> None:
+    for hemisphere, sign in (("left", -1), ("right", 1)):
+        study = small_study(
+            32, "CT", noise=False, lesion="core", hemisphere=hemisphere, lesion_radius_mm=35.0
+        )
+        hypo = study.truth.masks["hypoperfused"].ravel()
+        x_head = study.anatomy.grid.points[0][hypo]
+        assert hypo.sum() > 0 and np.all(np.sign(x_head) == sign)
+
+
+def test_tmax_truth_is_argmax_of_effective_residue() -> None:
+    """Exponential residue with exponential dispersion: the peak of D_β ⊗ R is analytic."""
+    aif = np.zeros(2000)
+    aif[10] = 1.0
+    mtt = np.array([4.0, 6.0, 3.0, 5.0])
+    beta = np.array([0.0, 1.0, 2.0, 0.5])
+    table = build_curve_table(aif, "exponential", 0.0, mtt, beta)
+    expected = np.where(beta > 0, np.log(mtt / np.maximum(beta, 1e-9)) * beta * mtt / (mtt - beta), 0.0)
+    np.testing.assert_allclose(table.tmax, expected, atol=FINE_DT)
+
+
+def test_aif_shape() -> None:
+    study = small_study(5, "CT", noise=False)
+    cfg, aif, times = study.config, study.truth.aif, study.truth.times
+    assert aif.max() == pytest.approx(cfg.aif_peak, rel=0.03)
+    assert np.all(aif[times < cfg.arrival_s - 1e-6] == 0)
+    assert times[np.argmax(aif)] > cfg.arrival_s
+    # the venous output comes later and has the same area (no partial volume in the truth)
+    vof = study.truth.vof
+    assert times[np.argmax(vof)] > times[np.argmax(aif)]
