@@ -25,7 +25,11 @@ def bench(matrix: int, slices: int, frames: int, motion: bool, write: bool) -> d
             write_study(study, Path(tmp) / "s", "sub-0001")
             written = time.perf_counter() - start
     voxel_frames = matrix * matrix * slices * frames
-    return {"simulate_s": simulated, "write_s": written, "mvoxel_frames_per_s": voxel_frames / simulated / 1e6}
+    return {
+        "simulate_s": simulated,
+        "write_s": written,
+        "mvoxel_frames_per_s": voxel_frames / simulated / 1e6,
+    }
 
 
 def main() -> None:

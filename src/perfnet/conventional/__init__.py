@@ -1,0 +1,1 @@
+"""Conventional perfusion analysis: AIF/VOF selection, deconvolution and map formulas."""

@@ -1,0 +1,1 @@
+"""Preprocessing: brain mask, bolus timing, signal → concentration, motion correction, filters."""
