@@ -21,6 +21,7 @@ import numpy as np
 
 from perfnet import __version__
 from perfnet.io import atomic_output_dir, save_map, save_series_nifti
+from perfnet.io.outputs import to_jsonable
 from perfnet.phantom.config import PhantomConfig
 from perfnet.phantom.study import PhantomStudy, simulate_study
 
@@ -32,14 +33,7 @@ def study_name(index: int) -> str:
 
 
 def _json(obj: Any) -> str:
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(type(o).__name__)
-
-    return json.dumps(obj, indent=2, default=default) + "\n"
+    return json.dumps(obj, indent=2, default=to_jsonable) + "\n"
 
 
 def write_study(study: PhantomStudy, folder: Path, name: str) -> Path:

@@ -1,0 +1,41 @@
+"""The output folder of `perfnet analyze`: maps, masks and JSON side files, written all at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfnet.io.nifti import write_maps
+from perfnet.io.output import atomic_output_dir
+from perfnet.io.types import PerfusionMaps
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays → Python numbers and lists (for json.dumps ``default``)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(path: Path, content: Any) -> Path:
+    path.write_text(json.dumps(content, indent=2, default=to_jsonable) + "\n")
+    return path
+
+
+def write_output_set(maps: PerfusionMaps, out_dir: str | Path, json_files: dict[str, Any]) -> list[Path]:
+    """Write ``<map>.nii.gz``, ``brain_mask.nii.gz``, masks and ``<name>.json`` into ``out_dir``.
+
+    Nothing appears in ``out_dir`` unless every file was written.
+    """
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir) as staging:
+        written = write_maps(maps, staging)
+        written += [write_json(staging / f"{name}.json", content) for name, content in json_files.items()]
+    return [out_dir / p.name for p in written]
