@@ -22,36 +22,43 @@ def voxel_map(world_transform: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.linalg.inv(affine) @ np.linalg.inv(world_transform) @ affine
 
 
-def _normalised_theta(voxel_maps: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Convert voxel-index maps (N, 4, 4) on axes (i, j, k) into affine_grid thetas (N, 3, 4)
-    on torch's normalised (x=k, y=j, z=i) coordinates with align_corners=True."""
-    n = np.array(shape, dtype=np.float64)
-    scale = np.diag(np.r_[2.0 / np.maximum(n - 1, 1), 1.0])
-    scale[:3, 3] = -1.0
-    norm = scale @ voxel_maps @ np.linalg.inv(scale)
-    perm = np.eye(4)[[2, 1, 0, 3]]
-    norm = perm @ norm @ perm.T
-    return torch.from_numpy(norm[:, :3, :]).float()
+def _sampling_grid(voxel_map_: np.ndarray, shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """grid_sample grid (1, X, Y, Z, 3) of the input positions of every output voxel.
+
+    Built by broadcasting the affine map over the three axes (cheaper than affine_grid) and
+    expressed in torch's normalised (x=k, y=j, z=i) coordinates with align_corners=True.
+    """
+    m = torch.as_tensor(voxel_map_, dtype=torch.float32, device=device)
+    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in shape]
+    i, j, k = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    grid = torch.empty((1, *shape, 3), dtype=torch.float32, device=device)
+    for channel, row in enumerate((2, 1, 0)):
+        scale = 2.0 / max(shape[row] - 1, 1)
+        plane = (m[row, 0] * scale) * i + (m[row, 1] * scale) * j + (m[row, 3] * scale - 1.0)
+        grid[0, ..., channel] = plane + (m[row, 2] * scale) * k
+    return grid
 
 
 def resample_frames(
-    frames: np.ndarray, voxel_maps: np.ndarray, cval: float = 0.0, batch: int = 8, device: str | None = None
+    frames: np.ndarray, voxel_maps: np.ndarray, cval: float = 0.0, device: str | None = None, batch: int = 8
 ) -> np.ndarray:
     """Trilinearly resample each frame t of (X, Y, Z, T) at ``voxel_maps[t]`` @ output index.
 
     Frames whose map is the identity are copied. Points outside the volume take ``cval``.
+    Frames go through in batches so reads and writes of the (X, Y, Z, T) layout stay blocked.
     """
     shape = frames.shape[:3]
-    out = frames.copy()
-    moving = [t for t in range(frames.shape[3]) if not np.allclose(voxel_maps[t], np.eye(4), atol=1e-9)]
+    out = np.empty_like(frames)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for start in range(0, len(moving), batch):
-        ts = moving[start : start + batch]
-        theta = _normalised_theta(voxel_maps[ts], shape).to(dev)
-        volume = torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames[..., ts], 3, 0)) - cval).to(dev)
-        grid = F.affine_grid(theta, [len(ts), 1, *shape], align_corners=True)
-        sampled = F.grid_sample(
-            volume[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        out[..., ts] = np.moveaxis(sampled[:, 0].cpu().numpy(), 0, 3) + cval
+    for start in range(0, frames.shape[3], batch):
+        stop = min(start + batch, frames.shape[3])
+        block = np.moveaxis(frames[..., start:stop], 3, 0).copy()
+        for b, t in enumerate(range(start, stop)):
+            if np.allclose(voxel_maps[t], np.eye(4), atol=1e-9):
+                continue
+            volume = torch.from_numpy(block[b] - np.float32(cval)).to(dev)[None, None]
+            grid = _sampling_grid(voxel_maps[t], shape, dev)
+            sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            block[b] = sampled[0, 0].cpu().numpy() + np.float32(cval)
+        out[..., start:stop] = np.moveaxis(block, 0, 3)
     return out
