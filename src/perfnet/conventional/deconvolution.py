@@ -1,0 +1,205 @@
+"""Deconvolution of tissue curves by the arterial input function, every voxel at once.
+
+C_t = C_a ⊗ k with the flow-scaled residue k(t) = (ρ/kH)·CBF/6000·R(t) (Østergaard 1996);
+:mod:`perfnet.conventional.maps` turns max k into CBF. Methods (``METHODS``):
+
+=========  ======================================================================================
+ssvd       truncated SVD of the lower-triangular convolution matrix, P = 0.2 (Østergaard 1996)
+csvd       truncated SVD of the block-circulant matrix (L = 2N), P = 0.1 — delay-insensitive
+           (Wu 2003)
+osvd       block-circulant, per-voxel threshold: the least-regularised of 20 levels
+           (P = 0.5 … 0.001) whose oscillation index is below 0.095 (Wu 2003)
+tikhonov   block-circulant with Tikhonov filter factors s²/(s²+λ²), λ = 0.05·s_max (Calamante 2003)
+boxnlr     box-shaped residue fitted by non-linear least squares (Bennink 2016), see
+           :mod:`perfnet.conventional.boxnlr`
+=========  ======================================================================================
+
+Discretisation and the Tmax conventions are described in :mod:`perfnet.conventional.svd`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from perfnet.conventional import svd
+
+METHODS = ("ssvd", "csvd", "osvd", "tikhonov", "boxnlr")
+
+#: Truncation thresholds relative to s_max: sSVD 0.2 (Østergaard 1996), cSVD 0.1 (Wu 2003).
+DEFAULT_THRESHOLD = {"ssvd": 0.2, "csvd": 0.1}
+#: oSVD candidate thresholds, 20 levels log-spaced from 0.5 to 0.001 of s_max.
+OSVD_THRESHOLDS = np.geomspace(0.5, 0.001, 20)
+#: oSVD oscillation-index target (Wu 2003 used 0.095 for their simulations).
+OSVD_OI_TARGET = 0.095
+#: Tikhonov λ = μ·s_max; 0.05 keeps all 14 OSIPI DSC vectors within tolerance (0.1 misses the
+#: highest flow) and gives about oSVD's bias and spread on noisy synthetic curves.
+TIKHONOV_MU = 0.05
+#: Voxels per chunk: bounds memory; small on the CPU so a chunk's arrays stay in cache.
+CHUNK_SIZE = {"cpu": 8192, "cuda": 262144}
+#: Method-specific keyword options of :func:`deconvolve` (box-NLR's go to ``boxnlr_fit``).
+_OPTIONS = {
+    "ssvd": {"threshold"},
+    "csvd": {"threshold"},
+    "osvd": {"thresholds", "oi_target"},
+    "tikhonov": {"mu"},
+    "boxnlr": set(),
+}
+
+
+@dataclass
+class DeconvolutionResult:
+    """Per-voxel output of :func:`deconvolve` (all (V,) float32).
+
+    ``flow`` max k (1/s; box-NLR: the box height F); ``tmax`` time of that maximum (s,
+    sub-frame, ≥ 0; box-NLR: the fitted delay, where the box starts); ``mtt`` and ``delay`` only
+    for box-NLR (s); ``extra`` method-specific arrays (oSVD ``threshold``: the chosen P per voxel;
+    box-NLR ``residual`` and ``grid_residual``: RMS misfit of the fit and of its grid start,
+    ``iterations``: accepted LM steps).
+    """
+
+    flow: np.ndarray
+    tmax: np.ndarray
+    mtt: np.ndarray | None = None
+    delay: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _validate(curves: Any, aif: Any, dt: float, method: str) -> tuple[np.ndarray, np.ndarray, float]:
+    if method not in METHODS:
+        raise ValueError(f"unknown deconvolution method {method!r}; expected one of {METHODS}")
+    curves = np.asarray(curves)
+    aif = np.asarray(aif, dtype=np.float64)
+    if curves.ndim != 2:
+        raise ValueError(f"curves must be 2D (voxels, frames), got shape {curves.shape}")
+    if aif.ndim != 1 or aif.shape[0] != curves.shape[1]:
+        raise ValueError(f"aif must be 1D with {curves.shape[1]} frames like curves, got shape {aif.shape}")
+    if curves.shape[1] < 3:
+        raise ValueError(f"at least 3 frames are needed, got {curves.shape[1]}")
+    if not np.all(np.isfinite(aif)):
+        raise ValueError("aif contains non-finite values")
+    dt = float(dt)
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a positive number of seconds, got {dt}")
+    if not curves.dtype == np.float32:
+        curves = curves.astype(np.float32)
+    return curves, aif, dt
+
+
+def deconvolve(
+    curves: np.ndarray,
+    aif: np.ndarray,
+    dt: float,
+    method: str = "osvd",
+    *,
+    threshold: float | None = None,
+    thresholds: np.ndarray | None = None,
+    oi_target: float | None = None,
+    mu: float | None = None,
+    quadrature: str = "trapezoid",
+    pad_factor: int = 2,
+    device: str | torch.device | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    **boxnlr_options: Any,
+) -> DeconvolutionResult:
+    """Deconvolve tissue curves (V, N) by the AIF (N,) on the uniform grid t_k = k·dt.
+
+    Curves and AIF are baseline-subtracted concentrations. ``threshold`` overrides the sSVD/cSVD
+    truncation (fraction of s_max), ``thresholds`` and ``oi_target`` the oSVD levels and target,
+    ``mu`` Tikhonov's λ/s_max, ``quadrature`` the discretisation (``"trapezoid"`` or
+    ``"rectangle"``, see :mod:`perfnet.conventional.svd`), ``pad_factor`` the circulant length
+    L = pad_factor·N (≥ 2). ``device`` is a torch device (default CPU), ``chunk_size`` voxels per
+    batch, ``progress`` is called with the fraction done. Other keywords go to
+    :func:`perfnet.conventional.boxnlr.boxnlr_fit`. Raises ValueError on bad shapes or options.
+    A voxel with a non-finite sample gets NaN outputs (the AIF must be finite).
+    """
+    curves, aif, dt = _validate(curves, aif, dt, method)
+    torch_device = torch.device(device) if device is not None else torch.device("cpu")
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZE.get(torch_device.type, CHUNK_SIZE["cpu"])
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    given = {"threshold": threshold, "thresholds": thresholds, "oi_target": oi_target, "mu": mu}
+    misplaced = sorted(k for k, v in given.items() if v is not None and k not in _OPTIONS[method])
+    if boxnlr_options and method != "boxnlr":
+        misplaced += sorted(boxnlr_options)
+    if misplaced:
+        raise ValueError(f"option(s) {misplaced} do not apply to method {method!r}")
+    run = {"device": torch_device, "chunk_size": int(chunk_size), "progress": progress}
+    if method == "boxnlr":
+        result = _boxnlr(curves, aif, dt, run, boxnlr_options)
+    else:
+        result = _svd_family(curves, aif, dt, method, given, quadrature, pad_factor, run)
+    return _propagate_nan(result)
+
+
+def _boxnlr(
+    curves: np.ndarray, aif: np.ndarray, dt: float, run: dict[str, Any], options: dict[str, Any]
+) -> DeconvolutionResult:
+    from perfnet.conventional.boxnlr import boxnlr_fit
+
+    fit = boxnlr_fit(curves, aif, dt, **run, **options)
+    return DeconvolutionResult(
+        flow=fit.flow,
+        tmax=fit.delay.copy(),  # the box residue is maximal from its start, the delay (Bennink 2016)
+        mtt=fit.mtt,
+        delay=fit.delay,
+        extra={"residual": fit.residual, "grid_residual": fit.grid_residual, "iterations": fit.iterations},
+    )
+
+
+def _svd_family(
+    curves: np.ndarray,
+    aif: np.ndarray,
+    dt: float,
+    method: str,
+    options: dict[str, Any],
+    quadrature: str,
+    pad_factor: int,
+    run: dict[str, Any],
+) -> DeconvolutionResult:
+    if quadrature not in svd.QUADRATURES:
+        raise ValueError(f"unknown quadrature {quadrature!r}; expected one of {svd.QUADRATURES}")
+    if int(pad_factor) != pad_factor or pad_factor < 2:
+        raise ValueError(f"pad_factor must be an integer ≥ 2, got {pad_factor}")
+    decomposition = svd.Decomposition.of(
+        aif, dt, circulant=method != "ssvd", quadrature=quadrature, pad_factor=int(pad_factor)
+    )
+    if method == "osvd":
+        levels = (
+            OSVD_THRESHOLDS if options["thresholds"] is None else np.asarray(options["thresholds"], float)
+        )
+        if levels.ndim != 1 or levels.size == 0 or np.any(levels <= 0) or np.any(levels > 1):
+            raise ValueError("oSVD thresholds must be a non-empty 1D array in (0, 1]")
+        target = OSVD_OI_TARGET if options["oi_target"] is None else float(options["oi_target"])
+        if not target > 0:
+            raise ValueError(f"oi_target must be positive, got {target}")
+        flow, tmax, chosen = svd.deconvolve_osvd(curves, decomposition, levels, target, dt, **run)
+        return DeconvolutionResult(flow=flow, tmax=tmax, extra={"threshold": chosen})
+    if method == "tikhonov":
+        mu = TIKHONOV_MU if options["mu"] is None else float(options["mu"])
+        if not mu > 0:
+            raise ValueError(f"mu must be positive, got {mu}")
+        factors = svd.tikhonov_factors(decomposition.s, mu)
+    else:
+        p = DEFAULT_THRESHOLD[method] if options["threshold"] is None else float(options["threshold"])
+        if not 0 < p < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {p}")
+        factors = svd.truncation_factors(decomposition.s, p)
+    flow, tmax = svd.deconvolve_filtered(curves, decomposition, factors, dt, **run)
+    return DeconvolutionResult(flow=flow, tmax=tmax)
+
+
+def _propagate_nan(result: DeconvolutionResult) -> DeconvolutionResult:
+    """NaN in every per-voxel float output where the flow is not finite (non-finite samples)."""
+    bad = ~np.isfinite(result.flow)
+    if bad.any():
+        for values in (result.tmax, result.mtt, result.delay, *result.extra.values()):
+            if values is not None and values.dtype.kind == "f":
+                values[bad] = np.nan
+    return result
