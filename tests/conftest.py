@@ -1,10 +1,22 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and settings."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Parallel test workers (pytest -n 2 on 2 cores) must not each start several BLAS/torch threads:
+# oversubscribed cores make batched fits many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 
