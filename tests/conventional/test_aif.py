@@ -79,3 +79,23 @@ def test_real_dsc_data_picks_early_high_peaks() -> None:
     assert np.all(feats.peak[chosen] >= np.quantile(feats.peak, 0.9))
     assert np.median(feats.first_moment[chosen]) <= np.quantile(feats.first_moment, 0.1)
     assert feats.width[chosen].mean() < np.median(feats.width)
+
+
+def test_vof_must_be_bolus_shaped_not_a_motion_step() -> None:
+    """A late, large-area step (residual motion at the skull) loses to a smaller bolus-shaped sinus."""
+    times = np.arange(60.0)
+    aif = np.where(times > 8, (times - 8) ** 3 * np.exp(-(times - 8) / 1.5), 0.0)
+    aif *= 300.0 / aif.max()
+    sinus = np.interp(times - 4.0, times, aif) * 1.3
+    step = np.where(times > 15, 500.0, 0.0)
+    conc = np.zeros((6, 6, 1, times.size))
+    conc[1, 1, 0] = conc[1, 2, 0] = aif  # arteries
+    conc[4, 4, 0] = sinus
+    conc[5, 5, 0] = step
+    conc[2:4, 2:4, 0] = 0.05 * np.interp(times - 2.0, times, aif)  # tissue
+    brain = np.ones((6, 6, 1), dtype=bool)
+    aif_mask = np.zeros_like(brain)
+    aif_mask[1, 1:3, 0] = True
+    result = arterial_input(conc, times, brain, (1.0, 1.0, 1.0), aif_mask=aif_mask, n_voxels=1)
+    assert [tuple(v) for v in result.vof_voxels] == [(4, 4, 0)]
+    assert result.scale == pytest.approx(1.3, rel=0.01)

@@ -115,14 +115,18 @@ def _earliest_cluster(curves: np.ndarray, times: np.ndarray, feats: CurveFeature
     """Indices (into curves) of the k-means cluster of peak-normalised curves arriving first.
 
     Peak, not area, normalises the shapes: areas of long noisy acquisitions are dominated by
-    baseline errors integrated over the tail."""
+    baseline errors integrated over the tail. Clusters of fewer than 5 curves are noise; among
+    clusters whose median first moment lies within one frame of the earliest, the one with the
+    highest peaks wins (partial-volume arteries arrive as early as pure ones, with less signal).
+    """
     norm = curves / np.maximum(feats.peak, 1e-12)[:, None]
     labels = _kmeans(norm, k, np.random.default_rng(0))
     clusters = [np.flatnonzero(labels == j) for j in range(labels.max() + 1)]
-    clusters = [c for c in clusters if c.size >= 2] or clusters
-    return min(
-        clusters, key=lambda c: (float(np.median(feats.first_moment[c])), -float(np.median(feats.peak[c])))
-    )
+    clusters = [c for c in clusters if c.size >= 5] or clusters
+    moments = np.array([np.median(feats.first_moment[c]) for c in clusters])
+    frame = float(np.median(np.diff(times)))
+    early = [c for c, m in zip(clusters, moments, strict=True) if m <= moments.min() + frame]
+    return max(early, key=lambda c: float(np.median(feats.peak[c])))
 
 
 def select_arterial_voxels(
@@ -168,13 +172,45 @@ def _subset(feats: CurveFeatures, idx: np.ndarray) -> CurveFeatures:
     return CurveFeatures(**{name: getattr(feats, name)[idx] for name in feats.__dataclass_fields__})
 
 
-def select_venous_voxels(
-    conc: np.ndarray, times: np.ndarray, candidates: np.ndarray, aif_ttp: float, n_voxels: int = 5
+#: Least correlation of a venous candidate with the delayed AIF (see :func:`select_venous_voxels`).
+VOF_MIN_CORRELATION = 0.8
+
+
+def bolus_correlation(
+    curves: np.ndarray, aif: np.ndarray, times: np.ndarray, max_delay_s: float = 15.0
 ) -> np.ndarray:
-    """Flat indices of sinus voxels: peak after the AIF, largest area."""
+    """Largest Pearson correlation of each curve (V, T) with the AIF delayed by 0…``max_delay_s``
+    (steps of half the median frame interval; the AIF is held at its first value before t₀)."""
+    step = 0.5 * float(np.median(np.diff(times)))
+    delays = np.arange(0.0, max_delay_s + 1e-9, step)
+    shifted = np.stack([np.interp(times - d, times, aif) for d in delays])  # (D, T)
+    shifted = shifted - shifted.mean(axis=1, keepdims=True)
+    shifted /= np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+    centred = curves - curves.mean(axis=1, keepdims=True)
+    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return (centred @ shifted.T).max(axis=1)
+
+
+def select_venous_voxels(
+    conc: np.ndarray,
+    times: np.ndarray,
+    candidates: np.ndarray,
+    aif_ttp: float,
+    n_voxels: int = 5,
+    aif: np.ndarray | None = None,
+) -> np.ndarray:
+    """Flat indices of sinus voxels: bolus-shaped, peak after the AIF, largest area.
+
+    Bolus-shaped: the curve correlates (r ≥ :data:`VOF_MIN_CORRELATION`) with the AIF delayed by
+    0–15 s. Residual motion at the skull gives late, large-area curves too, but as steps, not as a
+    bolus; without the shape check they would pass for the sinus and scale the AIF far off.
+    """
     curves = conc.reshape(-1, conc.shape[-1])[candidates].astype(np.float64)
     feats = CurveFeatures.of(curves, times)
     late = (feats.ttp > aif_ttp + 1.0) & (feats.peak > 0)
+    if aif is not None and late.any():
+        idx = np.flatnonzero(late)
+        late[idx] = bolus_correlation(curves[idx], aif, times) >= VOF_MIN_CORRELATION
     pool = np.flatnonzero(late)
     if pool.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -230,7 +266,9 @@ def arterial_input(
         grown = ndimage.binary_dilation(brain_mask, structure=_disk_2d(), iterations=iterations)
         if valid is not None:
             grown &= valid
-        vof_flat = select_venous_voxels(conc, times, np.flatnonzero(grown), float(aif_feats.ttp[0]), n_voxels)
+        vof_flat = select_venous_voxels(
+            conc, times, np.flatnonzero(grown), float(aif_feats.ttp[0]), n_voxels, aif=aif_raw
+        )
     vof = flat[vof_flat].astype(np.float64).mean(axis=0) if vof_flat.size else None
     scale = 1.0
     if vof is not None:
