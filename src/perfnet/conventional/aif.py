@@ -20,6 +20,9 @@ from scipy import ndimage
 
 from perfnet.errors import PerfnetInputError
 
+#: Curves per chunk when features are computed over a whole brain.
+FEATURE_CHUNK = 1 << 16
+
 
 @dataclass
 class CurveFeatures:
@@ -61,6 +64,17 @@ class CurveFeatures:
             roughness=roughness,
             end_fraction=end_fraction,
         )
+
+    @classmethod
+    def of_voxels(
+        cls, flat: np.ndarray, indices: np.ndarray, times: np.ndarray, chunk: int = FEATURE_CHUNK
+    ) -> CurveFeatures:
+        """Features of the curves ``flat[indices]`` (flat: (V, T)), computed in chunks so that a
+        whole-brain search never holds a float64 copy of every curve."""
+        parts = [cls.of(flat[indices[i : i + chunk]], times) for i in range(0, indices.size, chunk)]
+        if not parts:
+            return cls.of(np.zeros((0, flat.shape[1])), times)
+        return cls(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -140,8 +154,8 @@ def select_arterial_voxels(
     3. k-means on the peak-normalised shapes (twice), keeping the earliest cluster;
     4. the ``n_voxels`` highest peaks of that cluster.
     """
-    curves = conc.reshape(-1, conc.shape[-1])[candidates].astype(np.float64)
-    feats = CurveFeatures.of(curves, times)
+    flat = conc.reshape(-1, conc.shape[-1])
+    feats = CurveFeatures.of_voxels(flat, candidates, times)
     n_t = times.shape[0]
     complete = (feats.peak_index < n_t - 2) & (feats.peak > 0) & (feats.end_fraction < 0.6)
     if complete.sum() < n_voxels:
@@ -157,7 +171,8 @@ def select_arterial_voxels(
     for _ in range(2):
         if pool.size <= 2 * n_voxels:
             break
-        pool = pool[_earliest_cluster(curves[pool], times, _subset(feats, pool), k=4)]
+        curves = flat[candidates[pool]].astype(np.float64)
+        pool = pool[_earliest_cluster(curves, times, _subset(feats, pool), k=4)]
     best = pool[np.argsort(feats.peak[pool])[::-1][:n_voxels]]
     details = {
         "aif_candidates": int(candidates.size),
@@ -205,12 +220,16 @@ def select_venous_voxels(
     0–15 s. Residual motion at the skull gives late, large-area curves too, but as steps, not as a
     bolus; without the shape check they would pass for the sinus and scale the AIF far off.
     """
-    curves = conc.reshape(-1, conc.shape[-1])[candidates].astype(np.float64)
-    feats = CurveFeatures.of(curves, times)
+    flat = conc.reshape(-1, conc.shape[-1])
+    feats = CurveFeatures.of_voxels(flat, candidates, times)
     late = (feats.ttp > aif_ttp + 1.0) & (feats.peak > 0)
     if aif is not None and late.any():
         idx = np.flatnonzero(late)
-        late[idx] = bolus_correlation(curves[idx], aif, times) >= VOF_MIN_CORRELATION
+        corr = [
+            bolus_correlation(flat[candidates[idx[i : i + FEATURE_CHUNK]]].astype(np.float64), aif, times)
+            for i in range(0, idx.size, FEATURE_CHUNK)
+        ]
+        late[idx] = np.concatenate(corr) >= VOF_MIN_CORRELATION
     pool = np.flatnonzero(late)
     if pool.size == 0:
         return np.zeros(0, dtype=np.int64)

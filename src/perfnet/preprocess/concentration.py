@@ -20,13 +20,18 @@ CHUNK_VOXELS = 1 << 20
 
 
 def to_concentration(
-    data4d: np.ndarray, baseline_end: int, modality: str, echo_time: float | None = None
+    data4d: np.ndarray,
+    baseline_end: int,
+    modality: str,
+    echo_time: float | None = None,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Concentration (X, Y, Z, T) float32 from the signal, baseline = frames ``0 … baseline_end − 1``.
 
     CT: HU − mean(baseline) (HU). MR: −ln(max(S, 10⁻³·S₀)/S₀)/TE (1/s) with S₀ = mean(baseline);
     voxels with S₀ ≤ 0 (outside the head) are 0. ``echo_time`` (s) is ignored for CT; for MR
-    None means TE = 1 (see the module docstring).
+    None means TE = 1 (see the module docstring). ``in_place`` overwrites a float32, C-contiguous
+    ``data4d`` instead of allocating a second series (the pipeline owns its filtered copy).
     """
     data4d = np.asarray(data4d)
     if data4d.ndim != 4:
@@ -43,7 +48,8 @@ def to_concentration(
         raise ValueError(f"echo time must be positive, got {echo_time}")
 
     flat = data4d.reshape(-1, n_frames)
-    out = np.empty(flat.shape, dtype=np.float32)
+    can_reuse = data4d.dtype == np.float32 and data4d.flags.c_contiguous and data4d.flags.writeable
+    out = flat if in_place and can_reuse else np.empty(flat.shape, dtype=np.float32)
     for start in range(0, flat.shape[0], CHUNK_VOXELS):
         signal = np.asarray(flat[start : start + CHUNK_VOXELS], dtype=np.float32)
         baseline = signal[:, :baseline_end].mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
