@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from perfnet import __version__
+from perfnet.conventional.pipeline import DEFAULT_METHOD, METHODS
 from perfnet.errors import PerfnetError, PerfnetInputError
 
 EXIT_INPUT_ERROR = 2
@@ -82,6 +83,72 @@ def cmd_convert(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.output.parent) as staging:
         save_series_nifti(series, staging / args.output.name)
     print(f"wrote {args.output} {list(series.shape)} ({series.modality}, {series.n_frames} frames)")
+    return 0
+
+
+def _load_mask(path: Path | None, shape: tuple[int, ...]) -> Any:
+    if path is None:
+        return None
+    from perfnet.io import load_map
+
+    data, _ = load_map(path)
+    if data.shape != shape:
+        raise PerfnetInputError(path, f"mask shape {data.shape} differs from the series grid {shape}")
+    return data > 0.5
+
+
+def _step_printer() -> Any:
+    """Progress of long steps on a terminal (stderr); silent when output is redirected."""
+    if not sys.stderr.isatty():
+        return None
+    started: dict[str, float] = {}
+
+    def report(step: str, fraction: float) -> None:
+        if fraction <= 0.0:
+            started[step] = time.perf_counter()
+            print(f"  {step} ...", end="", file=sys.stderr, flush=True)
+        elif fraction >= 1.0:
+            print(
+                f" {time.perf_counter() - started.get(step, time.perf_counter()):.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return report
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from perfnet.conventional.pipeline import AnalysisOptions, analyze
+    from perfnet.io import load_series
+    from perfnet.io.outputs import write_output_set
+
+    started = time.perf_counter()
+    series = load_series(
+        args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
+    )
+    shape = series.spatial_shape
+    masks = {name: _load_mask(getattr(args, name), shape) for name in ("brain_mask", "aif_mask", "vof_mask")}
+    options = AnalysisOptions(
+        method=args.method,
+        motion_correction=not args.no_motion_correction,
+        bilateral_filter=not args.no_filter,
+        temporal_smoothing_s=args.temporal_smoothing,
+        hematocrit_factor=args.hematocrit_factor,
+        tissue_density=args.tissue_density,
+        device=args.device,
+    )
+    print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", file=sys.stderr)
+    result = analyze(series, options, progress=_step_printer(), **masks)
+    result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    result.provenance["input"]["path"] = str(args.input)
+    written = write_output_set(
+        result.maps,
+        args.out,
+        {"aif": result.aif.to_json(result.times), "provenance": result.provenance},
+    )
+    flags = [f["code"] for f in result.provenance["qc_flags"]]
+    print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
+    print(f"QC flags: {', '.join(flags) if flags else 'none'}")
     return 0
 
 
@@ -185,6 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="output .nii.gz (the sidecar is written beside it)")
     _add_input_overrides(p)
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("analyze", help="perfusion maps from a series (NIfTI file or DICOM folder)")
+    p.add_argument("input", type=Path, help="NIfTI file or DICOM folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"deconvolution method (default {DEFAULT_METHOD}: best on the phantom, see README)",
+    )
+    p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
+    p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
+    p.add_argument(
+        "--temporal-smoothing", type=float, default=0.0, metavar="S", help="Gaussian σ in s (0: off)"
+    )
+    p.add_argument("--brain-mask", type=Path, metavar="FILE", help="NIfTI brain mask on the series grid")
+    p.add_argument("--aif-mask", type=Path, metavar="FILE", help="NIfTI mask of arterial voxels")
+    p.add_argument("--vof-mask", type=Path, metavar="FILE", help="NIfTI mask of venous (sinus) voxels")
+    p.add_argument("--hematocrit-factor", type=_positive_float, default=0.73, metavar="KH")
+    p.add_argument("--tissue-density", type=_positive_float, default=1.04, metavar="RHO", help="g/mL")
+    p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
+    _add_input_overrides(p)
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("simulate", help="write a cohort of phantom studies with known truth")
     p.add_argument("out", type=Path, help="output cohort folder")

@@ -1,0 +1,267 @@
+"""The conventional pipeline: series → preprocessing → AIF/VOF → deconvolution → maps + QC.
+
+Each step is optional where the issue says so and is recorded, with its timing and estimates,
+in the provenance returned with the maps (written to provenance.json).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from perfnet import __version__
+from perfnet.constants import HEMATOCRIT_FACTOR, TISSUE_DENSITY
+from perfnet.conventional.aif import AifResult, arterial_input
+from perfnet.conventional.maps import cbf_from_flow, cbv_from_areas, mtt_from, subsample_argmax
+from perfnet.conventional.qc import quality_flags
+from perfnet.conventional.timegrid import resample_curves, uniform_grid
+from perfnet.errors import PerfnetInputError
+from perfnet.io.types import PerfusionMaps, PerfusionSeries
+
+METHODS = ("ssvd", "csvd", "osvd", "tikhonov", "boxnlr")
+DEFAULT_METHOD = "osvd"
+
+#: Plausible ranges the maps are clipped to (values outside are numerical failures).
+MAP_LIMITS = {
+    "cbf": (0.0, 250.0),
+    "cbv": (0.0, 30.0),
+    "mtt": (0.0, 40.0),
+    "tmax": (0.0, 60.0),
+    "ttp": (0.0, 1e4),
+}
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class AnalysisOptions:
+    """Settings of one conventional analysis (all recorded in provenance.json)."""
+
+    method: str = DEFAULT_METHOD
+    motion_correction: bool = True
+    bilateral_filter: bool = True
+    filter_spatial_sigma_mm: float = 3.0  # Gava et al. 2022
+    filter_range_sigma: float | None = None  # CT: 20 HU; MR: 5 % of the median brain baseline signal
+    temporal_smoothing_s: float = 0.0  # Gaussian σ in s; 0 switches it off
+    hematocrit_factor: float = HEMATOCRIT_FACTOR
+    tissue_density: float = TISSUE_DENSITY
+    aif_voxels: int = 5
+    method_options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+
+
+@dataclass
+class AnalysisResult:
+    maps: PerfusionMaps
+    aif: AifResult
+    times: np.ndarray
+    provenance: dict[str, Any]
+
+
+class _Steps:
+    """Times each step and reports progress."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.progress:
+            self.progress(name, 0.0)
+        start = time.perf_counter()
+        out = fn()
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        if self.progress:
+            self.progress(name, 1.0)
+        return out
+
+
+def analyze(
+    series: PerfusionSeries,
+    options: AnalysisOptions | None = None,
+    brain_mask: np.ndarray | None = None,
+    aif_mask: np.ndarray | None = None,
+    vof_mask: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Run the conventional pipeline on one series. Masks are bool arrays on the series' grid."""
+    from perfnet.conventional.deconvolution import deconvolve
+    from perfnet.preprocess.bolus import detect_bolus
+    from perfnet.preprocess.concentration import to_concentration
+    from perfnet.preprocess.filters import bilateral_filter, temporal_smooth
+    from perfnet.preprocess.mask import brain_mask as auto_brain_mask
+    from perfnet.preprocess.motion import motion_correct
+
+    options = options or AnalysisOptions()
+    if options.method not in METHODS:
+        raise PerfnetInputError(
+            "--method", f"unknown method {options.method!r} (choose from {', '.join(METHODS)})"
+        )
+    shape = series.spatial_shape
+    for name, mask in (("--brain-mask", brain_mask), ("--aif-mask", aif_mask), ("--vof-mask", vof_mask)):
+        if mask is not None and mask.shape != shape:
+            raise PerfnetInputError(name, f"mask shape {mask.shape} differs from the series grid {shape}")
+    steps = _Steps(progress)
+    provenance: dict[str, Any] = {"perfnet_version": __version__, "method": options.method}
+    data, times = series.data, series.times
+
+    motion_info: dict[str, Any] | None = None
+    if options.motion_correction:
+        moved = steps.run("motion correction", lambda: motion_correct(data, series.affine, reference=0))
+        data = moved.data
+        motion_info = {
+            "reference_frame": 0,
+            "parameters": np.round(moved.parameters, 4).tolist(),
+            "columns": ["tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg"],
+            "displacement_mm": np.round(moved.displacement_mm, 4).tolist(),
+            "max_displacement_mm": float(np.max(moved.displacement_mm)),
+        }
+        del moved  # `data` holds the corrected frames; nothing else may keep them alive
+    provenance["motion"] = motion_info
+
+    moved_series = series if data is series.data else _with_data(series, data)
+    mask = (
+        brain_mask
+        if brain_mask is not None
+        else steps.run("brain mask", lambda: auto_brain_mask(moved_series))
+    )
+    mask = np.asarray(mask, dtype=bool)
+    if mask.sum() < 10:
+        raise PerfnetInputError(
+            series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
+        )
+    guide = data.mean(axis=3)
+    if options.bilateral_filter:
+        # on the signal, before the baseline is subtracted, so a short baseline is denoised too
+        range_sigma = options.filter_range_sigma
+        if range_sigma is None:
+            range_sigma = 20.0 if series.modality == "CT" else 0.05 * float(np.median(guide[mask]))
+        data = steps.run(
+            "bilateral filter",
+            lambda: bilateral_filter(
+                data, guide, series.voxel_size, options.filter_spatial_sigma_mm, range_sigma
+            ),
+        )
+        provenance["bilateral_filter"] = {
+            "spatial_sigma_mm": options.filter_spatial_sigma_mm,
+            "range_sigma": range_sigma,
+            "guide": "temporal mean",
+        }
+    owned = data is not series.data  # a copy this function made: it may be overwritten
+    moved_series = None  # the motion-corrected copy is not needed once it has been filtered
+    bolus = steps.run("bolus timing", lambda: detect_bolus(data, times, mask, series.modality))
+    valid = None
+    if series.modality == "MR":  # saturated arterial voxels (signal at the noise floor) bias the AIF
+        s0 = data[..., : bolus.baseline_end].mean(axis=3)
+        valid = data.min(axis=3) > 0.15 * s0
+        del s0
+    conc = steps.run(
+        "concentration",
+        lambda: to_concentration(data, bolus.baseline_end, series.modality, series.echo_time, in_place=owned),
+    )
+    data = None  # conc may share its memory; nothing below reads the signal
+    if options.temporal_smoothing_s > 0:
+        conc = steps.run(
+            "temporal smoothing", lambda: temporal_smooth(conc, times, options.temporal_smoothing_s)
+        )
+
+    baseline_sd = (
+        float(np.median(conc[mask][:, : bolus.baseline_end].std(axis=1))) if bolus.baseline_end > 2 else None
+    )
+    aif = steps.run(
+        "arterial input",
+        lambda: arterial_input(
+            conc, times, mask, series.voxel_size, aif_mask, vof_mask, options.aif_voxels, baseline_sd, valid
+        ),
+    )
+
+    grid, dt = uniform_grid(times)
+    curves = conc[mask]
+    curves_u = resample_curves(curves, times, grid)
+    aif_u = resample_curves(aif.aif[None, :], times, grid)[0]
+    result = steps.run(
+        f"deconvolution ({options.method})",
+        lambda: deconvolve(
+            curves_u, aif_u, dt, method=options.method, device=options.device, **options.method_options
+        ),
+    )
+    kh, rho = options.hematocrit_factor, options.tissue_density
+    cbf = cbf_from_flow(result.flow, kh, rho)
+    if result.mtt is not None:  # box-NLR fits MTT itself: CBV = CBF · MTT / 60
+        mtt = np.asarray(result.mtt, dtype=np.float64)
+        cbv = cbf * mtt / 60.0
+    else:
+        tissue_area = np.trapezoid(curves, times, axis=1)
+        cbv = cbv_from_areas(tissue_area, float(np.trapezoid(aif.aif, times)), kh, rho)
+        mtt = mtt_from(cbv, cbf)
+    smooth_u = (
+        temporal_smooth(curves_u[:, None, None, :], grid, 1.0)[:, 0, 0, :] if grid.size > 3 else curves_u
+    )
+    ttp = subsample_argmax(smooth_u, grid)
+    flat_maps = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "ttp": ttp, "tmax": result.tmax}
+    maps = {}
+    for name, values in flat_maps.items():
+        volume = np.zeros(shape, dtype=np.float32)
+        lo, hi = MAP_LIMITS[name]
+        volume[mask] = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), lo, hi)
+        maps[name] = volume
+
+    flags = quality_flags(series, conc, mask, bolus, aif, motion_info)
+    provenance.update(
+        {
+            "input": {k: v for k, v in series.summary().items() if k != "frame_times"},
+            "options": {k: v for k, v in asdict(options).items() if k != "method_options"}
+            | {"method_options": options.method_options},
+            "brain_mask": "user" if brain_mask is not None else "automatic",
+            "brain_voxels": int(mask.sum()),
+            "bolus": {
+                "arrival_s": float(bolus.arrival_s),
+                "baseline_frames": int(bolus.baseline_end),
+                "peak_s": float(bolus.peak_s),
+                "no_baseline": bool(bolus.no_baseline),
+            },
+            "time_grid": {
+                "dt_s": float(dt),
+                "points": int(grid.size),
+                "resampled": bool(grid.size != times.size),
+            },
+            "aif": {
+                k: v for k, v in aif.to_json(times).items() if k not in ("times", "aif", "aif_raw", "vof")
+            },
+            "deconvolution": _summarise(result.extra),
+            "qc_flags": flags,
+            "seconds": steps.seconds,
+        }
+    )
+    perfusion_maps = PerfusionMaps(
+        maps=maps, affine=series.affine, brain_mask=mask, method=options.method, provenance=provenance
+    )
+    return AnalysisResult(maps=perfusion_maps, aif=aif, times=times, provenance=provenance)
+
+
+def _with_data(series: PerfusionSeries, data: np.ndarray) -> PerfusionSeries:
+    return PerfusionSeries(
+        data, series.times, series.affine, series.modality, series.echo_time, dict(series.meta)
+    )
+
+
+def _summarise(extra: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly summary of a method's extra outputs (arrays become statistics)."""
+    out: dict[str, Any] = {}
+    for key, value in (extra or {}).items():
+        if isinstance(value, np.ndarray) and value.size > 1:
+            v = value.astype(np.float64)
+            out[key] = {
+                "median": float(np.median(v)),
+                "p5": float(np.percentile(v, 5)),
+                "p95": float(np.percentile(v, 95)),
+            }
+        elif isinstance(value, int | float | str | bool) or value is None:
+            out[key] = value
+        elif isinstance(value, np.generic | np.ndarray):
+            out[key] = np.asarray(value).item()
+    return out

@@ -1,0 +1,71 @@
+"""Quality-control flags of an analysis: what a reader of the maps must know first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from perfnet.conventional.aif import AifResult
+from perfnet.io.types import PerfusionSeries
+
+#: Thresholds of the flags (documented in provenance.json with each raised flag).
+TRUNCATION_FRACTION = 0.35  # tissue/venous curve still above this fraction of its peak at the end
+LARGE_MOTION_MM = 2.0  # maximum displacement after which motion correction may not suffice
+MIN_CNR = 2.0  # tissue peak enhancement / baseline noise SD
+LATE_AIF_FRACTION = 0.6  # AIF peak after this fraction of the acquisition
+
+_MESSAGES = {
+    "truncated_bolus": "the tissue or venous curve has not returned near baseline by the last frame: "
+    "CBV and MTT are underestimated",
+    "truncated_aif": "the arterial curve is cut off by the end of the acquisition",
+    "large_motion": "head motion above {value:.1f} mm was corrected; check the maps for artefacts",
+    "weak_aif": "the arterial input is weak relative to the noise",
+    "late_aif": "the arterial input peaks late in the acquisition",
+    "noisy_baseline": "tissue contrast-to-noise ratio is low ({value:.1f}); maps are noisy",
+    "no_baseline": "the bolus arrives in the first frames: no pre-contrast baseline",
+    "no_vof": "no venous output found: the AIF is not corrected for partial volume",
+    "aif_partial_volume_high": "the arterial voxels hold little blood (AIF scaled by {value:.1f})",
+}
+
+
+def _flag(code: str, value: float | None = None) -> dict[str, Any]:
+    message = _MESSAGES[code].format(value=value if value is not None else float("nan"))
+    return {"code": code, "message": message, "value": None if value is None else round(float(value), 4)}
+
+
+def _end_fraction(curve: np.ndarray) -> float:
+    peak = float(np.max(curve))
+    if peak <= 0:
+        return 0.0
+    return float(np.mean(curve[-3:]) / peak)
+
+
+def quality_flags(
+    series: PerfusionSeries,
+    conc: np.ndarray,
+    mask: np.ndarray,
+    bolus: Any,
+    aif: AifResult,
+    motion: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Flags with a code, a one-line message and the value that raised them."""
+    flags: list[dict[str, Any]] = []
+    tissue = conc[mask].mean(axis=0)
+    end = _end_fraction(tissue)
+    venous_end = _end_fraction(aif.vof) if aif.vof is not None else 0.0
+    if max(end, venous_end) > TRUNCATION_FRACTION:
+        flags.append(_flag("truncated_bolus", max(end, venous_end)))
+    if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
+        flags.append(_flag("large_motion", motion["max_displacement_mm"]))
+    if bolus.baseline_end >= 3:
+        noise = float(np.median(conc[mask][:, : bolus.baseline_end].std(axis=1)))
+        cnr = float(tissue.max()) / max(noise, 1e-9)
+        if cnr < MIN_CNR:
+            flags.append(_flag("noisy_baseline", cnr))
+    if bolus.no_baseline:
+        flags.append(_flag("no_baseline"))
+    for code in aif.flags:
+        value = aif.scale if code == "aif_partial_volume_high" else None
+        flags.append(_flag(code, value))
+    return flags
