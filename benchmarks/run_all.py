@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["phantom", "conventional", "cnn", "dose"]
+ORDER = ["phantom", "conventional", "methods", "cnn", "dose"]
 
 
 def main() -> int:
