@@ -138,6 +138,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", file=sys.stderr)
+    if args.method == "cnn":
+        return _analyze_cnn(args, series, masks["brain_mask"], started)
+    if args.weights is not None:
+        raise PerfnetInputError("--weights", "only --method cnn takes weights")
     result = analyze(series, options, progress=_step_printer(), **masks)
     result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
     result.provenance["input"]["path"] = str(args.input)
@@ -149,6 +153,94 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     flags = [f["code"] for f in result.provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
     print(f"QC flags: {', '.join(flags) if flags else 'none'}")
+    return 0
+
+
+def _analyze_cnn(args: argparse.Namespace, series: Any, brain: Any, started: float) -> int:
+    """`analyze --method cnn`: optional motion correction, then the model (no AIF, no deconvolution)."""
+    from perfnet.inference import predict
+    from perfnet.inference.weights import bundled_weights
+    from perfnet.io.outputs import write_output_set
+    from perfnet.io.types import PerfusionSeries
+    from perfnet.preprocess.motion import motion_correct
+
+    weights = args.weights if args.weights is not None else bundled_weights(series.modality)
+    report = _step_printer()
+    motion = None
+    if not args.no_motion_correction:
+        if report:
+            report("motion correction", 0.0)
+        moved = motion_correct(series.data, series.affine, reference=0)
+        if report:
+            report("motion correction", 1.0)
+        motion = {
+            "reference_frame": 0,
+            "max_displacement_mm": float(moved.displacement_mm.max()),
+            "displacement_mm": [round(float(d), 4) for d in moved.displacement_mm],
+        }
+        series = PerfusionSeries(
+            moved.data, series.times, series.affine, series.modality, series.echo_time, dict(series.meta)
+        )
+    maps = predict(series, weights, device=args.device, brain=brain, progress=report)
+    maps.provenance["motion"] = motion
+    maps.provenance["input"] = {k: v for k, v in series.summary().items() if k != "frame_times"}
+    maps.provenance["input"]["path"] = str(args.input)
+    maps.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    if motion and motion["max_displacement_mm"] > 2.0:
+        maps.provenance["qc_flags"].append(
+            {"code": "large_motion", "message": f"head motion up to {motion['max_displacement_mm']:.1f} mm"}
+        )
+    written = write_output_set(maps, args.out, {"provenance": maps.provenance})
+    flags = [f["code"] for f in maps.provenance["qc_flags"]]
+    print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
+    print(f"QC flags: {', '.join(flags) if flags else 'none'}")
+    return 0
+
+
+def _int_pair(text: str, option: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise PerfnetInputError(option, f"expected two integers MIN,MAX, got {text!r}") from None
+    if lo > hi:
+        raise PerfnetInputError(option, f"MIN > MAX in {text!r}")
+    return lo, hi
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from perfnet.training.run import TrainConfig, train
+
+    maps = [m.strip().lower() for m in args.maps.split(",") if m.strip()]
+    cfg = TrainConfig(
+        model=args.model,
+        maps=maps,
+        targets=args.targets,
+        folds=args.folds,
+        fold=args.fold,
+        epochs=args.epochs,
+        pretrain_epochs=args.pretrain_epochs,
+        pretrain_size=args.pretrain_size,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_step_epochs=args.lr_step,
+        width=args.width,
+        frame_interval=args.frame_interval,
+        frames=args.frames,
+        pixel_mm=args.pixel_mm,
+        align_lead_s=None if args.align_lead < 0 else args.align_lead,
+        shift=_int_pair(args.shift, "--shift"),
+        seed=args.seed,
+        accelerator=args.accelerator,
+        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        max_minutes=args.max_minutes,
+        progress=sys.stderr.isatty(),
+    )
+    plan = train(args.cohort, args.out, cfg, resume=not args.restart)
+    cv = plan.get("cross_validation", {})
+    print(json.dumps({"out": str(args.out), "weights": str(Path(args.out) / "weights.pt"), "validation": cv}))
     return 0
 
 
@@ -258,9 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
         "--method",
-        choices=METHODS,
+        choices=(*METHODS, "cnn"),
         default=DEFAULT_METHOD,
-        help=f"deconvolution method (default {DEFAULT_METHOD}: best on the phantom, see README)",
+        help=f"deconvolution method, or cnn (model-free; default {DEFAULT_METHOD}: best on the phantom)",
+    )
+    p.add_argument(
+        "--weights", type=Path, metavar="FILE", help="CNN weights (default: the bundled ones of the modality)"
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
@@ -275,6 +370,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
     _add_input_overrides(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("train", help="train a perfusion CNN on a cohort with k-fold cross-validation")
+    p.add_argument("cohort", type=Path, help="BIDS-like cohort folder (as perfnet simulate writes)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (plan, checkpoints, weights)")
+    p.add_argument("--model", choices=["unet", "temporal"], default="unet")
+    p.add_argument("--maps", default="cbf,cbv,mtt,tmax,ttp", help="comma-separated maps to regress")
+    p.add_argument(
+        "--targets", default="truth", help="truth | reference | ssvd | csvd | osvd | tikhonov | boxnlr"
+    )
+    p.add_argument("--folds", type=_positive_int, default=3, help="cross-validation folds (by patient)")
+    p.add_argument("--fold", type=int, help="train only this fold (default: all)")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--pretrain-epochs", type=int, default=5, help="unet: epochs at --pretrain-size²")
+    p.add_argument("--pretrain-size", type=_positive_int, default=128)
+    p.add_argument("--crop", type=_positive_int, help="fine-tuning window (unet 256, temporal 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--lr", type=_positive_float, default=5e-4)
+    p.add_argument("--lr-step", type=_positive_int, default=4, help="halve the learning rate every N epochs")
+    p.add_argument("--width", type=_positive_int, default=16, help="channels of the first stage")
+    p.add_argument("--frame-interval", type=_positive_float, default=1.0, help="model time grid step (s)")
+    p.add_argument("--frames", type=_positive_int, default=80, help="model time grid length")
+    p.add_argument("--pixel-mm", type=_positive_float, help="model in-plane pixel size (default: native)")
+    p.add_argument(
+        "--align-lead",
+        type=float,
+        default=6.0,
+        metavar="S",
+        help="start the time grid S s before the detected bolus arrival (negative: at the first frame)",
+    )
+    p.add_argument("--shift", default="-5,30", metavar="MIN,MAX", help="temporal shift augmentation (frames)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
+    p.add_argument("--devices", default="auto", help="Lightning devices (a count or auto)")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy (e.g. ddp)")
+    p.add_argument("--num-nodes", type=_positive_int, default=1)
+    p.add_argument("--max-minutes", type=_positive_float, help="stop each fold after this long")
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("simulate", help="write a cohort of phantom studies with known truth")
     p.add_argument("out", type=Path, help="output cohort folder")

@@ -1,0 +1,135 @@
+"""The networks' input: a series → concentration on the model's fixed time grid, brain mask, and
+the arterial bolus patch (Hess et al.'s bolus-characterisation input). Shared by training and
+inference so that both see exactly the same preparation.
+
+CT: HU − baseline; MR: ΔR2* = −ln(S/S₀)/TE (:mod:`perfnet.preprocess.concentration`), baseline from
+the detected bolus arrival. The curves are resampled linearly onto ``t_k = k·Δ`` (k = 0 … frames−1,
+from the first frame, or, with ``align_lead_s``, from ``align_lead_s`` before the detected bolus
+arrival, so that every study's bolus enters at about the same input channel); a grid longer than
+the acquisition is reflect-padded (time mirrored at the last frame), as Hess et al. padded shifted
+series. No AIF and no deconvolution: the networks are model-free (bolus arrival is read from the
+whole-brain curve, as for the baseline). TTP targets and outputs are relative to the grid start
+``offset_s``; Tmax (relative to the arterial arrival) is unaffected.
+
+``pixel_mm`` resamples slices in-plane to the model's pixel size (area averaging when shrinking,
+bilinear when enlarging) so that one network serves 64² … 512² matrices; maps come back to the
+series' grid bilinearly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from perfnet.conventional.timegrid import resample_curves
+from perfnet.io.types import PerfusionSeries
+
+#: Default time grid of the networks: 1 s frames, 80 frames (TTP/Tmax up to ~60 s are seen whole).
+FRAME_INTERVAL_S = 1.0
+FRAMES = 80
+#: Bolus patch: slices × pixels × pixels around the strongest early-enhancing voxel.
+PATCH = (3, 9, 9)
+
+
+@dataclass
+class ModelInput:
+    """Concentration on the model grid and what comes with it.
+
+    Attributes:
+        curves: (X, Y, Z, T) float32 concentration on the grid ``grid``.
+        grid: (T,) s from the first frame.
+        brain: (X, Y, Z) bool brain mask.
+        bolus: (T, D, P, P) float32 concentration patch at the large arteries.
+        bolus_centre: (3,) voxel index of the patch centre.
+        offset_s: start of the grid after the first frame (s); 0 without alignment.
+    """
+
+    curves: np.ndarray
+    grid: np.ndarray
+    brain: np.ndarray
+    bolus: np.ndarray
+    bolus_centre: tuple[int, int, int]
+    offset_s: float = 0.0
+
+
+def model_size(shape_xy: tuple[int, int], voxel_xy: tuple[float, float], pixel_mm: float | None) -> tuple:
+    """In-plane size of a slice at the model's pixel size (unchanged when ``pixel_mm`` is None)."""
+    if not pixel_mm:
+        return tuple(int(n) for n in shape_xy)
+    return tuple(
+        max(8, round(n * float(v) / float(pixel_mm))) for n, v in zip(shape_xy, voxel_xy, strict=True)
+    )
+
+
+def resize_slices(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, X, Y) → (N, C, *size): area averaging when shrinking, bilinear otherwise."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] <= x.shape[-2] and size[1] <= x.shape[-1]
+    if shrink:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def model_grid(frame_interval: float = FRAME_INTERVAL_S, frames: int = FRAMES) -> np.ndarray:
+    return np.arange(int(frames)) * float(frame_interval)
+
+
+def reflect_times(grid: np.ndarray, duration: float) -> np.ndarray:
+    """Grid times past ``duration`` mirrored back into [0, duration] (reflect padding)."""
+    if duration <= 0:
+        return np.zeros_like(grid)
+    period = 2.0 * duration
+    folded = np.mod(grid, period)
+    return np.where(folded > duration, period - folded, folded)
+
+
+def bolus_patch(curves: np.ndarray, brain: np.ndarray, size: tuple[int, int, int] = PATCH) -> tuple:
+    """The (T, D, P, P) patch centred on the brain voxel whose curve peaks highest in the first half
+    of the grid (large arteries fill first and strongest), edge-padded at the volume's borders."""
+    t = curves.shape[3]
+    early = curves[..., : max(2, t // 2)].max(axis=3)
+    early = np.where(brain, early, -np.inf)
+    centre = np.unravel_index(int(np.argmax(early)), early.shape)
+    d, p, _ = size
+    half = (p // 2, p // 2, d // 2)
+    padded = np.pad(curves, [(half[0], half[0]), (half[1], half[1]), (half[2], half[2]), (0, 0)], mode="edge")
+    x, y, z = centre
+    patch = padded[x : x + p, y : y + p, z : z + d]  # (P, P, D, T)
+    return np.ascontiguousarray(np.transpose(patch, (3, 2, 0, 1)), dtype=np.float32), tuple(
+        int(c) for c in centre
+    )
+
+
+def prepare_input(
+    series: PerfusionSeries,
+    frame_interval: float = FRAME_INTERVAL_S,
+    frames: int = FRAMES,
+    brain: np.ndarray | None = None,
+    align_lead_s: float | None = None,
+) -> ModelInput:
+    """Concentration on the model's time grid (see the module docstring)."""
+    from perfnet.preprocess import brain_mask, detect_bolus, to_concentration
+
+    mask = brain_mask(series) if brain is None else np.asarray(brain, dtype=bool)
+    if mask.shape != series.spatial_shape:
+        raise ValueError(f"brain mask {mask.shape} does not match the series grid {series.spatial_shape}")
+    bolus = detect_bolus(series.data, series.times, mask, series.modality, series.voxel_size)
+    conc = to_concentration(series.data, bolus.baseline_end, series.modality, series.echo_time)
+    times = series.times - series.times[0]
+    grid = model_grid(frame_interval, frames)
+    offset = 0.0
+    if align_lead_s is not None:
+        offset = float(np.clip(bolus.arrival_s - series.times[0] - align_lead_s, 0.0, times[-1]))
+    sample_at = reflect_times(grid + offset, float(times[-1]))
+    flat = conc.reshape(-1, conc.shape[3])
+    on_grid = np.empty((flat.shape[0], grid.size), dtype=np.float32)
+    for start in range(0, flat.shape[0], 262_144):  # bounded memory on 512² × 32 studies
+        on_grid[start : start + 262_144] = resample_curves(flat[start : start + 262_144], times, sample_at)
+    curves = on_grid.reshape(*conc.shape[:3], grid.size)
+    curves = np.nan_to_num(curves, nan=0.0, posinf=0.0, neginf=0.0)
+    patch, centre = bolus_patch(curves, mask)
+    return ModelInput(curves=curves, grid=grid, brain=mask, bolus=patch, bolus_centre=centre, offset_s=offset)

@@ -1,0 +1,84 @@
+"""Weights files: a model's state dict and everything needed to use it, loadable with
+``torch.load(..., weights_only=True)`` (tensors and plain Python values only; nothing unpickled).
+
+Format ``perfnet-weights-1``::
+
+    {"format": "perfnet-weights-1",
+     "config": {"model": "unet", "model_kwargs": {...}, "maps": ["cbf", ...], "modality": "CT",
+                "frame_interval": 1.0, "frames": 80, "input_scale": 25.0,
+                "target_mean": {...}, "target_sd": {...}, ...},
+     "state_dict": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from perfnet.errors import PerfnetInputError
+from perfnet.models import build_model
+
+FORMAT = "perfnet-weights-1"
+BUNDLED = Path(__file__).resolve().parent.parent / "weights"
+REQUIRED = (
+    "model",
+    "model_kwargs",
+    "maps",
+    "frame_interval",
+    "frames",
+    "input_scale",
+    "target_mean",
+    "target_sd",
+)
+
+
+def save_weights(path: str | Path, model: nn.Module, config: dict[str, Any]) -> Path:
+    """Write a weights file (config must be JSON-serialisable; it is checked by a round trip)."""
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"weights config lacks {', '.join(missing)}")
+    config = json.loads(json.dumps(config))
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "config": config, "state_dict": state}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model (eval mode) and its config from a weights file; never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise PerfnetInputError(path, "weights file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holding pickled objects
+        raise PerfnetInputError(path, f"not a loadable perfnet weights file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise PerfnetInputError(path, f"not a perfnet weights file (expected format {FORMAT})")
+    config = blob["config"]
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise PerfnetInputError(path, f"weights config lacks {', '.join(missing)}")
+    model = build_model(config["model"], **config["model_kwargs"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise PerfnetInputError(path, f"weights do not fit the model: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), config
+
+
+def bundled_weights(modality: str) -> Path:
+    """The default weights shipped in the package for a modality."""
+    path = BUNDLED / f"{modality.lower()}.pt"
+    if not path.is_file():
+        raise PerfnetInputError(
+            path, f"no bundled CNN weights for {modality} in this version; pass --weights FILE"
+        )
+    return path

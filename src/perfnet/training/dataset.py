@@ -1,0 +1,171 @@
+"""Slice dataset with the augmentations of the two papers, each sample's random draw logged.
+
+Augmentations (training only; parameters drawn first from ``default_rng([seed, epoch, index])``,
+so a run is reproducible and every draw can be written out):
+
+- temporal shift of −5 … +30 frames with reflect padding (Hess et al. 2018); TTP (measured from
+  the first frame) moves with it, Tmax (relative to the arterial input) does not;
+- left–right and up–down flips, an in-plane rotation of ±10°;
+- added Gaussian noise (another dose / SNR level), with probability ½, SD up to half the input scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from perfnet.training.data import StudySlices
+
+
+@dataclass
+class Normalisation:
+    input_scale: float
+    target_mean: dict[str, float]
+    target_sd: dict[str, float]
+
+    @classmethod
+    def fit(cls, studies: list[StudySlices], maps: list[str]) -> Normalisation:
+        xs, ys = [], []
+        for s in studies:
+            brain = s.brain
+            xs.append(s.inputs.permute(0, 2, 3, 1)[brain].float().reshape(-1)[::7])
+            ys.append(s.targets.permute(0, 2, 3, 1)[brain].float())
+        x = torch.cat(xs)
+        y = torch.cat(ys)
+        scale = float(x.std().clamp_min(1e-6)) if x.numel() > 1 else 1.0
+        mean = {m: float(y[:, i].mean()) for i, m in enumerate(maps)}
+        sd = {m: float(y[:, i].std().clamp_min(1e-6)) if y.shape[0] > 1 else 1.0 for i, m in enumerate(maps)}
+        return cls(scale, mean, sd)
+
+
+@dataclass
+class Augmentation:
+    shift: tuple[int, int] = (-5, 30)
+    flips: bool = True
+    rotation_deg: float = 10.0
+    noise: float = 0.5  # max added noise SD, fraction of the input scale
+    enabled: bool = True
+
+
+def reflect_index(n: int, shift: int) -> np.ndarray:
+    """Source frame of each output frame when a series of ``n`` frames is delayed by ``shift``
+    frames (advanced when negative), reflect-padding at both ends."""
+    idx = np.arange(n) - shift
+    period = 2 * (n - 1) if n > 1 else 1
+    idx = np.mod(idx, period)
+    return np.where(idx > n - 1, period - idx, idx)
+
+
+@dataclass
+class SliceDataset(Dataset):
+    """Slices of studies → dict(x (T,H,W), y (M,H,W), mask (H,W), bolus (T,D,P,P)), standardised.
+
+    ``size`` resizes slices to size × size (Gava's 128² pre-training); ``crop`` takes a random
+    crop × crop window (training) — both None: native size (validation, batch size 1).
+    """
+
+    studies: list[StudySlices]
+    maps: list[str]
+    norm: Normalisation
+    frame_interval: float
+    size: int | None = None
+    crop: int | None = None
+    augment: Augmentation = field(default_factory=lambda: Augmentation(enabled=False))
+    seed: int = 0
+    epoch: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.index = [(i, z) for i, s in enumerate(self.studies) for z in range(s.inputs.shape[0])]
+        self.mean = torch.tensor([self.norm.target_mean[m] for m in self.maps]).view(-1, 1, 1)
+        self.sd = torch.tensor([self.norm.target_sd[m] for m in self.maps]).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def draw(self, item: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch, item])
+        a = self.augment
+        return {
+            "shift": int(rng.integers(a.shift[0], a.shift[1] + 1)),
+            "flip_x": bool(a.flips and rng.uniform() < 0.5),
+            "flip_y": bool(a.flips and rng.uniform() < 0.5),
+            "angle_deg": float(rng.uniform(-a.rotation_deg, a.rotation_deg)),
+            "noise": float(rng.uniform(0, a.noise)) if rng.uniform() < 0.5 else 0.0,
+            "crop": (float(rng.uniform()), float(rng.uniform())),
+            "noise_seed": int(rng.integers(2**31)),
+        }
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        i, z = self.index[item]
+        s = self.studies[i]
+        x = s.inputs[z].float()  # (T, X, Y)
+        y = s.targets[z].clone()  # (M, X, Y)
+        mask = s.brain[z].float()
+        bolus = s.bolus
+        p = self.draw(item) if self.augment.enabled else None
+        if p is not None:
+            self.log.append({"epoch": self.epoch, "index": item, "study": s.name, "slice": z, **p})
+            if p["shift"]:
+                idx = torch.from_numpy(reflect_index(x.shape[0], p["shift"]))
+                x, bolus = x[idx], bolus[idx]
+                if "ttp" in self.maps:
+                    k = self.maps.index("ttp")
+                    y[k] = torch.where(mask > 0, y[k] + p["shift"] * self.frame_interval, y[k])
+        if self.size is not None and tuple(x.shape[1:]) != (self.size, self.size):
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="area")[0]
+            y = F.interpolate(y[None], size=(self.size, self.size), mode="area")[0]
+            mask = (
+                F.interpolate(mask[None, None], size=(self.size, self.size), mode="area")[0, 0] > 0.5
+            ).float()
+        if p is not None:
+            dims = [d for d, f in ((1, p["flip_x"]), (2, p["flip_y"])) if f]
+            if dims:
+                x, y, mask = x.flip(dims), y.flip(dims), mask.flip([d - 1 for d in dims])
+            if p["angle_deg"]:
+                x, y, mask = _rotate(x, y, mask, p["angle_deg"])
+            if p["noise"] > 0:
+                g = torch.Generator().manual_seed(p["noise_seed"])
+                x = x + torch.randn(x.shape, generator=g) * (p["noise"] * self.norm.input_scale)
+        if self.crop is not None:
+            x, y, mask = _crop(x, y, mask, self.crop, p["crop"] if p else (0.5, 0.5))
+        y = (y - self.mean) / self.sd
+        return {
+            "x": x / self.norm.input_scale,
+            "y": y * mask,
+            "mask": mask > 0.5,
+            "bolus": bolus.float() / self.norm.input_scale,
+        }
+
+
+def _rotate(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, angle_deg: float):
+    a = math.radians(angle_deg)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])[None]
+    grid = F.affine_grid(theta, [1, 1, *x.shape[1:]], align_corners=False)
+    x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    y = F.grid_sample(y[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    mask = F.grid_sample(mask[None, None], grid, mode="nearest", align_corners=False)[0, 0]
+    return x, y, mask
+
+
+def _crop(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, size: int, where: tuple[float, float]):
+    h, w = x.shape[1:]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+        y = F.pad(y, (0, pw, 0, ph))
+        mask = F.pad(mask, (0, pw, 0, ph))
+        h, w = x.shape[1:]
+    top, left = int(where[0] * (h - size + 1)), int(where[1] * (w - size + 1))
+    top, left = min(top, h - size), min(left, w - size)
+    return (
+        x[:, top : top + size, left : left + size],
+        y[:, top : top + size, left : left + size],
+        mask[top : top + size, left : left + size],
+    )

@@ -1,0 +1,353 @@
+"""`perfnet train`: k-fold cross-validated training of a perfusion CNN on a cohort (PyTorch Lightning).
+
+Layout of a run folder::
+
+    RUN/plan.json                 every setting, the data split, the package version
+    RUN/fold-K/metrics.csv        per-epoch training and validation metrics (appended on resume)
+    RUN/fold-K/augmentations.csv  every training sample's random augmentation draw
+    RUN/fold-K/last.ckpt          Lightning checkpoint of the last epoch (resume after interruption)
+    RUN/fold-K/weights.pt         the trained model (perfnet-weights-1, weights_only loadable)
+    RUN/weights.pt                the first fold's weights (or the all-data model of --folds 1)
+
+Schedules: ``unet`` (Gava et al. 2022) pre-trains on slices shrunk to ``pretrain_size``² for
+``pretrain_epochs`` and then fine-tunes at the full (model-pixel) resolution on random ``crop``²
+windows; ``temporal`` (Hess et al. 2018) trains on 1 × ``crop`` × ``crop`` patches with the
+Laplace likelihood. Both: Adam (lr 5e-4) halved every 4 epochs, brain-masked loss.
+
+Several GPUs or nodes: ``--accelerator gpu --devices 4 --strategy ddp`` (Lightning launches one
+process per device; on a cluster, start one ``perfnet train`` per node with Lightning's
+``--num-nodes``-style environment, see the README). The CPU path is what the tests run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from perfnet import __version__
+from perfnet.errors import PerfnetInputError
+from perfnet.inference.inputs import FRAME_INTERVAL_S, FRAMES
+from perfnet.inference.weights import save_weights
+from perfnet.training.data import CohortStudy, StudySlices, discover, kfold_split, load_study
+from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
+from perfnet.training.task import PerfusionTask
+
+log = logging.getLogger("perfnet.train")
+
+ALL_MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
+#: Settings a resumed run may change (more epochs, another machine); any other change needs a new --out.
+RESUMABLE = {"epochs", "max_minutes", "progress", "fold", "accelerator", "devices", "strategy", "num_nodes"}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (written to plan.json)."""
+
+    model: str = "unet"
+    maps: list[str] = field(default_factory=lambda: list(ALL_MAPS))
+    targets: str = "truth"
+    folds: int = 3
+    fold: int | None = None  # None: every fold
+    epochs: int = 20
+    pretrain_epochs: int = 5  # unet: epochs at pretrain_size² before fine-tuning
+    pretrain_size: int = 128
+    crop: int | None = None  # fine-tuning window (unet: 256; temporal: 32)
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_step_epochs: int = 4
+    lr_gamma: float = 0.5
+    width: int = 16
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str | None = None  # mse (unet) | laplace (temporal)
+    frame_interval: float = FRAME_INTERVAL_S
+    frames: int = FRAMES
+    pixel_mm: float | None = None
+    align_lead_s: float | None = 6.0
+    shift: tuple[int, int] = (-5, 30)
+    flips: bool = True
+    rotation_deg: float = 10.0
+    noise: float = 0.5
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    max_minutes: float | None = None
+    limit_train_batches: int | float | None = None
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        c = TrainConfig(**asdict(self))
+        unknown = [m for m in c.maps if m not in ALL_MAPS]
+        if unknown:
+            raise PerfnetInputError("--maps", f"unknown map(s) {', '.join(unknown)} (choose from {ALL_MAPS})")
+        if c.model not in ("unet", "temporal"):
+            raise PerfnetInputError("--model", f"unknown model {c.model!r} (unet or temporal)")
+        if c.loss is None:
+            c.loss = "laplace" if c.model == "temporal" else "mse"
+        if c.crop is None:
+            c.crop = 32 if c.model == "temporal" else 256
+        if c.model == "temporal":
+            c.pretrain_epochs = 0
+        c.shift = (int(c.shift[0]), int(c.shift[1]))
+        return c
+
+    def build_kwargs(self) -> dict[str, Any]:
+        if self.model == "unet":
+            return {"in_channels": self.frames, "out_channels": len(self.maps), "width": self.width}
+        return {"out_maps": len(self.maps), "width": self.width} | dict(self.model_kwargs)
+
+
+class Schedule(Callback):
+    """Sets the dataset's epoch (augmentation draws) and Gava's pre-train → fine-tune switch, and
+    appends the epoch's augmentation draws to ``augmentations.csv``."""
+
+    def __init__(self, dataset: SliceDataset, cfg: TrainConfig, fold_dir: Path) -> None:
+        self.dataset, self.cfg, self.fold_dir = dataset, cfg, fold_dir
+        self.started = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        self.started = time.perf_counter()
+        self.dataset.epoch = trainer.current_epoch
+        fine = trainer.current_epoch >= self.cfg.pretrain_epochs
+        self.dataset.size = None if fine else self.cfg.pretrain_size
+        self.dataset.crop = self.cfg.crop if fine else None
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+        }
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "seconds": round(time.perf_counter() - self.started, 2),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
+            "resolution": "pretrain" if self.dataset.size else "fine-tune",
+        } | {k: round(v, 6) for k, v in sorted(metrics.items())}
+        path = self.fold_dir / "metrics.csv"
+        new = not path.is_file()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        rows = self.dataset.log
+        if rows:
+            path = self.fold_dir / "augmentations.csv"
+            new = not path.is_file()
+            with path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+        self.dataset.log.clear()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _load_cohort(
+    studies: list[CohortStudy], cfg: TrainConfig, cache: Path, progress: bool
+) -> dict[str, StudySlices]:
+    from tqdm import tqdm
+
+    out = {}
+    for study in tqdm(studies, desc="loading studies", disable=not progress, leave=False):
+        out[study.name] = load_study(
+            study,
+            cfg.maps,
+            cfg.targets,
+            cfg.frame_interval,
+            cfg.frames,
+            cache,
+            cfg.pixel_mm,
+            cfg.align_lead_s,
+        )
+    return out
+
+
+def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
+    """Train (and cross-validate) a model; returns the plan with every fold's validation metrics."""
+    cfg = cfg.resolved()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    out = Path(out)
+    studies = discover(cohort)
+    subjects = [s.subject for s in studies]
+    splits = kfold_split(subjects, cfg.folds, cfg.seed)
+    folds = list(range(len(splits))) if cfg.fold is None else [cfg.fold]
+    if any(k < 0 or k >= len(splits) for k in folds):
+        raise PerfnetInputError("--fold", f"fold must be in 0…{len(splits) - 1}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan: dict[str, Any] = {
+        "perfnet_version": __version__,
+        "cohort": str(Path(cohort).resolve()),
+        "config": asdict(cfg),
+        "studies": [s.name for s in studies],
+        "splits": [
+            {
+                "fold": k,
+                "validation_subjects": val,
+                "training_subjects": sorted(set(subjects) - set(val)),
+            }
+            for k, val in enumerate(splits)
+        ],
+        "folds": {},
+    }
+    previous = out / "plan.json"
+    if resume and previous.is_file():
+        old = json.loads(previous.read_text())
+        mine = json.loads(json.dumps(asdict(cfg), default=str))
+        same = {k: v for k, v in mine.items() if k not in RESUMABLE}
+        if {k: v for k, v in old.get("config", {}).items() if k not in RESUMABLE} != same:
+            raise PerfnetInputError(previous, "a run with other settings exists here; choose another --out")
+        plan["folds"] = old.get("folds", {})
+    _write_json(previous, plan)
+
+    started = time.perf_counter()
+    data = _load_cohort(studies, cfg, out / "targets", cfg.progress)
+    load_seconds = time.perf_counter() - started
+    log.info("loaded %d studies in %.1f s", len(data), load_seconds)
+
+    for k in folds:
+        fold_dir = out / f"fold-{k}"
+        fold_dir.mkdir(exist_ok=True)
+        val_subjects = set(splits[k])
+        train_set = [s for s in data.values() if s.subject not in val_subjects]
+        val_set = [s for s in data.values() if s.subject in val_subjects]
+        if not train_set:
+            raise PerfnetInputError(cohort, "no training studies left after the split")
+        L.seed_everything(cfg.seed + k, workers=True, verbose=False)
+        norm = Normalisation.fit(train_set, cfg.maps)
+        augment = Augmentation(cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True)
+        train_ds = SliceDataset(
+            train_set,
+            cfg.maps,
+            norm,
+            cfg.frame_interval,
+            size=cfg.pretrain_size if cfg.pretrain_epochs > 0 else None,
+            crop=None if cfg.pretrain_epochs > 0 else cfg.crop,
+            augment=augment,
+            seed=cfg.seed + 1000 * k,
+        )
+        val_ds = SliceDataset(val_set, cfg.maps, norm, cfg.frame_interval)
+        model_kwargs = cfg.build_kwargs()
+        task = PerfusionTask(
+            cfg.model,
+            model_kwargs,
+            cfg.maps,
+            norm.target_mean,
+            norm.target_sd,
+            [float(t) for t in train_set[0].grid],
+            loss=str(cfg.loss),
+            lr=cfg.lr,
+            lr_step_epochs=cfg.lr_step_epochs,
+            lr_gamma=cfg.lr_gamma,
+        )
+        generator = torch.Generator().manual_seed(cfg.seed + k)
+        train_loader = DataLoader(
+            train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
+        )
+        val_loader = DataLoader(val_ds, batch_size=1) if val_set else None
+
+        checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="epoch-{epoch}", save_last=True, save_top_k=0)
+        trainer = L.Trainer(
+            max_epochs=cfg.epochs,
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            strategy=cfg.strategy,
+            num_nodes=cfg.num_nodes,
+            logger=False,
+            callbacks=[checkpoint, Schedule(train_ds, cfg, fold_dir)],
+            enable_progress_bar=cfg.progress,
+            enable_model_summary=False,
+            deterministic=False,
+            max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+            limit_train_batches=cfg.limit_train_batches,
+            limit_val_batches=1.0 if val_loader is not None else 0,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        last = fold_dir / "last.ckpt"
+        fold_start = time.perf_counter()
+        trainer.fit(
+            task,
+            train_loader,
+            val_loader,
+            ckpt_path=str(last) if resume and last.is_file() else None,
+            weights_only=True,
+        )
+        seconds = time.perf_counter() - fold_start
+        val_metrics = {
+            k2: float(v)
+            for k2, v in trainer.callback_metrics.items()
+            if k2.startswith("val_") and v.numel() == 1
+        }
+        val_metrics = {k2: v for k2, v in val_metrics.items() if math.isfinite(v)}
+        weights_config = {
+            "model": cfg.model,
+            "model_kwargs": model_kwargs,
+            "maps": cfg.maps,
+            "modality": _modality(studies[0]),
+            "frame_interval": cfg.frame_interval,
+            "frames": cfg.frames,
+            "pixel_mm": cfg.pixel_mm,
+            "align_lead_s": cfg.align_lead_s,
+            "input_scale": norm.input_scale,
+            "target_mean": norm.target_mean,
+            "target_sd": norm.target_sd,
+            "training": {
+                "targets": cfg.targets,
+                "fold": k,
+                "folds": cfg.folds,
+                "epochs": trainer.current_epoch,
+                "seconds": round(seconds, 1),
+                "training_studies": len(train_set),
+                "validation_studies": len(val_set),
+                "validation": val_metrics,
+                "seed": cfg.seed,
+                "perfnet_version": __version__,
+            },
+        }
+        weights = save_weights(fold_dir / "weights.pt", task.model, weights_config)
+        plan["folds"][str(k)] = {
+            "weights": str(weights.relative_to(out)),
+            "epochs": trainer.current_epoch,
+            "seconds": round(seconds, 1),
+            "validation": val_metrics,
+            "training_slices": len(train_ds),
+            "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
+        }
+        _write_json(out / "plan.json", plan)
+        if k == folds[0]:
+            shutil.copyfile(weights, out / "weights.pt")
+    summary = {
+        key: float(np.mean([f["validation"][key] for f in plan["folds"].values() if key in f["validation"]]))
+        for key in sorted({m for f in plan["folds"].values() for m in f["validation"]})
+    }
+    plan["cross_validation"] = summary
+    plan["load_seconds"] = round(load_seconds, 1)
+    _write_json(out / "plan.json", plan)
+    return plan
+
+
+def _modality(study: CohortStudy) -> str:
+    return "MR" if study.series_path.name.split(".nii")[0].endswith("_dsc") else "CT"

@@ -1,0 +1,105 @@
+"""The Lightning module: loss, optimiser schedule and validation metrics in the maps' own units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from perfnet.inference import time_channel
+from perfnet.models import build_model, laplace_nll, masked_mse
+
+#: Clinically relevant window per map for Hess's importance weighting (Tmax [0, 40] s as in the paper).
+WINDOWS = {"tmax": (0.0, 40.0), "ttp": (0.0, 60.0), "mtt": (0.0, 20.0), "cbf": (0.0, 80.0), "cbv": (0.0, 8.0)}
+
+
+class PerfusionTask(L.LightningModule):
+    def __init__(
+        self,
+        model: str,
+        model_kwargs: dict[str, Any],
+        maps: list[str],
+        target_mean: dict[str, float],
+        target_sd: dict[str, float],
+        grid: list[float],
+        loss: str = "mse",
+        lr: float = 5e-4,
+        lr_step_epochs: int = 4,
+        lr_gamma: float = 0.5,
+        windows: dict[str, list[float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, **model_kwargs)
+        self.maps = list(maps)
+        self.mean = torch.tensor([target_mean[m] for m in maps]).view(1, -1, 1, 1)
+        self.sd = torch.tensor([target_sd[m] for m in maps]).view(1, -1, 1, 1)
+        win = {**WINDOWS, **(windows or {})}
+        # the importance windows in standardised units
+        self.windows = [
+            ((win[m][0] - target_mean[m]) / target_sd[m], (win[m][1] - target_mean[m]) / target_sd[m])
+            if m in win
+            else (-np.inf, np.inf)
+            for m in maps
+        ]
+        self.times = time_channel(np.asarray(grid))
+        self._val: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.hparams.model == "temporal":
+            return self.model(batch["x"], self.times.to(batch["x"].device), batch["bolus"])
+        return self.model(batch["x"]), None
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        value, scale = self(batch)
+        mask = batch["mask"][:, None]
+        if self.hparams.loss == "laplace" and scale is not None:
+            return laplace_nll(value, scale, batch["y"], mask, self.windows), value
+        return masked_mse(value, batch["y"], mask), value
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log(
+            "train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0]
+        )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"n": 0.0, "inter": 0.0, "pred": 0.0, "true": 0.0} | {f"abs_{m}": 0.0 for m in self.maps}
+        self._val["maec"] = 0.0
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, value = self._loss(batch)
+        self.log(
+            "val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0]
+        )
+        sd, mean = self.sd.to(value.device), self.mean.to(value.device)
+        pred, true = value * sd + mean, batch["y"] * sd + mean
+        mask = batch["mask"]
+        n = float(mask.sum())
+        self._val["n"] += n
+        for i, m in enumerate(self.maps):
+            self._val[f"abs_{m}"] += float((pred[:, i] - true[:, i]).abs()[mask].sum())
+        if "tmax" in self.maps:
+            i = self.maps.index("tmax")
+            p, t = pred[:, i][mask], true[:, i][mask]
+            self._val["maec"] += float((p.clamp(0, 20) - t.clamp(0, 20)).abs().sum())
+            self._val["inter"] += float(((p > 6) & (t > 6)).sum())
+            self._val["pred"] += float((p > 6).sum())
+            self._val["true"] += float((t > 6).sum())
+
+    def on_validation_epoch_end(self) -> None:
+        v, n = self._val, max(self._val.get("n", 0.0), 1.0)
+        for m in self.maps:
+            self.log(f"val_mae_{m}", v[f"abs_{m}"] / n)
+        if "tmax" in self.maps:
+            self.log("val_tmax_maec", v["maec"] / n)
+            denom = v["pred"] + v["true"]
+            self.log("val_dice_hypoperfused", 2 * v["inter"] / denom if denom else float("nan"))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, self.hparams.lr_step_epochs, self.hparams.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": sched}

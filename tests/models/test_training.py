@@ -1,0 +1,245 @@
+"""Training (Lightning, CPU), checkpoints, weights files and CNN inference on odd shapes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from perfnet.cli import main
+from perfnet.errors import PerfnetInputError
+from perfnet.inference import predict
+from perfnet.inference.inputs import model_size, prepare_input, reflect_times, resize_slices
+from perfnet.inference.weights import load_weights, save_weights
+from perfnet.io.types import PerfusionSeries
+from perfnet.models import build_model
+from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.phantom.cohort import write_study
+from perfnet.training.run import TrainConfig, train
+
+TINY = {"matrix": 48, "slices": 3, "frames": 30, "coverage_mm": 30.0, "motion": False}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    for i in range(4):
+        cfg = PhantomConfig.draw(700 + i, "CT", **TINY)
+        write_study(simulate_study(cfg), root / f"sub-{i:04d}" / "ses-01", f"sub-{i:04d}")
+    return root
+
+
+def _tiny_config(**kw) -> TrainConfig:
+    base = dict(
+        model="unet",
+        width=4,
+        frames=24,
+        epochs=6,
+        pretrain_epochs=2,
+        pretrain_size=32,
+        crop=32,
+        batch_size=4,
+        lr=3e-3,
+        lr_step_epochs=20,
+        folds=2,
+        fold=0,
+        seed=3,
+        accelerator="cpu",
+        devices=1,
+        progress=False,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def _metrics(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_training_run_loss_falls_and_writes_run_folder(cohort: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    plan = train(cohort, run, _tiny_config(), resume=False)
+    rows = _metrics(run / "fold-0" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    assert [r["resolution"] for r in rows] == ["pretrain"] * 2 + ["fine-tune"] * 4
+    losses = [float(r["train_loss"]) for r in rows]
+    assert min(losses[-2:]) < 0.8 * losses[0], losses
+    saved = json.loads((run / "plan.json").read_text())
+    assert saved["splits"][0]["validation_subjects"] and saved["splits"][0]["training_subjects"]
+    assert set(saved["splits"][0]["validation_subjects"]).isdisjoint(saved["splits"][0]["training_subjects"])
+    assert saved["config"]["loss"] == "mse" and saved["folds"]["0"]["epochs"] == 6
+    assert 0 <= plan["cross_validation"]["val_tmax_maec"] < 20
+    with (run / "fold-0" / "augmentations.csv").open() as f:
+        draws = list(csv.DictReader(f))
+    assert len(draws) == 6 * saved["folds"]["0"]["training_slices"]
+    assert all(-5 <= int(d["shift"]) <= 30 for d in draws)
+    assert len({d["shift"] for d in draws}) > 3  # drawn, not constant
+    _, config = load_weights(run / "weights.pt")
+    assert config["model"] == "unet" and config["frames"] == 24 and config["modality"] == "CT"
+    assert config["training"]["validation"]["val_tmax_maec"] == pytest.approx(
+        plan["folds"]["0"]["validation"]["val_tmax_maec"]
+    )
+
+
+def test_resume_continues_from_the_last_checkpoint(cohort: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(cohort, run, _tiny_config(epochs=2), resume=True)
+    first = _metrics(run / "fold-0" / "metrics.csv")
+    train(cohort, run, _tiny_config(epochs=3), resume=True)  # more epochs: resumes at epoch 2
+    rows = _metrics(run / "fold-0" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert rows[:2] == first
+    with pytest.raises(PerfnetInputError, match="other settings"):
+        train(cohort, run, _tiny_config(epochs=3, width=8), resume=True)
+
+
+def test_weights_round_trip_and_refuse_pickled_code(tmp_path: Path) -> None:
+    model = build_model("unet", in_channels=10, out_channels=2, width=4).eval()
+    config = {
+        "model": "unet",
+        "model_kwargs": {"in_channels": 10, "out_channels": 2, "width": 4},
+        "maps": ["cbf", "tmax"],
+        "frame_interval": 1.0,
+        "frames": 10,
+        "input_scale": 2.0,
+        "target_mean": {"cbf": 40.0, "tmax": 2.0},
+        "target_sd": {"cbf": 10.0, "tmax": 3.0},
+    }
+    path = save_weights(tmp_path / "w.pt", model, config)
+    loaded, cfg = load_weights(path)
+    x = torch.randn(2, 10, 17, 23)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert cfg == config
+    # a file holding a pickled object (arbitrary code on unpickling) is refused, not executed
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "perfnet-weights-1", "config": config, "state_dict": {}, "x": _Evil()}, evil)
+    with pytest.raises(PerfnetInputError, match="not a loadable"):
+        load_weights(evil)
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(PerfnetInputError, match=r"cut\.pt"):
+        load_weights(truncated)
+
+
+class _Evil:
+    def __reduce__(self):  # pragma: no cover - must never run
+        return (print, ("unpickled!",))
+
+
+def _weights_for(tmp_path: Path, model: str, frames: int, pixel_mm: float | None) -> Path:
+    maps = ["cbf", "cbv", "mtt", "tmax", "ttp"]
+    kwargs = (
+        {"in_channels": frames, "out_channels": 5, "width": 4}
+        if model == "unet"
+        else {"out_maps": 5, "width": 8, "code": 8}
+    )
+    torch.manual_seed(0)
+    net = build_model(model, **kwargs)
+    config = {
+        "model": model,
+        "model_kwargs": kwargs,
+        "maps": maps,
+        "modality": "CT",
+        "frame_interval": 1.5,
+        "frames": frames,
+        "pixel_mm": pixel_mm,
+        "align_lead_s": 4.0,
+        "input_scale": 20.0,
+        "target_mean": dict.fromkeys(maps, 5.0),
+        "target_sd": dict.fromkeys(maps, 2.0),
+    }
+    return save_weights(tmp_path / f"{model}.pt", net, config)
+
+
+@pytest.mark.parametrize(("model", "pixel_mm"), [("unet", None), ("unet", 3.1), ("temporal", 2.7)])
+def test_inference_keeps_any_grid(tmp_path: Path, model: str, pixel_mm: float | None) -> None:
+    cfg = PhantomConfig.draw(
+        31, "CT", matrix=45, slices=3, frames=23, coverage_mm=30.0, timing="jittered", motion=False
+    )
+    series = simulate_study(cfg).series
+    series = PerfusionSeries(
+        series.data[:, :37], series.times, series.affine, "CT", None, dict(series.meta)
+    )  # 45 × 37: odd, not a multiple of the U-Net's stride
+    maps = predict(series, _weights_for(tmp_path, model, 19, pixel_mm), device="cpu", batch_slices=2)
+    for name in ("cbf", "cbv", "mtt", "tmax", "ttp"):
+        assert maps[name].shape == (45, 37, 3)
+        assert np.isfinite(maps[name]).all()
+        assert (maps[name][~maps.brain_mask] == 0).all()
+    if model == "temporal":
+        u = maps["tmax_uncertainty"]
+        assert u.shape == (45, 37, 3) and (u[maps.brain_mask] > 0).all()
+    else:
+        assert "tmax_uncertainty" not in maps.maps
+    assert maps.method == "cnn" and maps.provenance["time_grid"]["frames"] == 19
+
+
+def test_time_grid_starts_before_the_bolus_and_reflects_past_the_end() -> None:
+    cfg = PhantomConfig.draw(5, "CT", matrix=48, slices=3, frames=40, arrival_s=12.0, motion=False)
+    series = simulate_study(cfg, noise=False).series
+    inp = prepare_input(series, 1.0, 80, align_lead_s=5.0)
+    assert inp.offset_s == pytest.approx(12.0 - 5.0, abs=2.0)
+    assert inp.grid[0] == 0.0 and inp.curves.shape[3] == 80
+    assert reflect_times(np.array([0.0, 5.0, 12.0, 25.0]), 10.0).tolist() == [0.0, 5.0, 8.0, 5.0]
+    assert model_size((512, 512), (0.45, 0.45), 1.8) == (128, 128)
+    x = torch.ones(2, 3, 64, 48)
+    assert resize_slices(x, (16, 12)).shape == (2, 3, 16, 12)
+    assert torch.allclose(resize_slices(x, (80, 60)), torch.ones(2, 3, 80, 60))
+
+
+def test_cli_train_and_analyze_cnn(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    args = ["train", str(cohort), "--out", str(run), "--width", "4", "--frames", "16", "--epochs", "1"]
+    args += ["--pretrain-epochs", "0", "--crop", "32", "--folds", "2", "--fold", "1", "--accelerator", "cpu"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(summary["weights"]).is_file() and "val_tmax_maec" in summary["validation"]
+    series = next(cohort.rglob("*_ctp.nii.gz"))
+    out = tmp_path / "maps"
+    assert (
+        main(
+            [
+                "analyze",
+                str(series),
+                "--out",
+                str(out),
+                "--method",
+                "cnn",
+                "--weights",
+                str(run / "weights.pt"),
+            ]
+        )
+        == 0
+    )
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(
+        [
+            "brain_mask.nii.gz",
+            "cbf.nii.gz",
+            "cbv.nii.gz",
+            "mtt.nii.gz",
+            "provenance.json",
+            "tmax.nii.gz",
+            "ttp.nii.gz",
+        ]
+    )
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["method"] == "cnn" and prov["motion"]["reference_frame"] == 0
+    # conventional methods take no weights; a missing weights file is a one-line input error
+    assert (
+        main(["analyze", str(series), "--out", str(tmp_path / "x"), "--weights", str(run / "weights.pt")])
+        == 2
+    )
+    assert (
+        main(
+            ["analyze", str(series), "--out", str(tmp_path / "y"), "--method", "cnn", "--weights", "nope.pt"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "nope.pt: weights file not found" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
