@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint weights clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
+
+# retrain the bundled CT and MR weights from scratch (~75 min on 2 cores; see src/perfnet/weights/*.md)
+weights: $(STAMP)
+	$(BIN)/python tools/train_weights.py ct
+	$(BIN)/python tools/train_weights.py mr
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

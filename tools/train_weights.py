@@ -51,7 +51,7 @@ SETTINGS = {
         "minutes": 48,
     },
     "mr": {
-        "cohort": ["--modality", "mr", "--cases", "80", "--seed", "20000", "--no-motion"],
+        "cohort": ["--modality", "mr", "--cases", "60", "--seed", "20000", "--slices", "10", "--no-motion"],
         "train": [
             "--model",
             "temporal",
@@ -72,6 +72,8 @@ SETTINGS = {
             "5",
             "--fold",
             "0",
+            "--val-every",
+            "3",
         ],
         "minutes": 25,
     },

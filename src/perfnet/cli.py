@@ -236,6 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         num_nodes=args.num_nodes,
         max_minutes=args.max_minutes,
+        val_every=args.val_every,
         progress=sys.stderr.isatty(),
     )
     plan = train(args.cohort, args.out, cfg, resume=not args.restart)
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto", help="Lightning strategy (e.g. ddp)")
     p.add_argument("--num-nodes", type=_positive_int, default=1)
     p.add_argument("--max-minutes", type=_positive_float, help="stop each fold after this long")
+    p.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
     p.set_defaults(func=cmd_train)
 

@@ -50,7 +50,17 @@ log = logging.getLogger("perfnet.train")
 
 ALL_MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
 #: Settings a resumed run may change (more epochs, another machine); any other change needs a new --out.
-RESUMABLE = {"epochs", "max_minutes", "progress", "fold", "accelerator", "devices", "strategy", "num_nodes"}
+RESUMABLE = {
+    "epochs",
+    "max_minutes",
+    "val_every",
+    "progress",
+    "fold",
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+}
 
 
 @dataclass
@@ -87,6 +97,7 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     max_minutes: float | None = None
+    val_every: int = 1  # validate every N epochs (full-slice validation of `temporal` is slow on a CPU)
     limit_train_batches: int | float | None = None
     progress: bool = True
 
@@ -284,6 +295,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             limit_train_batches=cfg.limit_train_batches,
             limit_val_batches=1.0 if val_loader is not None else 0,
             num_sanity_val_steps=0,
+            check_val_every_n_epoch=cfg.val_every,
             log_every_n_steps=1,
         )
         last = fold_dir / "last.ckpt"
@@ -296,6 +308,8 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             weights_only=True,
         )
         seconds = time.perf_counter() - fold_start
+        if val_loader is not None and (cfg.val_every > 1 or cfg.max_minutes):
+            trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
         val_metrics = {
             k2: float(v)
             for k2, v in trainer.callback_metrics.items()
