@@ -145,15 +145,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze(series, options, progress=_step_printer(), **masks)
     result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
     result.provenance["input"]["path"] = str(args.input)
+    lesions = _segment(result.maps, args)
     written = write_output_set(
         result.maps,
         args.out,
-        {"aif": result.aif.to_json(result.times), "provenance": result.provenance},
+        {"aif": result.aif.to_json(result.times), "lesions": lesions, "provenance": result.provenance},
     )
+    _print_lesions(lesions)
     flags = [f["code"] for f in result.provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
     print(f"QC flags: {', '.join(flags) if flags else 'none'}")
     return 0
+
+
+def _segment(maps: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Core / hypoperfused / penumbra masks added to ``maps``; returns lesions.json's content."""
+    from dataclasses import replace
+
+    from perfnet.lesions import PRESETS, segment_lesions
+
+    settings = PRESETS[args.lesion_preset]
+    if args.tmax_threshold is not None:
+        settings = replace(settings, tmax_threshold_s=args.tmax_threshold)
+    if args.core_threshold is not None:
+        settings = replace(settings, core_relative_cbf=args.core_threshold)
+    settings = replace(settings, reference=args.reference)
+    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings)
+    maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
+    return result.to_json() | {"preset": args.lesion_preset, "method": maps.method}
+
+
+def _print_lesions(lesions: dict[str, Any]) -> None:
+    v = lesions["volumes_ml"]
+    ratio = lesions["mismatch_ratio"]
+    print(
+        f"core {v['core']:.1f} mL, hypoperfused {v['hypoperfused']:.1f} mL, penumbra {v['penumbra']:.1f} mL,"
+        f" mismatch ratio {'∞' if ratio is None else f'{ratio:.2f}'}; DEFUSE-3 target mismatch:"
+        f" {'yes' if lesions['defuse3']['target_mismatch'] else 'no'}"
+    )
 
 
 def _analyze_cnn(args: argparse.Namespace, series: Any, brain: Any, started: float) -> int:
@@ -190,7 +219,9 @@ def _analyze_cnn(args: argparse.Namespace, series: Any, brain: Any, started: flo
         maps.provenance["qc_flags"].append(
             {"code": "large_motion", "message": f"head motion up to {motion['max_displacement_mm']:.1f} mm"}
         )
-    written = write_output_set(maps, args.out, {"provenance": maps.provenance})
+    lesions = _segment(maps, args)
+    written = write_output_set(maps, args.out, {"lesions": lesions, "provenance": maps.provenance})
+    _print_lesions(lesions)
     flags = [f["code"] for f in maps.provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
     print(f"QC flags: {', '.join(flags) if flags else 'none'}")
@@ -369,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hematocrit-factor", type=_positive_float, default=0.73, metavar="KH")
     p.add_argument("--tissue-density", type=_positive_float, default=1.04, metavar="RHO", help="g/mL")
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
+    g = p.add_argument_group(
+        "lesions (hypoperfused: Tmax > 6 s; core: rCBF < 30 %% of the healthy reference)"
+    )
+    g.add_argument(
+        "--lesion-preset", choices=["rapid", "severe"], default="rapid", help="severe: Tmax > 10 s"
+    )
+    g.add_argument("--tmax-threshold", type=_positive_float, metavar="S", help="hypoperfusion Tmax threshold")
+    g.add_argument("--core-threshold", type=_positive_float, metavar="F", help="core relative CBF (0.3)")
+    g.add_argument(
+        "--reference",
+        choices=["contralateral", "brain", "tmax4"],
+        default="contralateral",
+        help="healthy CBF reference: contralateral hemisphere, whole brain, or Tmax < 4 s tissue",
+    )
     _add_input_overrides(p)
     p.set_defaults(func=cmd_analyze)
 

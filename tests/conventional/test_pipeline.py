@@ -39,7 +39,11 @@ def test_analyze_cli_writes_the_output_set_and_maps_match_truth(tmp_path: Path) 
     assert main(["analyze", str(series_path), "--out", str(out), "--method", "osvd"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        [*(f"{m}.nii.gz" for m in MAPS), "brain_mask.nii.gz", "aif.json", "provenance.json"]
+        [
+            *(f"{m}.nii.gz" for m in MAPS),
+            *(f"{m}.nii.gz" for m in ("brain_mask", "core", "hypoperfused", "penumbra")),
+            *("aif.json", "lesions.json", "provenance.json"),
+        ]
     )
     truth = study.truth
     brain = truth.masks["brain"]
@@ -69,6 +73,14 @@ def test_analyze_cli_writes_the_output_set_and_maps_match_truth(tmp_path: Path) 
     assert {"motion correction", "bilateral filter", "arterial input"} <= set(provenance["seconds"])
     aif = json.loads((out / "aif.json").read_text())
     assert len(aif["aif"]) == study.series.n_frames and len(aif["aif_voxels"]) >= 1
+    # lesion masks and volumes against the truth
+    lesions = json.loads((out / "lesions.json").read_text())
+    hypo, _ = load_map(out / "hypoperfused.nii.gz")
+    assert _dice(hypo > 0.5, truth.masks["hypoperfused"]) > 0.7
+    true_ml = truth.lesion_volumes_ml["hypoperfused"]
+    assert abs(lesions["volumes_ml"]["hypoperfused"] - true_ml) < 0.3 * true_ml + 2.0
+    assert lesions["settings"]["tmax_threshold_s"] == 6.0 and lesions["method"] == "osvd"
+    assert lesions["affected_side"] == study.config.hemisphere
 
 
 @pytest.mark.parametrize("method", ["ssvd", "csvd", "tikhonov", "boxnlr"])

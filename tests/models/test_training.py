@@ -216,17 +216,8 @@ def test_cli_train_and_analyze_cnn(cohort: Path, tmp_path: Path, capsys: pytest.
         == 0
     )
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(
-        [
-            "brain_mask.nii.gz",
-            "cbf.nii.gz",
-            "cbv.nii.gz",
-            "mtt.nii.gz",
-            "provenance.json",
-            "tmax.nii.gz",
-            "ttp.nii.gz",
-        ]
-    )
+    maps = ["cbf", "cbv", "mtt", "tmax", "ttp", "brain_mask", "core", "hypoperfused", "penumbra"]
+    assert written == sorted([*(f"{m}.nii.gz" for m in maps), "lesions.json", "provenance.json"])
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["method"] == "cnn" and prov["motion"]["reference_frame"] == 0
     # conventional methods take no weights; a missing weights file is a one-line input error

@@ -1,0 +1,220 @@
+"""Core, hypoperfused tissue and penumbra from perfusion maps; volumes, mismatch, DEFUSE-3 profile.
+
+Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks):
+
+- hypoperfused = Tmax > 6 s (preset ``severe``: > 10 s) within the brain;
+- core = hypoperfused voxels whose CBF is < 30 % of the healthy reference CBF: by default the
+  median CBF of the contralateral hemisphere's non-hypoperfused brain (the midline found from the
+  brain mask: the in-plane principal axis through its centroid); ``brain``: the median over all
+  non-hypoperfused brain; ``tmax4``: the median over brain tissue with Tmax < 4 s;
+- penumbra = hypoperfused − core;
+- clean-up per slice (slices are often thick): closing, opening (radii in mm), then islands under
+  ``min_island_ml`` are removed (3D connectivity).
+
+DEFUSE-3 target mismatch (Albers et al., NEJM 2018): core < 70 mL, mismatch ratio
+(hypoperfused / core) ≥ 1.8 and mismatch volume ≥ 15 mL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from perfnet.errors import PerfnetInputError
+
+REFERENCES = ("contralateral", "brain", "tmax4")
+DEFUSE3 = {"core_max_ml": 70.0, "ratio_min": 1.8, "mismatch_min_ml": 15.0}
+
+
+@dataclass(frozen=True)
+class LesionSettings:
+    """Thresholds and clean-up of the lesion segmentation (all recorded in lesions.json)."""
+
+    tmax_threshold_s: float = 6.0
+    core_relative_cbf: float = 0.30
+    reference: str = "contralateral"
+    closing_mm: float = 2.0
+    opening_mm: float = 2.0
+    min_island_ml: float = 0.2
+
+    def check(self) -> LesionSettings:
+        if self.reference not in REFERENCES:
+            raise PerfnetInputError(
+                "--reference", f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
+            )
+        if not self.tmax_threshold_s > 0:
+            raise PerfnetInputError("--tmax-threshold", "must be positive")
+        if not 0 < self.core_relative_cbf < 1:
+            raise PerfnetInputError("--core-threshold", "relative CBF must be in (0, 1)")
+        return self
+
+
+PRESETS = {
+    "rapid": LesionSettings(),
+    "severe": LesionSettings(tmax_threshold_s=10.0),
+}
+
+
+@dataclass
+class LesionResult:
+    core: np.ndarray
+    hypoperfused: np.ndarray
+    penumbra: np.ndarray
+    volumes_ml: dict[str, float]
+    mismatch_ratio: float | None  # None when there is no core (infinite ratio)
+    defuse3: dict[str, bool]
+    reference_cbf: float
+    affected_side: str | None
+    settings: LesionSettings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "volumes_ml": {k: round(v, 2) for k, v in self.volumes_ml.items()},
+            "mismatch_ratio": None if self.mismatch_ratio is None else round(self.mismatch_ratio, 3),
+            "defuse3": self.defuse3,
+            "defuse3_criteria": DEFUSE3,
+            "reference_cbf": round(self.reference_cbf, 3),
+            "affected_side": self.affected_side,
+            "settings": asdict(self.settings),
+        }
+
+
+def voxel_volume_ml(affine: np.ndarray) -> float:
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+
+
+def hemisphere_sides(brain: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """+1 / −1 for the two sides of the mid-sagittal plane, 0 outside the brain.
+
+    The plane contains the slice normal and the brain's in-plane principal (anterior–posterior)
+    axis through its centroid, so a yawed head is split correctly. +1 is the side towards +x (RAS:
+    the patient's right; see :func:`side_name`)."""
+    idx = np.argwhere(brain)
+    if idx.shape[0] < 10:
+        return np.zeros(brain.shape, dtype=np.int8)
+    world = idx @ np.asarray(affine, dtype=np.float64)[:3, :3].T
+    xy = world[:, :2] - world[:, :2].mean(axis=0)
+    _, vectors = np.linalg.eigh(xy.T @ xy)
+    long_axis = vectors[:, -1]  # the largest spread: anterior–posterior
+    normal = np.array([long_axis[1], -long_axis[0]])
+    if normal[0] < 0:
+        normal = -normal
+    side = np.where(xy @ normal >= 0, 1, -1).astype(np.int8)
+    out = np.zeros(brain.shape, dtype=np.int8)
+    out[tuple(idx.T)] = side
+    return out
+
+
+def side_name(side: int) -> str:
+    return "right" if side > 0 else "left"  # RAS: +x points to the patient's right
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    disk2 = (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
+    return disk2[:, :, None]  # in-plane only
+
+
+def clean_mask(mask: np.ndarray, voxel_size: tuple[float, ...], settings: LesionSettings) -> np.ndarray:
+    """Closing, opening (in-plane disks of the settings' radii) and removal of small islands."""
+    pixel = float(min(voxel_size[:2]))
+    out = mask.astype(bool)
+    r_close = round(settings.closing_mm / pixel)
+    if r_close >= 1:
+        out = ndimage.binary_closing(out, structure=_disk(r_close), border_value=0) | out
+    r_open = round(settings.opening_mm / pixel)
+    if r_open >= 1:
+        out = ndimage.binary_opening(out, structure=_disk(r_open))
+    voxel_ml = float(np.prod(voxel_size[:3])) / 1000.0
+    min_voxels = int(np.ceil(settings.min_island_ml / voxel_ml)) if settings.min_island_ml > 0 else 0
+    if min_voxels > 1 and out.any():
+        labels, n = ndimage.label(out, structure=ndimage.generate_binary_structure(3, 1))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= min_voxels
+        keep[0] = False
+        out = keep[labels]
+    return out
+
+
+def segment_lesions(
+    cbf: np.ndarray,
+    tmax: np.ndarray,
+    brain: np.ndarray,
+    affine: np.ndarray,
+    settings: LesionSettings | None = None,
+) -> LesionResult:
+    """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps."""
+    settings = (settings or PRESETS["rapid"]).check()
+    brain = np.asarray(brain, dtype=bool)
+    if cbf.shape != brain.shape or tmax.shape != brain.shape:
+        raise PerfnetInputError(None, f"maps {cbf.shape}/{tmax.shape} and brain mask {brain.shape} differ")
+    affine = np.asarray(affine, dtype=np.float64)
+    voxel_size = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    cbf = np.nan_to_num(np.asarray(cbf, dtype=np.float64), nan=0.0)
+    tmax = np.nan_to_num(np.asarray(tmax, dtype=np.float64), nan=0.0)
+
+    raw_hypo = brain & (tmax > settings.tmax_threshold_s)
+    hypo = clean_mask(raw_hypo, voxel_size, settings) & brain
+    sides = hemisphere_sides(brain, affine)
+    affected = None
+    if hypo.any():
+        counts = {s: int((hypo & (sides == s)).sum()) for s in (1, -1)}
+        affected = max(counts, key=counts.get)
+    healthy = brain & ~raw_hypo
+    if settings.reference == "contralateral" and affected is not None:
+        pool = healthy & (sides == -affected)
+    elif settings.reference == "tmax4":
+        pool = brain & (tmax < 4.0)
+    else:
+        pool = healthy
+    if pool.sum() < 10:
+        pool = healthy if healthy.sum() >= 10 else brain
+    reference = float(np.median(cbf[pool])) if pool.any() else 0.0
+    raw_core = raw_hypo & (cbf < settings.core_relative_cbf * reference)
+    core = clean_mask(raw_core, voxel_size, settings) & hypo
+    penumbra = hypo & ~core
+
+    voxel_ml = voxel_volume_ml(affine)
+    core_ml = float(core.sum() * voxel_ml)
+    hypo_ml = float(hypo.sum() * voxel_ml)
+    mismatch_ml = hypo_ml - core_ml
+    ratio = hypo_ml / core_ml if core_ml > 0 else None
+    ratio_ok = (ratio is None and hypo_ml > 0) or (ratio is not None and ratio >= DEFUSE3["ratio_min"])
+    flags = {
+        "core_below_70ml": core_ml < DEFUSE3["core_max_ml"],
+        "mismatch_ratio_at_least_1_8": bool(ratio_ok),
+        "mismatch_at_least_15ml": mismatch_ml >= DEFUSE3["mismatch_min_ml"],
+    }
+    flags["target_mismatch"] = all(flags.values())
+    return LesionResult(
+        core=core,
+        hypoperfused=hypo,
+        penumbra=penumbra,
+        volumes_ml={
+            "core": core_ml,
+            "hypoperfused": hypo_ml,
+            "penumbra": mismatch_ml,
+            "mismatch": mismatch_ml,
+        },
+        mismatch_ratio=ratio,
+        defuse3=flags,
+        reference_cbf=reference,
+        affected_side=side_name(affected) if affected is not None else None,
+        settings=settings,
+    )
+
+
+__all__ = [
+    "DEFUSE3",
+    "PRESETS",
+    "REFERENCES",
+    "LesionResult",
+    "LesionSettings",
+    "clean_mask",
+    "hemisphere_sides",
+    "segment_lesions",
+    "voxel_volume_ml",
+]

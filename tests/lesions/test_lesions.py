@@ -1,0 +1,97 @@
+"""Lesion segmentation against known answers: hand-built volumes and phantom truth masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perfnet.errors import PerfnetInputError
+from perfnet.lesions import PRESETS, LesionSettings, hemisphere_sides, segment_lesions
+from phantoms import small_study
+
+RAW = LesionSettings(closing_mm=0, opening_mm=0, min_island_ml=0)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def _box_study(core_cbf: float = 5.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 40×60×10 'brain' of 2×2×5 mm voxels (0.02 mL): CBF 50 everywhere, a right-hemisphere
+    (+x) block with Tmax 10 s, CBF ``core_cbf`` in its first 10 columns."""
+    brain = np.zeros((60, 80, 10), dtype=bool)
+    brain[10:50, 10:70] = True
+    cbf = np.where(brain, 50.0, 0.0)
+    tmax = np.where(brain, 2.0, 0.0)
+    tmax[35:50, 20:60, 2:8] = 10.0  # 15 × 40 × 6 = 3 600 voxels = 72 mL
+    cbf[35:45, 20:60, 2:8] = core_cbf  # 10 × 40 × 6 = 2 400 voxels = 48 mL
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    return cbf, tmax, brain, affine
+
+
+def test_hand_built_volumes_ratio_and_defuse3_flags() -> None:
+    cbf, tmax, brain, affine = _box_study()
+    r = segment_lesions(cbf, tmax, brain, affine, RAW)  # the rapid thresholds, no clean-up
+    assert PRESETS["rapid"].tmax_threshold_s == RAW.tmax_threshold_s == 6.0
+    assert r.volumes_ml["hypoperfused"] == pytest.approx(72.0)
+    assert r.volumes_ml["core"] == pytest.approx(48.0)
+    assert r.volumes_ml["penumbra"] == pytest.approx(24.0) == r.volumes_ml["mismatch"]
+    assert r.mismatch_ratio == pytest.approx(1.5)
+    assert r.reference_cbf == pytest.approx(50.0) and r.affected_side == "right"
+    assert r.defuse3 == {
+        "core_below_70ml": True,
+        "mismatch_ratio_at_least_1_8": False,
+        "mismatch_at_least_15ml": True,
+        "target_mismatch": False,
+    }
+    # a milder core (CBF 20 = 40 % of 50) is not core: all penumbra, infinite ratio, target mismatch
+    r = segment_lesions(*_box_study(core_cbf=20.0), RAW)
+    assert r.volumes_ml["core"] == 0 and r.mismatch_ratio is None and r.defuse3["target_mismatch"]
+    # Tmax > 10 s (preset severe) excludes the 10 s block
+    assert segment_lesions(cbf, tmax, brain, affine, PRESETS["severe"]).volumes_ml["hypoperfused"] == 0
+
+
+def test_clean_up_removes_islands_and_fills_pinholes() -> None:
+    cbf, tmax, brain, affine = _box_study()
+    tmax[20, 20, 5] = 12.0  # a one-voxel island (0.02 mL < 0.2 mL)
+    tmax[40, 30, 4] = 2.0  # a pinhole inside the lesion
+    cleaned = segment_lesions(cbf, tmax, brain, affine)
+    raw = segment_lesions(cbf, tmax, brain, affine, RAW)
+    assert raw.volumes_ml["hypoperfused"] == pytest.approx(72.0)  # +0.02 island −0.02 hole
+    assert not cleaned.hypoperfused[20, 20, 5] and cleaned.hypoperfused[40, 30, 4]
+    assert cleaned.volumes_ml["hypoperfused"] == pytest.approx(72.0, abs=0.5)
+
+
+def test_midline_follows_a_yawed_head() -> None:
+    x, y = np.meshgrid(np.arange(80) - 39.5, np.arange(80) - 39.5, indexing="ij")
+    a = np.radians(12.0)
+    u, v = x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
+    brain = np.repeat(((u / 25) ** 2 + (v / 35) ** 2 <= 1)[:, :, None], 3, axis=2)
+    sides = hemisphere_sides(brain, np.eye(4))
+    uu = np.repeat(u[:, :, None], 3, axis=2)
+    assert np.all(sides[brain & (uu > 2)] == 1) and np.all(sides[brain & (uu < -2)] == -1)
+
+
+@pytest.mark.parametrize(("seed", "hemisphere"), [(11, "left"), (12, "right")])
+def test_phantom_truth_maps_give_the_truth_masks(seed: int, hemisphere: str) -> None:
+    study = small_study(
+        seed, "CT", noise=False, lesion="core", hemisphere=hemisphere, matrix=128, slices=8, coverage_mm=80.0
+    )
+    t = study.truth
+    r = segment_lesions(t.maps["cbf"], t.maps["tmax"], t.masks["brain"], study.series.affine)
+    assert r.affected_side == hemisphere
+    assert _dice(r.hypoperfused, t.masks["hypoperfused"]) > 0.99
+    assert r.volumes_ml["hypoperfused"] == pytest.approx(t.lesion_volumes_ml["hypoperfused"], rel=0.03)
+    # the truth's core uses each voxel's own healthy CBF, ours the contralateral median
+    assert _dice(r.core, t.masks["core"]) > 0.7
+    assert r.volumes_ml["core"] == pytest.approx(t.lesion_volumes_ml["core"], rel=0.35)
+
+
+def test_bad_settings_and_shapes_are_input_errors() -> None:
+    cbf, tmax, brain, affine = _box_study()
+    with pytest.raises(PerfnetInputError, match="--reference"):
+        segment_lesions(cbf, tmax, brain, affine, LesionSettings(reference="cerebellum"))
+    with pytest.raises(PerfnetInputError, match="differ"):
+        segment_lesions(cbf[:-1], tmax, brain, affine)
+    for ref in ("brain", "tmax4"):
+        assert segment_lesions(cbf, tmax, brain, affine, LesionSettings(reference=ref)).reference_cbf == 50.0
