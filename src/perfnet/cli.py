@@ -276,6 +276,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from perfnet.evaluation import evaluate_cohort
+
+    others = {}
+    for item in args.compare or []:
+        label, sep, root = item.partition("=")
+        others[label if sep else Path(item).name] = root if sep else item
+    summary = evaluate_cohort(args.pred_root, args.ref_root, args.out, others or None)
+    metrics = summary["metrics"]
+    print(f"evaluated {summary['studies']} studies; wrote {args.out}/metrics.csv, summary.json, figures/")
+    for key in ("tmax_maec", "cbf_mae", "cbv_mae", "hypoperfused_dice", "core_dice"):
+        if key in metrics:
+            print(f"  {key:18s} {metrics[key]['mean']:.3f} ± {metrics[key]['sd']:.3f}")
+    for mask, agree in summary["volumes"].items():
+        r, ba, icc = agree["pearson"]["r"], agree["bland_altman"], agree["icc1k"]["icc"]
+        print(f"  {mask:12s} volume r {r:.3f}, bias {ba['bias']:.1f} mL, ICC(1,k) {icc:.3f}")
+    return 0
+
+
 def _phantom_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         "matrix": args.size,
@@ -455,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=_positive_int, default=1, help="validate every N epochs")
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="score a cohort of maps against a reference cohort (or phantom truth)"
+    )
+    p.add_argument("pred_root", type=Path, help="folder of predicted study folders (analyze outputs)")
+    p.add_argument("ref_root", type=Path, help="reference cohort (e.g. a phantom cohort with truth/)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--compare",
+        action="append",
+        metavar="[LABEL=]ROOT",
+        help="another predicted cohort for the Friedman test of Tmax MAEC (repeat; ≥ 3 methods in all)",
+    )
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write a cohort of phantom studies with known truth")
     p.add_argument("out", type=Path, help="output cohort folder")
