@@ -145,11 +145,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = analyze(series, options, progress=_step_printer(), **masks)
     result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
     result.provenance["input"]["path"] = str(args.input)
-    lesions = _segment(result.maps, args)
+    lesions = _segment(result.maps, args, series)
+    aif = result.aif.to_json(result.times)
     written = write_output_set(
         result.maps,
         args.out,
-        {"aif": result.aif.to_json(result.times), "lesions": lesions, "provenance": result.provenance},
+        {"aif": aif, "lesions": lesions, "provenance": result.provenance},
+        extra=_reporter(args, result.maps, series, lesions, result.provenance, aif),
     )
     _print_lesions(lesions)
     flags = [f["code"] for f in result.provenance["qc_flags"]]
@@ -158,11 +160,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment(maps: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _segment(maps: Any, args: argparse.Namespace, series: Any) -> dict[str, Any]:
     """Core / hypoperfused / penumbra masks added to ``maps``; returns lesions.json's content."""
     from dataclasses import replace
 
-    from perfnet.lesions import PRESETS, segment_lesions
+    from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
+    from perfnet.preprocess.mask import csf_mask
 
     settings = PRESETS[args.lesion_preset]
     if args.tmax_threshold is not None:
@@ -170,9 +173,28 @@ def _segment(maps: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.core_threshold is not None:
         settings = replace(settings, core_relative_cbf=args.core_threshold)
     settings = replace(settings, reference=args.reference)
-    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings)
+    csf = csf_mask(series, maps.brain_mask)
+    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings, exclude=csf)
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
-    return result.to_json() | {"preset": args.lesion_preset, "method": maps.method}
+    csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
+    return result.to_json() | {"preset": args.lesion_preset, "method": maps.method, "excluded_csf_ml": csf_ml}
+
+
+def _reporter(
+    args: argparse.Namespace, maps: Any, series: Any, lesions: Any, provenance: Any, aif: Any
+) -> Any:
+    """The report writer handed to the output set (None with --no-report)."""
+    if args.no_report:
+        return None
+
+    def write(folder: Path) -> list[Path]:
+        from perfnet.evaluation.report import write_report
+
+        mean_frame = series.data.mean(axis=3)
+        path = write_report(folder, maps, mean_frame, lesions, provenance, series.modality, aif)
+        return [path, folder / "figures"]
+
+    return write
 
 
 def _print_lesions(lesions: dict[str, Any]) -> None:
@@ -219,8 +241,13 @@ def _analyze_cnn(args: argparse.Namespace, series: Any, brain: Any, started: flo
         maps.provenance["qc_flags"].append(
             {"code": "large_motion", "message": f"head motion up to {motion['max_displacement_mm']:.1f} mm"}
         )
-    lesions = _segment(maps, args)
-    written = write_output_set(maps, args.out, {"lesions": lesions, "provenance": maps.provenance})
+    lesions = _segment(maps, args, series)
+    written = write_output_set(
+        maps,
+        args.out,
+        {"lesions": lesions, "provenance": maps.provenance},
+        extra=_reporter(args, maps, series, lesions, maps.provenance, None),
+    )
     _print_lesions(lesions)
     flags = [f["code"] for f in maps.provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
@@ -419,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hematocrit-factor", type=_positive_float, default=0.73, metavar="KH")
     p.add_argument("--tissue-density", type=_positive_float, default=1.04, metavar="RHO", help="g/mL")
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html and figures/")
     g = p.add_argument_group(
         "lesions (hypoperfused: Tmax > 6 s; core: rCBF < 30 %% of the healthy reference)"
     )

@@ -217,7 +217,8 @@ def test_cli_train_and_analyze_cnn(cohort: Path, tmp_path: Path, capsys: pytest.
     )
     written = sorted(p.name for p in out.iterdir())
     maps = ["cbf", "cbv", "mtt", "tmax", "ttp", "brain_mask", "core", "hypoperfused", "penumbra"]
-    assert written == sorted([*(f"{m}.nii.gz" for m in maps), "lesions.json", "provenance.json"])
+    others = ["lesions.json", "provenance.json", "report.html", "figures"]
+    assert written == sorted([*(f"{m}.nii.gz" for m in maps), *others])
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["method"] == "cnn" and prov["motion"]["reference_frame"] == 0
     # conventional methods take no weights; a missing weights file is a one-line input error

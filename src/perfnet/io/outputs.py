@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,14 @@ def write_json(path: Path, content: Any) -> Path:
     return path
 
 
-def write_output_set(maps: PerfusionMaps, out_dir: str | Path, json_files: dict[str, Any]) -> list[Path]:
-    """Write ``<map>.nii.gz``, ``brain_mask.nii.gz``, masks and ``<name>.json`` into ``out_dir``.
+def write_output_set(
+    maps: PerfusionMaps,
+    out_dir: str | Path,
+    json_files: dict[str, Any],
+    extra: Callable[[Path], list[Path]] | None = None,
+) -> list[Path]:
+    """Write ``<map>.nii.gz``, ``brain_mask.nii.gz``, masks and ``<name>.json`` into ``out_dir``;
+    ``extra(folder)`` writes more (the report) into the same staging folder.
 
     Nothing appears in ``out_dir`` unless every file was written.
     """
@@ -38,4 +45,6 @@ def write_output_set(maps: PerfusionMaps, out_dir: str | Path, json_files: dict[
     with atomic_output_dir(out_dir) as staging:
         written = write_maps(maps, staging)
         written += [write_json(staging / f"{name}.json", content) for name, content in json_files.items()]
+        if extra is not None:
+            written += extra(staging)
     return [out_dir / p.name for p in written]

@@ -145,10 +145,17 @@ def segment_lesions(
     brain: np.ndarray,
     affine: np.ndarray,
     settings: LesionSettings | None = None,
+    exclude: np.ndarray | None = None,
 ) -> LesionResult:
-    """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps."""
+    """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps.
+
+    ``exclude`` (e.g. CSF) is left out of the lesions and of the reference; the midline is still
+    taken from the whole brain mask."""
     settings = (settings or PRESETS["rapid"]).check()
     brain = np.asarray(brain, dtype=bool)
+    whole_brain = brain
+    if exclude is not None:
+        brain = brain & ~np.asarray(exclude, dtype=bool)
     if cbf.shape != brain.shape or tmax.shape != brain.shape:
         raise PerfnetInputError(None, f"maps {cbf.shape}/{tmax.shape} and brain mask {brain.shape} differ")
     affine = np.asarray(affine, dtype=np.float64)
@@ -158,7 +165,7 @@ def segment_lesions(
 
     raw_hypo = brain & (tmax > settings.tmax_threshold_s)
     hypo = clean_mask(raw_hypo, voxel_size, settings) & brain
-    sides = hemisphere_sides(brain, affine)
+    sides = hemisphere_sides(whole_brain, affine)
     affected = None
     if hypo.any():
         counts = {s: int((hypo & (sides == s)).sum()) for s in (1, -1)}

@@ -258,3 +258,25 @@ def brain_mask(series: PerfusionSeries) -> np.ndarray:
     if series.modality == "CT":
         return ct_brain_mask(reference, series.voxel_size)
     return mr_brain_mask(reference, series.voxel_size)
+
+
+#: CSF thresholds: CT temporal median below 15 HU (CSF ≈ 0–10 HU, white matter ≈ 25–30 HU);
+#: MR (T2*-weighted) temporal median above 1.4 × the brain median (CSF is the brightest tissue).
+CSF_CT_HU = 15.0
+CSF_MR_RELATIVE = 1.4
+
+
+def csf_mask(series: PerfusionSeries, brain: np.ndarray) -> np.ndarray:
+    """Cerebrospinal fluid (ventricles, sulci) within ``brain`` from the temporal median (not
+    smoothed: thin CSF lies next to bone, which any spatial filter would spread into it).
+
+    Lesion analysis leaves CSF out: it has no perfusion, so its Tmax is noise and its CBF is ~0,
+    which would read as ischaemic core."""
+    brain = np.asarray(brain, dtype=bool)
+    mean = reference_image(series.data).astype(np.float64)
+    if series.modality == "CT":
+        csf = mean < CSF_CT_HU
+    else:
+        inside = mean[brain]
+        csf = mean > CSF_MR_RELATIVE * float(np.median(inside)) if inside.size else np.zeros_like(brain)
+    return csf & brain

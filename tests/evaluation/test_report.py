@@ -1,0 +1,75 @@
+"""The HTML report: self-contained, and rendered by headless Chromium into a non-blank page."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perfnet.cli import main
+from perfnet.io import save_series_nifti
+from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.preprocess.mask import csf_mask
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    cfg = PhantomConfig.draw(41, "CT", matrix=96, slices=6, coverage_mm=60.0, lesion="core", motion=False)
+    series = save_series_nifti(simulate_study(cfg).series, root / "ctp.nii.gz", dtype=np.int16)
+    assert main(["analyze", str(series), "--out", str(root / "out"), "--method", "csvd"]) == 0
+    return root / "out"
+
+
+def test_report_is_self_contained(analysed: Path) -> None:
+    text = (analysed / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,', text)
+    assert len(images) == 7  # overlay, 5 maps, AIF/VOF
+    assert not re.search(r'src="(?!data:)', text) and "<link" not in text  # nothing fetched
+    for needle in ("Lesion volumes", "DEFUSE-3", "mL/100 g/min", "Quality control", "provenance.json"):
+        assert needle in text
+    assert sorted(p.name for p in (analysed / "figures").iterdir()) == sorted(
+        ["lesion_overlay.png", "tmax.png", "cbf.png", "cbv.png", "mtt.png", "ttp.png", "aif_vof.png"]
+    )
+
+
+def test_csf_is_found_and_left_out_of_the_lesions() -> None:
+    cfg = PhantomConfig.draw(42, "CT", matrix=96, slices=6, coverage_mm=60.0, motion=False)
+    study = simulate_study(cfg)
+    labels = study.truth.labels
+    brain = labels > 0
+    csf = csf_mask(study.series, brain)
+    true_csf = labels == 3  # anatomy.CSF
+    parenchyma = study.truth.masks["brain"]
+    assert (csf & true_csf).sum() > 0.5 * (true_csf & brain).sum()
+    assert (csf & parenchyma).sum() < 0.02 * parenchyma.sum()
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)"
+)
+def test_report_renders_in_headless_chromium(analysed: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    cmd += ["--window-size=1000,1400", f"--screenshot={shot}", (analysed / "report.html").as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert shot.is_file(), "Chromium wrote no screenshot"
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 1000
+    assert pixels.std() > 0.1  # text, tables and images, not a blank page
+    dark = (pixels.mean(axis=2) < 0.2).mean()
+    assert 0.05 < dark < 0.9  # the black map panels are there
