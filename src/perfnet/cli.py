@@ -375,26 +375,64 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a CT stroke study, analyse it with the bundled CNN and with oSVD, compare both
+    against the phantom's truth, print the volumes and where the reports are."""
+    from perfnet.evaluation import evaluate_study
+    from perfnet.inference.weights import bundled_weights
     from perfnet.phantom import write_cohort
 
+    started = time.perf_counter()
+    out = Path(args.out)
     print("perfnet demo: simulating a CT stroke study with the digital phantom ...", flush=True)
     overrides = {"matrix": 256, "slices": 8, "coverage_mm": 64.0, "lesion": "core", "territory": "MCA"}
-    rows = write_cohort(args.out, "CT", 1, args.seed, overrides=overrides)
+    rows = write_cohort(out / "phantom", "CT", 1, args.seed, overrides=overrides)
     row = rows[0]
+    series = next((out / "phantom").rglob("*_ctp.nii.gz"))
+    truth_dir = series.parent / "truth"
+    methods = [DEFAULT_METHOD]
+    try:
+        bundled_weights("CT")
+        methods.insert(0, "cnn")
+    except PerfnetInputError as exc:
+        print(f"  (no CNN: {exc})")
+    comparison: dict[str, Any] = {
+        "truth": {k: round(float(row[f"{k}_ml"]), 1) for k in ("core", "penumbra", "hypoperfused")},
+        "lesion": f"{row['lesion']} ({row['territory']}, {row['hemisphere']})",
+    }
+    for method in methods:
+        print(f"perfnet demo: analysing with {method} ...", flush=True)
+        code = main(["analyze", str(series), "--out", str(out / method), "--method", method])
+        if code != 0:
+            return code
+        metrics = evaluate_study(out / method, truth_dir)
+        lesions = json.loads((out / method / "lesions.json").read_text())
+        comparison[method] = {
+            "volumes_ml": {k: lesions["volumes_ml"][k] for k in ("core", "penumbra", "hypoperfused")},
+            "tmax_maec_s": round(metrics["tmax_maec"], 3),
+            "hypoperfused_dice": round(metrics["hypoperfused_dice"], 3),
+            "core_dice": round(metrics["core_dice"], 3),
+            "cbf_mae": round(metrics["cbf_mae"], 2),
+            "seconds": json.loads((out / method / "provenance.json").read_text())["seconds"].get("total"),
+            "report": str(out / method / "report.html"),
+        }
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    t = comparison["truth"]
+    print(f"\nstudy: {series}  lesion: {comparison['lesion']}")
     print(
-        json.dumps(
-            {
-                "study": str(Path(args.out) / row["participant_id"]),
-                "truth": {
-                    "core_ml": row["core_ml"],
-                    "penumbra_ml": row["penumbra_ml"],
-                    "hypoperfused_ml": row["hypoperfused_ml"],
-                },
-                "lesion": f"{row['lesion']} ({row['territory']}, {row['hemisphere']})",
-            },
-            indent=2,
-        )
+        f"{'':10s} {'core mL':>8s} {'penumbra mL':>12s} {'Tmax MAEC s':>12s}"
+        f" {'hypo Dice':>10s} {'core Dice':>10s}"
     )
+    print(f"{'truth':10s} {t['core']:8.1f} {t['penumbra']:12.1f}")
+    for method in methods:
+        c = comparison[method]
+        v = c["volumes_ml"]
+        print(
+            f"{method:10s} {v['core']:8.1f} {v['penumbra']:12.1f} {c['tmax_maec_s']:12.2f}"
+            f" {c['hypoperfused_dice']:10.3f} {c['core_dice']:10.3f}"
+        )
+    for method in methods:
+        print(f"report ({method}): {comparison[method]['report']}")
+    print(f"comparison: {out / 'comparison.json'}  ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
