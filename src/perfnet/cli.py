@@ -384,7 +384,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     print("perfnet demo: simulating a CT stroke study with the digital phantom ...", flush=True)
-    overrides = {"matrix": 256, "slices": 8, "coverage_mm": 64.0, "lesion": "core", "territory": "MCA"}
+    overrides = {
+        "matrix": 256,
+        "slices": 8,
+        "coverage_mm": 64.0,
+        "lesion": "core",
+        "territory": "MCA",
+        "lesion_radius_mm": 35.0,
+    }
     rows = write_cohort(out / "phantom", "CT", 1, args.seed, overrides=overrides)
     row = rows[0]
     series = next((out / "phantom").rglob("*_ctp.nii.gz"))

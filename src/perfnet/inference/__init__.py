@@ -53,8 +53,12 @@ def predict(
     brain: np.ndarray | None = None,
     batch_slices: int = 4,
     progress: Progress | None = None,
+    flips: bool = True,
 ) -> PerfusionMaps:
-    """Perfusion maps of a series from a CNN (the bundled weights of its modality by default)."""
+    """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
+
+    ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
+    networks were trained with flips, so each flip is an equally valid view of the slice)."""
     started = time.perf_counter()
     path = Path(weights) if weights is not None else bundled_weights(series.modality)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -86,7 +90,19 @@ def predict(
             z1 = min(nz, z0 + batch_slices)
             x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inp.curves[:, :, z0:z1], (2, 3), (0, 1))))
             x = resize_slices((x / scale_in).to(dev), size)  # (B, T, X', Y') at the model's pixels
-            value, scale = run_model(model, config, x, inp.grid, bolus.expand(z1 - z0, *bolus.shape[1:]))
+            patches = bolus.expand(z1 - z0, *bolus.shape[1:])
+            views = [(), (-1,), (-2,), (-2, -1)] if flips else [()]
+            value = scale = None
+            for dims in views:
+                xv = x.flip(dims) if dims else x
+                v, sc = run_model(model, config, xv, inp.grid, patches)
+                v = v.flip(dims) if dims else v
+                value = v if value is None else value + v
+                if sc is not None:
+                    sc = sc.flip(dims) if dims else sc
+                    scale = sc if scale is None else scale + sc
+            value = value / len(views)
+            scale = None if scale is None else scale / len(views)
             value = resize_slices(value.float(), (nx, ny))
             values[:, :, :, z0:z1] = np.moveaxis(value.cpu().numpy(), 0, -1)
             if uncert is not None and scale is not None:
@@ -119,6 +135,7 @@ def predict(
         "bolus_patch_centre": list(inp.bolus_centre),
         "training": config.get("training", {}),
         "device": str(dev),
+        "test_time_flips": bool(flips),
         "seconds": {"total": round(time.perf_counter() - started, 3)},
         "qc_flags": [],
     }
