@@ -139,8 +139,11 @@ class Schedule(Callback):
         self.dataset.crop = self.cfg.crop if fine else None
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        validated = (trainer.current_epoch + 1) % max(1, self.cfg.val_every) == 0
         metrics = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if torch.is_tensor(v) and v.numel() == 1 and (validated or not k.startswith("val_"))
         }
         row = {
             "epoch": trainer.current_epoch,
@@ -151,8 +154,13 @@ class Schedule(Callback):
         } | {k: round(v, 6) for k, v in sorted(metrics.items())}
         path = self.fold_dir / "metrics.csv"
         new = not path.is_file()
+        maps = self.cfg.maps
+        names = ["train_loss", "val_loss", *(f"val_mae_{m}" for m in maps)]
+        if "tmax" in maps:
+            names += ["val_tmax_maec", "val_dice_hypoperfused"]
+        fields = [*list(row)[:5], *names]  # fixed: epochs without validation leave those empty
         with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
             if new:
                 writer.writeheader()
             writer.writerow(row)
