@@ -59,3 +59,18 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
     assert np.mean(cnn_maec) < np.mean(osvd_maec), report
     assert np.mean(cnn_dice) >= np.mean(osvd_dice), report
     assert min(cnn_dice) > 0.8, report
+
+
+def test_bundled_mr_uncertainty_tracks_its_error() -> None:
+    """Hess et al.'s per-voxel Laplace scale: larger where the Tmax error is larger (unseen study)."""
+    cfg = PhantomConfig.draw(
+        5252, "MR", matrix=96, slices=6, coverage_mm=60.0, lesion="penumbra", motion=False
+    )
+    study = simulate_study(cfg)
+    truth, brain = study.truth.maps["tmax"], study.truth.masks["brain"]
+    maps = predict(study.series, device="cpu")
+    error = np.abs(maps["tmax"][brain] - truth[brain])
+    scale = maps["tmax_uncertainty"][brain]
+    assert (scale > 0).all()
+    assert np.corrcoef(scale, error)[0, 1] > 0.5
+    assert _dice(maps["tmax"][brain] > 6, truth[brain] > 6) > 0.8
