@@ -70,7 +70,12 @@ def predict(
     if progress:
         progress("model input", 0.0)
     inp: ModelInput = prepare_input(
-        series, config["frame_interval"], config["frames"], brain, config.get("align_lead_s")
+        series,
+        config["frame_interval"],
+        config["frames"],
+        brain,
+        config.get("align_lead_s"),
+        config.get("pixel_mm"),
     )
     if progress:
         progress("model input", 1.0)
@@ -78,8 +83,8 @@ def predict(
     mean = np.array([config["target_mean"][m] for m in maps], dtype=np.float32)
     sd = np.array([config["target_sd"][m] for m in maps], dtype=np.float32)
     scale_in = float(config["input_scale"])
-    nx, ny, nz, _ = inp.curves.shape
-    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))
+    nx, ny, nz = series.spatial_shape
+    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
     values = np.zeros((len(maps), nx, ny, nz), dtype=np.float32)
     uncert = np.zeros_like(values) if config["model"] == "temporal" else None
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)

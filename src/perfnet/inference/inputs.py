@@ -39,9 +39,9 @@ class ModelInput:
     """Concentration on the model grid and what comes with it.
 
     Attributes:
-        curves: (X, Y, Z, T) float32 concentration on the grid ``grid``.
+        curves: (X', Y', Z, T) float32 concentration on the grid ``grid`` (X', Y': model pixels).
         grid: (T,) s from the first frame.
-        brain: (X, Y, Z) bool brain mask.
+        brain: (X, Y, Z) bool brain mask on the series' grid.
         bolus: (T, D, P, P) float32 concentration patch at the large arteries.
         bolus_centre: (3,) voxel index of the patch centre.
         offset_s: start of the grid after the first frame (s); 0 without alignment.
@@ -87,21 +87,44 @@ def reflect_times(grid: np.ndarray, duration: float) -> np.ndarray:
     return np.where(folded > duration, period - folded, folded)
 
 
-def bolus_patch(curves: np.ndarray, brain: np.ndarray, size: tuple[int, int, int] = PATCH) -> tuple:
-    """The (T, D, P, P) patch centred on the brain voxel whose curve peaks highest in the first half
-    of the grid (large arteries fill first and strongest), edge-padded at the volume's borders."""
-    t = curves.shape[3]
-    early = curves[..., : max(2, t // 2)].max(axis=3)
-    early = np.where(brain, early, -np.inf)
-    centre = np.unravel_index(int(np.argmax(early)), early.shape)
+def bolus_patch(
+    conc: np.ndarray,
+    times: np.ndarray,
+    sample_at: np.ndarray,
+    brain: np.ndarray,
+    size: tuple[int, int, int] = PATCH,
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The (T, D, P, P) patch of the native concentration (X, Y, Z, T_native) at ``times``, centred
+    on the brain voxel whose curve peaks highest in the first half of the grid (large arteries fill
+    first and strongest), resampled onto ``sample_at`` and edge-padded at the volume's borders."""
+    first = sample_at[: max(2, sample_at.size // 2)]
+    sel = (times >= first.min() - 1e-6) & (times <= first.max() + 1e-6)
+    if not sel.any():
+        sel[int(np.argmin(np.abs(times - first.min())))] = True
+    early = np.where(brain, conc[..., sel].max(axis=3), -np.inf)
+    centre = tuple(int(c) for c in np.unravel_index(int(np.argmax(early)), early.shape))
     d, p, _ = size
-    half = (p // 2, p // 2, d // 2)
-    padded = np.pad(curves, [(half[0], half[0]), (half[1], half[1]), (half[2], half[2]), (0, 0)], mode="edge")
-    x, y, z = centre
-    patch = padded[x : x + p, y : y + p, z : z + d]  # (P, P, D, T)
-    return np.ascontiguousarray(np.transpose(patch, (3, 2, 0, 1)), dtype=np.float32), tuple(
-        int(c) for c in centre
-    )
+    index = [
+        np.clip(np.arange(c - n // 2, c - n // 2 + n), 0, dim - 1)
+        for c, n, dim in zip(centre, (p, p, d), conc.shape[:3], strict=True)
+    ]
+    window = conc[np.ix_(*index)]  # (P, P, D, T_native)
+    on_grid = resample_curves(window.reshape(-1, window.shape[3]), times, sample_at)
+    patch = np.nan_to_num(on_grid.reshape(p, p, d, -1), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.ascontiguousarray(np.transpose(patch, (3, 2, 0, 1)), dtype=np.float32), centre
+
+
+def _to_model_pixels(conc: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(X, Y, Z, T) → (X', Y', Z, T) in-plane resampling, a few slices at a time (bounded memory).
+    Area averaging and linear time interpolation commute, so resampling in space before time gives
+    the same curves as after, at a fraction of the cost on fine matrices."""
+    if tuple(conc.shape[:2]) == tuple(size):
+        return conc
+    out = np.empty((*size, conc.shape[2], conc.shape[3]), dtype=np.float32)
+    for z in range(conc.shape[2]):
+        x = torch.from_numpy(np.ascontiguousarray(conc[:, :, z].transpose(2, 0, 1)))[None]  # (1, T, X, Y)
+        out[:, :, z] = resize_slices(x, size)[0].numpy().transpose(1, 2, 0)
+    return out
 
 
 def prepare_input(
@@ -110,8 +133,10 @@ def prepare_input(
     frames: int = FRAMES,
     brain: np.ndarray | None = None,
     align_lead_s: float | None = None,
+    pixel_mm: float | None = None,
 ) -> ModelInput:
-    """Concentration on the model's time grid (see the module docstring)."""
+    """Concentration on the model's time grid and, with ``pixel_mm``, its pixel size (see the module
+    docstring). ``brain`` and the bolus patch stay on the series' own grid."""
     from perfnet.preprocess import brain_mask, detect_bolus, to_concentration
 
     mask = brain_mask(series) if brain is None else np.asarray(brain, dtype=bool)
@@ -125,11 +150,13 @@ def prepare_input(
     if align_lead_s is not None:
         offset = float(np.clip(bolus.arrival_s - series.times[0] - align_lead_s, 0.0, times[-1]))
     sample_at = reflect_times(grid + offset, float(times[-1]))
+    patch, centre = bolus_patch(conc, times, sample_at, mask)
+    conc = _to_model_pixels(conc, model_size(series.spatial_shape[:2], series.voxel_size[:2], pixel_mm))
+    shape = conc.shape[:3]
     flat = conc.reshape(-1, conc.shape[3])
     on_grid = np.empty((flat.shape[0], grid.size), dtype=np.float32)
     for start in range(0, flat.shape[0], 262_144):  # bounded memory on 512² × 32 studies
         on_grid[start : start + 262_144] = resample_curves(flat[start : start + 262_144], times, sample_at)
-    curves = on_grid.reshape(*conc.shape[:3], grid.size)
-    curves = np.nan_to_num(curves, nan=0.0, posinf=0.0, neginf=0.0)
-    patch, centre = bolus_patch(curves, mask)
+    del conc, flat
+    curves = np.nan_to_num(on_grid, copy=False, nan=0.0, posinf=0.0, neginf=0.0).reshape(*shape, grid.size)
     return ModelInput(curves=curves, grid=grid, brain=mask, bolus=patch, bolus_centre=centre, offset_s=offset)

@@ -145,11 +145,13 @@ def load_study(
             raise PerfnetInputError(
                 study.series_path, f"target {m} has shape {arr.shape}, series {series.spatial_shape}"
             )
-    inp = prepare_input(series, frame_interval, frames, brain, align_lead_s)
+    inp = prepare_input(series, frame_interval, frames, brain, align_lead_s, pixel_mm)
     if "ttp" in target_maps:
         target_maps["ttp"] = np.where(inp.brain, target_maps["ttp"] - inp.offset_s, target_maps["ttp"])
     size = model_size(series.spatial_shape[:2], series.voxel_size[:2], pixel_mm)
-    x = resize_slices(torch.from_numpy(np.moveaxis(inp.curves, (2, 3), (0, 1))), size)  # (Z, T, X, Y)
+    x = resize_slices(
+        torch.from_numpy(np.moveaxis(inp.curves, (2, 3), (0, 1))), size
+    )  # (Z, T, X, Y), already at the model pixels
     y = torch.from_numpy(
         np.stack([np.moveaxis(target_maps[m], 2, 0) for m in maps], axis=1).astype(np.float32)
     )
