@@ -111,21 +111,28 @@ def _plot(table: dict[tuple[str, float, int], tuple[float, float]]) -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method in METHODS:
+    for i, method in enumerate(METHODS):
+        colour = f"C{i}"
         axes[0].plot(
-            DOSES, [table[(method, d, 1)][0] for d in DOSES], marker="o", label=f"{method}, all frames"
+            DOSES,
+            [table[(method, d, 1)][0] for d in DOSES],
+            marker="o",
+            color=colour,
+            label=f"{method}, all frames",
         )
         axes[0].plot(
             DOSES,
             [table[(method, d, 4)][0] for d in DOSES],
             marker="s",
             ls="--",
+            color=colour,
             label=f"{method}, 1/4 frames",
         )
         axes[1].plot(
             [1, 1 / 2, 1 / 4],
             [table[(method, 200.0, s)][1] for s in STEPS],
             marker="o",
+            color=colour,
             label=f"{method}, 200 mAs",
         )
     axes[0].set(xlabel="dose (mAs)", ylabel="Tmax MAEC (s)", xscale="log", title="accuracy against dose")

@@ -1,0 +1,28 @@
+"""`perfnet demo` (the README's first command) end to end: both methods, their reports, the
+comparison against the phantom's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perfnet.cli import main
+
+
+def test_demo_writes_both_analyses_and_compares_them_with_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["truth"]["core"] > 1 and comparison["truth"]["penumbra"] > 1
+    for method in ("cnn", "osvd"):
+        c = comparison[method]
+        assert (out / method / "report.html").is_file() and (out / method / "lesions.json").is_file()
+        assert c["report"] in printed
+        assert 0 <= c["tmax_maec_s"] < 5 and 0.3 < c["hypoperfused_dice"] <= 1
+    assert comparison["cnn"]["tmax_maec_s"] < comparison["osvd"]["tmax_maec_s"]
+    assert "core mL" in printed and "penumbra mL" in printed
