@@ -119,6 +119,7 @@ def _step_printer() -> Any:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
+    from perfnet.inference import analyze_cnn
     from perfnet.io import load_series
     from perfnet.io.outputs import write_output_set
 
@@ -128,33 +129,45 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     shape = series.spatial_shape
     masks = {name: _load_mask(getattr(args, name), shape) for name in ("brain_mask", "aif_mask", "vof_mask")}
-    options = AnalysisOptions(
-        method=args.method,
-        motion_correction=not args.no_motion_correction,
-        bilateral_filter=not args.no_filter,
-        temporal_smoothing_s=args.temporal_smoothing,
-        hematocrit_factor=args.hematocrit_factor,
-        tissue_density=args.tissue_density,
-        device=args.device,
-    )
     print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", file=sys.stderr)
-    if args.method == "cnn":
-        return _analyze_cnn(args, series, masks["brain_mask"], started)
-    if args.weights is not None:
-        raise PerfnetInputError("--weights", "only --method cnn takes weights")
-    result = analyze(series, options, progress=_step_printer(), **masks)
-    result.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    result.provenance["input"]["path"] = str(args.input)
-    lesions = _segment(result.maps, args, series)
-    aif = result.aif.to_json(result.times)
+    json_files: dict[str, Any] = {}
+    aif = None
+    if args.method == "cnn":  # the series the model saw (motion-corrected) also feeds lesions and report
+        maps, series = analyze_cnn(
+            series,
+            args.weights,
+            motion_correction=not args.no_motion_correction,
+            device=args.device,
+            brain=masks["brain_mask"],
+            progress=_step_printer(),
+        )
+    else:
+        if args.weights is not None:
+            raise PerfnetInputError("--weights", "only --method cnn takes weights")
+        options = AnalysisOptions(
+            method=args.method,
+            motion_correction=not args.no_motion_correction,
+            bilateral_filter=not args.no_filter,
+            temporal_smoothing_s=args.temporal_smoothing,
+            hematocrit_factor=args.hematocrit_factor,
+            tissue_density=args.tissue_density,
+            device=args.device,
+        )
+        result = analyze(series, options, progress=_step_printer(), **masks)
+        maps, aif = result.maps, result.aif.to_json(result.times)
+        json_files["aif"] = aif
+    provenance = maps.provenance
+    provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    provenance["input"]["path"] = str(args.input)
+    lesions = _segment(maps, args, series)
     written = write_output_set(
-        result.maps,
+        maps,
         args.out,
-        {"aif": aif, "lesions": lesions, "provenance": result.provenance},
-        extra=_reporter(args, result.maps, series, lesions, result.provenance, aif),
+        json_files | {"lesions": lesions, "provenance": provenance},
+        extra=_reporter(args, maps, series, lesions, provenance, aif),
     )
     _print_lesions(lesions)
-    flags = [f["code"] for f in result.provenance["qc_flags"]]
+    flags = [f["code"] for f in provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
     print(f"QC flags: {', '.join(flags) if flags else 'none'}")
     return 0
@@ -164,8 +177,7 @@ def _segment(maps: Any, args: argparse.Namespace, series: Any) -> dict[str, Any]
     """Core / hypoperfused / penumbra masks added to ``maps``; returns lesions.json's content."""
     from dataclasses import replace
 
-    from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
-    from perfnet.preprocess.mask import csf_mask
+    from perfnet.lesions import PRESETS, segment_map_set
 
     settings = PRESETS[args.lesion_preset]
     if args.tmax_threshold is not None:
@@ -173,11 +185,7 @@ def _segment(maps: Any, args: argparse.Namespace, series: Any) -> dict[str, Any]
     if args.core_threshold is not None:
         settings = replace(settings, core_relative_cbf=args.core_threshold)
     settings = replace(settings, reference=args.reference)
-    csf = csf_mask(series, maps.brain_mask)
-    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings, exclude=csf)
-    maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
-    csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
-    return result.to_json() | {"preset": args.lesion_preset, "method": maps.method, "excluded_csf_ml": csf_ml}
+    return segment_map_set(maps, series, settings) | {"preset": args.lesion_preset}
 
 
 def _reporter(
@@ -205,54 +213,6 @@ def _print_lesions(lesions: dict[str, Any]) -> None:
         f" mismatch ratio {'∞' if ratio is None else f'{ratio:.2f}'}; DEFUSE-3 target mismatch:"
         f" {'yes' if lesions['defuse3']['target_mismatch'] else 'no'}"
     )
-
-
-def _analyze_cnn(args: argparse.Namespace, series: Any, brain: Any, started: float) -> int:
-    """`analyze --method cnn`: optional motion correction, then the model (no AIF, no deconvolution)."""
-    from perfnet.inference import predict
-    from perfnet.inference.weights import bundled_weights
-    from perfnet.io.outputs import write_output_set
-    from perfnet.io.types import PerfusionSeries
-    from perfnet.preprocess.motion import motion_correct
-
-    weights = args.weights if args.weights is not None else bundled_weights(series.modality)
-    report = _step_printer()
-    motion = None
-    if not args.no_motion_correction:
-        if report:
-            report("motion correction", 0.0)
-        moved = motion_correct(series.data, series.affine, reference=0)
-        if report:
-            report("motion correction", 1.0)
-        motion = {
-            "reference_frame": 0,
-            "max_displacement_mm": float(moved.displacement_mm.max()),
-            "displacement_mm": [round(float(d), 4) for d in moved.displacement_mm],
-        }
-        series = PerfusionSeries(
-            moved.data, series.times, series.affine, series.modality, series.echo_time, dict(series.meta)
-        )
-    maps = predict(series, weights, device=args.device, brain=brain, progress=report)
-    maps.provenance["motion"] = motion
-    maps.provenance["input"] = {k: v for k, v in series.summary().items() if k != "frame_times"}
-    maps.provenance["input"]["path"] = str(args.input)
-    maps.provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    if motion and motion["max_displacement_mm"] > 2.0:
-        maps.provenance["qc_flags"].append(
-            {"code": "large_motion", "message": f"head motion up to {motion['max_displacement_mm']:.1f} mm"}
-        )
-    lesions = _segment(maps, args, series)
-    written = write_output_set(
-        maps,
-        args.out,
-        {"lesions": lesions, "provenance": maps.provenance},
-        extra=_reporter(args, maps, series, lesions, maps.provenance, None),
-    )
-    _print_lesions(lesions)
-    flags = [f["code"] for f in maps.provenance["qc_flags"]]
-    print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
-    print(f"QC flags: {', '.join(flags) if flags else 'none'}")
-    return 0
 
 
 def _int_pair(text: str, option: str) -> tuple[int, int]:

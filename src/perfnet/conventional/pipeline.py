@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from perfnet.conventional.qc import quality_flags
 from perfnet.conventional.timegrid import resample_curves, uniform_grid
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
+
+if TYPE_CHECKING:  # torch is imported only when an analysis runs, not when the CLI starts
+    from perfnet.preprocess.motion import MotionResult
 
 METHODS = ("ssvd", "csvd", "osvd", "tikhonov", "boxnlr")
 DEFAULT_METHOD = "osvd"
@@ -113,17 +116,11 @@ def analyze(
     if options.motion_correction:
         moved = steps.run("motion correction", lambda: motion_correct(data, series.affine, reference=0))
         data = moved.data
-        motion_info = {
-            "reference_frame": 0,
-            "parameters": np.round(moved.parameters, 4).tolist(),
-            "columns": ["tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg"],
-            "displacement_mm": np.round(moved.displacement_mm, 4).tolist(),
-            "max_displacement_mm": float(np.max(moved.displacement_mm)),
-        }
+        motion_info = motion_provenance(moved)
         del moved  # `data` holds the corrected frames; nothing else may keep them alive
     provenance["motion"] = motion_info
 
-    moved_series = series if data is series.data else _with_data(series, data)
+    moved_series = series if data is series.data else series.with_data(data)
     mask = (
         brain_mask
         if brain_mask is not None
@@ -243,10 +240,12 @@ def analyze(
     return AnalysisResult(maps=perfusion_maps, aif=aif, times=times, provenance=provenance)
 
 
-def _with_data(series: PerfusionSeries, data: np.ndarray) -> PerfusionSeries:
-    return PerfusionSeries(
-        data, series.times, series.affine, series.modality, series.echo_time, dict(series.meta)
-    )
+def motion_provenance(moved: MotionResult) -> dict[str, Any]:
+    """provenance.json's ``motion``: the per-frame pose (columns named) and displacement."""
+    return moved.to_dict() | {
+        "reference_frame": moved.reference,
+        "columns": ["tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg"],
+    }
 
 
 def _summarise(extra: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,13 @@ def _end_fraction(curve: np.ndarray) -> float:
     return float(np.mean(curve[-3:]) / peak)
 
 
+def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The ``large_motion`` flag of a motion summary (:func:`motion_provenance`), if raised."""
+    if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
+        return [_flag("large_motion", motion["max_displacement_mm"])]
+    return []
+
+
 def quality_flags(
     series: PerfusionSeries,
     conc: np.ndarray,
@@ -56,8 +63,7 @@ def quality_flags(
     venous_end = _end_fraction(aif.vof) if aif.vof is not None else 0.0
     if max(end, venous_end) > TRUNCATION_FRACTION:
         flags.append(_flag("truncated_bolus", max(end, venous_end)))
-    if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
-        flags.append(_flag("large_motion", motion["max_displacement_mm"]))
+    flags += motion_flags(motion)
     if bolus.baseline_end >= 3:
         noise = float(np.median(conc[mask][:, : bolus.baseline_end].std(axis=1)))
         cnr = float(tissue.max()) / max(noise, 1e-9)

@@ -149,4 +149,36 @@ def predict(
     )
 
 
-__all__ = ["load_weights", "predict", "prepare_input", "save_weights"]
+def analyze_cnn(
+    series: PerfusionSeries,
+    weights: str | Path | None = None,
+    *,
+    motion_correction: bool = True,
+    device: str | None = None,
+    brain: np.ndarray | None = None,
+    progress: Progress | None = None,
+) -> tuple[PerfusionMaps, PerfusionSeries]:
+    """`analyze --method cnn`: rigid motion correction as in the conventional pipeline (same
+    provenance and ``large_motion`` flag), then the model. Returns the maps and the series the
+    model saw."""
+    from perfnet.conventional.pipeline import motion_provenance
+    from perfnet.conventional.qc import motion_flags
+    from perfnet.preprocess.motion import motion_correct
+
+    motion = None
+    if motion_correction:
+        if progress:
+            progress("motion correction", 0.0)
+        moved = motion_correct(series.data, series.affine, reference=0)
+        if progress:
+            progress("motion correction", 1.0)
+        motion = motion_provenance(moved)
+        series = series.with_data(moved.data)
+    maps = predict(series, weights, device=device, brain=brain, progress=progress)
+    maps.provenance["motion"] = motion
+    maps.provenance["qc_flags"] += motion_flags(motion)
+    maps.provenance["input"] = {k: v for k, v in series.summary().items() if k != "frame_times"}
+    return maps, series
+
+
+__all__ = ["analyze_cnn", "load_weights", "predict", "prepare_input", "save_weights"]

@@ -73,6 +73,18 @@ class PerfusionSeries:
             if not (self.echo_time > 0):
                 raise PerfnetInputError(source, f"echo time must be positive, got {self.echo_time}")
 
+    def with_data(self, data: np.ndarray, times: np.ndarray | None = None) -> PerfusionSeries:
+        """The same study with other frames (motion-corrected, subsampled …): grid, modality,
+        echo time and metadata are kept; ``times`` default to the current ones."""
+        return PerfusionSeries(
+            data,
+            self.times if times is None else times,
+            self.affine,
+            self.modality,
+            self.echo_time,
+            dict(self.meta),
+        )
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from perfnet.errors import PerfnetInputError
+from perfnet.io.types import PerfusionMaps, PerfusionSeries
 
 REFERENCES = ("contralateral", "brain", "tmax4")
 DEFUSE3 = {"core_max_ml": 70.0, "ratio_min": 1.8, "mismatch_min_ml": 15.0}
@@ -214,6 +215,18 @@ def segment_lesions(
     )
 
 
+def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: LesionSettings) -> dict[str, Any]:
+    """Lesions of an analysis: CSF of ``series`` (the maps' source) left out, the three masks added
+    to ``maps.masks``; returns the content of lesions.json."""
+    from perfnet.preprocess.mask import csf_mask
+
+    csf = csf_mask(series, maps.brain_mask)
+    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings, exclude=csf)
+    maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
+    csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
+    return result.to_json() | {"method": maps.method, "excluded_csf_ml": csf_ml}
+
+
 __all__ = [
     "DEFUSE3",
     "PRESETS",
@@ -223,5 +236,6 @@ __all__ = [
     "clean_mask",
     "hemisphere_sides",
     "segment_lesions",
+    "segment_map_set",
     "voxel_volume_ml",
 ]
