@@ -17,6 +17,7 @@ import numpy as np
 
 from perfnet.conventional.pipeline import AnalysisOptions, analyze
 from perfnet.errors import PerfnetInputError
+from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.io.types import PerfusionSeries
 from perfnet.phantom import PhantomConfig, simulate_study
@@ -29,22 +30,11 @@ OUT = Path(__file__).resolve().parent.parent / "build" / "bench"
 
 
 def subsample(series: PerfusionSeries, step: int) -> PerfusionSeries:
-    return PerfusionSeries(
-        np.ascontiguousarray(series.data[..., ::step]),
-        series.times[::step],
-        series.affine,
-        series.modality,
-        series.echo_time,
-        dict(series.meta),
-    )
+    return series.with_data(np.ascontiguousarray(series.data[..., ::step]), series.times[::step])
 
 
 def score(tmax: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
-    p, t = tmax[brain], truth[brain]
-    maec = float(np.mean(np.abs(np.clip(p, 0, 20) - np.clip(t, 0, 20))))
-    a, b = p > 6, t > 6
-    denom = a.sum() + b.sum()
-    return maec, float(2 * (a & b).sum() / denom) if denom else 1.0
+    return maec(tmax, truth, brain, (0.0, 20.0)), dice(brain & (tmax > 6), brain & (truth > 6))
 
 
 def run_method(method: str, series: PerfusionSeries) -> np.ndarray:

@@ -20,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "src" / "perfnet" / "weights"
 
+#: Shared by both models: small temporal shifts (inputs are bolus-aligned), fold 0 of a 5-fold split.
+COMMON = ["--shift=-3,8", "--batch-size", "8", "--folds", "5", "--fold", "0"]
+
 SETTINGS = {
     "ct": {
         "cohort": ["--modality", "ct", "--cases", "120", "--seed", "10000", "--size", "128", "--no-motion"],
@@ -40,13 +43,7 @@ SETTINGS = {
             "60",
             "--lr-step",
             "12",
-            "--shift=-3,8",
-            "--batch-size",
-            "8",
-            "--folds",
-            "5",
-            "--fold",
-            "0",
+            *COMMON,
         ],
         "minutes": 48,
     },
@@ -65,13 +62,7 @@ SETTINGS = {
             "40",
             "--lr-step",
             "8",
-            "--shift=-3,8",
-            "--batch-size",
-            "8",
-            "--folds",
-            "5",
-            "--fold",
-            "0",
+            *COMMON,
             "--val-every",
             "3",
         ],

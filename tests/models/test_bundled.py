@@ -7,18 +7,14 @@ import numpy as np
 import pytest
 
 from perfnet.conventional.pipeline import AnalysisOptions, analyze
+from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.inference.weights import BUNDLED, load_weights
 from perfnet.phantom import PhantomConfig, simulate_study
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / denom) if denom else 1.0
-
-
 def _maec(pred: np.ndarray, true: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.clip(pred, 0, 20) - np.clip(true, 0, 20))))
+    return maec(pred, true, None, (0.0, 20.0))
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -52,8 +48,8 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
         true_hypo = truth[brain] > 6
         cnn_maec.append(_maec(cnn[brain], truth[brain]))
         osvd_maec.append(_maec(osvd[brain], truth[brain]))
-        cnn_dice.append(_dice(cnn[brain] > 6, true_hypo))
-        osvd_dice.append(_dice(osvd[brain] > 6, true_hypo))
+        cnn_dice.append(dice(cnn[brain] > 6, true_hypo))
+        osvd_dice.append(dice(osvd[brain] > 6, true_hypo))
     report = {"cnn_maec": cnn_maec, "osvd_maec": osvd_maec, "cnn_dice": cnn_dice, "osvd_dice": osvd_dice}
     assert np.mean(cnn_maec) <= 1.0 and np.median(cnn_maec) <= 1.0, report
     assert np.mean(cnn_maec) < np.mean(osvd_maec), report
@@ -73,4 +69,4 @@ def test_bundled_mr_uncertainty_tracks_its_error() -> None:
     scale = maps["tmax_uncertainty"][brain]
     assert (scale > 0).all()
     assert np.corrcoef(scale, error)[0, 1] > 0.5
-    assert _dice(maps["tmax"][brain] > 6, truth[brain] > 6) > 0.8
+    assert dice(maps["tmax"][brain] > 6, truth[brain] > 6) > 0.8

@@ -25,6 +25,7 @@ from perfnet.evaluation.metrics import dice, map_metrics
 from perfnet.evaluation.stats import agreement, friedman
 from perfnet.io import load_map
 from perfnet.io.output import atomic_output_dir
+from perfnet.lesions import voxel_volume_ml
 
 MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
 MASKS = ("core", "hypoperfused", "penumbra")
@@ -94,9 +95,11 @@ def evaluate_study(pred_dir: Path, ref_dir: Path) -> dict[str, Any]:
 
 
 def _voxel_ml(folder: Path) -> float:
+    """Voxel volume from the first NIfTI's header (no image data is read)."""
+    import nibabel as nib
+
     for path in sorted(folder.glob("*.nii*")):
-        _, affine = load_map(path)
-        return float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+        return voxel_volume_ml(nib.load(path).affine)
     return float("nan")
 
 

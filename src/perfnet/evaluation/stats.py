@@ -47,24 +47,12 @@ def icc1k(ratings: np.ndarray) -> dict[str, float]:
     x = np.asarray(ratings, dtype=np.float64)
     n, k = x.shape
     if n < 2 or k < 2:
-        return {
-            "icc": float("nan"),
-            "F": float("nan"),
-            "p": float("nan"),
-            "ci_low": float("nan"),
-            "ci_high": float("nan"),
-        }
+        return dict.fromkeys(("icc", "F", "p", "ci_low", "ci_high"), float("nan"))
     grand = x.mean()
     msb = k * np.sum((x.mean(axis=1) - grand) ** 2) / (n - 1)
     msw = np.sum((x - x.mean(axis=1, keepdims=True)) ** 2) / (n * (k - 1))
     if msb == 0:
-        return {
-            "icc": float("nan"),
-            "F": float("nan"),
-            "p": float("nan"),
-            "ci_low": float("nan"),
-            "ci_high": float("nan"),
-        }
+        return dict.fromkeys(("icc", "F", "p", "ci_low", "ci_high"), float("nan"))
     if msw == 0:
         return {"icc": 1.0, "F": float("inf"), "p": 0.0, "ci_low": 1.0, "ci_high": 1.0}
     f = msb / msw
