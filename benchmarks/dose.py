@@ -6,10 +6,15 @@ and box-NLR pipelines (no motion correction: the phantoms are still). Prints Tma
 [0, 20] s) and the hypoperfused Dice (Tmax > 6 s) against truth, and plots both to
 ``build/bench/dose.png``. The CNN takes a subsampled series as it is: its input is resampled onto
 the model's 1 s grid by linear interpolation.
+
+    python benchmarks/dose.py [--weights FILE] [--methods cnn,osvd,boxnlr]
+
+``--weights`` scores candidate CNN weights instead of the bundled ones (e.g. before bundling).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -37,17 +42,24 @@ def score(tmax: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> tuple[float
     return maec(tmax, truth, brain, (0.0, 20.0)), dice(brain & (tmax > 6), brain & (truth > 6))
 
 
-def run_method(method: str, series: PerfusionSeries) -> np.ndarray:
+def run_method(method: str, series: PerfusionSeries, weights: str | None = None) -> np.ndarray:
     if method == "cnn":
-        return predict(series, device="cpu")["tmax"]
+        return predict(series, weights, device="cpu")["tmax"]
     return analyze(series, AnalysisOptions(method=method, motion_correction=False)).maps["tmax"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from perfnet.inference.weights import bundled_weights
 
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--weights", help="CNN weights file (default: the bundled CT weights)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
+    methods = tuple(m for m in args.methods.split(",") if m)
     try:
-        bundled_weights("CT")
+        if args.weights is None:
+            bundled_weights("CT")
     except PerfnetInputError as exc:
         print(f"dose: skipped ({exc})")
         return
@@ -69,9 +81,9 @@ def main() -> None:
             truth, brain = study.truth.maps["tmax"], study.truth.masks["brain"]
             for step in STEPS:
                 series = subsample(study.series, step)
-                for method in METHODS:
+                for method in methods:
                     results.setdefault((method, dose, step), []).append(
-                        score(run_method(method, series), truth, brain)
+                        score(run_method(method, series, args.weights), truth, brain)
                     )
     print(f"  {'method':8s} {'dose':>6s} {'frames':>7s} {'MAEC s':>7s} {'Dice':>6s}")
     table = {}
@@ -79,7 +91,7 @@ def main() -> None:
         maec, dice = np.mean(values, axis=0)
         table[(method, dose, step)] = (maec, dice)
         print(f"  {method:8s} {dose:6.0f} {'1/' + str(step):>7s} {maec:7.2f} {dice:6.3f}", flush=True)
-    for method in METHODS:
+    for method in methods:
         full = table[(method, 200.0, 1)]
         quarter = table[(method, 50.0, 4)]
         print(
@@ -87,10 +99,10 @@ def main() -> None:
             f" Dice {quarter[1] / max(full[1], 1e-9):.2f}x",
             flush=True,
         )
-    _plot(table)
+    _plot(table, methods)
 
 
-def _plot(table: dict[tuple[str, float, int], tuple[float, float]]) -> None:
+def _plot(table: dict[tuple[str, float, int], tuple[float, float]], methods: tuple[str, ...]) -> None:
     try:
         import matplotlib
 
@@ -101,7 +113,7 @@ def _plot(table: dict[tuple[str, float, int], tuple[float, float]]) -> None:
         return
     OUT.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         colour = f"C{i}"
         axes[0].plot(
             DOSES,

@@ -225,6 +225,13 @@ def _int_pair(text: str, option: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PerfnetInputError(option, f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from perfnet.training.run import TrainConfig, train
 
@@ -248,6 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         pixel_mm=args.pixel_mm,
         align_lead_s=None if args.align_lead < 0 else args.align_lead,
         shift=_int_pair(args.shift, "--shift"),
+        log_maps=[m.strip().lower() for m in args.log_maps.split(",") if m.strip()],
+        init=None if args.init is None else str(args.init),
+        thin=_int_list(args.thin, "--thin"),
         seed=args.seed,
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
@@ -498,6 +508,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the time grid S s before the detected bolus arrival (negative: at the first frame)",
     )
     p.add_argument("--shift", default="-5,30", metavar="MIN,MAX", help="temporal shift augmentation (frames)")
+    p.add_argument(
+        "--log-maps",
+        default="cbf,cbv",
+        metavar="MAPS",
+        help="maps regressed as log(value + offset) so low-flow tissue weighs by ratio ('' for none)",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="WEIGHTS",
+        help="fine-tune from this weights file (e.g. the bundled ct.pt) instead of from scratch",
+    )
+    p.add_argument(
+        "--thin",
+        default="1",
+        metavar="K,...",
+        help="frame-thinning augmentation: keep every k-th frame, k drawn from the list (e.g. 1,2,4)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (a count or auto)")

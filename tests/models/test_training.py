@@ -246,3 +246,60 @@ def test_temporal_training_validates_the_final_weights(cohort: Path, tmp_path: P
     assert all(r["train_loss"] for r in rows)
     val = plan["folds"]["0"]["validation"]
     assert plan["config"]["loss"] == "laplace" and 0 <= val["val_tmax_maec"] < 20  # validated at the end
+
+
+def test_log_targets_round_trip_and_weigh_errors_by_ratio() -> None:
+    from perfnet.inference.targets import from_model, to_model, window_to_model
+
+    offsets = {"cbf": 1.0}
+    values = np.array([0.0, 2.0, 5.0, 50.0, 60.0])
+    back = from_model(to_model(values, "cbf", offsets), "cbf", offsets)
+    np.testing.assert_allclose(back, values, atol=1e-12)
+    tensor = torch.tensor(values)
+    torch.testing.assert_close(from_model(to_model(tensor, "cbf", offsets), "cbf", offsets), tensor)
+    assert to_model(values, "tmax", offsets) is values  # not listed: linear
+    logs = to_model(values, "cbf", offsets)
+    # a core read as 5 instead of 2 costs log(6/3) ≈ 0.69; grey matter 60 for 50 only log(61/51) ≈ 0.18
+    assert logs[2] - logs[1] == pytest.approx(np.log(2.0))
+    assert logs[4] - logs[3] == pytest.approx(np.log(61 / 51))
+    assert window_to_model((0.0, 80.0), "cbf", offsets) == pytest.approx((0.0, np.log(81.0)))
+    assert window_to_model((0.0, 40.0), "tmax", offsets) == (0.0, 40.0)
+
+
+def test_fine_tuning_from_a_weights_file(cohort: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    first = tmp_path / "first"
+    train(cohort, first, _tiny_config(epochs=3, log_maps=[]), resume=False)
+    second = tmp_path / "second"
+    init = first / "weights.pt"
+    train(cohort, second, _tiny_config(epochs=2, init=str(init), log_maps=["cbf"], thin=[1, 4]), resume=False)
+    _, old = load_weights(init)
+    _, new = load_weights(second / "weights.pt")
+    assert old["log_offsets"] == {} and new["log_offsets"] == {"cbf": 1.0}
+    assert new["input_scale"] == old["input_scale"]  # the features were learnt at that scale
+    assert new["target_mean"]["tmax"] == old["target_mean"]["tmax"]  # same domain: kept
+    assert 1.5 < new["target_mean"]["cbf"] < 5.0  # mean of log(CBF + 1) over brain, CBF ≈ 10…90
+    assert new["training"]["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    rows = _metrics(second / "fold-0" / "metrics.csv")
+    assert [r["resolution"] for r in rows] == ["fine-tune"] * 2  # no second pre-training
+    with (second / "fold-0" / "augmentations.csv").open() as f:
+        assert {d["thin"] for d in csv.DictReader(f)} == {"1", "4"}  # fewer-frames draws, logged
+    first_rows = _metrics(first / "fold-0" / "metrics.csv")
+    assert float(rows[0]["val_mae_tmax"]) < float(first_rows[0]["val_mae_tmax"])  # a warm start
+    series = simulate_study(PhantomConfig.draw(711, "CT", **TINY)).series
+    maps = predict(series, second / "weights.pt", device="cpu")
+    assert np.isfinite(maps["cbf"]).all() and maps["cbf"].min() >= 0 and maps["cbf"].max() > 5
+    with pytest.raises(PerfnetInputError, match=r"do not fit this run.*width"):
+        train(cohort, tmp_path / "third", _tiny_config(init=str(init), width=8), resume=False)
+
+
+def test_frame_thinning_keeps_every_kth_frame_and_interpolates() -> None:
+    from perfnet.training.dataset import thin_frames
+
+    x = torch.tensor([0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0])[:, None]  # (T, 1)
+    out = thin_frames(x, 2, 0.0)[:, 0]  # keeps frames 0, 2, 4, 6
+    torch.testing.assert_close(out, torch.tensor([0.0, 2.0, 4.0, 10.0, 16.0, 26.0, 36.0]))
+    out = thin_frames(x, 3, 0.5)[:, 0]  # phase 0.5·3 → starts at frame 1: keeps 1, 4; held outside
+    torch.testing.assert_close(out, torch.tensor([1.0, 1.0, 6.0, 11.0, 16.0, 16.0, 16.0]))
+    torch.testing.assert_close(thin_frames(x, 1), x)

@@ -19,6 +19,7 @@ from perfnet import __version__
 from perfnet.conventional.pipeline import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
+from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 
@@ -116,14 +117,18 @@ def predict(
             if progress:
                 progress("network", z1 / nz)
     out: dict[str, np.ndarray] = {}
+    log_offsets = config.get("log_offsets", {})
     for i, name in enumerate(maps):
-        v = values[i] * sd[i] + mean[i]
+        v = from_model(values[i] * sd[i] + mean[i], name, log_offsets)
         if name == "ttp":  # the network's TTP is relative to the grid start
             v = v + inp.offset_s
         lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
         out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
         if uncert is not None:
-            out[f"{name}_uncertainty"] = np.where(inp.brain, uncert[i] * sd[i], 0.0).astype(np.float32)
+            b = uncert[i] * sd[i]
+            if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
+                b = b * (v + float(log_offsets[name]))
+            out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",

@@ -6,7 +6,10 @@ so a run is reproducible and every draw can be written out):
 - temporal shift of −5 … +30 frames with reflect padding (Hess et al. 2018); TTP (measured from
   the first frame) moves with it, Tmax (relative to the arterial input) does not;
 - left–right and up–down flips, an in-plane rotation of ±10°;
-- added Gaussian noise (another dose / SNR level), with probability ½, SD up to half the input scale.
+- added Gaussian noise (another dose / SNR level), with probability ½, SD up to half the input scale;
+- frame thinning (Gava's fewer-frames motivation): keep every k-th grid frame (k drawn from
+  ``thin``, random phase) and interpolate linearly between them, as inference does with a series
+  acquired at k times the interval.
 """
 
 from __future__ import annotations
@@ -20,17 +23,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from perfnet.inference.targets import to_model
 from perfnet.training.data import StudySlices
 
 
 @dataclass
 class Normalisation:
+    """Input scale and per-map target standardisation, in the network's domain (``log_offsets``:
+    the maps regressed as log(value + offset), see :mod:`perfnet.inference.targets`)."""
+
     input_scale: float
     target_mean: dict[str, float]
     target_sd: dict[str, float]
+    log_offsets: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, studies: list[StudySlices], maps: list[str]) -> Normalisation:
+    def fit(
+        cls, studies: list[StudySlices], maps: list[str], log_offsets: dict[str, float] | None = None
+    ) -> Normalisation:
+        log_offsets = dict(log_offsets or {})
         xs, ys = [], []
         for s in studies:
             brain = s.brain
@@ -38,10 +49,19 @@ class Normalisation:
             ys.append(s.targets.permute(0, 2, 3, 1)[brain].float())
         x = torch.cat(xs)
         y = torch.cat(ys)
+        y = torch.stack([to_model(y[:, i], m, log_offsets) for i, m in enumerate(maps)], dim=1)
         scale = float(x.std().clamp_min(1e-6)) if x.numel() > 1 else 1.0
         mean = {m: float(y[:, i].mean()) for i, m in enumerate(maps)}
         sd = {m: float(y[:, i].std().clamp_min(1e-6)) if y.shape[0] > 1 else 1.0 for i, m in enumerate(maps)}
-        return cls(scale, mean, sd)
+        return cls(scale, mean, sd, log_offsets)
+
+    def standardise(self, y: torch.Tensor, maps: list[str]) -> torch.Tensor:
+        """Targets (M, …) in map units → standardised network domain."""
+        out = [
+            (to_model(y[i], m, self.log_offsets) - self.target_mean[m]) / self.target_sd[m]
+            for i, m in enumerate(maps)
+        ]
+        return torch.stack(out)
 
 
 @dataclass
@@ -51,6 +71,7 @@ class Augmentation:
     rotation_deg: float = 10.0
     noise: float = 0.5  # max added noise SD, fraction of the input scale
     enabled: bool = True
+    thin: tuple[int, ...] = (1,)  # frame-thinning factors, drawn with equal probability
 
 
 def reflect_index(n: int, shift: int) -> np.ndarray:
@@ -83,8 +104,6 @@ class SliceDataset(Dataset):
 
     def __post_init__(self) -> None:
         self.index = [(i, z) for i, s in enumerate(self.studies) for z in range(s.inputs.shape[0])]
-        self.mean = torch.tensor([self.norm.target_mean[m] for m in self.maps]).view(-1, 1, 1)
-        self.sd = torch.tensor([self.norm.target_sd[m] for m in self.maps]).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -100,6 +119,8 @@ class SliceDataset(Dataset):
             "noise": float(rng.uniform(0, a.noise)) if rng.uniform() < 0.5 else 0.0,
             "crop": (float(rng.uniform()), float(rng.uniform())),
             "noise_seed": int(rng.integers(2**31)),
+            "thin": int(rng.choice(a.thin)) if len(a.thin) > 1 else int(a.thin[0]),
+            "thin_phase": float(rng.uniform()),
         }
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
@@ -118,6 +139,9 @@ class SliceDataset(Dataset):
                 if "ttp" in self.maps:
                     k = self.maps.index("ttp")
                     y[k] = torch.where(mask > 0, y[k] + p["shift"] * self.frame_interval, y[k])
+            if p["thin"] > 1:
+                x = thin_frames(x, p["thin"], p["thin_phase"])
+                bolus = thin_frames(bolus, p["thin"], p["thin_phase"])
         if self.size is not None and tuple(x.shape[1:]) != (self.size, self.size):
             x = F.interpolate(x[None], size=(self.size, self.size), mode="area")[0]
             y = F.interpolate(y[None], size=(self.size, self.size), mode="area")[0]
@@ -135,13 +159,28 @@ class SliceDataset(Dataset):
                 x = x + torch.randn(x.shape, generator=g) * (p["noise"] * self.norm.input_scale)
         if self.crop is not None:
             x, y, mask = _crop(x, y, mask, self.crop, p["crop"] if p else (0.5, 0.5))
-        y = (y - self.mean) / self.sd
+        y = self.norm.standardise(y, self.maps)
         return {
             "x": x / self.norm.input_scale,
             "y": y * mask,
             "mask": mask > 0.5,
             "bolus": bolus.float() / self.norm.input_scale,
         }
+
+
+def thin_frames(x: torch.Tensor, k: int, phase: float = 0.0) -> torch.Tensor:
+    """Keep every ``k``-th frame of ``x`` (frames on dim 0) starting at ``int(phase · k)`` and fill
+    the others by linear interpolation (held constant before the first and after the last kept)."""
+    n = x.shape[0]
+    start = min(int(phase * k), n - 1)
+    kept = torch.arange(start, n, k)
+    idx = torch.arange(n, dtype=torch.float32)
+    pos = ((idx - start) / k).clamp(0, len(kept) - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(len(kept) - 1)
+    w = (pos - lo).view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    xk = x[kept]
+    return xk[lo] * (1 - w) + xk[hi] * w
 
 
 def _rotate(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, angle_deg: float):

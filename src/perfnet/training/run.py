@@ -22,6 +22,7 @@ process per device; on a cluster, start one ``perfnet train`` per node with Ligh
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -41,7 +42,8 @@ from torch.utils.data import DataLoader
 from perfnet import __version__
 from perfnet.errors import PerfnetInputError
 from perfnet.inference.inputs import FRAME_INTERVAL_S, FRAMES
-from perfnet.inference.weights import save_weights
+from perfnet.inference.targets import LOG_OFFSETS, log_offsets_for
+from perfnet.inference.weights import load_weights, save_weights
 from perfnet.training.data import CohortStudy, StudySlices, discover, kfold_split, load_study
 from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
 from perfnet.training.task import PerfusionTask
@@ -83,6 +85,8 @@ class TrainConfig:
     width: int = 16
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     loss: str | None = None  # mse (unet) | laplace (temporal)
+    log_maps: list[str] = field(default_factory=lambda: ["cbf", "cbv"])  # regressed as log(v + offset)
+    init: str | None = None  # start from this weights file (fine-tuning; skips pre-training)
     frame_interval: float = FRAME_INTERVAL_S
     frames: int = FRAMES
     pixel_mm: float | None = None
@@ -91,6 +95,7 @@ class TrainConfig:
     flips: bool = True
     rotation_deg: float = 10.0
     noise: float = 0.5
+    thin: list[int] = field(default_factory=lambda: [1])  # frame-thinning factors (fewer-frames training)
     seed: int = 0
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -112,9 +117,18 @@ class TrainConfig:
             c.loss = "laplace" if c.model == "temporal" else "mse"
         if c.crop is None:
             c.crop = 32 if c.model == "temporal" else 256
-        if c.model == "temporal":
+        if c.model == "temporal" or c.init:
             c.pretrain_epochs = 0
+        bad = [m for m in c.log_maps if m not in c.maps or m not in LOG_OFFSETS]
+        if bad:
+            raise PerfnetInputError(
+                "--log-maps",
+                f"{', '.join(bad)}: not a trained map with a log transform ({', '.join(LOG_OFFSETS)})",
+            )
         c.shift = (int(c.shift[0]), int(c.shift[1]))
+        if not c.thin or any(int(k) < 1 for k in c.thin):
+            raise PerfnetInputError("--thin", "frame-thinning factors must be integers ≥ 1")
+        c.thin = [int(k) for k in c.thin]
         return c
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -255,8 +269,11 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
         if not train_set:
             raise PerfnetInputError(cohort, "no training studies left after the split")
         L.seed_everything(cfg.seed + k, workers=True, verbose=False)
-        norm = Normalisation.fit(train_set, cfg.maps)
-        augment = Augmentation(cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True)
+        norm = Normalisation.fit(train_set, cfg.maps, log_offsets_for(cfg.log_maps))
+        start = _initial_weights(cfg, norm) if cfg.init else None
+        augment = Augmentation(
+            cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True, thin=tuple(cfg.thin)
+        )
         train_ds = SliceDataset(
             train_set,
             cfg.maps,
@@ -280,7 +297,10 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             lr=cfg.lr,
             lr_step_epochs=cfg.lr_step_epochs,
             lr_gamma=cfg.lr_gamma,
+            log_offsets=norm.log_offsets,
         )
+        if start is not None:
+            task.model.load_state_dict(start[0])
         generator = torch.Generator().manual_seed(cfg.seed + k)
         train_loader = DataLoader(
             train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
@@ -336,6 +356,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             "input_scale": norm.input_scale,
             "target_mean": norm.target_mean,
             "target_sd": norm.target_sd,
+            "log_offsets": norm.log_offsets,
             "training": {
                 "targets": cfg.targets,
                 "fold": k,
@@ -347,6 +368,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
                 "validation": val_metrics,
                 "seed": cfg.seed,
                 "perfnet_version": __version__,
+                "init": None if start is None else start[1],
             },
         }
         weights = save_weights(fold_dir / "weights.pt", task.model, weights_config)
@@ -369,6 +391,36 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
     plan["load_seconds"] = round(load_seconds, 1)
     _write_json(out / "plan.json", plan)
     return plan
+
+
+def _initial_weights(cfg: TrainConfig, norm: Normalisation) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``--init``: the state dict of a weights file that fits this run, and its provenance.
+
+    The input scale is taken over from the file (the features were learnt at it), and so is the
+    target standardisation of every map regressed in the same domain; a map whose transform
+    changed keeps this cohort's statistics and its output layer re-learns."""
+    path = Path(str(cfg.init))
+    model, config = load_weights(path)
+    mine = {
+        "model": cfg.model,
+        "model_kwargs": cfg.build_kwargs(),
+        "maps": list(cfg.maps),
+        "frames": cfg.frames,
+        "frame_interval": cfg.frame_interval,
+        "pixel_mm": cfg.pixel_mm,
+        "align_lead_s": cfg.align_lead_s,
+    }
+    differ = [f"{k} {config.get(k)!r} ≠ {v!r}" for k, v in mine.items() if config.get(k) != v]
+    if differ:
+        raise PerfnetInputError(path, "weights do not fit this run: " + "; ".join(differ))
+    old_logs = config.get("log_offsets", {})
+    norm.input_scale = float(config["input_scale"])
+    for m in cfg.maps:
+        if old_logs.get(m) == norm.log_offsets.get(m):
+            norm.target_mean[m] = float(config["target_mean"][m])
+            norm.target_sd[m] = float(config["target_sd"][m])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return model.state_dict(), {"file": path.name, "sha256": digest, "training": config.get("training", {})}
 
 
 def _modality(study: CohortStudy) -> str:

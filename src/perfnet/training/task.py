@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from perfnet.inference import time_channel
+from perfnet.inference.targets import from_model, window_to_model
 from perfnet.models import build_model, laplace_nll, masked_mse
 
 #: Clinically relevant window per map for Hess's importance weighting (Tmax [0, 40] s as in the paper).
@@ -29,6 +30,7 @@ class PerfusionTask(L.LightningModule):
         lr_step_epochs: int = 4,
         lr_gamma: float = 0.5,
         windows: dict[str, list[float]] | None = None,
+        log_offsets: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -36,14 +38,16 @@ class PerfusionTask(L.LightningModule):
         self.maps = list(maps)
         self.mean = torch.tensor([target_mean[m] for m in maps]).view(1, -1, 1, 1)
         self.sd = torch.tensor([target_sd[m] for m in maps]).view(1, -1, 1, 1)
+        self.log_offsets = dict(log_offsets or {})
         win = {**WINDOWS, **(windows or {})}
-        # the importance windows in standardised units
-        self.windows = [
-            ((win[m][0] - target_mean[m]) / target_sd[m], (win[m][1] - target_mean[m]) / target_sd[m])
-            if m in win
-            else (-np.inf, np.inf)
-            for m in maps
-        ]
+        # the importance windows in standardised units of the network's domain
+        self.windows = []
+        for m in maps:
+            if m not in win:
+                self.windows.append((-np.inf, np.inf))
+                continue
+            lo, hi = window_to_model(tuple(win[m]), m, self.log_offsets)
+            self.windows.append(((lo - target_mean[m]) / target_sd[m], (hi - target_mean[m]) / target_sd[m]))
         self.times = time_channel(np.asarray(grid))
         self._val: dict[str, float] = {}
 
@@ -77,6 +81,9 @@ class PerfusionTask(L.LightningModule):
         )
         sd, mean = self.sd.to(value.device), self.mean.to(value.device)
         pred, true = value * sd + mean, batch["y"] * sd + mean
+        for i, m in enumerate(self.maps):  # back to map units
+            pred[:, i] = from_model(pred[:, i], m, self.log_offsets)
+            true[:, i] = from_model(true[:, i], m, self.log_offsets)
         mask = batch["mask"]
         n = float(mask.sum())
         self._val["n"] += n
