@@ -10,6 +10,7 @@ from perfnet.conventional.pipeline import AnalysisOptions, analyze
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.inference.weights import BUNDLED, load_weights
+from perfnet.lesions import segment_lesions
 from perfnet.phantom import PhantomConfig, simulate_study
 
 
@@ -29,32 +30,43 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
     assert sum(p.stat().st_size for p in BUNDLED.glob("*.pt")) <= 20e6
 
 
-#: Unseen noisy CT studies (randomised timing, dose, residue, arrival; a penumbra lesion in each).
+#: Unseen noisy CT studies (randomised timing, dose, residue, arrival; a core with its penumbra).
 SEEDS = tuple(range(4242, 4849, 101))
 
 
 def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
-    """Over seven unseen studies: Tmax MAEC ≤ 1.0 s (mean and median) and a hypoperfused Dice at
-    least oSVD's (mean). Per study the CNN ranges 0.6–1.4 s (oSVD 0.75–2.9 s); see the model card."""
-    cnn_maec, osvd_maec, cnn_dice, osvd_dice = [], [], [], []
+    """Seven unseen studies, CNN against oSVD on each. Tmax MAEC ≤ 1.0 s on at least five (the
+    other two: 1.3 s on a 57 mAs, 34-frame study where oSVD has 3.2 s, and 1.1 s) and on average;
+    a hypoperfused Dice at least oSVD's on every study (to 0.01) and on average; a better core
+    (rCBF < 30 %) Dice on average. Figures per study: src/perfnet/weights/ct.md and the README."""
+    rows = []
     for seed in SEEDS:
         cfg = PhantomConfig.draw(
-            seed, "CT", matrix=128, slices=8, coverage_mm=64.0, lesion="penumbra", motion=False
+            seed, "CT", matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
         )
         study = simulate_study(cfg)
-        truth, brain = study.truth.maps["tmax"], study.truth.masks["brain"]
-        cnn = predict(study.series, device="cpu")["tmax"]
-        osvd = analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps["tmax"]
-        true_hypo = truth[brain] > 6
-        cnn_maec.append(_maec(cnn[brain], truth[brain]))
-        osvd_maec.append(_maec(osvd[brain], truth[brain]))
-        cnn_dice.append(dice(cnn[brain] > 6, true_hypo))
-        osvd_dice.append(dice(osvd[brain] > 6, true_hypo))
-    report = {"cnn_maec": cnn_maec, "osvd_maec": osvd_maec, "cnn_dice": cnn_dice, "osvd_dice": osvd_dice}
-    assert np.mean(cnn_maec) <= 1.0 and np.median(cnn_maec) <= 1.0, report
-    assert np.mean(cnn_maec) < np.mean(osvd_maec), report
-    assert np.mean(cnn_dice) >= np.mean(osvd_dice), report
-    assert min(cnn_dice) > 0.8, report
+        truth, brain = study.truth.maps, study.truth.masks["brain"]
+        affine = study.series.affine
+        true_core = segment_lesions(truth["cbf"], truth["tmax"], brain, affine).core
+        row = {}
+        for name, maps in (
+            ("cnn", predict(study.series, device="cpu")),
+            ("osvd", analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps),
+        ):
+            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine).core
+            row[name] = (
+                _maec(maps["tmax"][brain], truth["tmax"][brain]),
+                dice(maps["tmax"][brain] > 6, truth["tmax"][brain] > 6),
+                dice(core, true_core),
+            )
+        rows.append(row)
+    cnn, osvd = np.array([r["cnn"] for r in rows]), np.array([r["osvd"] for r in rows])
+    report = {"seeds": SEEDS, "cnn": cnn.round(3).tolist(), "osvd": osvd.round(3).tolist()}
+    assert (cnn[:, 0] <= 1.0).sum() >= 5 and cnn[:, 0].mean() <= 1.0, report
+    assert (cnn[:, 0] < osvd[:, 0]).sum() >= 5 and cnn[:, 0].mean() < osvd[:, 0].mean(), report
+    assert (cnn[:, 1] >= osvd[:, 1] - 0.01).all() and cnn[:, 1].mean() > osvd[:, 1].mean(), report
+    assert cnn[:, 1].min() > 0.8, report
+    assert cnn[:, 2].mean() > osvd[:, 2].mean(), report
 
 
 def test_bundled_mr_uncertainty_tracks_its_error() -> None:
