@@ -303,3 +303,25 @@ def test_frame_thinning_keeps_every_kth_frame_and_interpolates() -> None:
     out = thin_frames(x, 3, 0.5)[:, 0]  # phase 0.5·3 → starts at frame 1: keeps 1, 4; held outside
     torch.testing.assert_close(out, torch.tensor([1.0, 1.0, 6.0, 11.0, 16.0, 16.0, 16.0]))
     torch.testing.assert_close(thin_frames(x, 1), x)
+
+
+def test_log_domain_weights_invert_values_and_scale_uncertainty(tmp_path: Path) -> None:
+    """The same network read as linear and as log-CBF weights: CBF = exp(linear) − offset, and the
+    Laplace scale maps to CBF units by the delta method, b · (CBF + offset)."""
+    cfg = PhantomConfig.draw(31, "CT", matrix=40, slices=2, frames=25, coverage_mm=20.0, motion=False)
+    series = simulate_study(cfg).series
+    linear_path = _weights_for(tmp_path, "temporal", 19, 2.7)
+    net, config = load_weights(linear_path)
+    config["target_mean"]["cbf"] = 2.0  # exp(2 ± …) − 1: inside CBF's output limits
+    linear_path = save_weights(tmp_path / "linear.pt", net, config)
+    log_path = save_weights(tmp_path / "log.pt", net, config | {"log_offsets": {"cbf": 1.0}})
+    linear = predict(series, linear_path, device="cpu")
+    logged = predict(series, log_path, device="cpu")
+    brain = logged.brain_mask
+    np.testing.assert_allclose(logged["cbf"][brain], np.exp(linear["cbf"][brain]) - 1.0, rtol=1e-4)
+    np.testing.assert_allclose(
+        logged["cbf_uncertainty"][brain],
+        linear["cbf_uncertainty"][brain] * (logged["cbf"][brain] + 1.0),
+        rtol=1e-4,
+    )
+    np.testing.assert_array_equal(logged["tmax"], linear["tmax"])  # other maps untouched
