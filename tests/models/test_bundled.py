@@ -1,5 +1,6 @@
 """The bundled weights against phantom truth on studies whose seeds were never used in training
-(training cohorts: CT seeds 10000–10119, MR seeds 20000–20059; see src/perfnet/weights/*.md)."""
+(training cohorts: CT seeds 10000–10119 and 11000–11119, MR seeds 20000–20059 and 21000–21089;
+see src/perfnet/weights/*.md)."""
 
 from __future__ import annotations
 
