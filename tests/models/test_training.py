@@ -292,6 +292,7 @@ def test_fine_tuning_from_a_weights_file(cohort: Path, tmp_path: Path) -> None:
     assert np.isfinite(maps["cbf"]).all() and maps["cbf"].min() >= 0 and maps["cbf"].max() > 5
     with pytest.raises(PerfnetInputError, match=r"do not fit this run.*width"):
         train(cohort, tmp_path / "third", _tiny_config(init=str(init), width=8), resume=False)
+    assert not (tmp_path / "third").exists()  # checked before any output is written
 
 
 def test_frame_thinning_keeps_every_kth_frame_and_interpolates() -> None:

@@ -229,6 +229,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
     folds = list(range(len(splits))) if cfg.fold is None else [cfg.fold]
     if any(k < 0 or k >= len(splits) for k in folds):
         raise PerfnetInputError("--fold", f"fold must be in 0…{len(splits) - 1}")
+    start = InitialWeights.read(cfg) if cfg.init else None  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     plan: dict[str, Any] = {
         "perfnet_version": __version__,
@@ -270,7 +271,8 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             raise PerfnetInputError(cohort, "no training studies left after the split")
         L.seed_everything(cfg.seed + k, workers=True, verbose=False)
         norm = Normalisation.fit(train_set, cfg.maps, log_offsets_for(cfg.log_maps))
-        start = _initial_weights(cfg, norm) if cfg.init else None
+        if start is not None:
+            start.adopt_normalisation(norm)
         augment = Augmentation(
             cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True, thin=tuple(cfg.thin)
         )
@@ -300,7 +302,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
             log_offsets=norm.log_offsets,
         )
         if start is not None:
-            task.model.load_state_dict(start[0])
+            task.model.load_state_dict(start.state_dict)
         generator = torch.Generator().manual_seed(cfg.seed + k)
         train_loader = DataLoader(
             train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
@@ -368,7 +370,7 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
                 "validation": val_metrics,
                 "seed": cfg.seed,
                 "perfnet_version": __version__,
-                "init": None if start is None else start[1],
+                "init": None if start is None else start.provenance,
             },
         }
         weights = save_weights(fold_dir / "weights.pt", task.model, weights_config)
@@ -393,34 +395,44 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
     return plan
 
 
-def _initial_weights(cfg: TrainConfig, norm: Normalisation) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``--init``: the state dict of a weights file that fits this run, and its provenance.
+@dataclass
+class InitialWeights:
+    """``--init``: a weights file checked to fit the run (read before any output is written)."""
 
-    The input scale is taken over from the file (the features were learnt at it), and so is the
-    target standardisation of every map regressed in the same domain; a map whose transform
-    changed keeps this cohort's statistics and its output layer re-learns."""
-    path = Path(str(cfg.init))
-    model, config = load_weights(path)
-    mine = {
-        "model": cfg.model,
-        "model_kwargs": cfg.build_kwargs(),
-        "maps": list(cfg.maps),
-        "frames": cfg.frames,
-        "frame_interval": cfg.frame_interval,
-        "pixel_mm": cfg.pixel_mm,
-        "align_lead_s": cfg.align_lead_s,
-    }
-    differ = [f"{k} {config.get(k)!r} ≠ {v!r}" for k, v in mine.items() if config.get(k) != v]
-    if differ:
-        raise PerfnetInputError(path, "weights do not fit this run: " + "; ".join(differ))
-    old_logs = config.get("log_offsets", {})
-    norm.input_scale = float(config["input_scale"])
-    for m in cfg.maps:
-        if old_logs.get(m) == norm.log_offsets.get(m):
-            norm.target_mean[m] = float(config["target_mean"][m])
-            norm.target_sd[m] = float(config["target_sd"][m])
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return model.state_dict(), {"file": path.name, "sha256": digest, "training": config.get("training", {})}
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @classmethod
+    def read(cls, cfg: TrainConfig) -> InitialWeights:
+        path = Path(str(cfg.init))
+        model, config = load_weights(path)
+        mine = {
+            "model": cfg.model,
+            "model_kwargs": cfg.build_kwargs(),
+            "maps": list(cfg.maps),
+            "frames": cfg.frames,
+            "frame_interval": cfg.frame_interval,
+            "pixel_mm": cfg.pixel_mm,
+            "align_lead_s": cfg.align_lead_s,
+        }
+        differ = [f"{k} {config.get(k)!r} ≠ {v!r}" for k, v in mine.items() if config.get(k) != v]
+        if differ:
+            raise PerfnetInputError(path, "weights do not fit this run: " + "; ".join(differ))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        provenance = {"file": path.name, "sha256": digest, "training": config.get("training", {})}
+        return cls(model.state_dict(), config, provenance)
+
+    def adopt_normalisation(self, norm: Normalisation) -> None:
+        """The input scale is taken over (the features were learnt at it), and so is the target
+        standardisation of every map regressed in the same domain; a map whose transform changed
+        keeps this cohort's statistics and its output layer re-learns."""
+        old_logs = self.config.get("log_offsets", {})
+        norm.input_scale = float(self.config["input_scale"])
+        for m in norm.target_mean:
+            if old_logs.get(m) == norm.log_offsets.get(m):
+                norm.target_mean[m] = float(self.config["target_mean"][m])
+                norm.target_sd[m] = float(self.config["target_sd"][m])
 
 
 def _modality(study: CohortStudy) -> str:
