@@ -45,38 +45,44 @@ def _cohort(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
     return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra, "--no-motion"]
 
 
+#: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``) and the training stages,
+#: each on one of those cohorts.
 SETTINGS = {
-    "ct": [
-        {
-            "cohort": _cohort("ct", 120, 10000, "--size", "128"),
-            "train": [*UNET, "--pretrain-size", "128", "--pretrain-epochs", "4", *SCRATCH, "--lr-step", "12"],
-            "minutes": 48,
-        },
-        {
-            "cohort": _cohort("ct", 120, 11000, "--size", "128"),
-            "train": [*UNET, *FINE_TUNE],
-            "minutes": 30,
-        },
-        {  # fewer frames: stage 1's cohort again (same split, so its held-out patients stay unseen)
-            "cohort": _cohort("ct", 120, 10000, "--size", "128"),
-            "cohort_of_stage": 1,
-            "train": [*UNET, *FEWER_FRAMES],
-            "minutes": 12,  # 48 + 30 + 12: the issue's 90 minutes of training from scratch
-        },
-    ],
-    "mr": [
-        {
-            "cohort": _cohort("mr", 60, 20000, "--slices", "10"),
-            "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8"],
-            "minutes": 25,
-        },
-        {
-            "cohort": _cohort("mr", 90, 21000, "--slices", "10"),
-            "train": [*TEMPORAL, *FINE_TUNE],
-            "minutes": 20,
-        },
-    ],
+    "ct": {
+        "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
+        "stages": [
+            {
+                "cohort": 0,
+                "train": [
+                    *UNET,
+                    "--pretrain-size",
+                    "128",
+                    "--pretrain-epochs",
+                    "4",
+                    *SCRATCH,
+                    "--lr-step",
+                    "12",
+                ],
+                "minutes": 48,
+            },
+            {"cohort": 1, "train": [*UNET, *FINE_TUNE], "minutes": 30},
+            # fewer frames on cohort 1 again (same split, so its held-out patients stay unseen);
+            # 48 + 30 + 12: the issue's 90 minutes of training from scratch
+            {"cohort": 0, "train": [*UNET, *FEWER_FRAMES], "minutes": 12},
+        ],
+    },
+    "mr": {
+        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "stages": [
+            {"cohort": 0, "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8"], "minutes": 25},
+            {"cohort": 1, "train": [*TEMPORAL, *FINE_TUNE], "minutes": 20},
+        ],
+    },
 }
+
+
+def _numbered(stem: str, i: int) -> str:
+    return stem if i == 0 else f"{stem}-{i + 1}"
 
 
 PAPERS = {"unet": "Gava et al. 2022 U-Net", "temporal": "Hess et al. 2018 temporal network"}
@@ -111,7 +117,7 @@ def _stage_lines(plan: dict, cohort_args: list[str]) -> list[str]:
     ]
 
 
-def model_card(modality: str, plans: list[dict], stages: list[dict]) -> str:
+def model_card(modality: str, plans: list[dict], settings: dict) -> str:
     cfg = plans[-1]["config"]
     lines = [
         f"# perfnet bundled {modality.upper()} weights: `{cfg['model']}`",
@@ -124,8 +130,8 @@ def model_card(modality: str, plans: list[dict], stages: list[dict]) -> str:
         " ranges (anatomy, CBF/CBV, residue family, delay/dispersion, AIF arrival 2–15 s, frame interval"
         " 0.5–2 s, 30–90 frames, dose/SNR, lesion type, territory and hemisphere)",
     ]
-    for i, (plan, stage) in enumerate(zip(plans, stages, strict=True)):
-        lines += [f"- stage {i + 1}:", *_stage_lines(plan, stage["cohort"])]
+    for i, (plan, stage) in enumerate(zip(plans, settings["stages"], strict=True)):
+        lines += [f"- stage {i + 1}:", *_stage_lines(plan, settings["cohorts"][stage["cohort"]])]
     trained = sum(p["folds"]["0"]["seconds"] for p in plans)
     loading = sum(p.get("load_seconds", 0.0) for p in plans)
     lines += [
@@ -161,17 +167,15 @@ def main() -> int:
         "--bundle-only", action="store_true", help="package the existing run folders without training"
     )
     args = parser.parse_args()
-    stages = SETTINGS[args.modality]
+    settings = SETTINGS[args.modality]
     plans: list[dict] = []
     previous: Path | None = None
-    for i, stage in enumerate(stages):
-        suffix = "" if i == 0 else f"-{i + 1}"
-        reuse = stage.get("cohort_of_stage", i + 1)
-        cohort = args.work / f"{args.modality}-cohort{'' if reuse == 1 else f'-{reuse}'}"
-        run = args.work / f"{args.modality}-run{suffix}"
+    for i, stage in enumerate(settings["stages"]):
+        cohort = args.work / _numbered(f"{args.modality}-cohort", stage["cohort"])
+        run = args.work / _numbered(f"{args.modality}-run", i)
         if not args.bundle_only:
             if not cohort.is_dir():
-                perfnet("simulate", str(cohort), *stage["cohort"])
+                perfnet("simulate", str(cohort), *settings["cohorts"][stage["cohort"]])
             minutes = args.minutes or stage["minutes"]
             init = [] if previous is None else ["--init", str(previous)]
             limit = ["--max-minutes", str(minutes)]
@@ -182,7 +186,7 @@ def main() -> int:
     shutil.copyfile(previous, WEIGHTS / f"{args.modality}.pt")
     public = {"stages": [{k: v for k, v in plan.items() if k != "cohort"} for plan in plans]}
     (WEIGHTS / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
-    card = model_card(args.modality, plans, stages)
+    card = model_card(args.modality, plans, settings)
     (WEIGHTS / f"{args.modality}.md").write_text(card)
     print(card)
     return 0
