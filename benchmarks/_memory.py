@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def _rss_bytes() -> int:
@@ -45,3 +46,14 @@ def peak_memory() -> Iterator[dict[str, float]]:
         peak[0] = max(peak[0], _rss_bytes())
         result["peak_gb"] = peak[0] / 1e9
         result["extra_gb"] = (peak[0] - start_rss) / 1e9
+
+
+def measured_analysis(series: Any, options: Any) -> tuple[Any, dict[str, float], str]:
+    """``perfnet.conventional.pipeline.analyze`` under :func:`peak_memory`: the result, the
+    measurement, and the pipeline's own step times as text ("motion 1.2, aif 0.3, ...")."""
+    from perfnet.conventional.pipeline import analyze
+
+    with peak_memory() as m:
+        result = analyze(series, options)
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in result.provenance["seconds"].items())
+    return result, m, steps

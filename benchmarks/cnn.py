@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _memory import peak_memory
+from _memory import measured_analysis, peak_memory
 
-from perfnet.conventional.pipeline import AnalysisOptions, analyze
+from perfnet.conventional.pipeline import AnalysisOptions
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import predict
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
@@ -70,9 +70,7 @@ def main() -> None:
             f"  target ≤ 20 s: {'met' if cnn_s <= 20 else 'MISSED'}",
             flush=True,
         )
-        with peak_memory() as m:
-            result = analyze(series, AnalysisOptions(method="osvd", motion_correction=False))
-        steps = ", ".join(f"{k} {v:.1f}" for k, v in result.provenance["seconds"].items())
+        result, m, steps = measured_analysis(series, AnalysisOptions(method="osvd", motion_correction=False))
         print(
             f"  oSVD pipeline                {m['seconds']:6.1f} s  process peak {m['peak_gb']:4.2f} GB"
             f"  ({steps})\n  CNN / oSVD time ratio {cnn_s / m['seconds']:.2f}"

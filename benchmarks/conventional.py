@@ -16,10 +16,10 @@ import numpy as np
 from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _memory import peak_memory
+from _memory import measured_analysis, peak_memory
 
 from perfnet.conventional.deconvolution import deconvolve
-from perfnet.conventional.pipeline import AnalysisOptions, analyze
+from perfnet.conventional.pipeline import AnalysisOptions
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.preprocess.concentration import to_concentration
 from perfnet.preprocess.filters import bilateral_filter
@@ -116,9 +116,7 @@ def main() -> None:
             flush=True,
         )
     del moved, data, conc, filtered, curves, sample
-    with peak_memory() as m:
-        result = analyze(series, AnalysisOptions(method="osvd"))
-    steps = ", ".join(f"{k} {v:.1f}" for k, v in result.provenance["seconds"].items())
+    _, m, steps = measured_analysis(series, AnalysisOptions(method="osvd"))
     print(
         f"  whole `perfnet analyze` (oSVD) {m['seconds']:6.1f} s, process peak {m['peak_gb']:4.2f} GB "
         f"(the series itself {series.data.nbytes / 1e9:.2f} GB; target ≤ 6 GB: "
