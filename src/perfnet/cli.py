@@ -7,18 +7,58 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from perfnet import __version__
+from perfnet import __version__, plausibility
 from perfnet.conventional.pipeline import DEFAULT_METHOD, METHODS
-from perfnet.errors import PerfnetError, PerfnetInputError
+from perfnet.errors import PerfnetError, PerfnetInputError, about
 
 EXIT_INPUT_ERROR = 2
 EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``perfnet: error: …``) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"perfnet: error: {self.prog}: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that output folders are cleaned up on the way out."""
+
+
+def _ranged(name: str, label: str) -> Callable[[str], float]:
+    """argparse type: a number inside :data:`perfnet.plausibility.RANGES` [name]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            return plausibility.check(name, value, None, label)
+        except PerfnetInputError as exc:
+            raise argparse.ArgumentTypeError(exc.problem) from None
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -26,8 +66,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
 
 
@@ -44,9 +84,22 @@ def _positive_int(text: str) -> int:
 def _add_input_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", type=str.upper, choices=["CT", "MR"], help="override the modality")
     parser.add_argument(
-        "--frame-interval", type=_positive_float, metavar="S", help="uniform frame interval in s"
+        "--frame-interval",
+        type=_ranged("frame_interval_s", "frame interval (s)"),
+        metavar="S",
+        help="uniform frame interval in s",
     )
-    parser.add_argument("--echo-time", type=_positive_float, metavar="S", help="MR echo time in s")
+    parser.add_argument(
+        "--echo-time", type=_ranged("echo_time_s", "echo time (s)"), metavar="S", help="MR echo time in s"
+    )
+
+
+def _add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} even if it holds files perfnet did not write (they are deleted)",
+    )
 
 
 def _progress(iterable: Any, **kwargs: Any) -> Any:
@@ -72,15 +125,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from perfnet.io import atomic_output_dir, load_series, save_series_nifti
-    from perfnet.io.nifti import is_nifti
+    from perfnet.io import load_series, save_series_nifti
+    from perfnet.io.nifti import is_nifti, sidecar_path
+    from perfnet.io.output import staged_files
 
     if not is_nifti(args.output):
         raise PerfnetInputError(args.output, "output must end in .nii or .nii.gz")
-    series = load_series(
-        args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
-    )
-    with atomic_output_dir(args.output.parent) as staging:
+    with staged_files(args.output, sidecar_path(args.output)) as staging:  # checked before reading
+        series = load_series(
+            args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
+        )
         save_series_nifti(series, staging / args.output.name)
     print(f"wrote {args.output} {list(series.shape)} ({series.modality}, {series.n_frames} frames)")
     return 0
@@ -119,53 +173,69 @@ def _step_printer() -> Any:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
+    from perfnet.device import resolve_device
     from perfnet.inference import analyze_cnn
     from perfnet.io import load_series
-    from perfnet.io.outputs import write_output_set
+    from perfnet.io.output import OutputFolder
+    from perfnet.io.outputs import write_output_files
 
     started = time.perf_counter()
-    series = load_series(
-        args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
-    )
-    shape = series.spatial_shape
-    masks = {name: _load_mask(getattr(args, name), shape) for name in ("brain_mask", "aif_mask", "vof_mask")}
-    print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", file=sys.stderr)
-    json_files: dict[str, Any] = {}
-    aif = None
-    if args.method == "cnn":  # the series the model saw (motion-corrected) also feeds lesions and report
-        maps, series = analyze_cnn(
-            series,
-            args.weights,
-            motion_correction=not args.no_motion_correction,
-            device=args.device,
-            brain=masks["brain_mask"],
-            progress=_step_printer(),
-        )
-    else:
-        if args.weights is not None:
+    device = resolve_device(args.device)  # every option and the output folder before any work
+    if args.weights is not None:
+        if args.method != "cnn":
             raise PerfnetInputError("--weights", "only --method cnn takes weights")
-        options = AnalysisOptions(
-            method=args.method,
-            motion_correction=not args.no_motion_correction,
-            bilateral_filter=not args.no_filter,
-            temporal_smoothing_s=args.temporal_smoothing,
-            hematocrit_factor=args.hematocrit_factor,
-            tissue_density=args.tissue_density,
-            device=args.device,
+        from perfnet.inference.weights import load_weights
+
+        load_weights(args.weights)  # a missing, corrupt or foreign file is refused before any work
+    protect = [args.input, *(getattr(args, m) for m in ("brain_mask", "aif_mask", "vof_mask", "weights"))]
+    with OutputFolder(args.out, overwrite=args.overwrite, command="analyze", protect=protect) as output:
+        series = load_series(
+            args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
         )
-        result = analyze(series, options, progress=_step_printer(), **masks)
-        maps, aif = result.maps, result.aif.to_json(result.times)
-        json_files["aif"] = aif
-    provenance = maps.provenance
-    provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    provenance["input"]["path"] = str(args.input)
-    lesions = _segment(maps, args, series)
-    written = write_output_set(
-        maps,
-        args.out,
-        json_files | {"lesions": lesions, "provenance": provenance},
-        extra=_reporter(args, maps, series, lesions, provenance, aif),
-    )
+        with about(args.input):
+            plausibility.check_for_analysis(series)
+            shape = series.spatial_shape
+            masks = {m: _load_mask(getattr(args, m), shape) for m in ("brain_mask", "aif_mask", "vof_mask")}
+            print(
+                f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", flush=True
+            )
+            json_files: dict[str, Any] = {}
+            aif = None
+            if (
+                args.method == "cnn"
+            ):  # the series the model saw (motion-corrected) also feeds lesions and report
+                maps, series = analyze_cnn(
+                    series,
+                    args.weights,
+                    motion_correction=not args.no_motion_correction,
+                    device=device,
+                    brain=masks["brain_mask"],
+                    progress=_step_printer(),
+                )
+            else:
+                options = AnalysisOptions(
+                    method=args.method,
+                    motion_correction=not args.no_motion_correction,
+                    bilateral_filter=not args.no_filter,
+                    temporal_smoothing_s=args.temporal_smoothing,
+                    hematocrit_factor=args.hematocrit_factor,
+                    tissue_density=args.tissue_density,
+                    device=device,
+                )
+                result = analyze(series, options, progress=_step_printer(), **masks)
+                maps, aif = result.maps, result.aif.to_json(result.times)
+                json_files["aif"] = aif
+            provenance = maps.provenance
+            provenance["run_id"] = output.run_id
+            provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
+            provenance["input"]["path"] = str(args.input)
+            lesions = _segment(maps, args, series)
+        written = write_output_files(
+            maps,
+            output.staging,
+            json_files | {"lesions": lesions, "provenance": provenance},
+            extra=_reporter(args, maps, series, lesions, provenance, aif),
+        )
     _print_lesions(lesions)
     flags = [f["code"] for f in provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
@@ -280,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for item in args.compare or []:
         label, sep, root = item.partition("=")
         others[label if sep else Path(item).name] = root if sep else item
-    summary = evaluate_cohort(args.pred_root, args.ref_root, args.out, others or None)
+    summary = evaluate_cohort(args.pred_root, args.ref_root, args.out, others or None, args.overwrite)
     metrics = summary["metrics"]
     print(f"evaluated {summary['studies']} studies; wrote {args.out}/metrics.csv, summary.json, figures/")
     for key in ("tmax_maec", "cbf_mae", "cbv_mae", "hypoperfused_dice", "core_dice"):
@@ -339,6 +409,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides=_phantom_overrides(args),
         progress=lambda it: _progress(it, total=args.cases, desc="simulating", unit="study"),
         on_study=report,
+        overwrite=args.overwrite,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
@@ -417,14 +488,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="perfnet",
         description="Perfusion maps (CBF, CBV, MTT, TTP, Tmax) and core/penumbra from CT perfusion "
         "and DSC-MRI.",
     )
     parser.add_argument("--version", action="version", version=f"perfnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("info", help="describe a 4D series (NIfTI file or DICOM folder) as JSON")
     p.add_argument("path", type=Path, help="NIfTI file or DICOM folder")
@@ -453,13 +524,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
     p.add_argument(
-        "--temporal-smoothing", type=float, default=0.0, metavar="S", help="Gaussian σ in s (0: off)"
+        "--temporal-smoothing",
+        type=_ranged("temporal_smoothing_s", "temporal smoothing σ (s)"),
+        default=0.0,
+        metavar="S",
+        help="Gaussian σ in s (0: off)",
     )
     p.add_argument("--brain-mask", type=Path, metavar="FILE", help="NIfTI brain mask on the series grid")
     p.add_argument("--aif-mask", type=Path, metavar="FILE", help="NIfTI mask of arterial voxels")
     p.add_argument("--vof-mask", type=Path, metavar="FILE", help="NIfTI mask of venous (sinus) voxels")
-    p.add_argument("--hematocrit-factor", type=_positive_float, default=0.73, metavar="KH")
-    p.add_argument("--tissue-density", type=_positive_float, default=1.04, metavar="RHO", help="g/mL")
+    p.add_argument(
+        "--hematocrit-factor",
+        type=_ranged("hematocrit_factor", "hematocrit factor"),
+        default=0.73,
+        metavar="KH",
+    )
+    p.add_argument(
+        "--tissue-density",
+        type=_ranged("tissue_density", "tissue density (g/mL)"),
+        default=1.04,
+        metavar="RHO",
+        help="g/mL",
+    )
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and figures/")
     g = p.add_argument_group(
@@ -469,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lesion-preset", choices=["rapid", "severe"], default="rapid", help="severe: Tmax > 10 s"
     )
     g.add_argument("--tmax-threshold", type=_positive_float, metavar="S", help="hypoperfusion Tmax threshold")
-    g.add_argument("--core-threshold", type=_positive_float, metavar="F", help="core relative CBF (0.3)")
+    g.add_argument("--core-threshold", type=_fraction, metavar="F", help="core relative CBF (0.3)")
     g.add_argument(
         "--reference",
         choices=["contralateral", "brain", "tmax4"],
@@ -477,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="healthy CBF reference: contralateral hemisphere, whole brain, or Tmax < 4 s tissue",
     )
     _add_input_overrides(p)
+    _add_overwrite(p, "--out")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("train", help="train a perfusion CNN on a cohort with k-fold cross-validation")
@@ -548,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[LABEL=]ROOT",
         help="another predicted cohort for the Friedman test of Tmax MAEC (repeat; ≥ 3 methods in all)",
     )
+    _add_overwrite(p, "--out")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="write a cohort of phantom studies with known truth")
@@ -574,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hemisphere", choices=["left", "right"], type=str.lower)
     g.add_argument("--residue", choices=["exponential", "box", "gamma", "lognormal"])
     g.add_argument("--arrival", type=float, metavar="S", help="bolus arrival time (2–15 s)")
+    _add_overwrite(p, "OUT")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="simulate a stroke study and summarise it")
@@ -583,10 +672,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _crash_log(argv: Sequence[str]) -> Path | None:
+    """The traceback of an internal error in a log file (the command's arguments, which may be
+    paths named after a patient, are replaced by their position)."""
+    text = traceback.format_exc()
+    for i, arg in sorted(enumerate(argv), key=lambda a: -len(a[1])):
+        if len(arg) > 2 and not arg.startswith("-"):
+            text = text.replace(arg, f"<argument {i + 1}>")
     try:
+        handle, name = tempfile.mkstemp(
+            prefix=f"perfnet-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log"
+        )
+        with open(handle, "w") as f:
+            f.write(f"perfnet {__version__}\n{text}")
+    except OSError:
+        return None
+    return Path(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done; 2 bad input or usage (one line naming the file or
+    option, no output written); 1 an internal error (one line and the path of a log file with
+    the traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
+            return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_INPUT_ERROR
         return int(args.func(args))
     except PerfnetInputError as exc:
         print(f"perfnet: error: {exc}", file=sys.stderr)
@@ -596,17 +719,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNEXPECTED
     except KeyboardInterrupt:
         print("perfnet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("perfnet: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except MemoryError:
+        print(
+            "perfnet: error: out of memory (a smaller series, or a machine with more memory)", file=sys.stderr
+        )
+        return EXIT_UNEXPECTED
     except Exception as exc:
-        if args.debug:
+        if debug:
             raise
         text = str(exc).strip().splitlines()
+        log = _crash_log(argv)
+        where = f"; traceback in {log}" if log else ""
         print(
-            f"perfnet: error: unexpected {type(exc).__name__}: {text[0] if text else ''}"
-            " (rerun with --debug for details)",
+            f"perfnet: internal error: {type(exc).__name__}: {text[0] if text else ''}{where}"
+            " (please report it)",
             file=sys.stderr,
         )
         return EXIT_UNEXPECTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def test_analyze_cli_writes_the_output_set_and_maps_match_truth(tmp_path: Path) 
             *(f"{m}.nii.gz" for m in MAPS),
             *(f"{m}.nii.gz" for m in ("brain_mask", "core", "hypoperfused", "penumbra")),
             *("aif.json", "lesions.json", "provenance.json", "report.html", "figures"),
+            ".perfnet-output.json",  # the manifest: run id and every file of the set
         ]
     )
     truth = study.truth

@@ -109,12 +109,32 @@ def _finite(values: list[float]) -> np.ndarray:
 
 
 def evaluate_cohort(
-    pred_root: str | Path, ref_root: str | Path, out: str | Path, others: dict[str, str | Path] | None = None
+    pred_root: str | Path,
+    ref_root: str | Path,
+    out: str | Path,
+    others: dict[str, str | Path] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every study of ``pred_root`` that ``ref_root`` holds too; write the results to ``out``.
+    """Evaluate every study of ``pred_root`` that ``ref_root`` holds too; write the results to ``out``
+    (checked and locked before any study is read; replaced as a whole).
 
     ``others`` (label → root) are further predicted cohorts compared by a Friedman test of the
     per-study Tmax MAEC (with ≥ 3 methods in all)."""
+    with atomic_output_dir(Path(out), overwrite=overwrite, command="evaluate") as staging:
+        summary, rows, columns = _evaluate(pred_root, ref_root, others)
+        with (staging / "metrics.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: _fmt(r.get(k)) for k in columns})
+        (staging / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+        _figures(rows, staging / "figures")
+    return summary
+
+
+def _evaluate(
+    pred_root: str | Path, ref_root: str | Path, others: dict[str, str | Path] | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     preds, refs = find_studies(pred_root), find_studies(ref_root)
     names = sorted(set(preds) & set(refs))
     if not names:
@@ -162,15 +182,7 @@ def evaluate_cohort(
             "methods": list(groups),
             "mean": {k: float(np.nanmean(v)) for k, v in groups.items()},
         }
-    with atomic_output_dir(Path(out)) as staging:
-        with (staging / "metrics.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: _fmt(r.get(k)) for k in columns})
-        (staging / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
-        _figures(rows, staging / "figures")
-    return summary
+    return summary, rows, columns
 
 
 def _fmt(value: Any) -> Any:

@@ -62,14 +62,19 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise PerfnetInputError(path, f"not a loadable perfnet weights file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise PerfnetInputError(path, f"not a perfnet weights file (expected format {FORMAT})")
-    config = blob["config"]
+    config = blob.get("config")
+    if not isinstance(config, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise PerfnetInputError(path, "not a perfnet weights file (no config or state_dict)")
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise PerfnetInputError(path, f"weights config lacks {', '.join(missing)}")
-    model = build_model(config["model"], **config["model_kwargs"])
+    try:
+        model = build_model(config["model"], **config["model_kwargs"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PerfnetInputError(path, f"weights name a model perfnet cannot build ({exc})") from None
     try:
         model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, KeyError) as exc:
         raise PerfnetInputError(path, f"weights do not fit the model: {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), config
 

@@ -7,9 +7,14 @@ or ``pixdim[4]`` when the header names its time unit. Without any of them loadin
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import logging
+import math
+import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +68,79 @@ def load_nifti_image(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     if not path.is_file():
         raise PerfnetInputError(path, "not a file")
     try:
-        image = nib.load(str(path))
+        with _quiet_nibabel():
+            image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for non-NIfTI content
         raise PerfnetInputError(path, f"not a readable NIfTI file ({_short(exc)})") from None
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise PerfnetInputError(path, f"not a NIfTI image ({type(image).__name__})")
+    _check_header(path, image)
     try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
         raise PerfnetInputError(path, f"file is truncated or corrupt ({_short(exc)})") from None
+    except MemoryError:
+        raise PerfnetInputError(path, "not enough memory to read the data") from None
     return data, image  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel logs header repairs to stderr; perfnet reports problems itself, in one line."""
+    logger = logging.getLogger("nibabel")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _raw_header(path: Path, kind: type) -> Any:
+    """The header as stored (not repaired), or None when it cannot be read again."""
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            return kind.from_fileobj(f, check=False)
+    except Exception:
+        return None
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_header(path: Path, image: nib.Nifti1Image) -> None:
+    """Refuse headers whose data cannot be in the file or in memory, and voxel sizes that are
+    missing (pixdim 0 with no qform/sform: nibabel would silently substitute 1 mm)."""
+    header = image.header
+    shape = tuple(int(n) for n in image.shape)
+    if any(n <= 0 for n in shape):
+        raise PerfnetInputError(path, f"header gives an empty shape {shape}")
+    voxels = math.prod(shape)
+    stored = voxels * np.dtype(header.get_data_dtype()).itemsize
+    as_float = voxels * 4
+    if as_float > 0.8 * _memory_bytes():
+        raise PerfnetInputError(
+            path, f"header describes {as_float / 1e9:.1f} GB of data, more than this machine's memory"
+        )
+    if not path.name.endswith(".gz"):
+        offset = int(header.get("vox_offset", 0) or 0)
+        size = path.stat().st_size
+        if size < offset + stored:
+            raise PerfnetInputError(
+                path, f"file is truncated: the header describes {offset + stored} bytes, the file has {size}"
+            )
+    raw = _raw_header(path, type(header)) or header  # nibabel replaces a 0 pixdim by 1 on loading
+    qcode, scode = int(raw["qform_code"]), int(raw["sform_code"])
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if qcode == 0 and scode == 0 and not np.all(np.isfinite(pixdim) & (pixdim > 0)):
+        raise PerfnetInputError(
+            path, f"voxel size missing (pixdim {pixdim.tolist()}, no qform or sform): cannot measure volumes"
+        )
 
 
 def _short(exc: BaseException) -> str:
@@ -160,7 +228,10 @@ def load_nifti_series(
         raise PerfnetInputError(path, f"modality must be CT or MR, got {chosen!r}")
     te = echo_time if echo_time is not None else sidecar.get("EchoTime")
     if te is not None:
-        te = float(te)
+        try:
+            te = float(te)
+        except (TypeError, ValueError):
+            raise PerfnetInputError(side, f"EchoTime must be a number (s), got {te!r}") from None
         if te > 1.0:  # some converters write ms
             te = te / 1000.0
     meta = {

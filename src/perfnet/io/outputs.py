@@ -30,21 +30,32 @@ def write_json(path: Path, content: Any) -> Path:
     return path
 
 
+def write_output_files(
+    maps: PerfusionMaps,
+    folder: Path,
+    json_files: dict[str, Any],
+    extra: Callable[[Path], list[Path]] | None = None,
+) -> list[Path]:
+    """Write ``<map>.nii.gz``, ``brain_mask.nii.gz``, masks and ``<name>.json`` into ``folder``
+    (a staging folder of :class:`perfnet.io.output.OutputFolder`); ``extra(folder)`` writes more
+    (the report). Returns the names written."""
+    written = write_maps(maps, folder)
+    written += [write_json(folder / f"{name}.json", content) for name, content in json_files.items()]
+    if extra is not None:
+        written += extra(folder)
+    return written
+
+
 def write_output_set(
     maps: PerfusionMaps,
     out_dir: str | Path,
     json_files: dict[str, Any],
     extra: Callable[[Path], list[Path]] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Write ``<map>.nii.gz``, ``brain_mask.nii.gz``, masks and ``<name>.json`` into ``out_dir``;
-    ``extra(folder)`` writes more (the report) into the same staging folder.
-
-    Nothing appears in ``out_dir`` unless every file was written.
-    """
+    """:func:`write_output_files` into ``out_dir``, replaced as a whole: nothing appears there
+    unless every file was written."""
     out_dir = Path(out_dir)
-    with atomic_output_dir(out_dir) as staging:
-        written = write_maps(maps, staging)
-        written += [write_json(staging / f"{name}.json", content) for name, content in json_files.items()]
-        if extra is not None:
-            written += extra(staging)
+    with atomic_output_dir(out_dir, overwrite=overwrite, command="analyze") as staging:
+        written = write_output_files(maps, staging, json_files, extra)
     return [out_dir / p.name for p in written]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from perfnet import plausibility
 from perfnet.constants import MODALITIES
 from perfnet.errors import PerfnetInputError
 
@@ -56,10 +57,12 @@ class PerfusionSeries:
             raise PerfnetInputError(source, "frame times contain NaN or infinite values")
         if np.any(np.diff(times) <= 0):
             raise PerfnetInputError(source, "frame times are not strictly increasing")
+        plausibility.check_frame_times(times, source)
         self.times = times - times[0]
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise PerfnetInputError(source, "affine must be a finite 4×4 matrix")
+        plausibility.check_affine(affine, source)
         self.affine = affine
         modality = str(self.modality).upper()
         if modality not in MODALITIES:
@@ -69,9 +72,7 @@ class PerfusionSeries:
             bad = int(np.size(self.data) - np.count_nonzero(np.isfinite(self.data)))
             raise PerfnetInputError(source, f"data contain {bad} NaN or infinite values")
         if self.echo_time is not None:
-            self.echo_time = float(self.echo_time)
-            if not (self.echo_time > 0):
-                raise PerfnetInputError(source, f"echo time must be positive, got {self.echo_time}")
+            self.echo_time = plausibility.check("echo_time_s", self.echo_time, source, "echo time (s)")
 
     def with_data(self, data: np.ndarray, times: np.ndarray | None = None) -> PerfusionSeries:
         """The same study with other frames (motion-corrected, subsampled …): grid, modality,

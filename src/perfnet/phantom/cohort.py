@@ -108,6 +108,7 @@ def write_cohort(
     overrides: dict[str, Any] | None = None,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
     on_study: Callable[[str, PhantomStudy, Path], None] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) into the cohort folder ``out``.
 
@@ -123,7 +124,7 @@ def write_cohort(
     indices: Iterable[int] = range(cases)
     if progress is not None:
         indices = progress(indices)
-    with atomic_output_dir(out) as staging:
+    with atomic_output_dir(out, overwrite=overwrite, command="simulate") as staging:
         for i in indices:
             name = study_name(i + 1)
             study = simulate_study(configs[i])
