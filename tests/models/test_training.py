@@ -217,7 +217,7 @@ def test_cli_train_and_analyze_cnn(cohort: Path, tmp_path: Path, capsys: pytest.
     )
     written = sorted(p.name for p in out.iterdir())
     maps = ["cbf", "cbv", "mtt", "tmax", "ttp", "brain_mask", "core", "hypoperfused", "penumbra"]
-    others = ["lesions.json", "provenance.json", "report.html", "figures"]
+    others = ["lesions.json", "provenance.json", "report.html", "figures", ".perfnet-output.json"]
     assert written == sorted([*(f"{m}.nii.gz" for m in maps), *others])
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["method"] == "cnn" and prov["motion"]["reference_frame"] == 0

@@ -13,8 +13,17 @@ import torch
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the voxels where ``mask`` (broadcast over the map channel) is set."""
+    total, weight = masked_mse_parts(pred, target, mask)
+    return total / weight.clamp_min(1.0)
+
+
+def masked_mse_parts(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ mask·(p − p̂)² and Σ mask: the MSE of several batches (data-parallel ranks) is the sum of
+    their totals over the sum of their weights."""
     mask = mask.expand_as(pred).to(pred.dtype)
-    return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+    return ((pred - target) ** 2 * mask).sum(), mask.sum()
 
 
 def importance_weights(
@@ -51,8 +60,21 @@ def laplace_nll(
     The weights (see :func:`importance_weights`) are constants: they select which errors count,
     they are not differentiated.
     """
+    total, weight = laplace_nll_parts(pred, scale, target, mask, windows, low_weight)
+    return total / weight.clamp_min(1e-12)
+
+
+def laplace_nll_parts(
+    pred: torch.Tensor,
+    scale: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    windows: Sequence[tuple[float, float]] | None = None,
+    low_weight: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted sum of :func:`laplace_nll` and the sum of its weights."""
     loss = torch.log(scale) + (pred - target).abs() / scale
     weight = mask.expand_as(pred).to(pred.dtype)
     if windows is not None:
         weight = weight * importance_weights(pred.detach(), target, windows, low_weight)
-    return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
+    return (loss * weight).sum(), weight.sum()

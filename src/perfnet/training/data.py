@@ -72,9 +72,12 @@ def _reference_map(folder: Path, name: str) -> Path | None:
 
 
 def load_targets(
-    study: CohortStudy, maps: list[str], targets: str, cache: Path | None
+    study: CohortStudy, maps: list[str], targets: str, cache: Path | None, store: bool = True
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Target maps of a study and the brain mask that comes with them (None: use the automatic one)."""
+    """Target maps of a study and the brain mask that comes with them (None: use the automatic one).
+
+    Conventional targets are read from the cache when complete, else computed (and written there
+    when ``store``: data-parallel ranks other than 0 compute without writing)."""
     if targets == "truth":
         folder = study.session_dir / "truth"
         out = {}
@@ -104,10 +107,17 @@ def load_targets(
                 folder / "brain_mask.nii.gz"
             )[0] > 0.5
         result = analyze(load_series(study.series_path), AnalysisOptions(method=targets))
-        folder.mkdir(parents=True, exist_ok=True)
-        for m in maps:
-            save_map(result.maps[m], result.maps.affine, folder / f"{m}.nii.gz")
-        save_map(result.maps.brain_mask.astype(np.float32), result.maps.affine, folder / "brain_mask.nii.gz")
+        if store:
+            from perfnet.io.output import atomic_output_dir
+
+            with atomic_output_dir(folder, overwrite=True, command=f"targets {targets}") as staging:
+                for m in maps:
+                    save_map(result.maps[m], result.maps.affine, staging / f"{m}.nii.gz")
+                save_map(
+                    result.maps.brain_mask.astype(np.float32),
+                    result.maps.affine,
+                    staging / "brain_mask.nii.gz",
+                )
         return {m: result.maps[m] for m in maps}, result.maps.brain_mask
     raise PerfnetInputError("--targets", f"unknown target source {targets!r}")
 
@@ -136,10 +146,11 @@ def load_study(
     cache: Path | None,
     pixel_mm: float | None = None,
     align_lead_s: float | None = None,
+    store: bool = True,
 ) -> StudySlices:
     """One study on the model's time grid and pixel size (TTP targets relative to the grid start)."""
     series = load_series(study.series_path)
-    target_maps, brain = load_targets(study, maps, targets, cache)
+    target_maps, brain = load_targets(study, maps, targets, cache, store)
     for m, arr in target_maps.items():
         if arr.shape != series.spatial_shape:
             raise PerfnetInputError(

@@ -108,8 +108,9 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def draw(self, item: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch, item])
+    def draw(self, item: int, epoch: int | None = None) -> dict[str, Any]:
+        """The augmentation of sample ``item`` in ``epoch`` (default: the current one)."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, item])
         a = self.augment
         return {
             "shift": int(rng.integers(a.shift[0], a.shift[1] + 1)),
@@ -123,16 +124,28 @@ class SliceDataset(Dataset):
             "thin_phase": float(rng.uniform()),
         }
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+    def log_row(self, item: int, epoch: int) -> dict[str, Any]:
+        """augmentations.csv's row of sample ``item`` in ``epoch``."""
+        i, z = self.index[item]
+        return {"epoch": epoch, "index": item, "study": self.studies[i].name, "slice": z} | self.draw(
+            item, epoch
+        )
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """A sample by index, or by ``(epoch, index)`` (what
+        :class:`~perfnet.training.sampler.GlobalBatchSampler` yields)."""
+        epoch = self.epoch
+        if isinstance(item, tuple | list):
+            epoch, item = int(item[0]), int(item[1])
         i, z = self.index[item]
         s = self.studies[i]
         x = s.inputs[z].float()  # (T, X, Y)
         y = s.targets[z].clone()  # (M, X, Y)
         mask = s.brain[z].float()
         bolus = s.bolus
-        p = self.draw(item) if self.augment.enabled else None
+        p = self.draw(item, epoch) if self.augment.enabled else None
         if p is not None:
-            self.log.append({"epoch": self.epoch, "index": item, "study": s.name, "slice": z, **p})
+            self.log.append({"epoch": epoch, "index": item, "study": s.name, "slice": z, **p})
             if p["shift"]:
                 idx = torch.from_numpy(reflect_index(x.shape[0], p["shift"]))
                 x, bolus = x[idx], bolus[idx]

@@ -36,7 +36,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from perfnet import __version__
@@ -44,8 +44,17 @@ from perfnet.errors import PerfnetInputError
 from perfnet.inference.inputs import FRAME_INTERVAL_S, FRAMES
 from perfnet.inference.targets import LOG_OFFSETS, log_offsets_for
 from perfnet.inference.weights import load_weights, save_weights
+from perfnet.io.output import FolderLock, check_writable_destination
+from perfnet.training.checkpoints import (
+    EpochCheckpoint,
+    is_rank_zero,
+    remove_checkpoints,
+    resume_point,
+    truncate_logs,
+)
 from perfnet.training.data import CohortStudy, StudySlices, discover, kfold_split, load_study
 from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
+from perfnet.training.sampler import GlobalBatchSampler
 from perfnet.training.task import PerfusionTask
 
 log = logging.getLogger("perfnet.train")
@@ -133,61 +142,71 @@ class TrainConfig:
 
     def build_kwargs(self) -> dict[str, Any]:
         if self.model == "unet":
-            return {"in_channels": self.frames, "out_channels": len(self.maps), "width": self.width}
+            return {"in_channels": self.frames, "out_channels": len(self.maps), "width": self.width} | dict(
+                self.model_kwargs
+            )
         return {"out_maps": len(self.maps), "width": self.width} | dict(self.model_kwargs)
 
 
 class Schedule(Callback):
-    """Sets the dataset's epoch (augmentation draws) and Gava's pre-train → fine-tune switch, and
-    appends the epoch's augmentation draws to ``augmentations.csv``."""
+    """Sets the dataset's epoch and Gava's pre-train → fine-tune switch, seeds the epoch's own
+    random stream (dropout: a resumed epoch draws what an uninterrupted one draws), and on rank
+    0 appends the epoch's metrics and every augmentation draw of the global batches to the CSVs."""
 
-    def __init__(self, dataset: SliceDataset, cfg: TrainConfig, fold_dir: Path) -> None:
-        self.dataset, self.cfg, self.fold_dir = dataset, cfg, fold_dir
+    def __init__(
+        self, dataset: SliceDataset, sampler: GlobalBatchSampler, cfg: TrainConfig, fold_dir: Path, seed: int
+    ) -> None:
+        self.dataset, self.sampler, self.cfg, self.fold_dir, self.seed = dataset, sampler, cfg, fold_dir, seed
         self.started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
         self.started = time.perf_counter()
-        self.dataset.epoch = trainer.current_epoch
-        fine = trainer.current_epoch >= self.cfg.pretrain_epochs
+        epoch = trainer.current_epoch
+        self.dataset.epoch = epoch
+        fine = epoch >= self.cfg.pretrain_epochs
         self.dataset.size = None if fine else self.cfg.pretrain_size
         self.dataset.crop = self.cfg.crop if fine else None
+        torch.manual_seed(int(np.random.default_rng([self.seed, epoch, trainer.global_rank]).integers(2**62)))
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-        validated = (trainer.current_epoch + 1) % max(1, self.cfg.val_every) == 0
+        self.dataset.log.clear()
+        epoch = trainer.current_epoch
+        validated = (epoch + 1) % max(1, self.cfg.val_every) == 0
+        logged = trainer.callback_metrics  # on every rank: reading it reduces the synced metrics
+        if not trainer.is_global_zero:
+            return
         metrics = {
             k: float(v)
-            for k, v in trainer.callback_metrics.items()
+            for k, v in logged.items()
             if torch.is_tensor(v) and v.numel() == 1 and (validated or not k.startswith("val_"))
         }
         row = {
-            "epoch": trainer.current_epoch,
+            "epoch": epoch,
             "step": trainer.global_step,
             "seconds": round(time.perf_counter() - self.started, 2),
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
             "resolution": "pretrain" if self.dataset.size else "fine-tune",
         } | {k: round(v, 6) for k, v in sorted(metrics.items())}
-        path = self.fold_dir / "metrics.csv"
-        new = not path.is_file()
         maps = self.cfg.maps
         names = ["train_loss", "val_loss", *(f"val_mae_{m}" for m in maps)]
         if "tmax" in maps:
             names += ["val_tmax_maec", "val_dice_hypoperfused"]
         fields = [*list(row)[:5], *names]  # fixed: epochs without validation leave those empty
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        rows = self.dataset.log
-        if rows:
-            path = self.fold_dir / "augmentations.csv"
-            new = not path.is_file()
-            with path.open("a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
-        self.dataset.log.clear()
+        _append_csv(self.fold_dir / "metrics.csv", [row], fields, restval="")
+        if self.dataset.augment.enabled:
+            batches = self.sampler.global_batches(epoch, trainer.world_size)
+            rows = [self.dataset.log_row(int(i), epoch) for batch in batches for i in batch]
+            if rows:
+                _append_csv(self.fold_dir / "augmentations.csv", rows, list(rows[0]))
+
+
+def _append_csv(path: Path, rows: list[dict[str, Any]], fields: list[str], restval: str = "") -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval=restval)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -197,8 +216,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _load_cohort(
-    studies: list[CohortStudy], cfg: TrainConfig, cache: Path, progress: bool
+    studies: list[CohortStudy], cfg: TrainConfig, cache: Path, progress: bool, store: bool = True
 ) -> dict[str, StudySlices]:
+    """Every study on the model's grid; conventional targets are cached under ``cache`` (read by
+    every rank, written only where ``store``)."""
     from tqdm import tqdm
 
     out = {}
@@ -212,17 +233,23 @@ def _load_cohort(
             cache,
             cfg.pixel_mm,
             cfg.align_lead_s,
+            store=store,
         )
     return out
 
 
 def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
-    """Train (and cross-validate) a model; returns the plan with every fold's validation metrics."""
+    """Train (and cross-validate) a model; returns the plan with every fold's validation metrics.
+
+    Started again with the same ``out`` (``resume``), a run continues where it stopped: finished
+    folds are kept as they are, an interrupted fold continues after its last completed epoch.
+    Under DDP only rank 0 writes files and holds the run folder's lock."""
     cfg = cfg.resolved()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    out = Path(out)
+    out = Path(out).absolute()
+    writer = is_rank_zero()
     studies = discover(cohort)
     subjects = [s.subject for s in studies]
     splits = kfold_split(subjects, cfg.folds, cfg.seed)
@@ -230,7 +257,29 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
     if any(k < 0 or k >= len(splits) for k in folds):
         raise PerfnetInputError("--fold", f"fold must be in 0…{len(splits) - 1}")
     start = InitialWeights.read(cfg) if cfg.init else None  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out)
+    if writer:
+        check_writable_destination(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        return _train(cohort, out, cfg, resume, studies, subjects, splits, folds, start, writer)
+    finally:
+        lock.release()
+
+
+def _train(
+    cohort: str | Path,
+    out: Path,
+    cfg: TrainConfig,
+    resume: bool,
+    studies: list[CohortStudy],
+    subjects: list[str],
+    splits: list[list[str]],
+    folds: list[int],
+    start: InitialWeights | None,
+    writer: bool,
+) -> dict[str, Any]:
     plan: dict[str, Any] = {
         "perfnet_version": __version__,
         "cohort": str(Path(cohort).resolve()),
@@ -254,145 +303,202 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
         if {k: v for k, v in old.get("config", {}).items() if k not in RESUMABLE} != same:
             raise PerfnetInputError(previous, "a run with other settings exists here; choose another --out")
         plan["folds"] = old.get("folds", {})
-    _write_json(previous, plan)
+        for key in ("cross_validation", "load_seconds"):
+            if key in old:
+                plan[key] = old[key]
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(previous, plan)
 
-    started = time.perf_counter()
-    data = _load_cohort(studies, cfg, out / "targets", cfg.progress)
-    load_seconds = time.perf_counter() - started
-    log.info("loaded %d studies in %.1f s", len(data), load_seconds)
+    def finished(k: int) -> bool:
+        entry = plan["folds"].get(str(k), {})
+        return (
+            resume and entry.get("epochs", -1) >= cfg.epochs and (out / f"fold-{k}" / "weights.pt").is_file()
+        )
 
+    todo = [k for k in folds if not finished(k)]
     for k in folds:
-        fold_dir = out / f"fold-{k}"
-        fold_dir.mkdir(exist_ok=True)
-        val_subjects = set(splits[k])
-        train_set = [s for s in data.values() if s.subject not in val_subjects]
-        val_set = [s for s in data.values() if s.subject in val_subjects]
-        if not train_set:
-            raise PerfnetInputError(cohort, "no training studies left after the split")
-        L.seed_everything(cfg.seed + k, workers=True, verbose=False)
-        norm = Normalisation.fit(train_set, cfg.maps, log_offsets_for(cfg.log_maps))
-        if start is not None:
-            start.adopt_normalisation(norm)
-        augment = Augmentation(
-            cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True, thin=tuple(cfg.thin)
-        )
-        train_ds = SliceDataset(
-            train_set,
-            cfg.maps,
-            norm,
-            cfg.frame_interval,
-            size=cfg.pretrain_size if cfg.pretrain_epochs > 0 else None,
-            crop=None if cfg.pretrain_epochs > 0 else cfg.crop,
-            augment=augment,
-            seed=cfg.seed + 1000 * k,
-        )
-        val_ds = SliceDataset(val_set, cfg.maps, norm, cfg.frame_interval)
-        model_kwargs = cfg.build_kwargs()
-        task = PerfusionTask(
-            cfg.model,
-            model_kwargs,
-            cfg.maps,
-            norm.target_mean,
-            norm.target_sd,
-            [float(t) for t in train_set[0].grid],
-            loss=str(cfg.loss),
-            lr=cfg.lr,
-            lr_step_epochs=cfg.lr_step_epochs,
-            lr_gamma=cfg.lr_gamma,
-            log_offsets=norm.log_offsets,
-        )
-        if start is not None:
-            task.model.load_state_dict(start.state_dict)
-        generator = torch.Generator().manual_seed(cfg.seed + k)
-        train_loader = DataLoader(
-            train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False
-        )
-        val_loader = DataLoader(val_ds, batch_size=1) if val_set else None
+        if k not in todo:
+            log.info("fold %d is complete (%s); kept as it is", k, plan["folds"][str(k)]["weights"])
+    data: dict[str, StudySlices] = {}
+    load_seconds = 0.0
+    if todo:
+        started = time.perf_counter()
+        data = _load_cohort(studies, cfg, out / "targets", cfg.progress, store=writer)
+        load_seconds = time.perf_counter() - started
+        log.info("loaded %d studies in %.1f s", len(data), load_seconds)
 
-        checkpoint = ModelCheckpoint(dirpath=fold_dir, filename="epoch-{epoch}", save_last=True, save_top_k=0)
-        trainer = L.Trainer(
-            max_epochs=cfg.epochs,
-            accelerator=cfg.accelerator,
-            devices=cfg.devices,
-            strategy=cfg.strategy,
-            num_nodes=cfg.num_nodes,
-            logger=False,
-            callbacks=[checkpoint, Schedule(train_ds, cfg, fold_dir)],
-            enable_progress_bar=cfg.progress,
-            enable_model_summary=False,
-            deterministic=False,
-            max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-            limit_train_batches=cfg.limit_train_batches,
-            limit_val_batches=1.0 if val_loader is not None else 0,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=cfg.val_every,
-            log_every_n_steps=1,
+    for k in todo:
+        fold_dir = out / f"fold-{k}"
+        if writer:
+            fold_dir.mkdir(exist_ok=True)
+        plan["folds"][str(k)] = _train_fold(
+            k, cohort, out, fold_dir, cfg, resume, data, splits, start, writer, _modality(studies[0])
         )
-        last = fold_dir / "last.ckpt"
-        fold_start = time.perf_counter()
-        trainer.fit(
-            task,
-            train_loader,
-            val_loader,
-            ckpt_path=str(last) if resume and last.is_file() else None,
-            weights_only=True,
-        )
-        seconds = time.perf_counter() - fold_start
-        if val_loader is not None and (cfg.val_every > 1 or cfg.max_minutes):
-            trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
-        val_metrics = {
-            k2: float(v)
-            for k2, v in trainer.callback_metrics.items()
-            if k2.startswith("val_") and v.numel() == 1
-        }
-        val_metrics = {k2: v for k2, v in val_metrics.items() if math.isfinite(v)}
-        weights_config = {
-            "model": cfg.model,
-            "model_kwargs": model_kwargs,
-            "maps": cfg.maps,
-            "modality": _modality(studies[0]),
-            "frame_interval": cfg.frame_interval,
-            "frames": cfg.frames,
-            "pixel_mm": cfg.pixel_mm,
-            "align_lead_s": cfg.align_lead_s,
-            "input_scale": norm.input_scale,
-            "target_mean": norm.target_mean,
-            "target_sd": norm.target_sd,
-            "log_offsets": norm.log_offsets,
-            "training": {
-                "targets": cfg.targets,
-                "fold": k,
-                "folds": cfg.folds,
-                "epochs": trainer.current_epoch,
-                "seconds": round(seconds, 1),
-                "training_studies": len(train_set),
-                "validation_studies": len(val_set),
-                "validation": val_metrics,
-                "seed": cfg.seed,
-                "perfnet_version": __version__,
-                "init": None if start is None else start.provenance,
-            },
-        }
-        weights = save_weights(fold_dir / "weights.pt", task.model, weights_config)
-        plan["folds"][str(k)] = {
-            "weights": str(weights.relative_to(out)),
-            "epochs": trainer.current_epoch,
-            "seconds": round(seconds, 1),
-            "validation": val_metrics,
-            "training_slices": len(train_ds),
-            "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
-        }
-        _write_json(out / "plan.json", plan)
-        if k == folds[0]:
-            shutil.copyfile(weights, out / "weights.pt")
+        if writer:
+            _write_json(out / "plan.json", plan)
+            if k == folds[0]:
+                shutil.copyfile(fold_dir / "weights.pt", out / "weights.pt")
     summary = {
         key: float(np.mean([f["validation"][key] for f in plan["folds"].values() if key in f["validation"]]))
         for key in sorted({m for f in plan["folds"].values() for m in f["validation"]})
     }
     plan["cross_validation"] = summary
-    plan["load_seconds"] = round(load_seconds, 1)
-    _write_json(out / "plan.json", plan)
+    if todo:
+        plan["load_seconds"] = round(load_seconds, 1)
+    if writer:
+        _write_json(out / "plan.json", plan)
     return plan
+
+
+def _train_fold(
+    k: int,
+    cohort: str | Path,
+    out: Path,
+    fold_dir: Path,
+    cfg: TrainConfig,
+    resume: bool,
+    data: dict[str, StudySlices],
+    splits: list[list[str]],
+    start: InitialWeights | None,
+    writer: bool,
+    modality: str,
+) -> dict[str, Any]:
+    """One fold: train (continuing from its newest good checkpoint), validate, write weights.pt;
+    returns the fold's plan entry."""
+    val_subjects = set(splits[k])
+    train_set = [s for s in data.values() if s.subject not in val_subjects]
+    val_set = [s for s in data.values() if s.subject in val_subjects]
+    if not train_set:
+        raise PerfnetInputError(cohort, "no training studies left after the split")
+    L.seed_everything(cfg.seed + k, workers=True, verbose=False)
+    norm = Normalisation.fit(train_set, cfg.maps, log_offsets_for(cfg.log_maps))
+    if start is not None:
+        start.adopt_normalisation(norm)
+    augment = Augmentation(
+        cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True, thin=tuple(cfg.thin)
+    )
+    train_ds = SliceDataset(
+        train_set,
+        cfg.maps,
+        norm,
+        cfg.frame_interval,
+        size=cfg.pretrain_size if cfg.pretrain_epochs > 0 else None,
+        crop=None if cfg.pretrain_epochs > 0 else cfg.crop,
+        augment=augment,
+        seed=cfg.seed + 1000 * k,
+    )
+    val_ds = SliceDataset(val_set, cfg.maps, norm, cfg.frame_interval)
+    model_kwargs = cfg.build_kwargs()
+    task = PerfusionTask(
+        cfg.model,
+        model_kwargs,
+        cfg.maps,
+        norm.target_mean,
+        norm.target_sd,
+        [float(t) for t in train_set[0].grid],
+        loss=str(cfg.loss),
+        lr=cfg.lr,
+        lr_step_epochs=cfg.lr_step_epochs,
+        lr_gamma=cfg.lr_gamma,
+        log_offsets=norm.log_offsets,
+    )
+    if start is not None:
+        task.model.load_state_dict(start.state_dict)
+    sampler = GlobalBatchSampler(len(train_ds), cfg.batch_size, seed=cfg.seed + 1000 * k)
+    train_loader = DataLoader(train_ds, batch_sampler=sampler)
+    val_loader = DataLoader(val_ds, batch_size=1) if val_set else None
+
+    checkpoint, last_epoch = resume_point(fold_dir, warn=writer) if resume else (None, -1)
+    if writer:
+        if not resume:
+            remove_checkpoints(fold_dir)
+        truncate_logs(fold_dir, last_epoch)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[
+            Schedule(train_ds, sampler, cfg, fold_dir, cfg.seed + 1000 * k),
+            EpochCheckpoint(fold_dir),
+        ],
+        use_distributed_sampler=False,  # GlobalBatchSampler splits batches across ranks itself
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        deterministic=False,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=1.0 if val_loader is not None else 0,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=cfg.val_every,
+        log_every_n_steps=1,
+    )
+    fold_start = time.perf_counter()
+    trainer.fit(
+        task,
+        train_loader,
+        val_loader,
+        ckpt_path=None if checkpoint is None else str(checkpoint),
+        weights_only=True,
+    )
+    seconds = time.perf_counter() - fold_start
+
+    def validation() -> dict[str, float]:
+        found = {
+            k2: float(v)
+            for k2, v in trainer.callback_metrics.items()
+            if k2.startswith("val_") and v.numel() == 1
+        }
+        return {k2: v for k2, v in found.items() if math.isfinite(v)}
+
+    val_metrics = validation()
+    last_validated = trainer.current_epoch % max(1, cfg.val_every) == 0
+    if val_loader is not None and (not val_metrics or not last_validated or cfg.max_minutes):
+        trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
+        val_metrics = validation()
+    weights_config = {
+        "model": cfg.model,
+        "model_kwargs": model_kwargs,
+        "maps": cfg.maps,
+        "modality": modality,
+        "frame_interval": cfg.frame_interval,
+        "frames": cfg.frames,
+        "pixel_mm": cfg.pixel_mm,
+        "align_lead_s": cfg.align_lead_s,
+        "input_scale": norm.input_scale,
+        "target_mean": norm.target_mean,
+        "target_sd": norm.target_sd,
+        "log_offsets": norm.log_offsets,
+        "training": {
+            "targets": cfg.targets,
+            "fold": k,
+            "folds": cfg.folds,
+            "epochs": trainer.current_epoch,
+            "seconds": round(seconds, 1),
+            "training_studies": len(train_set),
+            "validation_studies": len(val_set),
+            "validation": val_metrics,
+            "seed": cfg.seed,
+            "perfnet_version": __version__,
+            "init": None if start is None else start.provenance,
+        },
+    }
+    weights = fold_dir / "weights.pt"
+    if writer:
+        save_weights(weights, task.model, weights_config)
+    trainer.strategy.barrier("perfnet-weights")
+    return {
+        "weights": str(weights.relative_to(out)),
+        "epochs": trainer.current_epoch,
+        "seconds": round(seconds, 1),
+        "validation": val_metrics,
+        "training_slices": len(train_ds),
+        "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
+    }
 
 
 @dataclass

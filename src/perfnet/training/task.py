@@ -10,7 +10,8 @@ import torch
 
 from perfnet.inference import time_channel
 from perfnet.inference.targets import from_model, window_to_model
-from perfnet.models import build_model, laplace_nll, masked_mse
+from perfnet.models import build_model
+from perfnet.models.losses import laplace_nll_parts, masked_mse_parts
 
 #: Clinically relevant window per map for Hess's importance weighting (Tmax [0, 40] s as in the paper).
 WINDOWS = {"tmax": (0.0, 40.0), "ttp": (0.0, 60.0), "mtt": (0.0, 20.0), "cbf": (0.0, 80.0), "cbv": (0.0, 8.0)}
@@ -56,17 +57,37 @@ class PerfusionTask(L.LightningModule):
             return self.model(batch["x"], self.times.to(batch["x"].device), batch["bolus"])
         return self.model(batch["x"]), None
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, batch: dict[str, torch.Tensor], across_ranks: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and prediction. ``across_ranks``: normalised by the weight of the
+        *global* batch (all data-parallel ranks) and multiplied by the world size, so that DDP's
+        gradient average equals the gradient of one process seeing the whole batch."""
         value, scale = self(batch)
         mask = batch["mask"][:, None]
         if self.hparams.loss == "laplace" and scale is not None:
-            return laplace_nll(value, scale, batch["y"], mask, self.windows), value
-        return masked_mse(value, batch["y"], mask), value
+            total, weight = laplace_nll_parts(value, scale, batch["y"], mask, self.windows)
+            floor = 1e-12
+        else:
+            total, weight = masked_mse_parts(value, batch["y"], mask)
+            floor = 1.0
+        world = self.trainer.world_size if across_ranks and self._trainer is not None else 1
+        if world > 1:
+            weight = weight.detach().clone()
+            torch.distributed.all_reduce(weight)
+            return total * world / weight.clamp_min(floor), value
+        return total / weight.clamp_min(floor), value
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
+        loss, _ = self._loss(batch, across_ranks=True)
         self.log(
-            "train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0]
+            "train_loss",
+            loss,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch["x"].shape[0],
+            sync_dist=True,
         )
         return loss
 
@@ -76,8 +97,14 @@ class PerfusionTask(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, value = self._loss(batch)
-        self.log(
-            "val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x"].shape[0]
+        self.log(  # every rank validates every study (no distributed sampler): sync is an identity
+            "val_loss",
+            loss,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch["x"].shape[0],
+            sync_dist=True,
         )
         sd, mean = self.sd.to(value.device), self.mean.to(value.device)
         pred, true = value * sd + mean, batch["y"] * sd + mean
@@ -100,11 +127,13 @@ class PerfusionTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         v, n = self._val, max(self._val.get("n", 0.0), 1.0)
         for m in self.maps:
-            self.log(f"val_mae_{m}", v[f"abs_{m}"] / n)
+            self.log(f"val_mae_{m}", v[f"abs_{m}"] / n, sync_dist=True)
         if "tmax" in self.maps:
-            self.log("val_tmax_maec", v["maec"] / n)
+            self.log("val_tmax_maec", v["maec"] / n, sync_dist=True)
             denom = v["pred"] + v["true"]
-            self.log("val_dice_hypoperfused", 2 * v["inter"] / denom if denom else float("nan"))
+            self.log(
+                "val_dice_hypoperfused", 2 * v["inter"] / denom if denom else float("nan"), sync_dist=True
+            )
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,188 @@
+"""Training that really resumes: a run killed after any epoch and started again continues from
+its last completed epoch, gives the weights of an uninterrupted run, survives a corrupt
+checkpoint, keeps a finished run's results, and runs data-parallel (2-process CPU DDP, gloo)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.phantom.cohort import write_study
+from perfnet.training.run import TrainConfig, train
+
+TINY = {"matrix": 40, "slices": 2, "frames": 30, "coverage_mm": 24.0, "motion": False}
+CONFIG = dict(
+    model="unet",
+    width=4,
+    frames=20,
+    epochs=5,
+    pretrain_epochs=1,
+    pretrain_size=32,
+    crop=32,
+    batch_size=2,
+    lr=3e-3,
+    lr_step_epochs=2,
+    folds=2,
+    fold=0,
+    seed=5,
+    accelerator="cpu",
+    devices=1,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    for i in range(4):
+        cfg = PhantomConfig.draw(800 + i, "CT", **TINY)
+        write_study(simulate_study(cfg), root / f"sub-{i:04d}" / "ses-01", f"sub-{i:04d}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    train(cohort, run, TrainConfig(**CONFIG), resume=True)
+    return run
+
+
+def _epochs(run: Path) -> list[int]:
+    with (run / "fold-0" / "metrics.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "fold-0" / "weights.pt", weights_only=True)["state_dict"]
+
+
+def _assert_same_weights(a: Path, b: Path, tolerance: float = 1e-6) -> None:
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    worst = max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel())
+    assert worst <= tolerance, worst
+
+
+KILL_AFTER_EPOCH = textwrap.dedent(
+    """
+    import os, sys
+    from perfnet.training import checkpoints
+    from perfnet.training.run import TrainConfig, train
+
+    kill_after, cohort, run, config = int(sys.argv[1]), sys.argv[2], sys.argv[3], eval(sys.argv[4])
+    save = checkpoints.EpochCheckpoint.on_train_epoch_end
+
+    def save_then_die(self, trainer, module):
+        save(self, trainer, module)
+        if trainer.current_epoch == kill_after:
+            os._exit(9)  # as SIGKILL: nothing is cleaned up
+
+    checkpoints.EpochCheckpoint.on_train_epoch_end = save_then_die
+    train(cohort, run, TrainConfig(**config), resume=True)
+    """
+)
+
+
+def _train_and_kill(cohort: Path, run: Path, tmp_path: Path, after_epoch: int) -> None:
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AFTER_EPOCH)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(after_epoch), str(cohort), str(run), repr(CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 9, proc.stderr[-2000:]
+
+
+def test_killed_run_resumes_after_its_last_epoch_with_identical_weights(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    _train_and_kill(cohort, run, tmp_path, after_epoch=2)
+    assert _epochs(run) == [0, 1, 2] and (run / "fold-0" / "last.ckpt").is_file()
+    assert not (run / "fold-0" / "weights.pt").exists()
+    plan = train(cohort, run, TrainConfig(**CONFIG), resume=True)
+    assert _epochs(run) == [0, 1, 2, 3, 4]
+    _assert_same_weights(run, uninterrupted)
+    with (run / "fold-0" / "augmentations.csv").open() as f:
+        draws = list(csv.DictReader(f))
+    with (uninterrupted / "fold-0" / "augmentations.csv").open() as f:
+        assert draws == list(csv.DictReader(f))  # the same draws, each epoch once
+    assert plan["cross_validation"]["val_tmax_maec"] == pytest.approx(
+        json.loads((uninterrupted / "plan.json").read_text())["cross_validation"]["val_tmax_maec"], abs=1e-5
+    )
+
+
+def test_corrupt_last_checkpoint_is_named_and_the_previous_one_used(
+    cohort: Path, uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    _train_and_kill(cohort, run, tmp_path, after_epoch=2)
+    last = run / "fold-0" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a disk that filled up during the write
+    train(cohort, run, TrainConfig(**CONFIG), resume=True)
+    err = capsys.readouterr().err
+    assert f"{last}: unreadable checkpoint" in err
+    assert _epochs(run) == [0, 1, 2, 3, 4]  # epoch 2 redone once from previous.ckpt (epoch 1)
+    _assert_same_weights(run, uninterrupted)
+
+
+def test_rerunning_a_finished_run_keeps_its_results(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    before = json.loads((uninterrupted / "plan.json").read_text())
+    weights = (uninterrupted / "weights.pt").read_bytes()
+    plan = train(cohort, uninterrupted, TrainConfig(**CONFIG), resume=True)
+    after = json.loads((uninterrupted / "plan.json").read_text())
+    assert after["cross_validation"] == before["cross_validation"] != {}
+    assert plan["folds"]["0"] == before["folds"]["0"]
+    assert (uninterrupted / "weights.pt").read_bytes() == weights
+
+
+DDP = textwrap.dedent(
+    """
+    import sys
+    from perfnet.training.run import TrainConfig, train
+
+    cohort, run, devices, config = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+    strategy = "ddp" if devices > 1 else "auto"
+    train(cohort, run, TrainConfig(**config, devices=devices, strategy=strategy), resume=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_single_process_weights(cohort: Path, tmp_path: Path) -> None:
+    """Without BatchNorm (per-rank statistics on CPU) the 2-rank run matches one process to
+    float summation order: every global batch is split across the ranks and the loss is
+    normalised by the global batch."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP)
+    config = CONFIG | {"epochs": 2, "model_kwargs": {"norm": False}, "batch_size": 4}
+    config.pop("devices")
+    runs = {}
+    for devices in (1, 2):
+        run = tmp_path / f"run{devices}"
+        proc = subprocess.run(
+            [sys.executable, str(script), str(cohort), str(run), str(devices), repr(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[devices] = run
+    _assert_same_weights(runs[1], runs[2], tolerance=1e-4)
+    assert _epochs(runs[2]) == [0, 1]
+    assert sorted(p.name for p in (runs[2] / "fold-0").iterdir()) == sorted(
+        ["augmentations.csv", "last.ckpt", "metrics.csv", "previous.ckpt", "weights.pt"]
+    )
