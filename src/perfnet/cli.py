@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -694,6 +695,12 @@ def _crash_log(argv: Sequence[str]) -> Path | None:
     return Path(name)
 
 
+def _one_line_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    print(f"perfnet: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit status: 0 done; 2 bad input or usage (one line naming the file or
     option, no output written); 1 an internal error (one line and the path of a log file with
@@ -705,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    show_warning = warnings.showwarning
+    warnings.showwarning = _one_line_warning  # perfnet's own warnings: one line each, no source
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -741,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_UNEXPECTED
     finally:
+        warnings.showwarning = show_warning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
