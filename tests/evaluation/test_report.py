@@ -62,7 +62,10 @@ def _chromium() -> str | None:
 )
 def test_report_renders_in_headless_chromium(analysed: Path, tmp_path: Path) -> None:
     shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
+    # offline machines: no background connections, a fresh profile
+    cmd += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    cmd += [f"--user-data-dir={tmp_path / 'profile'}"]
     cmd += ["--window-size=1000,1400", f"--screenshot={shot}", (analysed / "report.html").as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "Chromium wrote no screenshot"
