@@ -95,3 +95,26 @@ def test_bad_settings_and_shapes_are_input_errors() -> None:
         segment_lesions(cbf[:-1], tmax, brain, affine)
     for ref in ("brain", "tmax4"):
         assert segment_lesions(cbf, tmax, brain, affine, LesionSettings(reference=ref)).reference_cbf == 50.0
+
+
+def test_profile_tmax_volumes_hir_rcbv_and_core_thresholds() -> None:
+    """Known answers on the box study: graded Tmax and CBF blocks inside the 72 mL lesion."""
+    cbf, tmax, brain, affine = _box_study(core_cbf=50.0)
+    tmax[35:50, 20:60, 2:8] = 7.0  # 72 mL above 6 s ...
+    tmax[35:50, 20:40, 2:8] = 9.0  # ... 36 mL of it above 8 s ...
+    tmax[35:50, 20:30, 2:8] = 11.0  # ... 18 mL above 10 s
+    tmax[20:30, 20:60, 2:8] = 5.0  # 48 mL between 4 and 6 s (not hypoperfused)
+    cbf[35:50, 20:25, 2:8] = 5.0  # 9 mL at 10 % of 50: core at every threshold
+    cbf[35:50, 25:30, 2:8] = 16.0  # 9 mL at 32 %: core at 34 and 38 %
+    cbf[35:50, 30:35, 2:8] = 18.0  # 9 mL at 36 %: core at 38 % only
+    cbv = np.where(brain, 4.0, 0.0)
+    cbv[35:50, 20:60, 2:8] = 2.0  # the hypoperfused region holds half the reference CBV
+    profile = segment_lesions(cbf, tmax, brain, affine, RAW, cbv=cbv).to_json()
+    assert profile["tmax_volumes_ml"] == pytest.approx({"4": 120.0, "6": 72.0, "8": 36.0, "10": 18.0})
+    assert profile["hypoperfusion_intensity_ratio"] == pytest.approx(0.25)
+    assert profile["core_volumes_ml"] == pytest.approx({"20": 9.0, "30": 9.0, "34": 18.0, "38": 27.0})
+    assert profile["rcbv_hypoperfused"] == pytest.approx(0.5)
+    assert "Olivot" in profile["definitions"]["hypoperfusion_intensity_ratio"]
+    # no hypoperfusion: no ratio and no rCBV, volumes 0
+    none = segment_lesions(np.full_like(cbf, 50.0), np.where(brain, 2.0, 0.0), brain, affine, RAW, cbv=cbv)
+    assert none.profile["hypoperfusion_intensity_ratio"] is None and none.profile["rcbv_hypoperfused"] is None

@@ -180,6 +180,26 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+def _profile_table(lesions: dict[str, Any]) -> str:
+    """Tmax volumes, HIR, rCBV and core volumes at several thresholds, with their definitions."""
+    tmax = lesions.get("tmax_volumes_ml")
+    core = lesions.get("core_volumes_ml")
+    if not tmax or not core:
+        return ""
+    hir, rcbv = lesions.get("hypoperfusion_intensity_ratio"), lesions.get("rcbv_hypoperfused")
+    definitions = lesions.get("definitions", {})
+    head = "".join(f"<th>Tmax &gt; {t} s</th>" for t in tmax) + "<th>HIR</th><th>rCBV</th>"
+    row = "".join(f"<td>{v:.1f} mL</td>" for v in tmax.values())
+    row += f"<td>{'—' if hir is None else f'{hir:.2f}'}</td><td>{'—' if rcbv is None else f'{rcbv:.2f}'}</td>"
+    core_head = "".join(f"<th>core rCBF &lt; {c} %</th>" for c in core)
+    core_row = "".join(f"<td>{v:.1f} mL</td>" for v in core.values())
+    notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in definitions.items())
+    return (
+        f"<table><tr>{head}</tr><tr>{row}</tr></table><table><tr>{core_head}</tr><tr>{core_row}</tr></table>"
+        f'<details><summary>definitions</summary><ul class="note">{notes}</ul></details>'
+    )
+
+
 def write_report(
     out_dir: str | Path,
     maps: Any,
@@ -253,6 +273,7 @@ def write_report(
 mismatch ≥ 15 mL: {yes if flags["mismatch_at_least_15ml"] else no}. Affected side:
 {html.escape(str(lesions.get("affected_side")))}; core threshold: CBF &lt; {core_pct:.0f} %
 of {lesions["reference_cbf"]:.1f} ({html.escape(lesions["settings"]["reference"])} reference).</p>
+{_profile_table(lesions)}
 {section["lesions"]}
 <h2>Perfusion maps</h2>
 <p class="note">Units: CBF mL/100 g/min, CBV mL/100 g, MTT, TTP (from the first frame) and Tmax s.</p>

@@ -13,6 +13,14 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
 
 DEFUSE-3 target mismatch (Albers et al., NEJM 2018): core < 70 mL, mismatch ratio
 (hypoperfused / core) ≥ 1.8 and mismatch volume ≥ 15 mL.
+
+The profile stroke teams read beside it (:data:`PROFILE_DEFINITIONS`, all with the same clean-up):
+hypoperfused volumes at Tmax > 4, 6, 8, 10 s; the hypoperfusion intensity ratio HIR = V(Tmax > 10 s)
+/ V(Tmax > 6 s) (Olivot et al., Stroke 2014: HIR ≥ 0.4 marks poor collaterals); the relative CBV
+of the hypoperfused region (its mean CBV over the reference region's median; Arenillas et al.,
+Stroke 2018, rCBV index); core volumes at rCBF < 20, 30, 34, 38 % (30 %: RAPID/DEFUSE-3; 20 %
+and 34–38 %: the range of CTP core thresholds compared against DWI, Bivard et al., Stroke 2011;
+Cereda et al., JCBFM 2016).
 """
 
 from __future__ import annotations
@@ -28,6 +36,16 @@ from perfnet.io.types import PerfusionMaps, PerfusionSeries
 
 REFERENCES = ("contralateral", "brain", "tmax4")
 DEFUSE3 = {"core_max_ml": 70.0, "ratio_min": 1.8, "mismatch_min_ml": 15.0}
+TMAX_PROFILE_S = (4.0, 6.0, 8.0, 10.0)
+CORE_PROFILE = (0.20, 0.30, 0.34, 0.38)
+PROFILE_DEFINITIONS = {
+    "tmax_volumes_ml": "volume with Tmax above each threshold (s), after clean-up",
+    "hypoperfusion_intensity_ratio": "V(Tmax > 10 s) / V(Tmax > 6 s) "
+    "(Olivot et al., Stroke 2014; ≥ 0.4: poor collaterals)",
+    "rcbv_hypoperfused": "mean CBV of the hypoperfused region / median CBV of the reference region "
+    "(Arenillas et al., Stroke 2018)",
+    "core_volumes_ml": "hypoperfused volume with CBF below each fraction of the reference CBF (30 %: RAPID)",
+}
 
 
 @dataclass(frozen=True)
@@ -70,9 +88,11 @@ class LesionResult:
     reference_cbf: float
     affected_side: str | None
     settings: LesionSettings
+    profile: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        profile = {} if self.profile is None else self.profile | {"definitions": PROFILE_DEFINITIONS}
+        return profile | {
             "volumes_ml": {k: round(v, 2) for k, v in self.volumes_ml.items()},
             "mismatch_ratio": None if self.mismatch_ratio is None else round(self.mismatch_ratio, 3),
             "defuse3": self.defuse3,
@@ -147,8 +167,10 @@ def segment_lesions(
     affine: np.ndarray,
     settings: LesionSettings | None = None,
     exclude: np.ndarray | None = None,
+    cbv: np.ndarray | None = None,
 ) -> LesionResult:
-    """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps.
+    """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps, and the
+    profile of the module docstring (rCBV only with ``cbv``).
 
     ``exclude`` (e.g. CSF) is left out of the lesions and of the reference; the midline is still
     taken from the whole brain mask."""
@@ -197,6 +219,25 @@ def segment_lesions(
         "mismatch_at_least_15ml": mismatch_ml >= DEFUSE3["mismatch_min_ml"],
     }
     flags["target_mismatch"] = all(flags.values())
+
+    def volume(mask: np.ndarray) -> float:
+        return round(float((clean_mask(mask, voxel_size, settings) & brain).sum() * voxel_ml), 2)
+
+    tmax_volumes = {f"{t:g}": volume(brain & (tmax > t)) for t in TMAX_PROFILE_S}
+    core_volumes = {f"{100 * f:g}": volume(raw_hypo & (cbf < f * reference)) for f in CORE_PROFILE}
+    profile: dict[str, Any] = {
+        "tmax_volumes_ml": tmax_volumes,
+        "hypoperfusion_intensity_ratio": round(tmax_volumes["10"] / tmax_volumes["6"], 3)
+        if tmax_volumes["6"] > 0
+        else None,
+        "core_volumes_ml": core_volumes,
+        "rcbv_hypoperfused": None,
+    }
+    if cbv is not None and hypo.any() and pool.any():
+        cbv = np.nan_to_num(np.asarray(cbv, dtype=np.float64), nan=0.0)
+        cbv_reference = float(np.median(cbv[pool]))
+        if cbv_reference > 0:
+            profile["rcbv_hypoperfused"] = round(float(cbv[hypo].mean()) / cbv_reference, 3)
     return LesionResult(
         core=core,
         hypoperfused=hypo,
@@ -212,6 +253,7 @@ def segment_lesions(
         reference_cbf=reference,
         affected_side=side_name(affected) if affected is not None else None,
         settings=settings,
+        profile=profile,
     )
 
 
@@ -221,16 +263,27 @@ def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: Lesi
     from perfnet.preprocess.mask import csf_mask
 
     csf = csf_mask(series, maps.brain_mask)
-    result = segment_lesions(maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine, settings, exclude=csf)
+    result = segment_lesions(
+        maps["cbf"],
+        maps["tmax"],
+        maps.brain_mask,
+        maps.affine,
+        settings,
+        exclude=csf,
+        cbv=maps.maps.get("cbv"),
+    )
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
     csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
     return result.to_json() | {"method": maps.method, "excluded_csf_ml": csf_ml}
 
 
 __all__ = [
+    "CORE_PROFILE",
     "DEFUSE3",
     "PRESETS",
+    "PROFILE_DEFINITIONS",
     "REFERENCES",
+    "TMAX_PROFILE_S",
     "LesionResult",
     "LesionSettings",
     "clean_mask",
