@@ -126,3 +126,41 @@ def write_series(
             ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_volume_series(
+    folder: Path, data: np.ndarray, affine: np.ndarray, times: np.ndarray, modality: str = "CT"
+) -> list[Path]:
+    """A 4D array (X, Y, Z, T) on a NIfTI (RAS) affine as a classic single-frame DICOM series
+    (one file per slice and frame, AcquisitionTime per frame), with the fake patient identity."""
+    nx, ny, nz, nt = data.shape
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    orientation = [*(lps[:3, 0] / spacing[0]), *(lps[:3, 1] / spacing[1])]
+    uid = generate_uid()
+    paths = []
+    folder.mkdir(parents=True)
+    for k in range(nz):
+        origin = lps @ np.array([0, 0, k, 1.0])
+        for t in range(nt):
+            seconds = 36000.0 + float(times[t])
+            tags = {
+                "Rows": ny,
+                "Columns": nx,
+                "ImagePositionPatient": [float(v) for v in origin[:3]],
+                "ImageOrientationPatient": [float(v) for v in orientation],
+                "PixelSpacing": [float(spacing[1]), float(spacing[0])],
+                "SliceThickness": float(spacing[2]),
+                "RescaleSlope": 1.0,
+                "RescaleIntercept": 0.0,
+                "AcquisitionTime": tm(seconds),
+                "InstanceNumber": t * nz + k + 1,
+                "FrameOfReferenceUID": "1.2.3.4.5",
+            }
+            ds = base_dataset(CT_IMAGE if modality == "CT" else MR_IMAGE, modality, uid, **tags)
+            ds.PixelRepresentation = 1
+            ds.PixelData = np.rint(data[:, :, k, t].T).astype(np.int16).tobytes()
+            path = folder / f"im{k:02d}_{t:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths

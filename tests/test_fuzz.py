@@ -15,9 +15,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_factory import write_volume_series
 from perfnet.cli import main
 from perfnet.io import load_map
 from perfnet.io.output import MANIFEST, read_manifest
@@ -235,45 +234,6 @@ def test_fuzz_nifti_reader_and_analyze(
 # --- DICOM ------------------------------------------------------------------------------------
 
 
-def _write_dicom_series(folder: Path, base: dict) -> list[Path]:
-    """The base study as classic single-frame CT DICOM (one file per slice and frame)."""
-    data, affine, times = base["data"], base["affine"], base["times"]
-    nx, ny, nz, nt = data.shape
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    uid = generate_uid()
-    paths = []
-    folder.mkdir(parents=True)
-    for k in range(nz):
-        origin = affine @ np.array([0, 0, k, 1.0])
-        for t in range(nt):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-            ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", uid, "1.2.3"
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.Rows, ds.Columns = ny, nx
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.ImagePositionPatient = [-float(origin[0]), -float(origin[1]), float(origin[2])]  # RAS → LPS
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-            ds.SliceThickness = float(spacing[2])
-            ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
-            seconds = 36000.0 + float(times[t])
-            h, rest = divmod(seconds, 3600)
-            m, s = divmod(rest, 60)
-            ds.AcquisitionTime = f"{int(h):02d}{int(m):02d}{s:09.6f}"
-            ds.InstanceNumber = t * nz + k + 1
-            ds.PixelData = np.rint(data[:, :, k, t].T).astype(np.int16).tobytes()
-            path = folder / f"im{k:02d}_{t:03d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
-    return paths
-
-
 def _dicom_case(rng: np.random.Generator, template: Path, folder: Path) -> str:
     shutil.copytree(template, folder)
     files = sorted(folder.iterdir())
@@ -359,7 +319,7 @@ def test_fuzz_dicom_reader_and_analyze(
     base: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     template = tmp_path / "template"
-    _write_dicom_series(template, base)
+    write_volume_series(template, base["data"], base["affine"], base["times"])
     assert _analyze(capsys, template, tmp_path / "out-valid", "valid DICOM") == 0
     rng = np.random.default_rng(1202)
     outcomes: dict[int, int] = {0: 0, 2: 0}

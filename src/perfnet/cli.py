@@ -237,6 +237,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             json_files | {"lesions": lesions, "provenance": provenance},
             extra=_reporter(args, maps, series, lesions, provenance, aif),
         )
+        if args.dicom:
+            from perfnet.io.dicom_out import write_dicom_outputs
+
+            write_dicom_outputs(output.staging, maps, series, lesions, anonymize=args.anonymize)
+            written.append(output.staging / "dicom")
     _print_lesions(lesions)
     flags = [f["code"] for f in provenance["qc_flags"]]
     print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
@@ -549,6 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and figures/")
+    p.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write dicom/: SEG of the lesions, Parametric Maps, colour maps and a summary page, "
+        "in the source's study (for a PACS)",
+    )
+    p.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="DICOM outputs without the source's patient and study identity",
+    )
     g = p.add_argument_group(
         "lesions (hypoperfused: Tmax > 6 s; core: rCBF < 30 %% of the healthy reference)"
     )

@@ -269,6 +269,10 @@ def load_dicom_series(
         "pixel_spacing": [float(v) for v in pixel_spacing],
         "slice_spacing": slice_spacing,
         "geometry_notes": notes,
+        # the frame-0 image of each slice: what DICOM outputs reference (never written out)
+        "dicom_slice_files": [
+            (str(images[int(order[k, 0])].path), images[int(order[k, 0])].frame) for k in range(n_slices)
+        ],
     }
     return PerfusionSeries(
         data=data,
