@@ -327,7 +327,7 @@ def test_usage_errors_are_one_line() -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "required: --out" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "--out" in proc.stderr and "required" in proc.stderr
 
 
 def test_hidden_temporary_files_never_linger_after_success(

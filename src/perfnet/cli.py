@@ -172,13 +172,32 @@ def _step_printer() -> Any:
     return report
 
 
+def _destination(args: argparse.Namespace) -> tuple[Path, Any, dict[str, Any] | None]:
+    """The output folder, which files of an earlier set it keeps, and the BIDS layout (or None):
+    ``--bids``, or an ``--out`` that is a derivatives folder, writes the session's ``perf/`` folder
+    of ``derivatives/perfnet`` (other methods' files there are kept)."""
+    from perfnet.io import bids
+
+    if args.bids or (args.out is not None and bids.is_derivatives_root(args.out)):
+        found = bids.entities(args.input)
+        root = bids.pipeline_root(args.input, args.out)
+        method = args.method
+        layout = {
+            "entities": found,
+            "root": root,
+            "stem": f"{bids.prefix(found)}_desc-{bids.desc_of(method)}",
+        }
+        return bids.session_folder(root, found), (lambda name: not bids.belongs_to(name, method)), layout
+    if args.out is None:
+        raise PerfnetInputError(
+            "--out", "an output folder is required (or --bids, for the dataset's derivatives)"
+        )
+    return args.out, None, None
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.device import resolve_device
-    from perfnet.inference import analyze_cnn
-    from perfnet.io import load_series
     from perfnet.io.output import OutputFolder
-    from perfnet.io.outputs import write_output_files
 
     started = time.perf_counter()
     device = resolve_device(args.device)  # every option and the output folder before any work
@@ -188,65 +207,107 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from perfnet.inference.weights import load_weights
 
         load_weights(args.weights)  # a missing, corrupt or foreign file is refused before any work
+    destination, keep, layout = _destination(args)
     protect = [args.input, *(getattr(args, m) for m in ("brain_mask", "aif_mask", "vof_mask", "weights"))]
-    with OutputFolder(args.out, overwrite=args.overwrite, command="analyze", protect=protect) as output:
-        series = load_series(
-            args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
-        )
-        with about(args.input):
-            plausibility.check_for_analysis(series)
-            shape = series.spatial_shape
-            masks = {m: _load_mask(getattr(args, m), shape) for m in ("brain_mask", "aif_mask", "vof_mask")}
-            print(
-                f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", flush=True
-            )
-            json_files: dict[str, Any] = {}
-            aif = None
-            if (
-                args.method == "cnn"
-            ):  # the series the model saw (motion-corrected) also feeds lesions and report
-                maps, series = analyze_cnn(
-                    series,
-                    args.weights,
-                    motion_correction=not args.no_motion_correction,
-                    device=device,
-                    brain=masks["brain_mask"],
-                    progress=_step_printer(),
-                )
-            else:
-                options = AnalysisOptions(
-                    method=args.method,
-                    motion_correction=not args.no_motion_correction,
-                    bilateral_filter=not args.no_filter,
-                    temporal_smoothing_s=args.temporal_smoothing,
-                    hematocrit_factor=args.hematocrit_factor,
-                    tissue_density=args.tissue_density,
-                    device=device,
-                )
-                result = analyze(series, options, progress=_step_printer(), **masks)
-                maps, aif = result.maps, result.aif.to_json(result.times)
-                json_files["aif"] = aif
-            provenance = maps.provenance
-            provenance["run_id"] = output.run_id
-            provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
-            provenance["input"]["path"] = str(args.input)
-            lesions = _segment(maps, args, series)
-        written = write_output_files(
-            maps,
-            output.staging,
-            json_files | {"lesions": lesions, "provenance": provenance},
-            extra=_reporter(args, maps, series, lesions, provenance, aif),
-        )
-        if args.dicom:
-            from perfnet.io.dicom_out import write_dicom_outputs
+    with OutputFolder(
+        destination, overwrite=args.overwrite, command="analyze", protect=protect, keep=keep
+    ) as output:
+        maps, series, lesions, json_files, aif = _analyze_study(args, device, output.run_id, started)
+        written = _write_results(args, output.staging, maps, series, lesions, json_files, aif, layout)
+    if layout is not None:
+        from perfnet.io.bids import write_dataset_description
 
-            write_dicom_outputs(output.staging, maps, series, lesions, anonymize=args.anonymize)
-            written.append(output.staging / "dicom")
+        write_dataset_description(layout["root"], Path(args.input))
     _print_lesions(lesions)
-    flags = [f["code"] for f in provenance["qc_flags"]]
-    print(f"wrote {len(written)} files to {args.out} in {time.perf_counter() - started:.1f} s")
+    flags = [f["code"] for f in maps.provenance["qc_flags"]]
+    print(f"wrote {len(written)} files to {destination} in {time.perf_counter() - started:.1f} s")
     print(f"QC flags: {', '.join(flags) if flags else 'none'}")
     return 0
+
+
+def _analyze_study(
+    args: argparse.Namespace, device: str | None, run_id: str, started: float
+) -> tuple[Any, ...]:
+    """Load, check and analyse the series; maps (with lesion masks), the series the maps came
+    from, lesions.json's content, the JSON side files and the AIF (conventional methods)."""
+    from perfnet.conventional.pipeline import AnalysisOptions, analyze
+    from perfnet.inference import analyze_cnn
+    from perfnet.io import load_series
+
+    series = load_series(
+        args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
+    )
+    with about(args.input):
+        plausibility.check_for_analysis(series)
+        shape = series.spatial_shape
+        masks = {m: _load_mask(getattr(args, m), shape) for m in ("brain_mask", "aif_mask", "vof_mask")}
+        print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", flush=True)
+        json_files: dict[str, Any] = {}
+        aif = None
+        if args.method == "cnn":  # the series the model saw (motion-corrected) also feeds lesions and report
+            maps, series = analyze_cnn(
+                series,
+                args.weights,
+                motion_correction=not args.no_motion_correction,
+                device=device,
+                brain=masks["brain_mask"],
+                progress=_step_printer(),
+            )
+        else:
+            options = AnalysisOptions(
+                method=args.method,
+                motion_correction=not args.no_motion_correction,
+                bilateral_filter=not args.no_filter,
+                temporal_smoothing_s=args.temporal_smoothing,
+                hematocrit_factor=args.hematocrit_factor,
+                tissue_density=args.tissue_density,
+                device=device,
+            )
+            result = analyze(series, options, progress=_step_printer(), **masks)
+            maps, aif = result.maps, result.aif.to_json(result.times)
+            json_files["aif"] = aif
+        provenance = maps.provenance
+        provenance["run_id"] = run_id
+        provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        provenance["input"]["path"] = str(args.input)
+        lesions = _segment(maps, args, series)
+    return maps, series, lesions, json_files | {"lesions": lesions, "provenance": provenance}, aif
+
+
+def _write_results(
+    args: argparse.Namespace,
+    folder: Path,
+    maps: Any,
+    series: Any,
+    lesions: dict[str, Any],
+    json_files: dict[str, Any],
+    aif: Any,
+    layout: dict[str, Any] | None,
+) -> list[Path]:
+    """The output set in ``folder`` (staging): perfnet's own layout, or BIDS derivatives."""
+    from perfnet.io.outputs import write_output_files
+
+    reporter = _reporter(args, maps, series, lesions, maps.provenance, aif)
+    if layout is None:
+        written = write_output_files(maps, folder, json_files, extra=reporter)
+        extras = folder
+    else:
+        from perfnet.io.bids import write_bids_files
+
+        aif_source = (aif or {}).get("source") if isinstance(aif, dict) else None
+        written = write_bids_files(
+            folder, maps, layout["entities"], json_files, Path(args.input).name, aif_source
+        )
+        extras = folder / f"{layout['stem']}_report"  # report and DICOM of this method, beside its maps
+        if reporter is not None:
+            extras.mkdir()
+            written += reporter(extras)
+    if args.dicom:
+        from perfnet.io.dicom_out import write_dicom_outputs
+
+        write_dicom_outputs(extras, maps, series, lesions, anonymize=args.anonymize)
+        written.append(extras / "dicom")
+    return written
 
 
 def _segment(maps: Any, args: argparse.Namespace, series: Any) -> dict[str, Any]:
@@ -356,7 +417,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for item in args.compare or []:
         label, sep, root = item.partition("=")
         others[label if sep else Path(item).name] = root if sep else item
-    summary = evaluate_cohort(args.pred_root, args.ref_root, args.out, others or None, args.overwrite)
+    summary = evaluate_cohort(
+        args.pred_root, args.ref_root, args.out, others or None, args.overwrite, args.desc
+    )
     metrics = summary["metrics"]
     print(f"evaluated {summary['studies']} studies; wrote {args.out}/metrics.csv, summary.json, figures/")
     for key in ("tmax_maec", "cbf_mae", "cbv_mae", "hypoperfused_dice", "core_dice"):
@@ -517,7 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="perfusion maps from a series (NIfTI file or DICOM folder)")
     p.add_argument("input", type=Path, help="NIfTI file or DICOM folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (a derivatives folder: BIDS layout)")
+    p.add_argument(
+        "--bids",
+        action="store_true",
+        help="write BIDS derivatives: <dataset>/derivatives/perfnet/sub-X/ses-Y/perf/ (or under --out)",
+    )
     p.add_argument(
         "--method",
         choices=(*METHODS, "cnn"),
@@ -651,6 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[LABEL=]ROOT",
         help="another predicted cohort for the Friedman test of Tmax MAEC (repeat; ≥ 3 methods in all)",
+    )
+    p.add_argument(
+        "--desc", metavar="METHOD", help="BIDS derivatives holding several methods: score this one"
     )
     _add_overwrite(p, "--out")
     p.set_defaults(func=cmd_evaluate)

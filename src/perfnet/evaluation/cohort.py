@@ -1,7 +1,9 @@
 """`perfnet evaluate PRED_ROOT REF_ROOT --out DIR`: a predicted cohort against a reference cohort.
 
 A study is any folder holding ``<map>.nii.gz`` files (``perfnet analyze`` output, a phantom's
-``truth/``, a real cohort's ``perfusion-maps/``). Its name is its path under the root without the
+``truth/``) or BIDS-named ones (``…_<map>.nii.gz``: a real cohort's ``perfusion-maps/``, or the
+``perf/`` folders of ``perfnet analyze --bids``, where ``desc`` picks the method when several
+share a folder). Its name is its path under the root without the
 ``truth`` / ``perfusion-maps`` / ``maps`` component, parts joined by ``_`` — so
 ``PRED/sub-0001_ses-01/`` pairs with ``REF/sub-0001/ses-01/truth/``. Map metrics are computed in
 the reference's brain mask (``brain.nii.gz`` or ``brain_mask.nii.gz``); masks (``core``,
@@ -29,7 +31,37 @@ from perfnet.lesions import voxel_volume_ml
 
 MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
 MASKS = ("core", "hypoperfused", "penumbra")
-SKIP_PARTS = {"truth", "perfusion-maps", "maps"}
+SKIP_PARTS = {"truth", "perfusion-maps", "maps", "perf"}
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".nii")[0]
+
+
+def _is_map_file(path: Path) -> bool:
+    stem = _stem(path)
+    return stem in MAPS or any(stem.endswith(f"_{m}") for m in MAPS)
+
+
+def map_file(folder: Path, name: str, desc: str | None = None) -> Path | None:
+    """``<name>.nii[.gz]`` in ``folder``, or its one BIDS-named file (``…_<name>``; masks also
+    ``…_label-<name>_…_mask``; the brain mask ``…_brainmask``), of method ``desc`` if given."""
+    for candidate in (folder / f"{name}.nii.gz", folder / f"{name}.nii"):
+        if candidate.is_file():
+            return candidate
+    suffixes = (f"_{name}",) + ((f"_{name}", "_brainmask") if name in ("brain", "brain_mask") else ())
+    found = [
+        p
+        for p in sorted(folder.glob("*.nii*"))
+        if _stem(p).endswith(suffixes) or (f"_label-{name}_" in p.name and _stem(p).endswith("_mask"))
+    ]
+    if desc is not None:
+        found = [p for p in found if f"_desc-{desc}_" in p.name]
+    if len(found) > 1:
+        raise PerfnetInputError(
+            folder, f"several {name} maps ({found[0].name}, {found[1].name}): choose one with --desc"
+        )
+    return found[0] if found else None
 
 
 def find_studies(root: str | Path) -> dict[str, Path]:
@@ -39,8 +71,7 @@ def find_studies(root: str | Path) -> dict[str, Path]:
         raise PerfnetInputError(root, "folder not found")
     found: dict[str, Path] = {}
     for path in sorted(root.rglob("*.nii*")):
-        stem = path.name.split(".nii")[0]
-        if stem not in MAPS:
+        if not _is_map_file(path):
             continue
         folder = path.parent
         parts = [p for p in folder.relative_to(root).parts if p not in SKIP_PARTS]
@@ -51,30 +82,29 @@ def find_studies(root: str | Path) -> dict[str, Path]:
     return found
 
 
-def _load(folder: Path, name: str) -> np.ndarray | None:
-    for candidate in (folder / f"{name}.nii.gz", folder / f"{name}.nii"):
-        if candidate.is_file():
-            return load_map(candidate)[0]
-    return None
+def _load(folder: Path, name: str, desc: str | None = None) -> np.ndarray | None:
+    path = map_file(folder, name, desc)
+    return None if path is None else load_map(path)[0]
 
 
-def _brain(folder: Path) -> np.ndarray | None:
+def _brain(folder: Path, desc: str | None = None) -> np.ndarray | None:
     for name in ("brain", "brain_mask"):
-        arr = _load(folder, name)
+        arr = _load(folder, name, desc)
         if arr is not None:
             return arr > 0.5
     return None
 
 
-def evaluate_study(pred_dir: Path, ref_dir: Path) -> dict[str, Any]:
-    """Metrics of one study (maps present in both, masks present in both)."""
+def evaluate_study(pred_dir: Path, ref_dir: Path, desc: str | None = None) -> dict[str, Any]:
+    """Metrics of one study (maps present in both, masks present in both); ``desc`` picks the
+    predicted maps of one method in a BIDS folder holding several."""
     row: dict[str, Any] = {}
     brain = _brain(ref_dir)
     if brain is None:
-        brain = _brain(pred_dir)
+        brain = _brain(pred_dir, desc)
     voxel_ml = _voxel_ml(ref_dir)
     for name in MAPS:
-        pred, ref = _load(pred_dir, name), _load(ref_dir, name)
+        pred, ref = _load(pred_dir, name, desc), _load(ref_dir, name)
         if pred is None or ref is None:
             continue
         if pred.shape != ref.shape:
@@ -84,7 +114,7 @@ def evaluate_study(pred_dir: Path, ref_dir: Path) -> dict[str, Any]:
         mask = brain if brain is not None else np.ones(ref.shape, dtype=bool)
         row |= map_metrics(name, pred, ref, mask)
     for name in MASKS:
-        pred, ref = _load(pred_dir, name), _load(ref_dir, name)
+        pred, ref = _load(pred_dir, name, desc), _load(ref_dir, name)
         if pred is None or ref is None:
             continue
         p, r = pred > 0.5, ref > 0.5
@@ -114,6 +144,7 @@ def evaluate_cohort(
     out: str | Path,
     others: dict[str, str | Path] | None = None,
     overwrite: bool = False,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every study of ``pred_root`` that ``ref_root`` holds too; write the results to ``out``
     (checked and locked before any study is read; replaced as a whole).
@@ -121,7 +152,7 @@ def evaluate_cohort(
     ``others`` (label → root) are further predicted cohorts compared by a Friedman test of the
     per-study Tmax MAEC (with ≥ 3 methods in all)."""
     with atomic_output_dir(Path(out), overwrite=overwrite, command="evaluate") as staging:
-        summary, rows, columns = _evaluate(pred_root, ref_root, others)
+        summary, rows, columns = _evaluate(pred_root, ref_root, others, desc)
         with (staging / "metrics.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
@@ -133,7 +164,7 @@ def evaluate_cohort(
 
 
 def _evaluate(
-    pred_root: str | Path, ref_root: str | Path, others: dict[str, str | Path] | None
+    pred_root: str | Path, ref_root: str | Path, others: dict[str, str | Path] | None, desc: str | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     preds, refs = find_studies(pred_root), find_studies(ref_root)
     names = sorted(set(preds) & set(refs))
@@ -142,7 +173,7 @@ def _evaluate(
             pred_root,
             f"no study names in common with {ref_root} (e.g. {next(iter(preds))} vs {next(iter(refs))})",
         )
-    rows = [{"study": n} | evaluate_study(preds[n], refs[n]) for n in names]
+    rows = [{"study": n} | evaluate_study(preds[n], refs[n], desc) for n in names]
     columns = ["study", *sorted({k for r in rows for k in r if k != "study"})]
     summary: dict[str, Any] = {
         "pred_root": str(pred_root),

@@ -291,15 +291,30 @@ def save_series_nifti(
     return path
 
 
-def save_map(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: type | str = np.float32) -> Path:
-    """Write one 3D map (float32 by default; masks as uint8) on the given grid."""
+def save_map(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    dtype: type | str = np.float32,
+    descrip: str | None = None,
+    intent: str | None = None,
+) -> Path:
+    """Write one 3D map (float32 by default; masks as uint8) on the given grid.
+
+    ``descrip`` (≤ 80 characters) says what the values are and their unit; maps carry the NIfTI
+    intent ``estimate`` named ``intent`` (a parameter estimate), masks the intent ``label``."""
     path = Path(path)
     array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    else:
-        array = array.astype(dtype, copy=False)
-    nib.save(_nifti_image(array, affine), str(path))
+    mask = array.dtype == bool
+    array = array.astype(np.uint8) if mask else array.astype(dtype, copy=False)
+    image = _nifti_image(array, affine)
+    if mask:
+        image.header.set_intent("label")
+    elif intent is not None:
+        image.header.set_intent("estimate", name=intent[:15])
+    if descrip:
+        image.header["descrip"] = descrip.encode("ascii", "replace")[:79]
+    nib.save(image, str(path))
     return path
 
 
@@ -314,12 +329,19 @@ def load_map(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_maps(maps: PerfusionMaps, directory: str | Path) -> list[Path]:
-    """Write every map as ``<name>.nii.gz`` (float32), the brain mask and any masks (uint8)."""
+    """Write every map as ``<name>.nii.gz`` (float32, its unit in ``descrip``), the brain mask and
+    any masks (uint8, intent ``label``)."""
+    from perfnet.constants import MAP_UNITS
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    written = [
-        save_map(array, maps.affine, directory / f"{name}.nii.gz") for name, array in maps.maps.items()
-    ]
+    written = []
+    for name, array in maps.maps.items():
+        units = MAP_UNITS.get(name.removesuffix("_uncertainty"), "")
+        descrip = f"{name} {units} perfnet {maps.method}"
+        written.append(
+            save_map(array, maps.affine, directory / f"{name}.nii.gz", descrip=descrip, intent=name)
+        )
     written.append(save_map(maps.brain_mask, maps.affine, directory / "brain_mask.nii.gz"))
     written += [
         save_map(mask, maps.affine, directory / f"{name}.nii.gz") for name, mask in maps.masks.items()

@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +223,14 @@ class OutputFolder:
         overwrite: bool = False,
         command: str = "",
         protect: list[str | Path | None] | tuple[str | Path | None, ...] = (),
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
         """``protect``: inputs of the run, refused when they lie inside the destination (which
-        is replaced as a whole)."""
+        is replaced as a whole). ``keep``: files of the previous set (listed in its manifest) that
+        this run does not replace, e.g. another method's files in a BIDS session folder; they are
+        carried into the new set (hard links) before the swap."""
         self.destination = Path(destination).absolute()
+        self.keep = keep
         self.protect = [Path(p) for p in protect if p is not None]
         self.overwrite = overwrite
         self.command = command
@@ -267,6 +271,7 @@ class OutputFolder:
         """Write the manifest, flush, and swap the staged set in. Returns the destination."""
         if not self._open:
             raise RuntimeError("output folder is not open")
+        self._carry_over()
         manifest = {
             "format": MANIFEST_FORMAT,
             "command": self.command,
@@ -325,6 +330,20 @@ class OutputFolder:
                 _remove_folders(self._created)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _carry_over(self) -> None:
+        if self.keep is None or not self.destination.is_dir():
+            return
+        manifest = read_manifest(self.destination) or {}
+        for name in manifest.get("files", []):
+            source, target = self.destination / name, self.staging / name
+            if not self.keep(name) or target.exists() or not source.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
     def _recover(self) -> None:
         """Under the lock: an aside of a run killed between its two renames is the complete old
         set (restored when the destination is missing); staging folders of killed runs go."""
