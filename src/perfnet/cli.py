@@ -172,6 +172,21 @@ def _step_printer() -> Any:
     return report
 
 
+def _bids_labels(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--subject``/``--session`` (for inputs whose names carry no BIDS entities)."""
+    if args.subject is None:
+        if args.session is not None:
+            raise PerfnetInputError("--session", "needs --subject")
+        return None
+    labels = {"sub": args.subject} | ({"ses": args.session} if args.session else {})
+    for key, value in labels.items():
+        if not value.isalnum():
+            raise PerfnetInputError(
+                f"--{'subject' if key == 'sub' else 'session'}", f"{value!r} is not alphanumeric"
+            )
+    return labels
+
+
 def _destination(args: argparse.Namespace) -> tuple[Path, Any, dict[str, Any] | None]:
     """The output folder, which files of an earlier set it keeps, and the BIDS layout (or None):
     ``--bids``, or an ``--out`` that is a derivatives folder, writes the session's ``perf/`` folder
@@ -179,7 +194,7 @@ def _destination(args: argparse.Namespace) -> tuple[Path, Any, dict[str, Any] | 
     from perfnet.io import bids
 
     if args.bids or (args.out is not None and bids.is_derivatives_root(args.out)):
-        found = bids.entities(args.input)
+        found = _bids_labels(args) or bids.entities(args.input)
         root = bids.pipeline_root(args.input, args.out)
         method = args.method
         layout = {
@@ -410,6 +425,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from perfnet.runner import parse_part, run_cohort
+
+    part = parse_part(args.part)
+    options = ["--no-report"] if args.no_report else []
+    if args.weights is not None:
+        options += ["--weights", str(Path(args.weights).absolute())]
+    if args.dicom:
+        options += ["--dicom"]
+    progress = _cohort_progress()
+    summary = run_cohort(
+        args.root,
+        args.out,
+        args.method,
+        jobs=args.jobs,
+        threads=args.threads,
+        scheduler=args.scheduler,
+        part=part,
+        overwrite=args.overwrite,
+        options=options,
+        progress=progress,
+    )
+    run = summary["this_run"]
+    print(
+        f"cohort: {summary['studies']} studies, {summary['done']} done, {summary['failed']} failed,"
+        f" {summary['crashed']} crashed, {summary['pending']} pending; this run: {run['done']} done,"
+        f" {run['failed']} failed, {run['skipped']} already complete; {args.out}/cohort.tsv"
+    )
+    return 0
+
+
+def _cohort_progress() -> Callable[[dict[str, Any]], None]:
+    """A line per finished study (studies done / failed / remaining and the estimated time left)."""
+
+    def report(state: dict[str, Any]) -> None:
+        finished = state["done"] + state["failed"]
+        left = state["total"] - finished
+        elapsed = time.perf_counter() - state["started"]
+        eta = elapsed / max(finished, 1) * left
+        record = state["record"]
+        what = "ok" if record["status"] == "done" else f"{record['status']}: {record['error']}"
+        print(
+            f"[{finished}/{state['total']}] {state['study']} {what} ({record['seconds']} s);"
+            f" done {state['done']}, failed {state['failed']}, remaining {left}, eta {eta / 60:.1f} min",
+            flush=True,
+        )
+
+    return report
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from perfnet.evaluation import evaluate_cohort
 
@@ -586,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write BIDS derivatives: <dataset>/derivatives/perfnet/sub-X/ses-Y/perf/ (or under --out)",
     )
+    p.add_argument("--subject", metavar="LABEL", help="BIDS subject label (default: from the input's path)")
+    p.add_argument("--session", metavar="LABEL", help="BIDS session label (default: from the input's path)")
     p.add_argument(
         "--method",
         choices=(*METHODS, "cnn"),
@@ -725,6 +792,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_overwrite(p, "--out")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("cohort", help="analyse every study of a dataset into BIDS derivatives (resumable)")
+    p.add_argument("root", type=Path, help="BIDS-like dataset (or a folder of DICOM series folders)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="derivatives folder (e.g. ROOT/derivatives/perfnet)"
+    )
+    p.add_argument("--method", choices=(*METHODS, "cnn"), default=DEFAULT_METHOD)
+    p.add_argument("--weights", type=Path, metavar="FILE", help="CNN weights (--method cnn)")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="studies analysed at once on this machine")
+    p.add_argument("--threads", type=_positive_int, help="threads per study (default: cores / jobs)")
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="a Dask scheduler (tcp://host:8786) instead of --jobs"
+    )
+    p.add_argument("--part", metavar="K/N", help="only the K-th of N interleaved parts (SLURM array jobs)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="analyse studies whose output is already complete"
+    )
+    p.add_argument("--no-report", action="store_true", help="no report.html per study")
+    p.add_argument("--dicom", action="store_true", help="also DICOM outputs per study")
+    p.set_defaults(func=cmd_cohort)
 
     p = sub.add_parser("simulate", help="write a cohort of phantom studies with known truth")
     p.add_argument("out", type=Path, help="output cohort folder")
