@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from perfnet import __version__, plausibility
-from perfnet.conventional.pipeline import DEFAULT_METHOD, METHODS
-from perfnet.errors import PerfnetError, PerfnetInputError, about
+from perfnet.errors import PerfnetError, PerfnetInputError
+from perfnet.registry import DEFAULT_METHOD, method_names
 
 EXIT_INPUT_ERROR = 2
 EXIT_UNEXPECTED = 1
@@ -141,17 +141,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_mask(path: Path | None, shape: tuple[int, ...]) -> Any:
-    if path is None:
-        return None
-    from perfnet.io import load_map
-
-    data, _ = load_map(path)
-    if data.shape != shape:
-        raise PerfnetInputError(path, f"mask shape {data.shape} differs from the series grid {shape}")
-    return data > 0.5
-
-
 def _step_printer() -> Any:
     """Progress of long steps on a terminal (stderr); silent when output is redirected."""
     if not sys.stderr.isatty():
@@ -172,189 +161,67 @@ def _step_printer() -> Any:
     return report
 
 
-def _bids_labels(args: argparse.Namespace) -> dict[str, str] | None:
-    """``--subject``/``--session`` (for inputs whose names carry no BIDS entities)."""
-    if args.subject is None:
-        if args.session is not None:
-            raise PerfnetInputError("--session", "needs --subject")
-        return None
-    labels = {"sub": args.subject} | ({"ses": args.session} if args.session else {})
-    for key, value in labels.items():
-        if not value.isalnum():
-            raise PerfnetInputError(
-                f"--{'subject' if key == 'sub' else 'session'}", f"{value!r} is not alphanumeric"
-            )
-    return labels
-
-
-def _destination(args: argparse.Namespace) -> tuple[Path, Any, dict[str, Any] | None]:
-    """The output folder, which files of an earlier set it keeps, and the BIDS layout (or None):
-    ``--bids``, or an ``--out`` that is a derivatives folder, writes the session's ``perf/`` folder
-    of ``derivatives/perfnet`` (other methods' files there are kept)."""
-    from perfnet.io import bids
-
-    if args.bids or (args.out is not None and bids.is_derivatives_root(args.out)):
-        found = _bids_labels(args) or bids.entities(args.input)
-        root = bids.pipeline_root(args.input, args.out)
-        method = args.method
-        layout = {
-            "entities": found,
-            "root": root,
-            "stem": f"{bids.prefix(found)}_desc-{bids.desc_of(method)}",
-        }
-        return bids.session_folder(root, found), (lambda name: not bids.belongs_to(name, method)), layout
-    if args.out is None:
-        raise PerfnetInputError(
-            "--out", "an output folder is required (or --bids, for the dataset's derivatives)"
-        )
-    return args.out, None, None
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from perfnet.device import resolve_device
+    from perfnet.io import bids
     from perfnet.io.output import OutputFolder
+    from perfnet.study import analyze
 
     started = time.perf_counter()
     device = resolve_device(args.device)  # every option and the output folder before any work
     if args.weights is not None:
-        if args.method != "cnn":
-            raise PerfnetInputError("--weights", "only --method cnn takes weights")
         from perfnet.inference.weights import load_weights
 
+        if args.method != "cnn":
+            raise PerfnetInputError("--weights", "only --method cnn takes weights")
         load_weights(args.weights)  # a missing, corrupt or foreign file is refused before any work
-    destination, keep, layout = _destination(args)
+    destination, keep, layout = bids.destination(
+        args.input, args.out, args.method, args.bids, args.subject, args.session
+    )
+    formats = ["nifti", *([] if args.no_report else ["report"]), *(["dicom"] if args.dicom else [])]
     protect = [args.input, *(getattr(args, m) for m in ("brain_mask", "aif_mask", "vof_mask", "weights"))]
     with OutputFolder(
         destination, overwrite=args.overwrite, command="analyze", protect=protect, keep=keep
     ) as output:
-        maps, series, lesions, json_files, aif = _analyze_study(args, device, output.run_id, started)
-        written = _write_results(args, output.staging, maps, series, lesions, json_files, aif, layout)
-    if layout is not None:
-        from perfnet.io.bids import write_dataset_description
-
-        write_dataset_description(layout["root"], Path(args.input))
-    _print_lesions(lesions)
-    flags = [f["code"] for f in maps.provenance["qc_flags"]]
-    print(f"wrote {len(written)} files to {destination} in {time.perf_counter() - started:.1f} s")
-    print(f"QC flags: {', '.join(flags) if flags else 'none'}")
-    return 0
-
-
-def _analyze_study(
-    args: argparse.Namespace, device: str | None, run_id: str, started: float
-) -> tuple[Any, ...]:
-    """Load, check and analyse the series; maps (with lesion masks), the series the maps came
-    from, lesions.json's content, the JSON side files and the AIF (conventional methods)."""
-    from perfnet.conventional.pipeline import AnalysisOptions, analyze
-    from perfnet.inference import analyze_cnn
-    from perfnet.io import load_series
-
-    series = load_series(
-        args.input, modality=args.modality, frame_interval=args.frame_interval, echo_time=args.echo_time
-    )
-    with about(args.input):
-        plausibility.check_for_analysis(series)
-        shape = series.spatial_shape
-        masks = {m: _load_mask(getattr(args, m), shape) for m in ("brain_mask", "aif_mask", "vof_mask")}
-        print(f"perfnet analyze: {series.modality} {list(series.shape)}, method {args.method}", flush=True)
-        json_files: dict[str, Any] = {}
-        aif = None
-        if args.method == "cnn":  # the series the model saw (motion-corrected) also feeds lesions and report
-            maps, series = analyze_cnn(
-                series,
-                args.weights,
-                motion_correction=not args.no_motion_correction,
-                device=device,
-                brain=masks["brain_mask"],
-                progress=_step_printer(),
-            )
-        else:
-            options = AnalysisOptions(
-                method=args.method,
-                motion_correction=not args.no_motion_correction,
-                bilateral_filter=not args.no_filter,
-                temporal_smoothing_s=args.temporal_smoothing,
-                hematocrit_factor=args.hematocrit_factor,
-                tissue_density=args.tissue_density,
-                device=device,
-            )
-            result = analyze(series, options, progress=_step_printer(), **masks)
-            maps, aif = result.maps, result.aif.to_json(result.times)
-            json_files["aif"] = aif
-        provenance = maps.provenance
-        provenance["run_id"] = run_id
-        provenance["seconds"]["total"] = round(time.perf_counter() - started, 3)
-        provenance["input"]["path"] = str(args.input)
-        lesions = _segment(maps, args, series)
-    return maps, series, lesions, json_files | {"lesions": lesions, "provenance": provenance}, aif
-
-
-def _write_results(
-    args: argparse.Namespace,
-    folder: Path,
-    maps: Any,
-    series: Any,
-    lesions: dict[str, Any],
-    json_files: dict[str, Any],
-    aif: Any,
-    layout: dict[str, Any] | None,
-) -> list[Path]:
-    """The output set in ``folder`` (staging): perfnet's own layout, or BIDS derivatives."""
-    from perfnet.io.outputs import write_output_files
-
-    reporter = _reporter(args, maps, series, lesions, maps.provenance, aif)
-    if layout is None:
-        written = write_output_files(maps, folder, json_files, extra=reporter)
-        extras = folder
-    else:
-        from perfnet.io.bids import write_bids_files
-
-        aif_source = (aif or {}).get("source") if isinstance(aif, dict) else None
-        written = write_bids_files(
-            folder, maps, layout["entities"], json_files, Path(args.input).name, aif_source
+        result = analyze(
+            args.input,
+            args.method,
+            weights=args.weights,
+            modality=args.modality,
+            frame_interval=args.frame_interval,
+            echo_time=args.echo_time,
+            motion_correction=not args.no_motion_correction,
+            bilateral_filter=not args.no_filter,
+            temporal_smoothing_s=args.temporal_smoothing,
+            hematocrit_factor=args.hematocrit_factor,
+            tissue_density=args.tissue_density,
+            device=device,
+            brain_mask=args.brain_mask,
+            aif_mask=args.aif_mask,
+            vof_mask=args.vof_mask,
+            lesion_preset=args.lesion_preset,
+            tmax_threshold_s=args.tmax_threshold,
+            core_relative_cbf=args.core_threshold,
+            reference=args.reference,
+            progress=_step_printer(),
+            record_input_path=args.record_input_path,
+            on_loaded=lambda s: print(
+                f"perfnet analyze: {s.modality} {list(s.shape)}, method {args.method}", flush=True
+            ),
         )
-        extras = folder / f"{layout['stem']}_report"  # report and DICOM of this method, beside its maps
-        if reporter is not None:
-            extras.mkdir()
-            written += reporter(extras)
-    if args.dicom:
-        from perfnet.io.dicom_out import write_dicom_outputs
-
-        write_dicom_outputs(extras, maps, series, lesions, anonymize=args.anonymize)
-        written.append(extras / "dicom")
-    return written
-
-
-def _segment(maps: Any, args: argparse.Namespace, series: Any) -> dict[str, Any]:
-    """Core / hypoperfused / penumbra masks added to ``maps``; returns lesions.json's content."""
-    from dataclasses import replace
-
-    from perfnet.lesions import PRESETS, segment_map_set
-
-    settings = PRESETS[args.lesion_preset]
-    if args.tmax_threshold is not None:
-        settings = replace(settings, tmax_threshold_s=args.tmax_threshold)
-    if args.core_threshold is not None:
-        settings = replace(settings, core_relative_cbf=args.core_threshold)
-    settings = replace(settings, reference=args.reference)
-    return segment_map_set(maps, series, settings) | {"preset": args.lesion_preset}
-
-
-def _reporter(
-    args: argparse.Namespace, maps: Any, series: Any, lesions: Any, provenance: Any, aif: Any
-) -> Any:
-    """The report writer handed to the output set (None with --no-report)."""
-    if args.no_report:
-        return None
-
-    def write(folder: Path) -> list[Path]:
-        from perfnet.evaluation.report import write_report
-
-        mean_frame = series.data.mean(axis=3)
-        path = write_report(folder, maps, mean_frame, lesions, provenance, series.modality, aif)
-        return [path, folder / "figures"]
-
-    return write
+        result.run_id = result.provenance["run_id"] = output.run_id
+        written = result.write(output.staging, formats, layout=layout, anonymize=args.anonymize)
+    if layout is not None:
+        bids.write_dataset_description(layout["root"], Path(args.input))
+    _print_lesions(result.lesions)
+    flags = [f["code"] for f in result.qc_flags]
+    print(f"wrote {len(written)} files to {destination} in {time.perf_counter() - started:.1f} s")
+    print(f"QC: {result.verdict}; flags: {', '.join(flags) if flags else 'none'}")
+    if "report" in formats:
+        report = next((p for p in written if p.name == "report.html"), None)
+        if report is not None:
+            print(f"report: {Path(destination) / report.relative_to(output.staging)}")
+    return 0
 
 
 def _print_lesions(lesions: dict[str, Any]) -> None:
@@ -550,71 +417,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a CT stroke study, analyse it with the bundled CNN and with oSVD, compare both
-    against the phantom's truth, print the volumes and where the reports are."""
-    from perfnet.evaluation import evaluate_study
-    from perfnet.inference.weights import bundled_weights
-    from perfnet.phantom import write_cohort
+    from perfnet.demo import print_comparison, run_demo
 
-    started = time.perf_counter()
-    out = Path(args.out)
-    print("perfnet demo: simulating a CT stroke study with the digital phantom ...", flush=True)
-    overrides = {
-        "matrix": 256,
-        "slices": 8,
-        "coverage_mm": 64.0,
-        "lesion": "core",
-        "territory": "MCA",
-        "lesion_radius_mm": 35.0,
-    }
-    rows = write_cohort(out / "phantom", "CT", 1, args.seed, overrides=overrides)
-    row = rows[0]
-    series = next((out / "phantom").rglob("*_ctp.nii.gz"))
-    truth_dir = series.parent / "truth"
-    methods = [DEFAULT_METHOD]
-    try:
-        bundled_weights("CT")
-        methods.insert(0, "cnn")
-    except PerfnetInputError as exc:
-        print(f"  (no CNN: {exc})")
-    comparison: dict[str, Any] = {
-        "truth": {k: round(float(row[f"{k}_ml"]), 1) for k in ("core", "penumbra", "hypoperfused")},
-        "lesion": f"{row['lesion']} ({row['territory']}, {row['hemisphere']})",
-    }
-    for method in methods:
-        print(f"perfnet demo: analysing with {method} ...", flush=True)
-        code = main(["analyze", str(series), "--out", str(out / method), "--method", method])
-        if code != 0:
-            return code
-        metrics = evaluate_study(out / method, truth_dir)
-        lesions = json.loads((out / method / "lesions.json").read_text())
-        comparison[method] = {
-            "volumes_ml": {k: lesions["volumes_ml"][k] for k in ("core", "penumbra", "hypoperfused")},
-            "tmax_maec_s": round(metrics["tmax_maec"], 3),
-            "hypoperfused_dice": round(metrics["hypoperfused_dice"], 3),
-            "core_dice": round(metrics["core_dice"], 3),
-            "cbf_mae": round(metrics["cbf_mae"], 2),
-            "seconds": json.loads((out / method / "provenance.json").read_text())["seconds"].get("total"),
-            "report": str(out / method / "report.html"),
-        }
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
-    t = comparison["truth"]
-    print(f"\nstudy: {series}  lesion: {comparison['lesion']}")
-    print(
-        f"{'':10s} {'core mL':>8s} {'penumbra mL':>12s} {'Tmax MAEC s':>12s}"
-        f" {'hypo Dice':>10s} {'core Dice':>10s}"
-    )
-    print(f"{'truth':10s} {t['core']:8.1f} {t['penumbra']:12.1f}")
-    for method in methods:
-        c = comparison[method]
-        v = c["volumes_ml"]
-        print(
-            f"{method:10s} {v['core']:8.1f} {v['penumbra']:12.1f} {c['tmax_maec_s']:12.2f}"
-            f" {c['hypoperfused_dice']:10.3f} {c['core_dice']:10.3f}"
-        )
-    for method in methods:
-        print(f"report ({method}): {comparison[method]['report']}")
-    print(f"comparison: {out / 'comparison.json'}  ({time.perf_counter() - started:.0f} s)")
+    comparison = run_demo(args.out, args.seed, say=lambda text: print(text, flush=True))
+    print_comparison(comparison, Path(args.out))
     return 0
 
 
@@ -655,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="LABEL", help="BIDS session label (default: from the input's path)")
     p.add_argument(
         "--method",
-        choices=(*METHODS, "cnn"),
+        choices=method_names(),
         default=DEFAULT_METHOD,
         help=f"deconvolution method, or cnn (model-free; default {DEFAULT_METHOD}: best on the phantom)",
     )
@@ -689,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="torch device for the batched fits (default: cuda when available)")
     p.add_argument("--no-report", action="store_true", help="skip report.html and figures/")
+    p.add_argument(
+        "--record-input-path",
+        action="store_true",
+        help="write the input's path into provenance.json and the report (off: exports are often named after the patient)",
+    )
     p.add_argument(
         "--dicom",
         action="store_true",
@@ -798,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, required=True, help="derivatives folder (e.g. ROOT/derivatives/perfnet)"
     )
-    p.add_argument("--method", choices=(*METHODS, "cnn"), default=DEFAULT_METHOD)
+    p.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD)
     p.add_argument("--weights", type=Path, metavar="FILE", help="CNN weights (--method cnn)")
     p.add_argument("--jobs", type=_positive_int, default=1, help="studies analysed at once on this machine")
     p.add_argument("--threads", type=_positive_int, help="threads per study (default: cores / jobs)")

@@ -264,3 +264,33 @@ def _summarise(extra: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, np.generic | np.ndarray):
             out[key] = np.asarray(value).item()
     return out
+
+
+def run_method(
+    series: PerfusionSeries,
+    *,
+    method: str = DEFAULT_METHOD,
+    motion_correction: bool = True,
+    bilateral_filter: bool = True,
+    temporal_smoothing_s: float = 0.0,
+    hematocrit_factor: float = HEMATOCRIT_FACTOR,
+    tissue_density: float = TISSUE_DENSITY,
+    device: str | None = None,
+    brain_mask: np.ndarray | None = None,
+    aif_mask: np.ndarray | None = None,
+    vof_mask: np.ndarray | None = None,
+    progress: Progress | None = None,
+    **_: Any,
+) -> tuple[PerfusionMaps, PerfusionSeries, dict[str, Any]]:
+    """A conventional method of :mod:`perfnet.registry`: maps, the series (as given) and aif.json."""
+    options = AnalysisOptions(
+        method=method,
+        motion_correction=motion_correction,
+        bilateral_filter=bilateral_filter,
+        temporal_smoothing_s=temporal_smoothing_s,
+        hematocrit_factor=hematocrit_factor,
+        tissue_density=tissue_density,
+        device=device,
+    )
+    result = analyze(series, options, brain_mask, aif_mask, vof_mask, progress)
+    return result.maps, series, result.aif.to_json(result.times)

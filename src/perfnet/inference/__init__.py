@@ -1,189 +1,40 @@
 """CNN inference: a series → perfusion maps (+ per-voxel uncertainty where the model gives one).
 
-Slice-batched, any number of slices, any in-plane size (the U-Net pads to its stride), any frame
-count and frame timing (the series is resampled to the model's time grid, see
-:mod:`perfnet.inference.inputs`).
+The heavy parts (torch) load on first use, so importing the package to register the ``cnn``
+method costs nothing: see :mod:`perfnet.inference.predict`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from perfnet.registry import register_method
 
-from perfnet import __version__
-from perfnet.conventional.pipeline import MAP_LIMITS
-from perfnet.errors import PerfnetInputError
-from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
-from perfnet.inference.targets import from_model
-from perfnet.inference.weights import bundled_weights, load_weights, save_weights
-from perfnet.io.types import PerfusionMaps, PerfusionSeries
+register_method(
+    "cnn",
+    "perfnet.inference.predict:run_method",
+    kind="cnn",
+    takes_weights=True,
+    description="model-free CNN (Gava 2022 U-Net for CT, Hess 2018 temporal net for MR; bundled weights)",
+)
 
-Progress = Callable[[str, float], None]
-
-
-def time_channel(grid: np.ndarray) -> torch.Tensor:
-    """The frame-time input of the temporal network, scaled to about [0, 1]."""
-    return torch.as_tensor(np.asarray(grid, dtype=np.float32) / 100.0)
-
-
-def run_model(
-    model: torch.nn.Module,
-    config: dict[str, Any],
-    x: torch.Tensor,
-    grid: np.ndarray,
-    bolus: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Standardised outputs (value, scale or None) for inputs x (B, T, H, W) already scaled."""
-    if config["model"] == "temporal":
-        times = time_channel(grid).to(x.device)
-        value, scale = model(x, times, bolus)
-        return value, scale
-    return model(x), None
+_LAZY = {
+    "analyze_cnn",
+    "load_weights",
+    "predict",
+    "prepare_input",
+    "save_weights",
+    "time_channel",
+    "run_model",
+}
 
 
-def predict(
-    series: PerfusionSeries,
-    weights: str | Path | None = None,
-    *,
-    device: str | None = None,
-    brain: np.ndarray | None = None,
-    batch_slices: int = 4,
-    progress: Progress | None = None,
-    flips: bool = True,
-) -> PerfusionMaps:
-    """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from perfnet.inference import predict as _predict
 
-    ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
-    networks were trained with flips, so each flip is an equally valid view of the slice)."""
-    started = time.perf_counter()
-    path = Path(weights) if weights is not None else bundled_weights(series.modality)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_weights(path, dev)
-    if config.get("modality") and config["modality"] != series.modality:
-        raise PerfnetInputError(
-            path, f"weights were trained on {config['modality']}, the series is {series.modality}"
-        )
-    if progress:
-        progress("model input", 0.0)
-    inp: ModelInput = prepare_input(
-        series,
-        config["frame_interval"],
-        config["frames"],
-        brain,
-        config.get("align_lead_s"),
-        config.get("pixel_mm"),
-    )
-    if progress:
-        progress("model input", 1.0)
-    maps = config["maps"]
-    mean = np.array([config["target_mean"][m] for m in maps], dtype=np.float32)
-    sd = np.array([config["target_sd"][m] for m in maps], dtype=np.float32)
-    scale_in = float(config["input_scale"])
-    nx, ny, nz = series.spatial_shape
-    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
-    values = np.zeros((len(maps), nx, ny, nz), dtype=np.float32)
-    uncert = np.zeros_like(values) if config["model"] == "temporal" else None
-    bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
-    if progress:
-        progress("network", 0.0)
-    with torch.inference_mode():
-        for z0 in range(0, nz, batch_slices):
-            z1 = min(nz, z0 + batch_slices)
-            x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inp.curves[:, :, z0:z1], (2, 3), (0, 1))))
-            x = resize_slices((x / scale_in).to(dev), size)  # (B, T, X', Y') at the model's pixels
-            patches = bolus.expand(z1 - z0, *bolus.shape[1:])
-            views = [(), (-1,), (-2,), (-2, -1)] if flips else [()]
-            value = scale = None
-            for dims in views:
-                xv = x.flip(dims) if dims else x
-                v, sc = run_model(model, config, xv, inp.grid, patches)
-                v = v.flip(dims) if dims else v
-                value = v if value is None else value + v
-                if sc is not None:
-                    sc = sc.flip(dims) if dims else sc
-                    scale = sc if scale is None else scale + sc
-            value = value / len(views)
-            scale = None if scale is None else scale / len(views)
-            value = resize_slices(value.float(), (nx, ny))
-            values[:, :, :, z0:z1] = np.moveaxis(value.cpu().numpy(), 0, -1)
-            if uncert is not None and scale is not None:
-                scale = resize_slices(scale.float(), (nx, ny))
-                uncert[:, :, :, z0:z1] = np.moveaxis(scale.cpu().numpy(), 0, -1)
-            if progress:
-                progress("network", z1 / nz)
-    out: dict[str, np.ndarray] = {}
-    log_offsets = config.get("log_offsets", {})
-    for i, name in enumerate(maps):
-        v = from_model(values[i] * sd[i] + mean[i], name, log_offsets)
-        if name == "ttp":  # the network's TTP is relative to the grid start
-            v = v + inp.offset_s
-        lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
-        out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
-        if uncert is not None:
-            b = uncert[i] * sd[i]
-            if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
-                b = b * (v + float(log_offsets[name]))
-            out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
-    provenance = {
-        "perfnet_version": __version__,
-        "method": "cnn",
-        "weights": str(path),
-        "model": config["model"],
-        "model_kwargs": config["model_kwargs"],
-        "maps": maps,
-        "time_grid": {
-            "frame_interval_s": config["frame_interval"],
-            "frames": config["frames"],
-            "offset_s": round(inp.offset_s, 3),
-        },
-        "model_pixel_mm": config.get("pixel_mm"),
-        "bolus_patch_centre": list(inp.bolus_centre),
-        "training": config.get("training", {}),
-        "device": str(dev),
-        "test_time_flips": bool(flips),
-        "seconds": {"total": round(time.perf_counter() - started, 3)},
-        "qc_flags": [],
-    }
-    return PerfusionMaps(
-        maps=out, affine=series.affine, brain_mask=inp.brain, method="cnn", provenance=provenance
-    )
+        return getattr(_predict, name)
+    raise AttributeError(f"module 'perfnet.inference' has no attribute {name!r}")
 
 
-def analyze_cnn(
-    series: PerfusionSeries,
-    weights: str | Path | None = None,
-    *,
-    motion_correction: bool = True,
-    device: str | None = None,
-    brain: np.ndarray | None = None,
-    progress: Progress | None = None,
-) -> tuple[PerfusionMaps, PerfusionSeries]:
-    """`analyze --method cnn`: rigid motion correction as in the conventional pipeline (same
-    provenance and ``large_motion`` flag), then the model. Returns the maps and the series the
-    model saw."""
-    from perfnet.conventional.pipeline import motion_provenance
-    from perfnet.conventional.qc import motion_flags
-    from perfnet.preprocess.motion import motion_correct
-
-    motion = None
-    if motion_correction:
-        if progress:
-            progress("motion correction", 0.0)
-        moved = motion_correct(series.data, series.affine, reference=0)
-        if progress:
-            progress("motion correction", 1.0)
-        motion = motion_provenance(moved)
-        series = series.with_data(moved.data)
-    maps = predict(series, weights, device=device, brain=brain, progress=progress)
-    maps.provenance["motion"] = motion
-    maps.provenance["qc_flags"] += motion_flags(motion)
-    maps.provenance["input"] = {k: v for k, v in series.summary().items() if k != "frame_times"}
-    return maps, series
-
-
-__all__ = ["analyze_cnn", "load_weights", "predict", "prepare_input", "save_weights"]
+__all__ = sorted(_LAZY)

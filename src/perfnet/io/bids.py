@@ -16,8 +16,8 @@ file it was derived from (``Sources``, a BIDS URI). Several methods share a sess
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,5 +160,40 @@ def write_bids_files(
     return written
 
 
-def read_sidecar_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+def labels(subject: str | None, session: str | None) -> dict[str, str] | None:
+    """Entities given explicitly (``--subject``/``--session``), checked to be BIDS labels."""
+    if subject is None:
+        if session is not None:
+            raise PerfnetInputError("--session", "needs --subject")
+        return None
+    found = {"sub": subject} | ({"ses": session} if session else {})
+    for key, value in found.items():
+        if not value.isalnum():
+            raise PerfnetInputError(
+                f"--{'subject' if key == 'sub' else 'session'}", f"{value!r} is not alphanumeric"
+            )
+    return found
+
+
+def destination(
+    input_path: str | Path,
+    out: str | Path | None,
+    method: str,
+    force: bool = False,
+    subject: str | None = None,
+    session: str | None = None,
+) -> tuple[Path, Callable[[str], bool] | None, dict[str, Any] | None]:
+    """The output folder of an analysis, which files of an earlier set it keeps, and the BIDS
+    layout (None: perfnet's own layout in ``out``). ``force`` (``--bids``), or an ``out`` that is
+    a derivatives folder, writes the session's ``perf/`` folder of ``derivatives/perfnet``, where
+    other methods' files are kept."""
+    if force or (out is not None and is_derivatives_root(out)):
+        found = labels(subject, session) or entities(input_path)
+        root = pipeline_root(input_path, out)
+        layout = {"entities": found, "root": root, "stem": f"{prefix(found)}_desc-{desc_of(method)}"}
+        return session_folder(root, found), (lambda name: not belongs_to(name, method)), layout
+    if out is None:
+        raise PerfnetInputError(
+            "--out", "an output folder is required (or --bids, for the dataset's derivatives)"
+        )
+    return Path(out), None, None
