@@ -498,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--record-input-path",
         action="store_true",
-        help="write the input's path into provenance.json and the report (off: exports are often named after the patient)",
+        help="write the input path into provenance.json and the report (off: exports are often named "
+        "after the patient)",
     )
     p.add_argument(
         "--dicom",
