@@ -41,6 +41,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _add_input_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", type=str.upper, choices=["CT", "MR"], help="override the modality")
     parser.add_argument(
@@ -140,6 +150,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             device=args.device,
             brain=masks["brain_mask"],
             progress=_step_printer(),
+            skip_frames=args.skip_frames,
         )
     else:
         if args.weights is not None:
@@ -152,6 +163,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             hematocrit_factor=args.hematocrit_factor,
             tissue_density=args.tissue_density,
             device=args.device,
+            skip_frames=args.skip_frames,
         )
         result = analyze(series, options, progress=_step_printer(), **masks)
         maps, aif = result.maps, result.aif.to_json(result.times)
@@ -452,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
+    p.add_argument(
+        "--skip-frames",
+        type=_non_negative_int,
+        metavar="N",
+        help="drop the first N frames (non-steady state; default: detected; 0: keep all)",
+    )
     p.add_argument(
         "--temporal-smoothing", type=float, default=0.0, metavar="S", help="Gaussian σ in s (0: off)"
     )
