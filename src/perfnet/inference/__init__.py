@@ -192,7 +192,7 @@ def analyze_cnn(
         motion = motion_provenance(moved)
         series = series.with_data(moved.data)
     maps = predict(series, weights, device=device, brain=brain, progress=progress, skip_frames=0)
-    if steady.offset_s:  # TTP from the first acquired frame, as in the conventional pipeline
+    if steady.offset_s and "ttp" in maps:  # TTP from the first acquired frame, as in the pipeline
         maps["ttp"][maps.brain_mask] += np.float32(steady.offset_s)
     maps.provenance["non_steady_state_frames"] = steady.to_dict()
     maps.provenance["motion"] = motion

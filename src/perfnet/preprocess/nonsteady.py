@@ -154,17 +154,15 @@ def tissue_voxels(
     return index[:: max(1, index.size // MAX_VOXELS)]
 
 
-def frame_curves(data4d: np.ndarray, modality: str, index: np.ndarray, skip: int = MAX_FRAMES) -> np.ndarray:
-    """(3, T): the quartiles (25, 50, 75 %) over the voxels ``index`` (flat) of s/r − 1 (MR) or
+def frame_curves(values: np.ndarray, modality: str, skip: int = MAX_FRAMES) -> np.ndarray:
+    """(3, T): the quartiles (25, 50, 75 %) over voxel curves ``values`` (V, T) of s/r − 1 (MR) or
     s − r (CT) in every frame, r the temporal median of each voxel over the frames from ``skip`` on."""
-    n_t = data4d.shape[3]
-    values = np.asarray(data4d).reshape(-1, n_t)[index].astype(np.float64)
     r = np.median(values[:, skip:], axis=1)
     if modality == "MR":
         keep = r > 0
         values, r = values[keep], r[keep]
     if r.size == 0:
-        return np.zeros((3, n_t))
+        return np.zeros((3, values.shape[1]))
     relative = values / r[:, None] - 1.0 if modality == "MR" else values - r[:, None]
     return np.quantile(relative, QUARTILES, axis=0)
 
@@ -179,8 +177,8 @@ def detect_non_steady_state(
     """Leading non-steady-state frames of a raw series (X, Y, Z, T) (see the module docstring).
 
     ``mask`` (bool X, Y, Z; e.g. a user brain mask) selects the voxels of the frame curves; by
-    default every voxel in a tissue window of the temporal median (CT −15…100 HU; MR above 20 %
-    of the robust maximum): a rough head mask is enough, the curves are quantiles."""
+    default a tissue window of the pre-bolus image (:func:`tissue_voxels`): a rough head mask is
+    enough, the curves are quantiles. ``voxel_size`` (mm) sizes the in-plane edge erosion."""
     data4d = np.asarray(data4d)
     times = np.asarray(times, dtype=np.float64)
     modality = str(modality).upper()
@@ -188,10 +186,10 @@ def detect_non_steady_state(
     if n_t < MAX_FRAMES + MIN_KEPT_FRAMES:
         return NonSteadyState(0, "detected", note="too few frames to judge")
     sign = 1.0 if modality == "CT" else -1.0  # the bolus raises sign·c
+    index = tissue_voxels(data4d, modality, mask, voxel_size, MAX_FRAMES)
+    values = data4d.reshape(-1, n_t)[index].astype(np.float64)
     for start in range(MAX_FRAMES, 0, -1):  # an early bolus leaves fewer candidates to judge
-        curves = frame_curves(
-            data4d, modality, tissue_voxels(data4d, modality, mask, voxel_size, start), start
-        )
+        curves = frame_curves(values, modality, start)
         quiet, _, _ = threshold_onset(sign * curves[1, start:])
         if quiet + 1 >= MIN_REFERENCE_FRAMES:
             break
