@@ -82,6 +82,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _add_input_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", type=str.upper, choices=["CT", "MR"], help="override the modality")
     parser.add_argument(
@@ -208,6 +218,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             on_loaded=lambda s: print(
                 f"perfnet analyze: {s.modality} {list(s.shape)}, method {args.method}", flush=True
             ),
+            skip_frames=args.skip_frames,
         )
         result.run_id = result.provenance["run_id"] = output.run_id
         written = result.write(output.staging, formats, layout=layout, anonymize=args.anonymize)
@@ -470,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
+    p.add_argument(
+        "--skip-frames",
+        type=_non_negative_int,
+        metavar="N",
+        help="drop the first N frames (non-steady state; default: detected; 0: keep all)",
+    )
     p.add_argument(
         "--temporal-smoothing",
         type=_ranged("temporal_smoothing_s", "temporal smoothing σ (s)"),

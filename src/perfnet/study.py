@@ -35,13 +35,10 @@ MaskLike = np.ndarray | str | Path | None
 
 
 def qc_verdict(flags: Sequence[dict[str, Any]]) -> str:
-    """``ok`` without flags, ``unreliable`` when a flag says the maps cannot be trusted, else ``review``."""
-    codes = {f["code"] for f in flags}
-    if not codes:
-        return "ok"
-    if codes & {"aif_implausible", "motion_unrecoverable", "unreliable"}:
-        return "unreliable"
-    return "review"
+    """``ok`` / ``review`` / ``unreliable`` (:func:`perfnet.conventional.qc.verdict`)."""
+    from perfnet.conventional.qc import verdict
+
+    return verdict(list(flags))
 
 
 @dataclass
@@ -163,6 +160,7 @@ def analyze(
     hematocrit_factor: float = HEMATOCRIT_FACTOR,
     tissue_density: float = TISSUE_DENSITY,
     device: str | None = None,
+    skip_frames: int | None = None,
     brain_mask: MaskLike = None,
     aif_mask: MaskLike = None,
     vof_mask: MaskLike = None,
@@ -177,6 +175,7 @@ def analyze(
     """Analyse one study (a NIfTI file, a DICOM folder or a :class:`PerfusionSeries`) with a
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
 
+    ``skip_frames``: non-steady-state leading frames to drop (None: detected; 0: keep all).
     Bad input raises :class:`perfnet.errors.PerfnetInputError` naming the file and the problem.
     The input's path is recorded in the provenance only with ``record_input_path`` (exports are
     often named after the patient)."""
@@ -219,6 +218,7 @@ def analyze(
             hematocrit_factor=hematocrit_factor,
             tissue_density=tissue_density,
             device=device,
+            skip_frames=skip_frames,
             progress=progress,
             **masks,
         )
@@ -232,4 +232,5 @@ def analyze(
         provenance.setdefault("input", {})["path"] = source
     provenance.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 3)
     provenance["qc_verdict"] = qc_verdict(provenance.get("qc_flags", []))
+    provenance["reliable"] = provenance["qc_verdict"] != "unreliable"
     return StudyResult(maps=maps, series=analysed, lesions=lesions, aif=aif, source=source)

@@ -5,7 +5,17 @@ complete bolus, cluster the area-normalised curves (k-means) and keep the cluste
 first (lowest first moment); repeat once inside it; average the few voxels with the highest peaks.
 Shape checks reject truncated, late and ragged curves.
 
-VOF: the superior sagittal sinus: voxels that peak after the AIF with the largest area.
+Plausibility, before clustering (:func:`arterial_checks`): timed against the brain's tissue curve
+(:class:`TissueReference`), an arterial candidate must arrive no later than the tissue, peak no
+later than the tissue's peak and not before the bolus reaches the tissue, hold more contrast than
+the tissue, fall back below half its peak (a bolus, not a motion step) and stay inside the imaged
+volume in every frame. Arteries feed the tissue: an input that arrives or peaks after it is a vein
+(a sinus on a cerebellar slice), one that peaks before the bolus reaches the brain an artefact (a
+moving edge). When no candidate passes, the AIF is still computed from the best one and flagged
+``aif_implausible``.
+
+VOF: the superior sagittal sinus: voxels that peak after the AIF, no narrower than it (the venous
+curve is the AIF dispersed by the transit through the brain), with the largest area.
 Partial volume of the AIF is corrected by scaling it to the VOF's area (the sinus is large enough
 to be free of partial volume; Knutsson 2010): AIF × ∫VOF/∫AIF when that ratio exceeds 1.
 """
@@ -19,9 +29,64 @@ import numpy as np
 from scipy import ndimage
 
 from perfnet.errors import PerfnetInputError
+from perfnet.preprocess.bolus import fitted_onset, robust_mean_curve, smooth3, threshold_onset
+from perfnet.preprocess.bolus import noise_sd as curve_noise_sd
 
 #: Curves per chunk when features are computed over a whole brain.
 FEATURE_CHUNK = 1 << 16
+
+
+#: Least peak / noise SD of the tissue curve for it to time the candidates.
+TISSUE_MIN_CNR = 5.0
+#: The arrival of a curve: where its rise last crosses this fraction of its peak.
+ARRIVAL_FRACTION = 0.2
+
+
+def level_crossings(
+    curves: np.ndarray, times: np.ndarray, peak_index: np.ndarray, level: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Times (s, linear interpolation) at which each curve (V, T) last rises through ``level``
+    (V,) before its peak and first falls through it after: (rise, fall). rise is the first frame's
+    time when the curve never lies below the level before its peak; fall is inf when it never
+    falls below it after (a step, or a bolus cut off by the end of the acquisition)."""
+    n_v, n_t = curves.shape
+    rows = np.arange(n_v)
+    frames = np.arange(n_t)[None, :]
+    below = curves < level[:, None]
+    before = np.where(below & (frames < peak_index[:, None]), frames, -1).max(axis=1)
+    after = np.where(below & (frames > peak_index[:, None]), frames, n_t).min(axis=1)
+
+    def cross(i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+        y0, y1 = curves[rows, i0], curves[rows, i1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.clip(np.nan_to_num((level - y0) / (y1 - y0), nan=0.0), 0.0, 1.0)
+        return times[i0] + f * (times[i1] - times[i0])
+
+    rise = np.where(before >= 0, cross(np.maximum(before, 0), np.minimum(before + 1, n_t - 1)), times[0])
+    fall = np.where(after < n_t, cross(np.maximum(after - 1, 0), np.minimum(after, n_t - 1)), np.inf)
+    return rise, fall
+
+
+def parabolic_peak_times(curves: np.ndarray, times: np.ndarray, peak_index: np.ndarray) -> np.ndarray:
+    """Vertex (s) of the parabola through each curve's peak frame and its two neighbours
+    (non-uniform times allowed); the peak frame's time at the ends or when the parabola is not a
+    maximum."""
+    n_v, n_t = curves.shape
+    i = np.clip(peak_index, 1, max(n_t - 2, 1))
+    rows = np.arange(n_v)
+    if n_t < 3:
+        return times[peak_index].astype(np.float64)
+    t0, t1, t2 = times[i - 1], times[i], times[i + 1]
+    y0, y1, y2 = curves[rows, i - 1], curves[rows, i], curves[rows, i + 1]
+    d0, d2 = t1 - t0, t2 - t1
+    # the parabola through (t1 − d0, y0), (t1, y1), (t1 + d2, y2) has its vertex at t1 − num/(2·den),
+    # a maximum when den > 0
+    num = d0**2 * (y1 - y2) - d2**2 * (y1 - y0)
+    den = d2 * (y1 - y0) + d0 * (y1 - y2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = t1 - 0.5 * num / den
+    ok = (den > 0) & (peak_index == i) & np.isfinite(vertex)
+    return np.where(ok, np.clip(vertex, t0, t2), times[peak_index])
 
 
 @dataclass
@@ -36,6 +101,9 @@ class CurveFeatures:
     width: np.ndarray  # s above half maximum
     roughness: np.ndarray  # Σ|second difference| / peak
     end_fraction: np.ndarray  # last frame / peak
+    peak_time: np.ndarray  # s, sub-frame (parabola through the peak frame and its neighbours)
+    arrival: np.ndarray  # s, where the rise last crosses ARRIVAL_FRACTION of the peak (interpolated)
+    fwhm: np.ndarray  # s, between the half-maximum crossings around the peak; inf: no fall below half
 
     @classmethod
     def of(cls, curves: np.ndarray, times: np.ndarray) -> CurveFeatures:
@@ -54,6 +122,8 @@ class CurveFeatures:
             end_fraction = curves[:, -1] / safe_peak
         step = np.gradient(times)
         width = ((curves > 0.5 * peak[:, None]) * step).sum(axis=1)
+        rise_half, fall_half = level_crossings(curves, times, peak_index, 0.5 * peak)
+        arrival, _ = level_crossings(curves, times, peak_index, ARRIVAL_FRACTION * peak)
         return cls(
             peak=peak,
             peak_index=peak_index,
@@ -63,6 +133,9 @@ class CurveFeatures:
             width=width,
             roughness=roughness,
             end_fraction=end_fraction,
+            peak_time=parabolic_peak_times(curves, times, peak_index),
+            arrival=arrival,
+            fwhm=fall_half - rise_half,
         )
 
     @classmethod
@@ -75,6 +148,47 @@ class CurveFeatures:
         if not parts:
             return cls.of(np.zeros((0, flat.shape[1])), times)
         return cls(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in cls.__dataclass_fields__})
+
+
+@dataclass
+class TissueReference:
+    """Bolus timing of the brain's tissue curve (the trimmed mean of every brain voxel's
+    concentration), the yardstick of the arterial and venous candidates."""
+
+    onset_s: float  # fitted onset b + c·max(t − t₀, 0)^p (perfnet.preprocess.bolus.fitted_onset)
+    arrival_s: float  # where its rise last crosses ARRIVAL_FRACTION of its peak
+    peak_s: float  # sub-frame time of its peak
+    peak: float  # its peak concentration
+    fwhm_s: float  # its full width at half maximum (inf when it does not fall below half)
+
+    @classmethod
+    def of(cls, conc: np.ndarray, times: np.ndarray, brain_mask: np.ndarray) -> TissueReference | None:
+        """The reference of a concentration series, None when its tissue curve shows no bolus
+        (peak below :data:`TISSUE_MIN_CNR` noise SDs, or at the first or last frame)."""
+        index = np.flatnonzero(brain_mask)
+        if index.size < 10 or times.size < 5:
+            return None
+        flat = conc.reshape(-1, conc.shape[-1])
+        curve = robust_mean_curve(flat[index[:: max(1, index.size // 200_000)]].astype(np.float32))
+        peak_index = int(np.argmax(smooth3(curve)))
+        peak = float(curve[peak_index])
+        if peak_index in (0, curve.size - 1) or peak <= TISSUE_MIN_CNR * curve_noise_sd(curve):
+            return None
+        quiet, level, _ = threshold_onset(curve)
+        onset = (
+            float(times[0]) if quiet < 0 else max(fitted_onset(times, curve, level, quiet), float(times[0]))
+        )
+        feats = CurveFeatures.of(curve[None], times)
+        return cls(
+            onset_s=onset,
+            arrival_s=float(feats.arrival[0]),
+            peak_s=float(parabolic_peak_times(curve[None], times, np.array([peak_index]))[0]),
+            peak=peak,
+            fwhm_s=float(feats.fwhm[0]),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 4) if np.isfinite(v) else None for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -143,16 +257,98 @@ def _earliest_cluster(curves: np.ndarray, times: np.ndarray, feats: CurveFeature
     return max(early, key=lambda c: float(np.median(feats.peak[c])))
 
 
+#: Plausibility of an arterial candidate against the tissue curve (:class:`TissueReference`), in
+#: frame intervals of tolerance: arrival no later than the tissue's (on the phantom true arteries
+#: arrive ≥ 0.67 frames earlier), peak no later than the tissue's peak + 0.5 frame (the sampling
+#: error of a noisy sub-frame peak; MR arteries peak up to +0.5 frame late, saturated tops), peak
+#: no earlier than the tissue's fitted bolus onset − 1 frame (arteries peak 2.4 s or more after they
+#: arrive, the tissue follows them by 0–1.5 s).
+ARRIVAL_TOLERANCE_FRAMES = 0.0
+PEAK_TOLERANCE_FRAMES = 0.5
+ONSET_TOLERANCE_FRAMES = 1.0
+#: A voxel holding arterial blood holds far more contrast than the average tissue (CBV ≈ 4 %, its
+#: curve dispersed; a voxel 3 % artery already peaks about twice as high): its peak must exceed
+#: this multiple of the tissue curve's (true arteries on the phantom: ≥ 12×). Grey matter and noise
+#: arriving with the tissue must not pass for an input when the slice holds no artery. (A "brain"
+#: mask cropped around an artery, as OSIPI's 25×25 patient crop, makes the "tissue" mostly artery
+#: and the check fails: such a crop is flagged.)
+MIN_PEAK_OVER_TISSUE = 2.0
+#: Shortest FWHM (s) of an arterial bolus: an injection of 4–10 s gives 4–10 s in the arteries
+#: (the phantom's 4–10 s); shorter is a noise spike or an artefact.
+MIN_ARTERIAL_FWHM_S = 2.0
+
+#: What each check says when it fails (the aif_implausible flag's message lists them).
+CHECK_MESSAGES = {
+    "inside": "outside the imaged volume in some frame",
+    "arrives_before_tissue": "arrives after the tissue",
+    "peaks_before_tissue": "peaks after the tissue",
+    "peaks_after_onset": "peaks before the bolus reaches the tissue",
+    "returns": "does not fall below half its peak (a step, not a bolus)",
+    "not_a_spike": f"is narrower than {MIN_ARTERIAL_FWHM_S:g} s (a spike, not a bolus)",
+    "above_tissue": f"peaks below {MIN_PEAK_OVER_TISSUE:g}× the tissue curve",
+}
+
+
+def arterial_checks(
+    feats: CurveFeatures,
+    times: np.ndarray,
+    reference: TissueReference | None,
+    inside: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-curve results (bool, True = passed) of the plausibility checks of an arterial input:
+    timed against the tissue curve (skipped without a ``reference``), returning towards baseline,
+    and ``inside`` the imaged volume in every frame."""
+    n = feats.peak.size
+    frame = float(np.median(np.diff(times))) if times.size > 1 else 1.0
+    checks: dict[str, np.ndarray] = {
+        "inside": np.ones(n, dtype=bool) if inside is None else np.asarray(inside, dtype=bool),
+        "returns": np.isfinite(feats.fwhm),
+        "not_a_spike": feats.fwhm >= MIN_ARTERIAL_FWHM_S,
+    }
+    if reference is not None:
+        checks["arrives_before_tissue"] = (
+            feats.arrival <= reference.arrival_s + ARRIVAL_TOLERANCE_FRAMES * frame
+        )
+        checks["peaks_before_tissue"] = feats.peak_time <= reference.peak_s + PEAK_TOLERANCE_FRAMES * frame
+        checks["peaks_after_onset"] = feats.peak_time >= reference.onset_s - ONSET_TOLERANCE_FRAMES * frame
+        checks["above_tissue"] = feats.peak >= MIN_PEAK_OVER_TISSUE * reference.peak
+    return checks
+
+
+def failed_checks(checks: dict[str, np.ndarray], among: np.ndarray | None = None) -> dict[str, int]:
+    """How many curves (of ``among``, bool, default all) failed each check."""
+    return {
+        name: int((~ok if among is None else ~ok & among).sum()) for name, ok in checks.items() if (~ok).any()
+    }
+
+
+def implausible_reason(failed: dict[str, int], total: int) -> str:
+    """One line: how many of ``total`` candidates failed which check."""
+    parts = [
+        f"{count} {CHECK_MESSAGES[name]}" for name, count in sorted(failed.items(), key=lambda kv: -kv[1])
+    ]
+    return f"of {total} candidate(s): " + "; ".join(parts) if parts else ""
+
+
 def select_arterial_voxels(
-    conc: np.ndarray, times: np.ndarray, candidates: np.ndarray, n_voxels: int = 5
+    conc: np.ndarray,
+    times: np.ndarray,
+    candidates: np.ndarray,
+    n_voxels: int = 5,
+    reference: TissueReference | None = None,
+    inside: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Flat indices of the arterial voxels among ``candidates`` (flat indices into conc).
 
-    1. complete curves with a high peak (top 2 %, ≥ 40 voxels): vessels (arterial curves are
-       sharp, so a curvature-based smoothness test would reject exactly them);
-    2. of those, the earliest half by first moment (arteries precede veins and tissue);
-    3. k-means on the peak-normalised shapes (twice), keeping the earliest cluster;
-    4. the ``n_voxels`` highest peaks of that cluster.
+    1. complete curves (peak before the last frames, falling back below 60 % of it by the end);
+    2. plausible ones (:func:`arterial_checks` against the tissue ``reference``, ``inside``: bool
+       per candidate); when none is, the best implausible ones are kept and ``details`` says
+       ``aif_implausible`` with the reason;
+    3. with a high peak (top 2 %, ≥ 40 voxels): vessels (arterial curves are sharp, so a
+       curvature-based smoothness test would reject exactly them);
+    4. of those, the earliest half by first moment (arteries precede veins and tissue);
+    5. k-means on the peak-normalised shapes (twice), keeping the earliest cluster;
+    6. the ``n_voxels`` highest peaks of that cluster.
     """
     flat = conc.reshape(-1, conc.shape[-1])
     feats = CurveFeatures.of_voxels(flat, candidates, times)
@@ -165,6 +361,17 @@ def select_arterial_voxels(
         raise PerfnetInputError(
             None, "no voxel shows a contrast bolus: cannot find an arterial input function"
         )
+    checks = arterial_checks(feats, times, reference, inside)
+    plausible = np.logical_and.reduce(list(checks.values()))
+    details: dict[str, Any] = {"aif_candidates": int(candidates.size)}
+    rejected = failed_checks(checks, complete)
+    details["aif_rejected"] = rejected
+    if plausible[pool].any():
+        pool = pool[plausible[pool]]
+    else:  # keep computing from the best candidate, so that a reader can look; the flag says why
+        details["aif_implausible_reason"] = "no candidate passed: " + implausible_reason(
+            rejected, int(complete.sum())
+        )
     keep = min(pool.size, max(40, int(0.02 * pool.size)))
     pool = pool[np.argsort(feats.peak[pool])[::-1][:keep]]
     pool = pool[feats.first_moment[pool] <= np.quantile(feats.first_moment[pool], 0.5)]
@@ -174,8 +381,7 @@ def select_arterial_voxels(
         curves = flat[candidates[pool]].astype(np.float64)
         pool = pool[_earliest_cluster(curves, times, _subset(feats, pool), k=4)]
     best = pool[np.argsort(feats.peak[pool])[::-1][:n_voxels]]
-    details = {
-        "aif_candidates": int(candidates.size),
+    details |= {
         "aif_peak": float(feats.peak[best].mean()),
         "aif_ttp_s": float(np.median(feats.ttp[best])),
         "aif_width_s": float(np.median(feats.width[best])),
@@ -206,6 +412,31 @@ def bolus_correlation(
     return (centred @ shifted.T).max(axis=1)
 
 
+#: A venous candidate must peak at least this long (s) after the AIF ...
+VOF_MIN_DELAY_S = 1.0
+#: ... and be no narrower (FWHM) than the AIF less this many frame intervals (sampling error): the
+#: venous curve is the AIF dispersed by the brain's transit times, never sharper.
+VOF_WIDTH_TOLERANCE_FRAMES = 0.5
+
+
+def venous_checks(
+    feats: CurveFeatures, times: np.ndarray, aif_peak_s: float, aif_fwhm: float | None
+) -> dict[str, np.ndarray]:
+    """Per-curve results (bool) of the checks of a venous output against the AIF: peaks
+    :data:`VOF_MIN_DELAY_S` after it and is no narrower than it."""
+    frame = float(np.median(np.diff(times))) if times.size > 1 else 1.0
+    checks = {"peaks_after_aif": (feats.peak_time > aif_peak_s + VOF_MIN_DELAY_S) & (feats.peak > 0)}
+    if aif_fwhm is not None and np.isfinite(aif_fwhm):
+        checks["broader_than_aif"] = feats.fwhm >= aif_fwhm - VOF_WIDTH_TOLERANCE_FRAMES * frame
+    return checks
+
+
+VOF_CHECK_MESSAGES = {
+    "peaks_after_aif": f"does not peak ≥ {VOF_MIN_DELAY_S:g} s after the AIF",
+    "broader_than_aif": "is narrower than the AIF",
+}
+
+
 def select_venous_voxels(
     conc: np.ndarray,
     times: np.ndarray,
@@ -213,8 +444,10 @@ def select_venous_voxels(
     aif_ttp: float,
     n_voxels: int = 5,
     aif: np.ndarray | None = None,
+    aif_fwhm: float | None = None,
 ) -> np.ndarray:
-    """Flat indices of sinus voxels: bolus-shaped, peak after the AIF, largest area.
+    """Flat indices of sinus voxels: bolus-shaped, peak after the AIF (``aif_ttp``, s), no
+    narrower than it (``aif_fwhm``, s; :func:`venous_checks`), largest area.
 
     Bolus-shaped: the curve correlates (r ≥ :data:`VOF_MIN_CORRELATION`) with the AIF delayed by
     0–15 s. Residual motion at the skull gives late, large-area curves too, but as steps, not as a
@@ -222,7 +455,7 @@ def select_venous_voxels(
     """
     flat = conc.reshape(-1, conc.shape[-1])
     feats = CurveFeatures.of_voxels(flat, candidates, times)
-    late = (feats.ttp > aif_ttp + 1.0) & (feats.peak > 0)
+    late = np.logical_and.reduce(list(venous_checks(feats, times, aif_ttp, aif_fwhm).values()))
     if aif is not None and late.any():
         idx = np.flatnonzero(late)
         corr = [
@@ -238,6 +471,23 @@ def select_venous_voxels(
     return candidates[pool[np.argsort(feats.area[pool])[::-1][:n_voxels]]]
 
 
+#: A user's AIF mask whose mean curve never rises this many noise SDs (its own, from second
+#: differences) above its median holds no bolus: an input error, not a flag.
+MASK_MIN_BOLUS_SD = 4.0
+
+
+def _mask_bolus(curve: np.ndarray, source: str) -> None:
+    """Refuse a user mask whose mean curve shows no contrast bolus at all (air, bone, a typo)."""
+    rise = float(np.max(curve) - np.median(curve))
+    sd = curve_noise_sd(curve)
+    if not rise > max(MASK_MIN_BOLUS_SD * sd, 0.0):
+        raise PerfnetInputError(
+            source,
+            f"the mask's mean curve shows no contrast bolus (peak {rise:.3g} above its median, "
+            f"noise SD {sd:.3g}): is it on an artery?",
+        )
+
+
 def arterial_input(
     conc: np.ndarray,
     times: np.ndarray,
@@ -248,16 +498,32 @@ def arterial_input(
     n_voxels: int = 5,
     noise_sd: float | None = None,
     valid: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
 ) -> AifResult:
     """Choose the AIF and VOF from concentration (X, Y, Z, T) and scale the AIF by the VOF.
 
     ``valid`` (bool X, Y, Z) restricts the automatic search, e.g. to MR voxels whose signal does
     not reach the noise floor at the bolus peak (saturated voxels underestimate the AIF).
+    ``exclude`` (bool X, Y, Z): voxels that left the imaged volume in some frame (motion
+    correction filled them from outside the slab): never an AIF or VOF.
+
+    Plausibility (:func:`arterial_checks`, :func:`venous_checks`): arterial candidates are timed
+    against the brain's tissue curve and must fall back after their peak; when none passes, or a
+    user's ``aif_mask`` fails, the AIF is still computed (from the best candidate) and flagged
+    ``aif_implausible`` with the reason (``details["aif_implausible_reason"]``). A VOF that does
+    not peak after the AIF or is narrower than it is rejected (``no_vof``; a user mask's reason in
+    ``details["vof_rejected"]``). A user ``aif_mask`` with no bolus at all is an input error.
     """
     shape = conc.shape[:3]
     flags: list[str] = []
+    exclude = None if exclude is None else np.asarray(exclude, dtype=bool)
+    if exclude is not None and exclude.shape != shape:
+        raise ValueError(f"exclude mask {exclude.shape} does not match the grid {shape}")
     search = brain_mask if valid is None else brain_mask & valid
     flat_brain = np.flatnonzero(search)
+    reference = TissueReference.of(conc, times, brain_mask)
+    flat = conc.reshape(-1, conc.shape[-1])
+    inside_flat = None if exclude is None else ~exclude.reshape(-1)
     if aif_mask is not None:
         region = np.flatnonzero(aif_mask)
         if region.size == 0:
@@ -265,28 +531,51 @@ def arterial_input(
         if region.size <= 50:
             aif_flat, details = region, {"aif_candidates": int(region.size)}
         else:
-            aif_flat, details = select_arterial_voxels(conc, times, region, n_voxels)
+            inside = None if inside_flat is None else inside_flat[region]
+            aif_flat, details = select_arterial_voxels(conc, times, region, n_voxels, reference, inside)
+            details.pop("aif_implausible_reason", None)  # the mask's mean curve is judged below
         source = "mask"
+        _mask_bolus(flat[aif_flat].astype(np.float64).mean(axis=0), "--aif-mask")
     else:
         if flat_brain.size < 10:
             raise PerfnetInputError(None, "brain mask too small to search for an arterial input function")
-        aif_flat, details = select_arterial_voxels(conc, times, flat_brain, n_voxels)
+        inside = None if inside_flat is None else inside_flat[flat_brain]
+        aif_flat, details = select_arterial_voxels(conc, times, flat_brain, n_voxels, reference, inside)
         source = "automatic"
-    flat = conc.reshape(-1, conc.shape[-1])
     aif_raw = flat[aif_flat].astype(np.float64).mean(axis=0)
     aif_feats = CurveFeatures.of(aif_raw[None], times)
+    inside_aif = None if inside_flat is None else np.array([bool(inside_flat[aif_flat].all())])
+    aif_checks = {k: bool(v[0]) for k, v in arterial_checks(aif_feats, times, reference, inside_aif).items()}
+    details["aif_checks"] = aif_checks
+    details["tissue_reference"] = None if reference is None else reference.to_dict()
+    details["aif_fwhm_s"] = float(aif_feats.fwhm[0]) if np.isfinite(aif_feats.fwhm[0]) else None
+    failed = [CHECK_MESSAGES[k] for k, ok in aif_checks.items() if not ok]
+    if failed and "aif_implausible_reason" not in details:  # the averaged curve judged as a whole
+        who = "the --aif-mask curve" if source == "mask" else "the averaged AIF"
+        details["aif_implausible_reason"] = f"{who} " + ", ".join(failed)
+    if "aif_implausible_reason" in details:
+        flags.append("aif_implausible")
+    aif_peak_s, aif_fwhm = float(aif_feats.peak_time[0]), float(aif_feats.fwhm[0])
     # venous output: search a brain mask grown by ~6 mm (the sinus lies at its edge)
     if vof_mask is not None:
         vof_flat = np.flatnonzero(vof_mask)
         if vof_flat.size == 0:
             raise PerfnetInputError("--vof-mask", "the VOF mask is empty")
+        vof_feats = CurveFeatures.of(flat[vof_flat].astype(np.float64).mean(axis=0)[None], times)
+        vof_checks = venous_checks(vof_feats, times, aif_peak_s, aif_fwhm)
+        failed_vof = [VOF_CHECK_MESSAGES[k] for k, ok in vof_checks.items() if not ok[0]]
+        if failed_vof:
+            details["vof_rejected"] = "the --vof-mask curve " + ", ".join(failed_vof)
+            vof_flat = np.zeros(0, dtype=np.int64)
     else:
         iterations = max(1, round(6.0 / min(voxel_size[:2])))
         grown = ndimage.binary_dilation(brain_mask, structure=_disk_2d(), iterations=iterations)
         if valid is not None:
             grown &= valid
+        if exclude is not None:
+            grown &= ~exclude
         vof_flat = select_venous_voxels(
-            conc, times, np.flatnonzero(grown), float(aif_feats.ttp[0]), n_voxels, aif=aif_raw
+            conc, times, np.flatnonzero(grown), aif_peak_s, n_voxels, aif=aif_raw, aif_fwhm=aif_fwhm
         )
     vof = flat[vof_flat].astype(np.float64).mean(axis=0) if vof_flat.size else None
     scale = 1.0

@@ -17,7 +17,7 @@ from perfnet import __version__
 from perfnet.constants import HEMATOCRIT_FACTOR, TISSUE_DENSITY
 from perfnet.conventional.aif import AifResult, arterial_input
 from perfnet.conventional.maps import cbf_from_flow, cbv_from_areas, mtt_from, subsample_argmax
-from perfnet.conventional.qc import quality_flags
+from perfnet.conventional.qc import non_steady_state_flags, quality_flags, reliable
 from perfnet.conventional.timegrid import resample_curves, uniform_grid
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
@@ -53,6 +53,7 @@ class AnalysisOptions:
     hematocrit_factor: float = HEMATOCRIT_FACTOR
     tissue_density: float = TISSUE_DENSITY
     aif_voxels: int = 5
+    skip_frames: int | None = None  # leading frames to drop; None: detect non-steady-state frames
     method_options: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
 
@@ -98,6 +99,7 @@ def analyze(
     from perfnet.preprocess.filters import bilateral_filter, temporal_smooth
     from perfnet.preprocess.mask import brain_mask as auto_brain_mask
     from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.nonsteady import remove_non_steady_state
 
     options = options or AnalysisOptions()
     if options.method not in METHODS:
@@ -110,13 +112,20 @@ def analyze(
             raise PerfnetInputError(name, f"mask shape {mask.shape} differs from the series grid {shape}")
     steps = _Steps(progress)
     provenance: dict[str, Any] = {"perfnet_version": __version__, "method": options.method}
+    acquired = series  # before non-steady-state frames are dropped: its clock is the maps' clock
+    series, steady = steps.run(
+        "non-steady-state frames", lambda: remove_non_steady_state(acquired, options.skip_frames, brain_mask)
+    )
+    provenance["non_steady_state_frames"] = steady.to_dict()
     data, times = series.data, series.times
 
     motion_info: dict[str, Any] | None = None
+    outside = None
     if options.motion_correction:
         moved = steps.run("motion correction", lambda: motion_correct(data, series.affine, reference=0))
         data = moved.data
         motion_info = motion_provenance(moved)
+        outside = getattr(moved, "outside", None)  # voxels filled from outside the slab in some frame
         del moved  # `data` holds the corrected frames; nothing else may keep them alive
     provenance["motion"] = motion_info
 
@@ -172,7 +181,16 @@ def analyze(
     aif = steps.run(
         "arterial input",
         lambda: arterial_input(
-            conc, times, mask, series.voxel_size, aif_mask, vof_mask, options.aif_voxels, baseline_sd, valid
+            conc,
+            times,
+            mask,
+            series.voxel_size,
+            aif_mask,
+            vof_mask,
+            options.aif_voxels,
+            baseline_sd,
+            valid,
+            exclude=outside,
         ),
     )
 
@@ -198,7 +216,7 @@ def analyze(
     smooth_u = (
         temporal_smooth(curves_u[:, None, None, :], grid, 1.0)[:, 0, 0, :] if grid.size > 3 else curves_u
     )
-    ttp = subsample_argmax(smooth_u, grid)
+    ttp = subsample_argmax(smooth_u, grid) + steady.offset_s  # from the acquisition's first frame
     flat_maps = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "ttp": ttp, "tmax": result.tmax}
     maps = {}
     for name, values in flat_maps.items():
@@ -208,17 +226,18 @@ def analyze(
         maps[name] = volume
 
     flags = quality_flags(series, conc, mask, bolus, aif, motion_info)
+    flags += non_steady_state_flags(provenance["non_steady_state_frames"])
     provenance.update(
         {
-            "input": {k: v for k, v in series.summary().items() if k != "frame_times"},
+            "input": {k: v for k, v in acquired.summary().items() if k != "frame_times"},
             "options": {k: v for k, v in asdict(options).items() if k != "method_options"}
             | {"method_options": options.method_options},
             "brain_mask": "user" if brain_mask is not None else "automatic",
             "brain_voxels": int(mask.sum()),
             "bolus": {
-                "arrival_s": float(bolus.arrival_s),
+                "arrival_s": float(bolus.arrival_s + steady.offset_s),
                 "baseline_frames": int(bolus.baseline_end),
-                "peak_s": float(bolus.peak_s),
+                "peak_s": float(bolus.peak_s + steady.offset_s),
                 "no_baseline": bool(bolus.no_baseline),
             },
             "time_grid": {
@@ -231,13 +250,14 @@ def analyze(
             },
             "deconvolution": _summarise(result.extra),
             "qc_flags": flags,
+            "reliable": reliable(flags),
             "seconds": steps.seconds,
         }
     )
     perfusion_maps = PerfusionMaps(
         maps=maps, affine=series.affine, brain_mask=mask, method=options.method, provenance=provenance
     )
-    return AnalysisResult(maps=perfusion_maps, aif=aif, times=times, provenance=provenance)
+    return AnalysisResult(maps=perfusion_maps, aif=aif, times=times + steady.offset_s, provenance=provenance)
 
 
 def motion_provenance(moved: MotionResult) -> dict[str, Any]:
@@ -276,6 +296,7 @@ def run_method(
     hematocrit_factor: float = HEMATOCRIT_FACTOR,
     tissue_density: float = TISSUE_DENSITY,
     device: str | None = None,
+    skip_frames: int | None = None,
     brain_mask: np.ndarray | None = None,
     aif_mask: np.ndarray | None = None,
     vof_mask: np.ndarray | None = None,
@@ -291,6 +312,7 @@ def run_method(
         hematocrit_factor=hematocrit_factor,
         tissue_density=tissue_density,
         device=device,
+        skip_frames=skip_frames,
     )
     result = analyze(series, options, brain_mask, aif_mask, vof_mask, progress)
     return result.maps, series, result.aif.to_json(result.times)

@@ -26,11 +26,20 @@ _MESSAGES = {
     "no_baseline": "the bolus arrives in the first frames: no pre-contrast baseline",
     "no_vof": "no venous output found: the AIF is not corrected for partial volume",
     "aif_partial_volume_high": "the arterial voxels hold little blood (AIF scaled by {value:.1f})",
+    "aif_implausible": "no arterial input passed the plausibility checks: the maps are unreliable",
+    "non_steady_state_frames_removed": "{value:.0f} leading non-steady-state frame(s) left out of the "
+    "baseline and the fit; TTP is still timed from the first acquired frame",
 }
+#: The AifResult.details entry that says why an AIF flag was raised.
+_AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
+#: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
+UNRELIABLE_FLAGS = frozenset({"aif_implausible"})
 
 
-def _flag(code: str, value: float | None = None) -> dict[str, Any]:
+def _flag(code: str, value: float | None = None, detail: str | None = None) -> dict[str, Any]:
     message = _MESSAGES[code].format(value=value if value is not None else float("nan"))
+    if detail:
+        message = f"{message} ({detail})"
     return {"code": code, "message": message, "value": None if value is None else round(float(value), 4)}
 
 
@@ -46,6 +55,33 @@ def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
     if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
         return [_flag("large_motion", motion["max_displacement_mm"])]
     return []
+
+
+def non_steady_state_flags(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The informational ``non_steady_state_frames_removed`` flag of a
+    :meth:`perfnet.preprocess.nonsteady.NonSteadyState.to_dict` record, if frames were removed."""
+    if record and record.get("frames", 0) > 0:
+        how = "forced by --skip-frames" if record.get("source") == "forced" else "detected"
+        return [_flag("non_steady_state_frames_removed", record["frames"], how)]
+    return []
+
+
+#: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
+INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})
+
+
+def verdict(flags: list[dict[str, Any]]) -> str:
+    """The study's QC verdict: ``unreliable`` when a flag of :data:`UNRELIABLE_FLAGS` was raised
+    (the maps are shown, not trusted), ``review`` when any other warning was, else ``ok``."""
+    codes = {flag["code"] for flag in flags}
+    if codes & UNRELIABLE_FLAGS:
+        return "unreliable"
+    return "review" if codes - INFORMATIONAL_FLAGS else "ok"
+
+
+def reliable(flags: list[dict[str, Any]]) -> bool:
+    """False when a flag in :data:`UNRELIABLE_FLAGS` was raised (the maps are shown, not trusted)."""
+    return not any(flag["code"] in UNRELIABLE_FLAGS for flag in flags)
 
 
 def quality_flags(
@@ -73,5 +109,6 @@ def quality_flags(
         flags.append(_flag("no_baseline"))
     for code in aif.flags:
         value = aif.scale if code == "aif_partial_volume_high" else None
-        flags.append(_flag(code, value))
+        detail = aif.details.get(_AIF_REASONS.get(code, ""))
+        flags.append(_flag(code, value, detail))
     return flags

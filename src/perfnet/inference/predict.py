@@ -55,12 +55,19 @@ def predict(
     batch_slices: int = 4,
     progress: Progress | None = None,
     flips: bool = True,
+    skip_frames: int | None = None,
 ) -> PerfusionMaps:
     """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
 
     ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
-    networks were trained with flips, so each flip is an equally valid view of the slice)."""
+    networks were trained with flips, so each flip is an equally valid view of the slice).
+    ``skip_frames``: non-steady-state leading frames, as in the conventional pipeline (None:
+    detected and dropped; N: drop N; 0: keep all); TTP stays timed from the first acquired frame."""
+    from perfnet.conventional.qc import non_steady_state_flags
+    from perfnet.preprocess.nonsteady import remove_non_steady_state
+
     started = time.perf_counter()
+    series, steady = remove_non_steady_state(series, skip_frames, brain)
     path = Path(weights) if weights is not None else bundled_weights(series.modality)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_weights(path, dev)
@@ -121,7 +128,7 @@ def predict(
     for i, name in enumerate(maps):
         v = from_model(values[i] * sd[i] + mean[i], name, log_offsets)
         if name == "ttp":  # the network's TTP is relative to the grid start
-            v = v + inp.offset_s
+            v = v + inp.offset_s + steady.offset_s
         lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
         out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
         if uncert is not None:
@@ -147,7 +154,8 @@ def predict(
         "device": str(dev),
         "test_time_flips": bool(flips),
         "seconds": {"total": round(time.perf_counter() - started, 3)},
-        "qc_flags": [],
+        "non_steady_state_frames": steady.to_dict(),
+        "qc_flags": non_steady_state_flags(steady.to_dict()),
     }
     return PerfusionMaps(
         maps=out, affine=series.affine, brain_mask=inp.brain, method="cnn", provenance=provenance
@@ -162,14 +170,18 @@ def analyze_cnn(
     device: str | None = None,
     brain: np.ndarray | None = None,
     progress: Progress | None = None,
+    skip_frames: int | None = None,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
-    """`analyze --method cnn`: rigid motion correction as in the conventional pipeline (same
-    provenance and ``large_motion`` flag), then the model. Returns the maps and the series the
-    model saw."""
+    """`analyze --method cnn`: non-steady-state leading frames dropped and rigid motion correction,
+    as in the conventional pipeline (same provenance and flags), then the model. Returns the maps
+    and the series the model saw."""
     from perfnet.conventional.pipeline import motion_provenance
-    from perfnet.conventional.qc import motion_flags
+    from perfnet.conventional.qc import motion_flags, non_steady_state_flags
     from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.nonsteady import remove_non_steady_state
 
+    acquired = series
+    series, steady = remove_non_steady_state(series, skip_frames, brain)
     motion = None
     if motion_correction:
         if progress:
@@ -179,10 +191,14 @@ def analyze_cnn(
             progress("motion correction", 1.0)
         motion = motion_provenance(moved)
         series = series.with_data(moved.data)
-    maps = predict(series, weights, device=device, brain=brain, progress=progress)
+    maps = predict(series, weights, device=device, brain=brain, progress=progress, skip_frames=0)
+    if steady.offset_s and "ttp" in maps:  # TTP from the first acquired frame, as in the pipeline
+        maps["ttp"][maps.brain_mask] += np.float32(steady.offset_s)
+    maps.provenance["non_steady_state_frames"] = steady.to_dict()
     maps.provenance["motion"] = motion
-    maps.provenance["qc_flags"] += motion_flags(motion)
-    maps.provenance["input"] = {k: v for k, v in series.summary().items() if k != "frame_times"}
+    flags = maps.provenance["qc_flags"]
+    maps.provenance["qc_flags"] = non_steady_state_flags(steady.to_dict()) + flags + motion_flags(motion)
+    maps.provenance["input"] = {k: v for k, v in acquired.summary().items() if k != "frame_times"}
     return maps, series
 
 
