@@ -1,7 +1,7 @@
 """CNN inference: a series → perfusion maps (+ per-voxel uncertainty where the model gives one).
 
 The heavy parts (torch) load on first use, so importing the package to register the ``cnn``
-method costs nothing: see :mod:`perfnet.inference.predict`.
+method costs nothing: see :mod:`perfnet.inference.cnn`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from perfnet.registry import register_method
 
 register_method(
     "cnn",
-    "perfnet.inference.predict:run_method",
+    "perfnet.inference.cnn:run_method",
     kind="cnn",
     takes_weights=True,
     description="model-free CNN (Gava 2022 U-Net for CT, Hess 2018 temporal net for MR; bundled weights)",
@@ -31,9 +31,9 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from perfnet.inference import predict as _predict
+        import importlib
 
-        return getattr(_predict, name)
+        return getattr(importlib.import_module("perfnet.inference.cnn"), name)
     raise AttributeError(f"module 'perfnet.inference' has no attribute {name!r}")
 
 
