@@ -165,6 +165,16 @@ def study_command(study: Study, deriv: Path, method: str, options: list[str]) ->
     return command + list(options)
 
 
+def _die_with_parent() -> None:
+    """In the study's process: SIGKILL it when the process that started it dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed cohort leaves no study running on, holding its folder."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+
+
 def run_study(command: list[str], threads: int) -> dict[str, Any]:
     """Run one study's command in its own process; exit status, the last stderr line, seconds and
     the process's peak resident memory. Used by both engines (a Dask worker runs it as well)."""
@@ -172,7 +182,14 @@ def run_study(command: list[str], threads: int) -> dict[str, Any]:
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        preexec_fn=_die_with_parent,
+    )
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
