@@ -230,6 +230,23 @@ def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> 
             print(f"  {modality:8s} {method:7s} " + " ".join(cells))
 
 
+def print_worse_than_osvd(rows: list[dict[str, Any]]) -> None:
+    """Studies where the CNN's hypoperfused Dice is more than 0.05 below oSVD's (the issue's bar)."""
+    by_study: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_study.setdefault((r["modality"], r["style"], r["study"]), {})[r["method"]] = r
+    print("\nCNN hypoperfused Dice more than 0.05 below oSVD's")
+    for modality, style in sorted({k[:2] for k in by_study}):
+        studies = [v for k, v in by_study.items() if k[:2] == (modality, style) and {"cnn", "osvd"} <= set(v)]
+        scored = [v for v in studies if v["cnn"]["hypoperfused_dice"] is not None]
+        worse = [
+            v["cnn"]["study"]
+            for v in scored
+            if v["cnn"]["hypoperfused_dice"] < v["osvd"]["hypoperfused_dice"] - 0.05
+        ]
+        print(f"  {modality} {style:9s}: {len(worse)} of {len(scored)} studies {worse if worse else ''}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from perfnet.errors import PerfnetInputError
     from perfnet.inference.weights import bundled_weights, load_weights
@@ -275,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows += run_study(style, modality, index, args, Path(tmp))
     table = summarise(rows)
     print_tables(table)
+    print_worse_than_osvd(rows)
     print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -77,14 +77,14 @@ class MniConfig:
     cbf_gm: float = 58.0  # 40–80 mL/100 g/min
     cbf_wm: float = 22.0  # 15–30
     cbf_deep: float = 50.0  # 35–65
-    cbv_gm: float = 4.2  # 3.0–6.0 mL/100 g
-    cbv_wm: float = 2.0  # 1.4–3.0
-    cbv_deep: float = 3.8  # 2.8–5.0
+    mtt_gm: float = 4.5  # 3.5–5.5 s (CBV = CBF·MTT/60: style B draws transit times, not volumes)
+    mtt_wm: float = 5.5  # 4.5–7.0
+    mtt_deep: float = 4.5  # 3.5–5.5
     perfusion_variation: float = 0.08  # 0.03–0.15 SD of a log-normal smooth field
     variation_length_mm: float = 25.0  # 15–40
-    baseline_delay_s: float = 0.5  # 0–1.2 s arrival after the AIF in anterior-circulation tissue
-    posterior_delay_s: float = 0.4  # 0–1.0 s extra in the posterior circulation
-    baseline_dispersion_s: float = 0.6  # 0.2–1.0 s mean of the gamma dispersion kernel
+    baseline_delay_s: float = 0.5  # 0–1.0 s arrival after the AIF in anterior-circulation tissue
+    posterior_delay_s: float = 0.4  # 0–0.8 s extra in the posterior circulation
+    baseline_dispersion_s: float = 0.5  # 0.2–0.8 s mean of the gamma dispersion kernel
     dispersion_shape: float = 2.5  # 1.5–5 shape of that kernel (1 would be exponential)
     residue: str = "gamma"  # exponential | gamma | lagged-normal | two-compartment
     residue_shape: tuple[float, float] = (6.0, 0.25)  # family parameters (see physiology)
@@ -263,12 +263,12 @@ class MniConfig:
         d["skull_hu"] = u(700, 1800)
         d["anatomy_seed"] = int(rng.integers(0, 2**31 - 1))
         d["cbf_gm"], d["cbf_wm"], d["cbf_deep"] = u(40, 80), u(15, 30), u(35, 65)
-        d["cbv_gm"], d["cbv_wm"], d["cbv_deep"] = u(3.0, 6.0), u(1.4, 3.0), u(2.8, 5.0)
+        d["mtt_gm"], d["mtt_wm"], d["mtt_deep"] = u(3.5, 5.5), u(4.5, 7.0), u(3.5, 5.5)
         d["perfusion_variation"] = u(0.03, 0.15)
         d["variation_length_mm"] = u(15, 40)
-        d["baseline_delay_s"] = u(0, 1.2)
-        d["posterior_delay_s"] = u(0, 1.0)
-        d["baseline_dispersion_s"] = u(0.2, 1.0)
+        d["baseline_delay_s"] = u(0, 1.0)
+        d["posterior_delay_s"] = u(0, 0.8)
+        d["baseline_dispersion_s"] = u(0.2, 0.8)
         d["dispersion_shape"] = u(1.5, 5)
         d["residue"] = str(rng.choice(RESIDUE_FAMILIES, p=[0.2, 0.3, 0.25, 0.25]))
         d["residue_shape"] = (u(), u())  # quantiles, mapped to each family's range in physiology

@@ -17,9 +17,9 @@ Residue families (shape parameters mapped from two drawn quantiles q₁, q₂):
 
 - ``exponential``: R = e^{−t/MTT} (a well-mixed compartment);
 - ``gamma``: transit times MTT·(f₀ + (1 − f₀)·G), G ~ Gamma(k, 1/k): a minimum transit f₀·MTT
-  (f₀ = 0.1–0.4) then a narrow gamma spread (k = 3–10); R = Q(k, k(t/MTT − f₀)/(1 − f₀));
-- ``lagged-normal``: T = N(μ, σ²) + Exp(τ) (Bassingthwaighte 1966), τ = a·MTT (a = 0.2–0.6),
-  μ = (1 − a)·MTT, σ = c·μ (c = 0.12–0.3); R = 1 − F_exGaussian(t);
+  (f₀ = 0.05–0.25) then a narrow gamma spread (k = 3–8); R = Q(k, k(t/MTT − f₀)/(1 − f₀));
+- ``lagged-normal``: T = N(μ, σ²) + Exp(τ) (Bassingthwaighte 1966), τ = a·MTT (a = 0.3–0.6),
+  μ = (1 − a)·MTT, σ = c·μ (c = 0.15–0.3); R = 1 − F_exGaussian(t);
 - ``two-compartment``: R = f·e^{−t/τ₁} + (1 − f)·e^{−t/τ₂}, f = 0.5–0.8, τ₁ = (0.4–0.8)·MTT,
   τ₂ = (MTT − fτ₁)/(1 − f) ≤ 3.4·MTT (a fast capillary and a slow venular pool).
 
@@ -101,9 +101,9 @@ def residue_parameters(family: str, q: tuple[float, float]) -> dict[str, float]:
     """Family parameters from the two drawn quantiles (ranges in the module docstring)."""
     q1, q2 = q
     if family == "gamma":
-        return {"k": 3.0 + 7.0 * q1, "f0": 0.1 + 0.3 * q2}
+        return {"k": 3.0 + 5.0 * q1, "f0": 0.05 + 0.2 * q2}
     if family == "lagged-normal":
-        return {"a": 0.2 + 0.4 * q1, "c": 0.12 + 0.18 * q2}
+        return {"a": 0.3 + 0.3 * q1, "c": 0.15 + 0.15 * q2}
     if family == "two-compartment":
         return {"f": 0.5 + 0.3 * q1, "r1": 0.4 + 0.4 * q2}
     return {}

@@ -112,9 +112,10 @@ def simulate_mni_study(cfg: MniConfig, noise: bool | None = None) -> MniStudy:
         frac[c][carriers] * v
         for c, v in zip(PARENCHYMA_CLASSES, (cfg.cbf_gm, cfg.cbf_wm, cfg.cbf_deep), strict=True)
     )
+    flows = (cfg.cbf_gm, cfg.cbf_wm, cfg.cbf_deep)
+    transits = (cfg.mtt_gm, cfg.mtt_wm, cfg.mtt_deep)
     cbv_healthy = sum(
-        frac[c][carriers] * v
-        for c, v in zip(PARENCHYMA_CLASSES, (cfg.cbv_gm, cfg.cbv_wm, cfg.cbv_deep), strict=True)
+        frac[c][carriers] * f * m / 60.0 for c, f, m in zip(PARENCHYMA_CLASSES, flows, transits, strict=True)
     )
     cbf_healthy = cbf_healthy * np.exp(var * np.clip(fields[0], -3, 3) - var**2 / 2)
     cbv_healthy = cbv_healthy * np.exp(var * np.clip(fields[1], -3, 3) - var**2 / 2)
@@ -136,9 +137,17 @@ def simulate_mni_study(cfg: MniConfig, noise: bool | None = None) -> MniStudy:
     dispersion = dispersion + cfg.lesion_dispersion_s * severity
     dispersion_bins = np.maximum(np.rint(dispersion / DISPERSION_BIN), 1) * DISPERSION_BIN
     family_params = residue_parameters(cfg.residue, cfg.residue_shape)
-    pairs, rows = np.unique(np.c_[mtt_bins, dispersion_bins], axis=0, return_inverse=True)
-    rows = rows.ravel()
-    table = tissue_table(aif_fine, cfg.residue, family_params, cfg.dispersion_shape, pairs[:, 0], pairs[:, 1])
+    mtt_index = np.rint(mtt_bins / MTT_BIN).astype(np.int64)
+    dispersion_index = np.rint(dispersion_bins / DISPERSION_BIN).astype(np.int64)
+    keys, rows = np.unique(mtt_index * 100_000 + dispersion_index, return_inverse=True)
+    table = tissue_table(
+        aif_fine,
+        cfg.residue,
+        family_params,
+        cfg.dispersion_shape,
+        (keys // 100_000) * MTT_BIN,
+        (keys % 100_000) * DISPERSION_BIN,
+    )
     scale = tissue_scale(cbf).astype(np.float32)
     tissue = shifted_samples(table.curves, rows, delay, times) * scale[:, None]
 
@@ -328,21 +337,23 @@ def _mr_signal(
     the apparent ΔR2* = −ln(S/S_pre)/TE of the noise-free, steady-state signal."""
     te = cfg.echo_time_s
     n_vox, n_t = tissue_fraction.shape[0], times.shape[0]
-    clean = np.zeros((n_vox, n_t), dtype=np.float32)
-    nss = np.zeros((n_vox, n_t), dtype=np.float32)
+    relaxing = cfg.non_steady_state
+
+    def t1_factors(labels: tuple[int, ...]) -> np.ndarray:
+        return np.stack([steady_state_factors(cfg, label, n_t) for label in labels]).astype(np.float32)
+
     # static compartments: CSF, bone, air, and the traces of tissue in voxels without a tissue curve
     no_curve = np.ones(n_vox, dtype=bool)
     no_curve[carriers] = False
-    for label in (CSF, BONE, AIR, *PARENCHYMA_CLASSES):
-        weight = (frac[label] * values[label]).astype(np.float32)
-        if label in PARENCHYMA_CLASSES:
-            weight = np.where(no_curve, weight, 0.0).astype(np.float32)
-        clean += weight[:, None]
-        nss += weight[:, None] * steady_state_factors(cfg, label, n_t).astype(np.float32)[None, :]
+    static = (CSF, BONE, AIR, *PARENCHYMA_CLASSES)
+    weights = np.stack(
+        [frac[c] * values[c] * (no_curve if c in PARENCHYMA_CLASSES else 1.0) for c in static], axis=1
+    ).astype(np.float32)
+    clean = np.repeat(weights.sum(axis=1)[:, None], n_t, axis=1)
+    nss = weights @ t1_factors(static) if relaxing else None
     # tissue: ΔR2* per unit tissue, with leakage (Boxerman 2006)
-    tf = tissue_fraction[carriers]
-    s0_tissue = sum(frac[label][carriers] * values[label] for label in PARENCHYMA_CLASSES)
-    dr2 = tissue / np.maximum(tf, 1e-6)[:, None]
+    tissue_weights = np.stack([frac[c][carriers] * values[c] for c in PARENCHYMA_CLASSES], axis=1)
+    dr2 = tissue / np.maximum(tissue_fraction[carriers], 1e-6)[:, None].astype(np.float32)
     leaky = np.flatnonzero(k2[carriers] != 0)
     if leaky.size:
         steps = np.diff(times, prepend=times[0])
@@ -350,28 +361,24 @@ def _mr_signal(
             0.5 * (dr2[leaky] + np.c_[dr2[leaky, :1], dr2[leaky, :-1]]) * steps[None, :], axis=1
         )
         dr2[leaky] -= k2[carriers][leaky, None] * running
-    decay = np.exp(-te * dr2)
-    clean[carriers] += (s0_tissue[:, None] * decay).astype(np.float32)
-    t1_tissue = sum(
-        frac[label][carriers][:, None] * values[label] * steady_state_factors(cfg, label, n_t)[None, :]
-        for label in PARENCHYMA_CLASSES
-    )
-    nss[carriers] += (t1_tissue * decay).astype(np.float32)
+    decay = np.exp(np.float32(-te) * dr2)
+    clean[carriers] += tissue_weights.sum(axis=1)[:, None].astype(np.float32) * decay
+    if nss is not None:
+        nss[carriers] += (tissue_weights.astype(np.float32) @ t1_factors(PARENCHYMA_CLASSES)) * decay
     # blood compartments and the scalp
     for (fraction, curve), label in zip(
         zip(vessel_fractions, vessel_curves, strict=True), (ARTERY, ARTERY, VEIN, SOFT_TISSUE), strict=True
     ):
         idx = np.flatnonzero(fraction > 0)
-        signal_c = (fraction[idx] * values[label])[:, None] * np.exp(-te * curve)[None, :]
-        clean[idx] += signal_c.astype(np.float32)
-        nss[idx] += (signal_c * steady_state_factors(cfg, label, n_t)[None, :]).astype(np.float32)
-    pre = np.zeros(n_vox, dtype=np.float32)
-    for label in CLASSES:
-        if label in values:
-            pre += (frac[label] * values[label]).astype(np.float32)
+        blood = (fraction[idx] * values[label])[:, None] * np.exp(-te * curve)[None, :]
+        signal_c = blood.astype(np.float32)
+        clean[idx] += signal_c
+        if nss is not None:
+            nss[idx] += signal_c * t1_factors((label,))
+    pre = sum(frac[c] * values[c] for c in CLASSES if c in values).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        apparent = np.where(
-            pre[:, None] > 0, -np.log(np.maximum(clean, 1e-12) / np.maximum(pre[:, None], 1e-12)) / te, 0.0
-        )
-    signal = nss * bias.astype(np.float32)[:, None]
-    return signal.astype(np.float32), apparent.astype(np.float32)
+        apparent = np.log(np.maximum(pre[:, None], 1e-12) / np.maximum(clean, 1e-12)) / np.float32(te)
+    apparent[pre <= 0] = 0.0
+    signal = clean if nss is None else nss
+    signal *= bias.astype(np.float32)[:, None]
+    return signal, apparent.astype(np.float32, copy=False)
