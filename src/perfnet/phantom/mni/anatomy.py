@@ -6,11 +6,12 @@ Every study voxel centre w (scanner mm) maps to a template point
 
 R the head rotation (pitch = through-plane tilt, roll, yaw), S the drawn head scale, t the in-plane
 offset, c₀ the template's brain centre and u a smooth random displacement field (RMS
-``warp_amplitude_mm``, correlation ``warp_length_mm``; sampled at the linearly mapped point). Partial
-volume: each voxel is the mean of sub-samples spread over its footprint (pixel × pixel × slice
-thickness, ≈ 1.2 mm apart, at most 3 × 3 × 8), each classified from the template's probabilities,
-the distance outside the intracranial space (extra-axial CSF, skull, scalp, air) and vessel rasters.
-The result carries tissue fractions per voxel besides the style-A ``Anatomy`` output type.
+``warp_amplitude_mm``, correlation ``warp_length_mm``; sampled at the linearly mapped point); the
+slab centre (world z = 0) lies ``slab_center_mm`` above c₀. Partial volume: the template's class
+fractions (from its probabilities, the distance outside the intracranial space for extra-axial CSF,
+skull, scalp and air, and vessel rasters) are averaged over each voxel's footprint and sampled at
+its centre (see :func:`build_mni_anatomy`). The result carries the tissue fractions per voxel
+besides the style-A ``Anatomy`` output type.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def head_rotation(cfg: MniConfig) -> np.ndarray:
 class _Pose:
     """World (scanner mm) → linearly mapped template point, and the warp on top of it."""
 
-    def __init__(self, cfg: MniConfig, rotation: np.ndarray, slab_shift: float) -> None:
+    def __init__(self, cfg: MniConfig, rotation: np.ndarray, slab_height: float) -> None:
+        """``slab_height``: head mm from the brain centre c₀ up to the slab centre (world z = 0),
+        so c₀ lies at world (offset x, offset y, −slab_height)."""
         self.rotation = rotation
         self.inverse_scale = 1.0 / np.asarray(cfg.head_scale, dtype=np.float64)
-        self.offset = np.array([cfg.head_offset_mm[0], cfg.head_offset_mm[1], -slab_shift])
+        self.offset = np.array([cfg.head_offset_mm[0], cfg.head_offset_mm[1], -slab_height])
         # q_lin = c0 + S⁻¹ Rᵀ (w − t): one 3×4 matrix
         linear = np.diag(self.inverse_scale) @ rotation.T
         self.matrix = np.c_[linear, BRAIN_CENTRE_MNI - linear @ self.offset]
@@ -198,16 +201,16 @@ def study_grid(cfg: MniConfig) -> tuple[np.ndarray, tuple[int, int, int]]:
     return affine, (nx, ny, nz)
 
 
-def _slab_shift(cfg: MniConfig, rotation: np.ndarray) -> float:
-    """World z of the template's brain centre, moved up where the slab would leave the template."""
-    shift = -cfg.slab_center_mm
+def _slab_height(cfg: MniConfig, rotation: np.ndarray) -> float:
+    """Height of the slab centre above the brain centre (head mm): ``slab_center_mm``, raised
+    where the slab would reach below the template's lowest plane."""
+    height = cfg.slab_center_mm
     half = (cfg.slices * cfg.slice_spacing_mm) / 2.0
     corners = np.array([[x, y, -half] for x in (-70.0, 70.0) for y in (-95.0, 80.0)]).T
-    pose = _Pose(cfg, rotation, shift)
-    lowest = float(pose.linear(corners)[2].min())
-    if lowest < LOWEST_TEMPLATE_Z:  # move the head down (the slab up) by what is missing
-        shift -= (LOWEST_TEMPLATE_Z - lowest) * float(np.mean(cfg.head_scale))
-    return shift
+    lowest = float(_Pose(cfg, rotation, height).linear(corners)[2].min())
+    if lowest < LOWEST_TEMPLATE_Z:
+        height += (LOWEST_TEMPLATE_Z - lowest) * float(np.mean(cfg.head_scale))
+    return height
 
 
 def _template_fractions(
@@ -272,8 +275,8 @@ def build_mni_anatomy(cfg: MniConfig) -> MniAnatomy:
     template = load_template(2 if min(cfg.pixel_mm, cfg.slice_thickness_mm) >= COARSE_GRID_MM else 1)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.anatomy_seed, 0xA7A]))
     rotation = head_rotation(cfg)
-    shift = _slab_shift(cfg, rotation)
-    pose = _Pose(cfg, rotation, shift)
+    height = _slab_height(cfg, rotation)
+    pose = _Pose(cfg, rotation, height)
     warp = _Warp(cfg, rng)
     affine, shape = study_grid(cfg)
     nx, ny, nz = shape
@@ -334,7 +337,7 @@ def build_mni_anatomy(cfg: MniConfig) -> MniAnatomy:
         "head_centre_world_mm": [round(float(v), 3) for v in pose.offset],  # where c₀ lies
         "template_point_of_world_origin_mm": [round(float(v), 3) for v in pose.matrix[:, 3]],
         "world_to_template_linear": np.round(pose.matrix[:, :3], 6).tolist(),
-        "slab_moved_up_mm": round(-shift - cfg.slab_center_mm, 3),
+        "slab_moved_up_mm": round(height - cfg.slab_center_mm, 3),
         "footprint_template_voxels": sizes.tolist(),
         "template": template.source,
     }

@@ -29,7 +29,7 @@ OCCLUSION_LEVELS = ("proximal", "distal")
 TIMINGS = ("uniform", "two-phase", "jittered")
 #: Time from the bolus arrival to the first-pass peak of the unstretched population AIF (3.5 σ₁).
 AIF_PEAK_AFTER_ARRIVAL_S = 3.5 * 0.0563 * 60.0
-LESION_DELAY_RANGES = {"oligaemia": (2.0, 4.5), "severe": (6.0, 14.0)}
+LESION_DELAY_RANGES = {"oligaemia": (1.5, 3.5), "severe": (6.0, 14.0)}
 LESION_CBF_RANGES = {"oligaemia": (0.75, 0.95), "severe": (0.35, 0.75)}
 LESION_MTT_RANGES = {"oligaemia": (1.1, 1.4), "severe": (1.2, 2.5)}
 
@@ -109,13 +109,13 @@ class MniConfig:
     branch_radius_mm: float = 35.0  # 20–45 mm, distal occlusions
     collateral_fraction: float = 0.4  # 0.2–0.8: collateral reach / territory depth (larger: better)
     lesion_quantiles: tuple[float, float, float] = (0.5, 0.5, 0.5)  # delay, CBF, MTT in the kind's range
-    lesion_delay_s: float | None = None  # oligaemia 2–4.5 s, penumbra/core 6–14 s at the deepest point
+    lesion_delay_s: float | None = None  # oligaemia 1.5–3.5 s, penumbra/core 6–14 s at the deepest point
     delay_exponent: float = 0.6  # 0.3–1.0: delay = lesion_delay · severity^exponent
     penumbra_cbf: float | None = None  # relative CBF of severe penumbra 0.35–0.75 (oligaemia 0.75–0.95)
     core_cbf: float = 0.1  # 0.03–0.2 relative CBF in the core
     core_onset: float = 0.85  # 0.7–0.97 severity where the core begins
     lesion_mtt_factor: float | None = None  # 1.2–2.5 (oligaemia 1.1–1.4) at the deepest point
-    lesion_dispersion_s: float = 1.5  # 0.5–3 s added to the dispersion kernel's mean
+    lesion_dispersion_s: float = 1.5  # 0.5–3 s added to the dispersion kernel's mean (oligaemia: × 0.3)
     leakage_k2_per_s: float = 0.0  # MR: 0 (p 0.5) or ±0.002–0.02 1/s in the core (Boxerman 2006)
 
     # --- acquisition --------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class MniConfig:
 
     @property
     def lesion_delay(self) -> float:
-        """Delay (s) at the deepest point of the lesion: oligaemia 2–4.5, penumbra/core 6–14."""
+        """Delay (s) at the deepest point of the lesion: oligaemia 1.5–3.5, penumbra/core 6–14."""
         return self._by_kind(self.lesion_delay_s, LESION_DELAY_RANGES, self.lesion_quantiles[0])
 
     @property
@@ -177,6 +177,12 @@ class MniConfig:
     def lesion_mtt(self) -> float:
         """MTT factor at the deepest point: oligaemia 1.1–1.4, else 1.2–2.5."""
         return self._by_kind(self.lesion_mtt_factor, LESION_MTT_RANGES, self.lesion_quantiles[2])
+
+    @property
+    def lesion_dispersion(self) -> float:
+        """Dispersion (s) added at the deepest point: ``lesion_dispersion_s``, × 0.3 in oligaemia
+        (benign: collateral flow arrives late but little dispersed)."""
+        return self.lesion_dispersion_s * (0.3 if self.lesion == "oligaemia" else 1.0)
 
     @property
     def pixel_mm(self) -> float:
@@ -229,6 +235,7 @@ class MniConfig:
             "penumbra_cbf_factor": self.lesion_penumbra_cbf,
             "core_cbf_factor": self.core_cbf,
             "mtt_factor": self.lesion_mtt,
+            "added_dispersion_s": self.lesion_dispersion,
         }
         return out
 

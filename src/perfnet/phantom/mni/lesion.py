@@ -13,9 +13,9 @@ smoothed over 2 mm and scaled to 1 at the region's deepest point in the slab. At
     MTT × (1 + (m − 1)·s),   delay + D·s^γ,   dispersion kernel mean + B·s,
 
 p = ``lesion_penumbra_cbf`` (≥ 0.35, so a penumbra-only lesion has no core), m the MTT factor, D the
-lesion delay, γ = ``delay_exponent``, B = ``lesion_dispersion_s``. The core (core lesions only) is
-where the blood–brain barrier breaks down too: MR contrast leakage is weighted by its logistic
-weight.
+lesion delay, γ = ``delay_exponent``, B = ``lesion_dispersion`` (× 0.3 in oligaemia). The core
+(core lesions only) is where the blood–brain barrier breaks down too: MR contrast leakage is
+weighted by its logistic weight.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def simulate_mni_study(cfg: MniConfig, noise: bool | None = None) -> MniStudy:
         + (cfg.lesion_delay if cfg.lesion != "none" else 0.0) * severity**cfg.delay_exponent
     )
     dispersion = cfg.baseline_dispersion_s * np.clip(0.8 + 0.2 * fields[3], 0.4, 1.4)
-    dispersion = dispersion + cfg.lesion_dispersion_s * severity
+    dispersion = dispersion + cfg.lesion_dispersion * severity
     dispersion_bins = np.maximum(np.rint(dispersion / DISPERSION_BIN), 1) * DISPERSION_BIN
     family_params = residue_parameters(cfg.residue, cfg.residue_shape)
     mtt_index = np.rint(mtt_bins / MTT_BIN).astype(np.int64)
