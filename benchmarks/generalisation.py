@@ -161,8 +161,9 @@ def run_study(
             }
         )
         r = rows[-1]
+        moving = "moving" if cfg.motion else ""
         print(
-            f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {method:6s}"
+            f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {moving:6s} {method:6s}"
             f" MAEC {r['tmax_maec']:5.2f} s  hypo {_fmt(r['hypoperfused_dice'])}  core {_fmt(r['core_dice'])}"
             f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
             f"  ({r['seconds']:.0f} s)",
