@@ -422,6 +422,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         progress=lambda it: _progress(it, total=args.cases, desc="simulating", unit="study"),
         on_study=report,
         overwrite=args.overwrite,
+        style=args.style,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
@@ -647,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", type=str.upper, choices=["CT", "MR"], default="CT")
     p.add_argument("--cases", type=_positive_int, default=1)
     p.add_argument("--seed", type=int, default=0, help="case i uses seed + i")
+    p.add_argument(
+        "--style",
+        choices=["geometric", "mni"],
+        default="geometric",
+        help="phantom style: geometric head (A) or the MNI152 template (B, an independent simulator)",
+    )
     g = p.add_argument_group("overrides of the randomised parameters")
     g.add_argument("--size", type=_positive_int, help="in-plane matrix (64–512)")
     g.add_argument("--slices", type=_positive_int, help="number of slices (4–32)")

@@ -22,8 +22,8 @@ import numpy as np
 from perfnet import __version__
 from perfnet.io import atomic_output_dir, save_map, save_series_nifti
 from perfnet.io.outputs import to_jsonable
-from perfnet.phantom.config import PhantomConfig
-from perfnet.phantom.study import PhantomStudy, simulate_study
+from perfnet.phantom.study import PhantomStudy
+from perfnet.phantom.styles import DEFAULT_STYLE, check_style, draw_config, simulate, style_of
 
 SUFFIX = {"CT": "ctp", "MR": "dsc"}
 
@@ -76,7 +76,7 @@ def write_study(study: PhantomStudy, folder: Path, name: str) -> Path:
     (truth_dir / "motion.json").write_text(
         _json({"columns": ["tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg"], "frames": truth.motion})
     )
-    (truth_dir / "parameters.json").write_text(_json(truth.parameters))
+    (truth_dir / "parameters.json").write_text(_json({"style": style_of(cfg)} | truth.parameters))
     return series_path
 
 
@@ -97,6 +97,7 @@ def participant_row(name: str, study: PhantomStudy) -> dict[str, Any]:
         "penumbra_ml": round(vol["penumbra"], 2),
         "noise_sd": round(cfg.effective_noise_sd, 3),
         "motion": cfg.motion,
+        "style": style_of(cfg),
     }
 
 
@@ -109,17 +110,18 @@ def write_cohort(
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
     on_study: Callable[[str, PhantomStudy, Path], None] | None = None,
     overwrite: bool = False,
+    style: str = DEFAULT_STYLE,
 ) -> list[dict[str, Any]]:
-    """Simulate ``cases`` studies (seeds seed … seed+cases−1) into the cohort folder ``out``.
+    """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
+    or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
     """
     out = Path(out)
     overrides = overrides or {}
-    configs = [
-        PhantomConfig.draw(seed + i, modality, **overrides) for i in range(cases)
-    ]  # validate all first
+    check_style(style)  # then validate every study's parameters before simulating any
+    configs = [draw_config(style, seed + i, modality, **overrides) for i in range(cases)]
     rows: list[dict[str, Any]] = []
     indices: Iterable[int] = range(cases)
     if progress is not None:
@@ -127,7 +129,7 @@ def write_cohort(
     with atomic_output_dir(out, overwrite=overwrite, command="simulate") as staging:
         for i in indices:
             name = study_name(i + 1)
-            study = simulate_study(configs[i])
+            study = simulate(configs[i])
             series_path = write_study(study, staging / name / "ses-01", name)
             rows.append(participant_row(name, study))
             if on_study is not None:
@@ -144,6 +146,7 @@ def write_cohort(
                     "GeneratedBy": [{"Name": "perfnet", "Version": __version__}],
                     "Modality": modality.upper(),
                     "Seed": seed,
+                    "PhantomStyle": style,
                     "Cases": cases,
                     "Overrides": overrides,
                 }

@@ -1,0 +1,305 @@
+"""Generalisation across phantom styles: the CNN (trained on style A only) against oSVD and box-NLR
+on studies of style A (``geometric``) and of the independent style B (``mni``).
+
+For every style and modality, N studies are simulated (128×128×8 unless ``--size``/``--slices``
+say otherwise; seeds 70000+, disjoint from the tests (< 10000) and from the bundled cohorts
+(10000–11119 CT, 20000–21089 MR, tools/train_weights.py); lesions stratified: study i is
+lesion-free when i % 6 == 3, penumbra-only when i % 3 == 1, core with penumbra otherwise; all
+other parameters drawn as the style draws them, motion included) and analysed as ``perfnet
+analyze`` does (motion correction, the method, lesions with the default ``rapid`` preset and
+contralateral reference, the outputs written and read back by ``evaluate_study``; the motion
+correction, the same call for every method, runs once per study and is shared). Per study
+and per method it prints Tmax MAEC (s, clipped to [0, 20]), hypoperfused Dice, core Dice (studies
+with a true core), rCBF Pearson r (CBF / the median CBF of the contralateral non-hypoperfused
+brain, over the truth brain) and the core volume found; per style the means, the false core
+(mL found on lesion-free and penumbra-only studies, mean and max); then the cross-style gap of
+each method (style B − style A).
+
+    python benchmarks/generalisation.py [--studies 6] [--modality ct,mr] [--styles geometric,mni]
+        [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--size 128] [--slices 8] [--json OUT]
+
+``--weights`` (repeatable, one file per modality; the modality is read from the file) scores
+candidate CNN weights instead of the bundled ones: e.g. a model trained on style B, tested on
+style A ("trained on B, tested on A").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED_BASE = 70000
+STYLE_SEED_OFFSET = {"geometric": 0, "mni": 1000}
+MODALITY_SEED_OFFSET = {"CT": 0, "MR": 100}
+METHODS = ("cnn", "osvd", "boxnlr")
+
+
+def lesion_of(index: int) -> str:
+    """Stratified lesion kinds: every 6 studies hold 1 lesion-free, 2 penumbra-only, 3 with a core."""
+    if index % 6 == 3:
+        return "none"
+    if index % 3 == 1:
+        return "penumbra"
+    return "core"
+
+
+def study_seed(style: str, modality: str, index: int) -> int:
+    return SEED_BASE + STYLE_SEED_OFFSET[style] + MODALITY_SEED_OFFSET[modality] + index
+
+
+def relative_cbf_r(pred_cbf: np.ndarray, reference_cbf: float, truth: Any, affine: np.ndarray) -> float:
+    """Pearson r of CBF / contralateral healthy median, predicted vs true, over the truth brain."""
+    from perfnet.lesions import hemisphere_sides
+
+    brain, hypo = truth.masks["brain"], truth.masks["hypoperfused"]
+    true_cbf = truth.maps["cbf"]
+    sides = hemisphere_sides(brain, affine)
+    affected = None
+    if hypo.any():
+        counts = {s: int((hypo & (sides == s)).sum()) for s in (1, -1)}
+        affected = max(counts, key=counts.get)
+    pool = brain & ~hypo & ((sides == -affected) if affected is not None else True)
+    if pool.sum() < 10:
+        pool = brain & ~hypo
+    true_ref = float(np.median(true_cbf[pool]))
+    x = np.nan_to_num(pred_cbf[brain].astype(np.float64)) / max(reference_cbf, 1e-6)
+    y = true_cbf[brain].astype(np.float64) / max(true_ref, 1e-6)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def motion_corrected(series: Any) -> tuple[Any, dict[str, Any]]:
+    """The rigid motion correction every method starts with (the same call as ``analyze``'s and
+    ``analyze_cnn``'s), done once per study and shared by the methods."""
+    from perfnet.conventional.pipeline import motion_provenance
+    from perfnet.preprocess.motion import motion_correct
+
+    moved = motion_correct(series.data, series.affine, reference=0)
+    return series.with_data(moved.data), motion_provenance(moved)
+
+
+def analyse(method: str, series: Any, weights: str | None, out: Path) -> dict[str, Any]:
+    """``perfnet analyze`` (cmd_analyze's path, no report) on a motion-corrected series: maps,
+    lesions, the outputs written to ``out``."""
+    from perfnet.conventional.pipeline import AnalysisOptions, analyze
+    from perfnet.inference import analyze_cnn
+    from perfnet.io.outputs import write_output_set
+    from perfnet.lesions import PRESETS, segment_map_set
+
+    started = time.perf_counter()
+    json_files: dict[str, Any] = {}
+    if method == "cnn":
+        maps, _ = analyze_cnn(series, weights, motion_correction=False, device="cpu")
+    else:
+        result = analyze(series, AnalysisOptions(method=method, motion_correction=False, device="cpu"))
+        maps = result.maps
+        json_files["aif"] = result.aif.to_json(result.times)
+    lesions = segment_map_set(maps, series, replace(PRESETS["rapid"], reference="contralateral"))
+    seconds = time.perf_counter() - started
+    write_output_set(maps, out, json_files | {"lesions": lesions, "provenance": maps.provenance})
+    return {"maps": maps, "lesions": lesions, "seconds": seconds}
+
+
+def run_study(
+    style: str, modality: str, index: int, args: argparse.Namespace, work: Path
+) -> list[dict[str, Any]]:
+    from perfnet.evaluation import evaluate_study
+    from perfnet.phantom.cohort import write_study
+    from perfnet.phantom.styles import draw_config, simulate
+
+    seed = study_seed(style, modality, index)
+    cfg = draw_config(style, seed, modality, matrix=args.size, slices=args.slices, lesion=lesion_of(index))
+    study = simulate(cfg)
+    truth_dir = work / f"{style}-{modality}-{index}" / "truth-study"
+    write_study(study, truth_dir, "sub-0001")
+    truth = study.truth
+    true_core = truth.parameters["volumes_ml"]["core"]
+    started = time.perf_counter()
+    corrected, _ = motion_corrected(study.series)
+    motion_seconds = time.perf_counter() - started
+    rows = []
+    for method in args.methods:
+        out = work / f"{style}-{modality}-{index}" / method
+        weights = args.weights_by_modality.get(modality) if method == "cnn" else None
+        result = analyse(method, corrected, weights, out)
+        metrics = evaluate_study(out, truth_dir / "truth")
+        found_core = float(result["lesions"]["volumes_ml"]["core"])
+        rows.append(
+            {
+                "style": style,
+                "modality": modality,
+                "study": index,
+                "seed": seed,
+                "lesion": cfg.lesion,
+                "motion": bool(cfg.motion),
+                "method": method,
+                "tmax_maec": float(metrics["tmax_maec"]),
+                "hypoperfused_dice": float(metrics["hypoperfused_dice"])
+                if truth.masks["hypoperfused"].any()
+                else None,
+                "core_dice": float(metrics["core_dice"]) if true_core > 0 else None,
+                "rcbf_r": relative_cbf_r(
+                    result["maps"]["cbf"],
+                    float(result["lesions"]["reference_cbf"]),
+                    truth,
+                    study.series.affine,
+                ),
+                "core_ml": found_core,
+                "true_core_ml": float(true_core),
+                "true_hypoperfused_ml": float(truth.parameters["volumes_ml"]["hypoperfused"]),
+                "false_core_ml": found_core if true_core == 0 else None,
+                "seconds": round(result["seconds"] + motion_seconds, 2),
+            }
+        )
+        r = rows[-1]
+        moving = "moving" if cfg.motion else ""
+        print(
+            f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {moving:6s} {method:6s}"
+            f" MAEC {r['tmax_maec']:5.2f} s  hypo {_fmt(r['hypoperfused_dice'])}  core {_fmt(r['core_dice'])}"
+            f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
+            f"  ({r['seconds']:.0f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return " n/a " if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, float | None]]:
+    table: dict[tuple[str, str, str], dict[str, float | None]] = {}
+    for key in sorted({(r["modality"], r["style"], r["method"]) for r in rows}):
+        sel = [r for r in rows if (r["modality"], r["style"], r["method"]) == key]
+        false = [r["false_core_ml"] for r in sel if r["false_core_ml"] is not None]
+        table[key] = {
+            "tmax_maec": _mean([r["tmax_maec"] for r in sel]),
+            "hypoperfused_dice": _mean([r["hypoperfused_dice"] for r in sel]),
+            "core_dice": _mean([r["core_dice"] for r in sel]),
+            "rcbf_r": _mean([r["rcbf_r"] for r in sel]),
+            "false_core_ml": _mean(false),
+            "false_core_max_ml": max(false) if false else None,
+            "studies": float(len(sel)),
+        }
+    return table
+
+
+METRICS = (
+    ("tmax_maec", "Tmax MAEC s"),
+    ("hypoperfused_dice", "hypo Dice"),
+    ("core_dice", "core Dice"),
+    ("rcbf_r", "rCBF r"),
+    ("false_core_ml", "false core mL"),
+    ("false_core_max_ml", "(max)"),
+)
+
+
+def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> None:
+    print("\nmeans per modality, style and method")
+    header = f"  {'modality':8s} {'style':9s} {'method':7s} " + " ".join(
+        f"{label:>13s}" for _, label in METRICS
+    )
+    print(header)
+    for (modality, style, method), values in table.items():
+        cells = " ".join(f"{_fmt(values[key], 2):>13s}" for key, _ in METRICS)
+        print(f"  {modality:8s} {style:9s} {method:7s} {cells}")
+    print("\ncross-style gap (style mni − style geometric; the bundled CNN was trained on geometric only)")
+    print(f"  {'modality':8s} {'method':7s} " + " ".join(f"{label:>13s}" for _, label in METRICS[:5]))
+    for modality in sorted({k[0] for k in table}):
+        for method in sorted({k[2] for k in table if k[0] == modality}):
+            a, b = table.get((modality, "geometric", method)), table.get((modality, "mni", method))
+            if a is None or b is None:
+                continue
+            cells = []
+            for key, _ in METRICS[:5]:
+                va, vb = a[key], b[key]
+                cells.append(f"{_fmt(None if va is None or vb is None else vb - va, 2):>13s}")
+            print(f"  {modality:8s} {method:7s} " + " ".join(cells))
+
+
+def print_worse_than_osvd(rows: list[dict[str, Any]]) -> None:
+    """Studies where the CNN's hypoperfused Dice is more than 0.05 below oSVD's (the issue's bar)."""
+    by_study: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_study.setdefault((r["modality"], r["style"], r["study"]), {})[r["method"]] = r
+    print("\nCNN hypoperfused Dice more than 0.05 below oSVD's")
+    for modality, style in sorted({k[:2] for k in by_study}):
+        studies = [v for k, v in by_study.items() if k[:2] == (modality, style) and {"cnn", "osvd"} <= set(v)]
+        scored = [v for v in studies if v["cnn"]["hypoperfused_dice"] is not None]
+        worse = [
+            v["cnn"]["study"]
+            for v in scored
+            if v["cnn"]["hypoperfused_dice"] < v["osvd"]["hypoperfused_dice"] - 0.05
+        ]
+        print(f"  {modality} {style:9s}: {len(worse)} of {len(scored)} studies {worse if worse else ''}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from perfnet.errors import PerfnetInputError
+    from perfnet.inference.weights import bundled_weights, load_weights
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--studies", type=int, default=6, help="studies per style and modality")
+    parser.add_argument("--modality", default="ct,mr", help="ct, mr or ct,mr")
+    parser.add_argument("--styles", default="geometric,mni")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--weights", action="append", default=[], help="candidate CNN weights (per modality)")
+    parser.add_argument("--size", type=int, default=128, help="in-plane matrix")
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="write every row and the means here")
+    args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    args.weights_by_modality = {}
+    for path in args.weights:
+        _, config = load_weights(path)
+        args.weights_by_modality[str(config.get("modality", "CT")).upper()] = path
+    if "cnn" in args.methods:
+        for modality in modalities:
+            if modality not in args.weights_by_modality:
+                try:
+                    bundled_weights(modality)
+                except PerfnetInputError as exc:
+                    print(f"generalisation: no CNN for {modality} ({exc})")
+                    args.methods = [m for m in args.methods if m != "cnn"]
+    print(
+        f"generalisation: {args.studies} studies per style {styles} and modality {modalities},"
+        f" {args.size}²×{args.slices}, methods {args.methods}, seeds {SEED_BASE}+",
+        flush=True,
+    )
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="perfnet-generalisation-") as tmp:
+        for modality in modalities:
+            for style in styles:
+                for index in range(args.studies):
+                    rows += run_study(style, modality, index, args, Path(tmp))
+    table = summarise(rows)
+    print_tables(table)
+    print_worse_than_osvd(rows)
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        means = [{"modality": k[0], "style": k[1], "method": k[2], **v} for k, v in table.items()]
+        args.json.write_text(json.dumps({"rows": rows, "means": means}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Phantom styles: independent simulators with one output type (``PhantomStudy``) and one truth.
+
+- ``geometric`` (style A, the default): analytic head geometry (``perfnet.phantom.anatomy``),
+  gamma-variate AIF, exponential dispersion, white CT noise (``perfnet.phantom.study``);
+- ``mni`` (style B): the MNI152 template posed and deformed, vascular territories, population AIF,
+  other residue families and gamma dispersion, CT noise with an FBP noise power spectrum, MR
+  leakage and non-steady-state frames (``perfnet.phantom.mni``; needs nilearn for the template).
+
+A model trained on one style and tested on the other measures generalisation inside the project
+(``benchmarks/generalisation.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from perfnet.errors import PerfnetInputError
+
+STYLES = ("geometric", "mni")
+DEFAULT_STYLE = "geometric"
+
+
+def check_style(style: str) -> str:
+    if style not in STYLES:
+        raise PerfnetInputError("--style", f"must be one of {', '.join(STYLES)}, got {style!r}")
+    return style
+
+
+def draw_config(style: str, seed: int, modality: str, **overrides: Any) -> Any:
+    """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``)."""
+    if check_style(style) == "mni":
+        from perfnet.phantom.mni import MniConfig
+
+        return MniConfig.draw(seed, modality, **overrides)
+    from perfnet.phantom.config import PhantomConfig
+
+    return PhantomConfig.draw(seed, modality, **overrides)
+
+
+def simulate(cfg: Any, noise: bool | None = None) -> Any:
+    """Simulate the study a config of either style describes."""
+    if style_of(cfg) == "mni":
+        from perfnet.phantom.mni import simulate_mni_study
+
+        return simulate_mni_study(cfg, noise=noise)
+    from perfnet.phantom.study import simulate_study
+
+    return simulate_study(cfg, noise=noise)
+
+
+def style_of(cfg: Any) -> str:
+    return str(getattr(cfg, "style", DEFAULT_STYLE))
