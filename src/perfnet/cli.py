@@ -152,21 +152,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _step_printer() -> Any:
-    """Progress of long steps on a terminal (stderr); silent when output is redirected."""
-    if not sys.stderr.isatty():
-        return None
+    """Progress of the long steps: on a terminal, each step's name and then its time (stderr);
+    redirected to a log file, one line per finished step on stdout (stderr keeps only errors)."""
     started: dict[str, float] = {}
+    terminal = sys.stderr.isatty()
 
     def report(step: str, fraction: float) -> None:
         if fraction <= 0.0:
             started[step] = time.perf_counter()
-            print(f"  {step} ...", end="", file=sys.stderr, flush=True)
+            if terminal:
+                print(f"  {step} ...", end="", file=sys.stderr, flush=True)
         elif fraction >= 1.0:
-            print(
-                f" {time.perf_counter() - started.get(step, time.perf_counter()):.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            seconds = time.perf_counter() - started.get(step, time.perf_counter())
+            if terminal:
+                print(f" {seconds:.1f} s", file=sys.stderr, flush=True)
+            else:
+                print(f"  {step}: {seconds:.1f} s", flush=True)
 
     return report
 
@@ -554,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["unet", "temporal"], default="unet")
     p.add_argument("--maps", default="cbf,cbv,mtt,tmax,ttp", help="comma-separated maps to regress")
     p.add_argument(
-        "--targets", default="truth", help="truth | reference | ssvd | csvd | osvd | tikhonov | boxnlr"
+        "--targets",
+        default="truth",
+        help="truth | reference | a conventional method: " + " | ".join(method_names("conventional")),
     )
     p.add_argument("--folds", type=_positive_int, default=3, help="cross-validation folds (by patient)")
     p.add_argument("--fold", type=int, help="train only this fold (default: all)")

@@ -25,7 +25,6 @@ from perfnet.inference.inputs import model_size, prepare_input, resize_slices
 from perfnet.io import load_map, load_series
 
 SERIES_PATTERN = re.compile(r"^(sub-[^_]+)(_ses-[^_]+)?_(ctp|dsc|perf)\.nii(\.gz)?$")
-CONVENTIONAL = ("ssvd", "csvd", "osvd", "tikhonov", "boxnlr")
 
 
 @dataclass
@@ -97,7 +96,9 @@ def load_targets(
                 raise PerfnetInputError(folder, f"no reference {m} map")
             out[m] = load_map(path)[0]
         return out, None
-    if targets in CONVENTIONAL:
+    from perfnet.registry import method_names
+
+    if targets in method_names("conventional"):
         from perfnet.conventional.pipeline import AnalysisOptions, analyze
         from perfnet.io.nifti import save_map
 
@@ -119,7 +120,8 @@ def load_targets(
                     staging / "brain_mask.nii.gz",
                 )
         return {m: result.maps[m] for m in maps}, result.maps.brain_mask
-    raise PerfnetInputError("--targets", f"unknown target source {targets!r}")
+    choices = ", ".join(("truth", "reference", *method_names("conventional")))
+    raise PerfnetInputError("--targets", f"unknown target source {targets!r} (choose from {choices})")
 
 
 @dataclass
