@@ -1,0 +1,7 @@
+"""``python -m perfnet.cli``."""
+
+import sys
+
+from perfnet.cli import main
+
+sys.exit(main())
