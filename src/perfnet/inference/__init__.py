@@ -164,21 +164,24 @@ def analyze_cnn(
     progress: Progress | None = None,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
     """`analyze --method cnn`: rigid motion correction as in the conventional pipeline (same
-    provenance and ``large_motion`` flag), then the model. Returns the maps and the series the
+    provenance, unalignable frames replaced in time, ``large_motion`` and
+    ``motion_unrecoverable`` flags), then the model. Returns the maps and the series the
     model saw."""
     from perfnet.conventional.pipeline import motion_provenance
     from perfnet.conventional.qc import motion_flags
-    from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.motion import interpolate_frames, motion_correct
 
     motion = None
     if motion_correction:
         if progress:
             progress("motion correction", 0.0)
-        moved = motion_correct(series.data, series.affine, reference=0)
+        moved = motion_correct(series.data, series.affine, reference=0, times=series.times)
         if progress:
             progress("motion correction", 1.0)
         motion = motion_provenance(moved)
-        series = series.with_data(moved.data)
+        # frames no rigid pose aligns: replaced in time, as in the conventional pipeline
+        data = interpolate_frames(moved.data, series.times, moved.excluded_frames, in_place=True)
+        series = series.with_data(data)
     maps = predict(series, weights, device=device, brain=brain, progress=progress)
     maps.provenance["motion"] = motion
     maps.provenance["qc_flags"] += motion_flags(motion)
