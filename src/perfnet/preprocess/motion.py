@@ -21,10 +21,26 @@ rz deg) with ``W = perfnet.spatial.rigid_matrix(parameters[t], centre)``, ``cent
 centre: ``voxel_map(W, affine)`` applied to the reference renders the frame, and
 ``voxel_map(W⁻¹, affine)`` applied to the frame renders the corrected frame.
 
+Checks (:func:`motion_correct`): a correction never makes a frame less similar to the reference
+than leaving it alone. Every estimated pose is judged on a smoothed grid of about
+:data:`EVALUATION_VOXEL_MM` mm by the normalised gradient correlation (NGC) with the reference over
+the head, which the contrast bolus barely moves (it changes intensities, not where the edges are):
+poses beyond physical bounds, less similar than no correction, without anatomy to register, or
+jumping alone far from their accepted neighbours are rejected and replaced by the pose
+interpolated in time from the accepted neighbours (or the identity). On thick slices the
+through-plane parts of the poses are kept only when they raise the similarity of the typical frame
+(interpolating between 5 mm slices blurs, and the bolus biases tz). Frames that no rigid pose
+aligns — through-plane motion on thick slices mixes neighbouring slices — stand out from their
+temporal neighbours (:func:`unalignable_frames`) and are listed for :func:`interpolate_frames`;
+:func:`replacement_verdict` says when too many are lost (the ``motion_unrecoverable`` flag). The
+voxels filled from outside the slab are returned as ``outside`` for the arterial search.
+
 Known limits: with thick slices (≥ 5 mm) the through-plane parameters (tz, rx, ry) are weakly
 determined. On 6 mm phantom slices, tz picks up a bias of up to ~0.6 mm when the head moves
-in-plane (the resampled frame is blurred, the reference is not) and up to ~0.3 mm from the DSC
-bolus signal drop without motion; in-plane displacements stay within ~0.2 voxel.
+in-plane (the resampled frame is blurred, the reference is not) and up to ~1 mm from the DSC
+bolus signal drop without motion (hence the similarity test of the through-plane parts); in-plane
+displacements stay within ~0.2 voxel. Through-plane motion that lasts (the head settles half a
+slice lower) is not undone and not excluded: ``large_motion`` reports it.
 
 Source: Baker & Matthews, "Lucas-Kanade 20 years on: a unifying framework", IJCV 2004 (inverse
 compositional algorithm with a linear appearance gain/bias).
@@ -92,6 +108,10 @@ MAX_GAP_FRACTION = 0.5
 #: A corrected voxel sampled more than this far (voxels) beyond the outermost voxel centres of the
 #: frame holds content from outside the imaged volume.
 OUTSIDE_TOLERANCE_VOXELS = 0.05
+#: ... and, where the through-plane part of a pose was estimated but not applied, anatomy that the
+#: estimate places more than this far beyond them (the estimates not applied are uncertain: the
+#: DSC bolus alone moves tz by up to ~1 mm on 6 mm slices).
+UNAPPLIED_TOLERANCE_VOXELS = 0.25
 
 #: Frame status values of :attr:`MotionResult.status`.
 STATUSES = ("reference", "accepted", "in_plane", "interpolated", "identity")
@@ -127,11 +147,14 @@ class MotionResult:
         mismatch: (T,) 1 − NGC of each corrected frame with the median of its kept neighbours.
         excluded_frames: (E,) int, frames that cannot be aligned (:func:`unalignable_frames`), to be
             replaced by :func:`interpolate_frames`.
-        outside: (X, Y, Z) bool, voxels that hold content from outside the imaged volume in at least
-            one corrected frame (they were sampled beyond the outermost voxel centres of the frame
-            by more than :data:`OUTSIDE_TOLERANCE_VOXELS`; slab edges moved out of the field of
-            view). An arterial/venous search should exclude them: their curves step when the head
-            moves.
+        outside: (X, Y, Z) bool, voxels whose corrected curve holds content from outside the imaged
+            volume (the slab) in at least one kept frame: the corrected voxel was sampled beyond the
+            frame's outermost voxel centres (by more than :data:`OUTSIDE_TOLERANCE_VOXELS`), or,
+            where the through-plane part of the pose was estimated but not applied (status
+            "in_plane"), that estimate places its anatomy beyond them (by more than
+            :data:`UNAPPLIED_TOLERANCE_VOXELS`). Slab edges that moved out of the field of view:
+            bone or air moves into them and their curves step. An arterial or venous search must
+            exclude them (``perfnet.conventional.aif``).
         outside_fraction: (T,) fraction of the head (reference frame above air) filled from outside.
         unrecoverable: None, or why the excluded frames cannot be replaced
             (:func:`replacement_verdict`): the ``motion_unrecoverable`` QC flag.
@@ -697,37 +720,43 @@ def outside_voxels(
     shape: tuple[int, int, int],
     head: np.ndarray | None = None,
     frames: np.ndarray | None = None,
+    tolerance: float | tuple[float, ...] = OUTSIDE_TOLERANCE_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels sampled beyond the outermost voxel centres (by more than
-    :data:`OUTSIDE_TOLERANCE_VOXELS`) in any of ``frames`` (default all), (X, Y, Z) bool, and the
-    fraction of ``head`` (bool X, Y, Z) doing so in every frame (T,). ``voxel_maps`` (T, 4, 4):
-    output voxel → input voxel of each frame's resampling. Excluded frames are left out of the
-    mask: :func:`interpolate_frames` replaces them by their kept neighbours."""
+    """Voxels sampled beyond the outermost voxel centres (by more than ``tolerance`` voxels) in any
+    of ``frames`` (default all), (X, Y, Z) bool, and the fraction of ``head`` (bool X, Y, Z) doing
+    so in every frame (T,). ``voxel_maps`` (T, 4, 4) or (T, K, 4, 4): output voxel → input voxel
+    maps of each frame (one tolerance, or one per map k); a voxel counts when any of its frame's
+    maps takes it outside. Excluded frames are left out of the mask: :func:`interpolate_frames`
+    replaces them by their kept neighbours."""
+    voxel_maps = np.asarray(voxel_maps, dtype=np.float64)
+    if voxel_maps.ndim == 3:
+        voxel_maps = voxel_maps[:, None]
     outside = np.zeros(shape, dtype=bool)
     fraction = np.zeros(len(voxel_maps))
     head_count = 0 if head is None else int(np.count_nonzero(head))
-    tol = OUTSIDE_TOLERANCE_VOXELS
+    tolerances = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), voxel_maps.shape[1:2])
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1).T
-    for t, m in enumerate(voxel_maps):
-        if np.allclose(m, np.eye(4), atol=1e-9):
-            continue
+    for t, frame_maps in enumerate(voxel_maps):
         frame = np.zeros(shape, dtype=bool)
-        for a, n in enumerate(shape):
-            # c − index_a is affine: the voxels that may leave along axis a lie within `reach` of its ends
-            shift = corners @ m[a, :3] + m[a, 3] - corners[:, a]
-            reach = min(n, int(np.ceil(np.abs(shift).max() + tol)) + 1)
-            for band in (np.arange(reach), np.arange(n - reach, n)):
-                index = [np.arange(size, dtype=np.float32) for size in shape]
-                index[a] = band.astype(np.float32)
-                i, j, k = index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]
-                c = (
-                    np.float32(m[a, 0]) * i
-                    + np.float32(m[a, 1]) * j
-                    + (np.float32(m[a, 2]) * k + np.float32(m[a, 3]))
-                )
-                hit = (c < -tol) | (c > n - 1 + tol)
-                view = np.moveaxis(frame, a, 0)
-                view[band] |= np.moveaxis(hit, a, 0)
+        for m, tol in zip(frame_maps, tolerances, strict=True):
+            if np.allclose(m, np.eye(4), atol=1e-9):
+                continue
+            for a, n in enumerate(shape):
+                # c − index_a is affine: voxels that may leave along axis a lie within `reach` of its ends
+                shift = corners @ m[a, :3] + m[a, 3] - corners[:, a]
+                reach = min(n, int(np.ceil(np.abs(shift).max() + tol)) + 1)
+                for band in (np.arange(reach), np.arange(n - reach, n)):
+                    index = [np.arange(size, dtype=np.float32) for size in shape]
+                    index[a] = band.astype(np.float32)
+                    i, j, k = index[0][:, None, None], index[1][None, :, None], index[2][None, None, :]
+                    c = (
+                        np.float32(m[a, 0]) * i
+                        + np.float32(m[a, 1]) * j
+                        + (np.float32(m[a, 2]) * k + np.float32(m[a, 3]))
+                    )
+                    hit = (c < -tol) | (c > n - 1 + tol)
+                    view = np.moveaxis(frame, a, 0)
+                    view[band] |= np.moveaxis(hit, a, 0)
         if frames is None or t in frames:
             outside |= frame
         if head_count:
@@ -973,10 +1002,24 @@ def motion_correct(
         result.unrecoverable = replacement_verdict(times, excluded, bolus_passage(curve, times))
     maps = np.stack([voxel_map(np.linalg.inv(rigid_matrix(p, centre)), affine) for p in result.parameters])
     if checks:
+        # (a) corrected voxels sampled beyond the frame's slab; (b) where a through-plane part was
+        # estimated but not applied, voxels whose anatomy (by that estimate) lay beyond the slab,
+        # e.g. bone moving into the top slice
+        residual = [
+            np.linalg.inv(rigid_matrix(applied_pose, centre)) @ rigid_matrix(estimate, centre)
+            if state == "in_plane"
+            else np.eye(4)
+            for applied_pose, estimate, state in zip(result.parameters, estimated, result.status, strict=True)
+        ]
+        both = np.stack([maps, np.stack([voxel_map(r, affine) for r in residual])], axis=1)
         ref_frame = data4d.mean(axis=3) if reference == "mean" else data4d[..., ref_index]
         kept = np.setdiff1d(np.arange(n_frames), result.excluded_frames)
         result.outside, result.outside_fraction = outside_voxels(
-            maps, data4d.shape[:3], head_mask(ref_frame), kept
+            both,
+            data4d.shape[:3],
+            head_mask(ref_frame),
+            kept,
+            (OUTSIDE_TOLERANCE_VOXELS, UNAPPLIED_TOLERANCE_VOXELS),
         )
     if apply:
         if cval is None:
