@@ -580,6 +580,8 @@ def head_mask(reference: np.ndarray) -> np.ndarray:
     in-plane so the edges of the head count."""
     lo, hi = np.percentile(reference, [1.0, 99.0])
     head = reference > lo + 0.1 * (hi - lo)
+    if not head.any():  # a flat reference: judge the whole field of view
+        return np.ones(reference.shape, dtype=bool)
     grow = np.zeros((3, 3, 3), dtype=bool)
     grow[:, :, 1] = True
     return ndimage.binary_dilation(head, grow)
@@ -656,7 +658,7 @@ def accept_poses(
         flat_frames = np.empty_like(grid.frames)
         s_flat = grid.similarity(flat, frames, centre, flat_frames)
         moving = frames != ref
-        if np.median(s_estimate[moving] - s_flat[moving]) <= THROUGH_PLANE_GAIN:
+        if moving.any() and np.median(s_estimate[moving] - s_flat[moving]) <= THROUGH_PLANE_GAIN:
             in_plane[:] = True
             candidate, s_estimate, corrected = flat, s_flat, flat_frames
         del flat_frames
