@@ -261,6 +261,13 @@ def test_replacement_verdict_and_bolus_passage() -> None:
     assert "more than a third" in replacement_verdict(times, too_many, None)
 
 
+def test_large_motion_flag_uses_the_head_motion() -> None:
+    # the through-plane part of a pose may be estimated but not applied: the head still moved
+    summary = {"max_displacement_mm": 1.0, "max_head_displacement_mm": 3.0, "motion_unrecoverable": False}
+    assert [f["code"] for f in motion_flags(summary)] == ["large_motion"]
+    assert motion_flags({"max_displacement_mm": 3.0})[0]["value"] == 3.0  # older summaries
+
+
 def test_motion_unrecoverable_flag() -> None:
     summary = {"max_displacement_mm": 1.0, "motion_unrecoverable": True, "excluded_frames": [3, 4, 5]}
     flags = motion_flags(summary)

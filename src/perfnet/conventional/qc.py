@@ -50,8 +50,12 @@ def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The ``large_motion`` and ``motion_unrecoverable`` flags of a motion summary
     (:func:`motion_provenance`), if raised."""
     flags: list[dict[str, Any]] = []
-    if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
-        flags.append(_flag("large_motion", motion["max_displacement_mm"]))
+    # how far the head moved (its estimate where accepted), also where only part of it was applied
+    moved = (
+        None if motion is None else motion.get("max_head_displacement_mm") or motion["max_displacement_mm"]
+    )
+    if moved is not None and moved > LARGE_MOTION_MM:
+        flags.append(_flag("large_motion", moved))
     if motion is not None and motion.get("motion_unrecoverable"):
         flags.append(_flag("motion_unrecoverable", len(motion.get("excluded_frames", []))))
     return flags

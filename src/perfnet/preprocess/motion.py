@@ -130,6 +130,9 @@ class MotionResult:
             rx, ry, rz (deg), in the :func:`perfnet.spatial.rigid_matrix` convention.
         displacement_mm: (T,) largest displacement of a point on a sphere of
             :data:`DISPLACEMENT_RADIUS_MM` about the centre, of the applied pose.
+        head_displacement_mm: (T,) the same of the head's estimated pose where the estimate was
+            accepted (through-plane part included, applied or not), else of the applied pose: how
+            far the head moved, for the ``large_motion`` flag.
         centre: (3,) rotation centre, the volume centre in world mm.
         reference: the reference frame index or "mean".
         seconds: wall time of the correction (registration, checks and resampling).
@@ -167,6 +170,7 @@ class MotionResult:
     reference: int | str
     seconds: float
     estimated: np.ndarray | None = None
+    head_displacement_mm: np.ndarray | None = None
     consecutive_similarity: float | None = None
     status: list[str] = field(default_factory=list)
     rejected: list[str | None] = field(default_factory=list)
@@ -190,6 +194,9 @@ class MotionResult:
             "parameters": [[round(float(v), 4) for v in row] for row in self.parameters],
             "displacement_mm": rounded(self.displacement_mm),
             "max_displacement_mm": round(float(self.displacement_mm.max()), 4),
+            "max_head_displacement_mm": round(float(self.head_displacement_mm.max()), 4)
+            if self.head_displacement_mm is not None
+            else None,
             "seconds": round(self.seconds, 3),
         }
         if self.status:
@@ -998,6 +1005,10 @@ def motion_correct(
         result.parameters = applied
         result.displacement_mm = sphere_displacement(applied)
         result.status, result.rejected = status, rejected
+        trusted = np.isin(status, ("reference", "accepted", "in_plane"))
+        result.head_displacement_mm = np.where(
+            trusted, sphere_displacement(estimated), result.displacement_mm
+        )
         result.consecutive_similarity = consistency
         result.similarity_uncorrected, result.similarity = s_identity, s_applied
         result.mismatch, result.excluded_frames = mismatch, excluded
