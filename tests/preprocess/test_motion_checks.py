@@ -8,6 +8,7 @@ import functools
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from perfnet.conventional.qc import motion_flags
 from perfnet.phantom import PhantomConfig, simulate_study
@@ -19,7 +20,9 @@ from perfnet.preprocess.motion import (
     OUTSIDE_TOLERANCE_VOXELS,
     STATUSES,
     bolus_passage,
+    equalise_blur,
     interpolate_frames,
+    interpolation_variance,
     motion_correct,
     outside_voxels,
     replacement_verdict,
@@ -178,12 +181,18 @@ def test_through_plane_jerks_on_thick_slices_are_excluded_and_replaced(modality:
     )
     kept = [t for t in range(series.n_frames) if t not in excluded]
     np.testing.assert_array_equal(replaced[..., kept], result.data[..., kept])
-    # the replaced frames are closer to the motion-free truth than the unalignable frames were
+    # the unalignable frames were far from the motion-free truth; their replacements are closer
+    # (frames 14–15 sit at the bolus peak, which a 3 s gap flattens), and frame 30, after the
+    # first pass, is as close as the aligned frames are
     brain = study.truth.masks["brain"]
+
+    def error(frames: np.ndarray, t: int) -> float:
+        return float(np.abs(frames[..., t] - series.data[..., t])[brain].mean())
+
+    aligned = np.median([error(result.data, t) for t in kept])
     for t in excluded:
-        before = np.abs(result.data[..., t] - series.data[..., t])[brain].mean()
-        after = np.abs(replaced[..., t] - series.data[..., t])[brain].mean()
-        assert after < 0.5 * before, (t, before, after)
+        assert error(result.data, t) > 2.0 * aligned and error(replaced, t) < 0.6 * error(result.data, t), t
+    assert error(replaced, 30) < 1.5 * aligned
 
 
 def test_outside_marks_the_slab_edge_that_moved_out() -> None:
@@ -226,6 +235,30 @@ def test_outside_voxels_matches_a_direct_evaluation() -> None:
         assert fraction[t] == pytest.approx((hit & head).sum() / head.sum())
     np.testing.assert_array_equal(outside, expected)
     assert fraction[2] == 0.0
+
+
+def test_every_corrected_frame_carries_the_same_interpolation_blur() -> None:
+    rng = np.random.default_rng(1)
+    shape = (24, 20, 5)
+    frames = rng.normal(size=(*shape, 3)).astype(np.float32)
+    shift = np.eye(4)
+    shift[0, 3] = 0.5  # frame 1 resampled half a voxel along i: blur variance ¼ along i
+    whole = np.eye(4)
+    whole[1, 3] = 2.0  # frame 2 moved by whole voxels along j: no blur
+    maps = np.stack([np.eye(4), shift, whole])
+    assert interpolation_variance(shift, shape, 0) == pytest.approx(0.25)
+    assert interpolation_variance(whole, shape, 1) == pytest.approx(0.0)
+    out = frames.copy()
+    equalise_blur(out, maps, np.array([1.0, 1.0, 6.0]))
+    kernel = np.array([0.125, 0.75, 0.125])
+    expected = ndimage.correlate1d(frames[..., 0], kernel, axis=0, mode="nearest")
+    np.testing.assert_allclose(out[..., 0], expected, atol=1e-5)  # i only: no frame blurred along j
+    np.testing.assert_array_equal(out[..., 1], frames[..., 1])  # already the blurriest
+    np.testing.assert_allclose(out[..., 2], ndimage.correlate1d(frames[..., 2], kernel, axis=0), atol=1e-5)
+    # through 6 mm slices nothing is added, and a series left as acquired is left alone
+    still = frames.copy()
+    equalise_blur(still, np.stack([np.eye(4)] * 3), np.array([1.0, 1.0, 6.0]))
+    np.testing.assert_array_equal(still, frames)
 
 
 def test_interpolate_frames() -> None:

@@ -13,7 +13,9 @@ voxels may hold values filled in from outside the field of view by an earlier re
 are processed in chunks outward from the reference, each chunk starting from the last pose of the
 chunk before it (heads move continuously). The transforms are applied once, at full resolution,
 by the batched trilinear resampler :func:`perfnet.spatial.resample_frames`, with edge slices
-replicated so that a slight through-plane shift does not pull air into them.
+replicated so that a slight through-plane shift does not pull air into them; then every frame is
+blurred in-plane to the interpolation blur of the most blurred one (:func:`equalise_blur`), so
+that voxels at strong edges do not step between the sharp reference and the resampled frames.
 
 Convention: everything is in the series' world (NIfTI RAS) millimetres. A frame's pose is the
 world transform W with ``frame(W x) = reference(x)``; ``parameters[t]`` = (tx, ty, tz mm, rx, ry,
@@ -907,6 +909,48 @@ def replacement_verdict(
     return None
 
 
+def interpolation_variance(voxel_map_: np.ndarray, shape: tuple[int, int, int], axis: int) -> float:
+    """Mean variance f(1 − f) (voxel²) that trilinear resampling with ``voxel_map_`` adds along
+    ``axis`` (f: the fractional part of the sampled coordinate), over up to 9³ voxels of the volume."""
+    axes = [np.unique(np.linspace(0, n - 1, min(n, 9)).round()) for n in shape]  # voxel centres
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    c = points @ voxel_map_[axis, :3] + voxel_map_[axis, 3]
+    f = c - np.floor(c)
+    return float(np.mean(f * (1.0 - f)))
+
+
+def equalise_blur(data: np.ndarray, voxel_maps: np.ndarray, voxel_size: np.ndarray) -> None:
+    """In place: blur every frame (X, Y, Z, T) along its in-plane axes (and through thin slices) by
+    the 3-tap kernel [e/2, 1 − e, e/2] of variance e = the largest variance any frame's resampling
+    added along that axis − the variance its own resampling added (:func:`interpolation_variance`),
+    so that all frames carry the same blur.
+
+    Trilinear resampling blurs a frame by f(1 − f) voxel² per axis: nothing for the reference and
+    the frames left as acquired, up to ¼ at half-voxel offsets. Left unequal, a voxel at a strong
+    edge (skull between CSF and scalp in DSC-MRI) steps between the sharp reference, which
+    dominates the baseline, and the blurred frames after it: a spurious early "enhancement" that
+    an arterial search picks (on moving thick-slice MR phantoms the automatic AIF then sat on skull
+    voxels; with equal blur, hypoperfused Dice 0.42 → 0.65). Through thick slices (> 2 × the
+    in-plane voxel) nothing is added: mixing a quarter of each neighbouring slice costs more.
+    """
+    shape = data.shape[:3]
+    thin = [n >= 3 and v <= 2.0 * min(voxel_size[:2]) for n, v in zip(shape, voxel_size, strict=True)]
+    axes = [int(a) for a in np.flatnonzero(thin)]
+    variance = np.array([[interpolation_variance(m, shape, a) for a in axes] for m in voxel_maps])
+    if variance.size == 0:
+        return
+    extra = variance.max(axis=0) - variance  # (T, axes)
+    for t in range(len(voxel_maps)):
+        if not (extra[t] > 1e-3).any():
+            continue
+        frame = np.ascontiguousarray(data[..., t])
+        for axis, e in zip(axes, extra[t], strict=True):
+            if e > 1e-3:
+                w = e / 2.0
+                frame = ndimage.correlate1d(frame, [w, 1.0 - 2.0 * w, w], axis=axis, mode="nearest")
+        data[..., t] = frame
+
+
 def motion_correct(
     data4d: np.ndarray,
     affine: np.ndarray,
@@ -940,7 +984,8 @@ def motion_correct(
     move continuously, and leaving one frame uncorrected among corrected ones puts a step into
     every edge voxel's curve), unless that too is less similar than no correction: then the
     identity. Frames that no rigid pose aligns (:func:`unalignable_frames`) are listed in
-    ``excluded_frames``; the voxels filled from outside the imaged volume in ``outside``.
+    ``excluded_frames``; the voxels filled from outside the imaged volume in ``outside``. The
+    resampled frames all carry the same in-plane interpolation blur (:func:`equalise_blur`).
 
     Args:
         data4d: (X, Y, Z, T) series.
@@ -952,8 +997,8 @@ def motion_correct(
         apply: resample the frames (else ``data`` is the input; only the poses are estimated).
         cval: value of points moved in from outside the field of view (default: the reference's
             1st percentile, i.e. air).
-        checks: run the per-frame checks, the unalignable-frame detection and ``outside`` (else
-            every estimate is applied, as before these checks existed).
+        checks: run the per-frame checks, the unalignable-frame detection, ``outside`` and the
+            blur equalisation (else every estimate is applied, as before these checks existed).
     """
     started = time.perf_counter()
     data4d = np.asarray(data4d)
@@ -1038,6 +1083,8 @@ def motion_correct(
         if cval is None:
             cval = float(np.percentile(data4d[..., 0 if reference == "mean" else int(reference)], 1.0))
         result.data = resample_with_edges(data4d, maps, cval)
+        if checks:
+            equalise_blur(result.data, maps, np.linalg.norm(affine[:3, :3], axis=0))
     result.data = np.asarray(result.data, dtype=np.float32) if apply else result.data
     result.seconds = time.perf_counter() - started
     return result
