@@ -98,7 +98,7 @@ def analyze(
     from perfnet.preprocess.concentration import to_concentration
     from perfnet.preprocess.filters import bilateral_filter, temporal_smooth
     from perfnet.preprocess.mask import brain_mask as auto_brain_mask
-    from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.motion import interpolate_frames, motion_correct
     from perfnet.preprocess.nonsteady import remove_non_steady_state
 
     options = options or AnalysisOptions()
@@ -122,8 +122,11 @@ def analyze(
     motion_info: dict[str, Any] | None = None
     outside = None
     if options.motion_correction:
-        moved = steps.run("motion correction", lambda: motion_correct(data, series.affine, reference=0))
-        data = moved.data
+        moved = steps.run(
+            "motion correction", lambda: motion_correct(data, series.affine, reference=0, times=times)
+        )
+        # frames no rigid pose aligns (through-plane motion on thick slices): replaced in time
+        data = interpolate_frames(moved.data, times, moved.excluded_frames, in_place=moved.data is not data)
         motion_info = motion_provenance(moved)
         outside = getattr(moved, "outside", None)  # voxels filled from outside the slab in some frame
         del moved  # `data` holds the corrected frames; nothing else may keep them alive

@@ -12,6 +12,9 @@ from perfnet.io.types import PerfusionSeries
 #: Thresholds of the flags (documented in provenance.json with each raised flag).
 TRUNCATION_FRACTION = 0.35  # tissue/venous curve still above this fraction of its peak at the end
 LARGE_MOTION_MM = 2.0  # maximum displacement after which motion correction may not suffice
+# motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
+# the bolus passage lies in a gap wider than half the passage (perfnet.preprocess.motion
+# MAX_EXCLUDED_FRACTION, MAX_GAP_FRACTION; the reason is in provenance motion.unrecoverable_reason)
 MIN_CNR = 2.0  # tissue peak enhancement / baseline noise SD
 LATE_AIF_FRACTION = 0.6  # AIF peak after this fraction of the acquisition
 
@@ -20,6 +23,8 @@ _MESSAGES = {
     "CBV and MTT are underestimated",
     "truncated_aif": "the arterial curve is cut off by the end of the acquisition",
     "large_motion": "head motion above {value:.1f} mm was corrected; check the maps for artefacts",
+    "motion_unrecoverable": "{value:.0f} frame(s) cannot be aligned (through-plane motion) and cannot "
+    "be replaced from their neighbours in time: the maps are unreliable",
     "weak_aif": "the arterial input is weak relative to the noise",
     "late_aif": "the arterial input peaks late in the acquisition",
     "noisy_baseline": "tissue contrast-to-noise ratio is low ({value:.1f}); maps are noisy",
@@ -33,7 +38,7 @@ _MESSAGES = {
 #: The AifResult.details entry that says why an AIF flag was raised.
 _AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
 #: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
-UNRELIABLE_FLAGS = frozenset({"aif_implausible"})
+UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable"})
 
 
 def _flag(code: str, value: float | None = None, detail: str | None = None) -> dict[str, Any]:
@@ -51,10 +56,18 @@ def _end_fraction(curve: np.ndarray) -> float:
 
 
 def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The ``large_motion`` flag of a motion summary (:func:`motion_provenance`), if raised."""
-    if motion is not None and motion["max_displacement_mm"] > LARGE_MOTION_MM:
-        return [_flag("large_motion", motion["max_displacement_mm"])]
-    return []
+    """The ``large_motion`` and ``motion_unrecoverable`` flags of a motion summary
+    (:func:`motion_provenance`), if raised."""
+    flags: list[dict[str, Any]] = []
+    # how far the head moved (its estimate where accepted), also where only part of it was applied
+    moved = (
+        None if motion is None else motion.get("max_head_displacement_mm") or motion["max_displacement_mm"]
+    )
+    if moved is not None and moved > LARGE_MOTION_MM:
+        flags.append(_flag("large_motion", moved))
+    if motion is not None and motion.get("motion_unrecoverable"):
+        flags.append(_flag("motion_unrecoverable", len(motion.get("excluded_frames", []))))
+    return flags
 
 
 def non_steady_state_flags(record: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -172,12 +172,13 @@ def analyze_cnn(
     progress: Progress | None = None,
     skip_frames: int | None = None,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
-    """`analyze --method cnn`: non-steady-state leading frames dropped and rigid motion correction,
-    as in the conventional pipeline (same provenance and flags), then the model. Returns the maps
+    """`analyze --method cnn`: non-steady-state leading frames dropped and rigid motion correction
+    (unalignable frames replaced in time), as in the conventional pipeline (same provenance and
+    flags, ``motion_unrecoverable`` included), then the model. Returns the maps
     and the series the model saw."""
     from perfnet.conventional.pipeline import motion_provenance
     from perfnet.conventional.qc import motion_flags, non_steady_state_flags
-    from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.motion import interpolate_frames, motion_correct
     from perfnet.preprocess.nonsteady import remove_non_steady_state
 
     acquired = series
@@ -186,11 +187,13 @@ def analyze_cnn(
     if motion_correction:
         if progress:
             progress("motion correction", 0.0)
-        moved = motion_correct(series.data, series.affine, reference=0)
+        moved = motion_correct(series.data, series.affine, reference=0, times=series.times)
         if progress:
             progress("motion correction", 1.0)
         motion = motion_provenance(moved)
-        series = series.with_data(moved.data)
+        # frames no rigid pose aligns: replaced in time, as in the conventional pipeline
+        data = interpolate_frames(moved.data, series.times, moved.excluded_frames, in_place=True)
+        series = series.with_data(data)
     maps = predict(series, weights, device=device, brain=brain, progress=progress, skip_frames=0)
     if steady.offset_s and "ttp" in maps:  # TTP from the first acquired frame, as in the pipeline
         maps["ttp"][maps.brain_mask] += np.float32(steady.offset_s)

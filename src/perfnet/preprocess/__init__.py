@@ -4,7 +4,7 @@ from perfnet.preprocess.bolus import BolusTiming, detect_bolus
 from perfnet.preprocess.concentration import to_concentration
 from perfnet.preprocess.filters import bilateral_filter, temporal_smooth
 from perfnet.preprocess.mask import brain_mask
-from perfnet.preprocess.motion import MotionResult, motion_correct
+from perfnet.preprocess.motion import MotionResult, interpolate_frames, motion_correct
 
 __all__ = [
     "BolusTiming",
@@ -12,6 +12,7 @@ __all__ = [
     "bilateral_filter",
     "brain_mask",
     "detect_bolus",
+    "interpolate_frames",
     "motion_correct",
     "temporal_smooth",
     "to_concentration",
