@@ -222,7 +222,7 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
     "400 GB header": (lambda d, s: [_huge_header(d / "huge.nii.gz")], "more than this machine's memory"),
     "all zero": (lambda d, s: [_nifti(d / "zero.nii.gz", np.zeros((32, 32, 4, 20)))], "bolus"),
     "constant": (lambda d, s: [_nifti(d / "const.nii.gz", np.full((32, 32, 4, 20), 40.0))], "bolus"),
-    "4x4 pixels": (lambda d, s: [_nifti(d / "tiny.nii.gz", rng.normal(30, 5, (4, 4, 2, 20)))], "bolus"),
+    "4x4 pixels": (lambda d, s: [_nifti(d / "tiny.nii.gz", rng.normal(30, 5, (4, 4, 2, 20)))], "too small"),
     "milliseconds": (
         lambda d, s: [_nifti(d / "ms.nii.gz", _study_data(s), {"FrameTimes": list(np.arange(40) * 1000.0)})],
         "milliseconds",

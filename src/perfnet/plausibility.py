@@ -49,6 +49,9 @@ RANGES: dict[str, Range] = {
 
 #: A perfusion analysis needs a baseline and the bolus passage: fewer frames cannot hold both.
 MIN_FRAMES = 8
+#: Nor can an image smaller than this (pixels per in-plane axis) hold tissue, an artery and a vein
+#: (OSIPI's 25×25 arterial test image is the smallest perfnet is tested on).
+MIN_MATRIX = 8
 #: MR magnitude is never negative; a DSC series with this fraction of voxels below −5 % of its
 #: 99th percentile is CT (air at −1000 HU) or phase data.
 MR_NEGATIVE_FRACTION = 0.01
@@ -135,5 +138,12 @@ def check_for_analysis(series: Any) -> None:
     if series.n_frames < MIN_FRAMES:
         raise PerfnetInputError(
             source, f"{series.n_frames} frames: a perfusion analysis needs at least {MIN_FRAMES}"
+        )
+    nx, ny = series.spatial_shape[:2]
+    if min(nx, ny) < MIN_MATRIX:
+        raise PerfnetInputError(
+            source,
+            f"{nx}×{ny} pixels: too small an image for a perfusion analysis "
+            f"(at least {MIN_MATRIX}×{MIN_MATRIX})",
         )
     check_series_values(series.data, series.modality, source)
