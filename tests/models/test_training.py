@@ -326,3 +326,53 @@ def test_log_domain_weights_invert_values_and_scale_uncertainty(tmp_path: Path) 
         rtol=1e-4,
     )
     np.testing.assert_array_equal(logged["tmax"], linear["tmax"])  # other maps untouched
+
+
+class _Toy(torch.nn.Module):
+    """A per-pixel linear map of the frames (a 1×1 convolution): the smallest network there is."""
+
+    def __init__(self, frames: int, maps: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(frames, 2 * maps, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value, log_scale = self.conv(x).chunk(2, dim=1)
+        return value, torch.nn.functional.softplus(log_scale) + 1e-3
+
+
+def test_a_new_network_is_one_registration(cohort: Path, tmp_path: Path) -> None:
+    """Registering a network is all training and inference need: it trains (loss falls with its
+    registered Laplace loss), its weights load by name and predict maps with an uncertainty."""
+    from perfnet.models import NETWORKS, NetworkSpec, register_network
+
+    spec = NetworkSpec(
+        "toy1x1",
+        _Toy,
+        kwargs=lambda frames, maps, width: {"frames": frames, "maps": maps},
+        forward=lambda model, x, times, bolus: model(x),
+        uncertainty=True,
+        loss="laplace",
+        crop=32,
+        pretrain=False,
+    )
+    register_network(spec)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_network(spec)
+        run = tmp_path / "run"
+        train(cohort, run, _tiny_config(model="toy1x1", epochs=4, pretrain_epochs=0, lr=1e-2), resume=False)
+        rows = _metrics(run / "fold-0" / "metrics.csv")
+        losses = [float(r["train_loss"]) for r in rows]
+        assert losses[-1] < losses[0], losses
+        saved = json.loads((run / "plan.json").read_text())
+        assert saved["config"]["loss"] == "laplace" and saved["config"]["crop"] == 32
+        series = simulate_study(PhantomConfig.draw(31, "CT", **TINY)).series
+        maps = predict(series, run / "weights.pt", device="cpu")
+        u = maps["tmax_uncertainty"]
+        assert u.shape == series.spatial_shape and (u[maps.brain_mask] > 0).all()
+        assert np.isfinite(maps["tmax"]).all()
+    finally:
+        NETWORKS.pop("toy1x1", None)
+        from perfnet.models import MODELS
+
+        MODELS.pop("toy1x1", None)

@@ -22,6 +22,7 @@ from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resi
 from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
+from perfnet.models import network_spec
 
 Progress = Callable[[str, float], None]
 
@@ -39,11 +40,7 @@ def run_model(
     bolus: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Standardised outputs (value, scale or None) for inputs x (B, T, H, W) already scaled."""
-    if config["model"] == "temporal":
-        times = time_channel(grid).to(x.device)
-        value, scale = model(x, times, bolus)
-        return value, scale
-    return model(x), None
+    return network_spec(config["model"]).forward(model, x, time_channel(grid).to(x.device), bolus)
 
 
 def predict(
@@ -94,7 +91,7 @@ def predict(
     nx, ny, nz = series.spatial_shape
     size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
     values = np.zeros((len(maps), nx, ny, nz), dtype=np.float32)
-    uncert = np.zeros_like(values) if config["model"] == "temporal" else None
+    uncert = np.zeros_like(values) if network_spec(config["model"]).uncertainty else None
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
     if progress:
         progress("network", 0.0)

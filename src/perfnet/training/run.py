@@ -45,6 +45,7 @@ from perfnet.inference.inputs import FRAME_INTERVAL_S, FRAMES
 from perfnet.inference.targets import LOG_OFFSETS, log_offsets_for
 from perfnet.inference.weights import load_weights, save_weights
 from perfnet.io.output import FolderLock, check_writable_destination
+from perfnet.models import NETWORKS
 from perfnet.training.checkpoints import (
     EpochCheckpoint,
     is_rank_zero,
@@ -120,13 +121,14 @@ class TrainConfig:
         unknown = [m for m in c.maps if m not in ALL_MAPS]
         if unknown:
             raise PerfnetInputError("--maps", f"unknown map(s) {', '.join(unknown)} (choose from {ALL_MAPS})")
-        if c.model not in ("unet", "temporal"):
-            raise PerfnetInputError("--model", f"unknown model {c.model!r} (unet or temporal)")
+        if c.model not in NETWORKS:
+            raise PerfnetInputError("--model", f"unknown model {c.model!r} ({' or '.join(NETWORKS)})")
+        spec = NETWORKS[c.model]
         if c.loss is None:
-            c.loss = "laplace" if c.model == "temporal" else "mse"
+            c.loss = spec.loss
         if c.crop is None:
-            c.crop = 32 if c.model == "temporal" else 256
-        if c.model == "temporal" or c.init:
+            c.crop = spec.crop
+        if not spec.pretrain or c.init:
             c.pretrain_epochs = 0
         bad = [m for m in c.log_maps if m not in c.maps or m not in LOG_OFFSETS]
         if bad:
@@ -141,11 +143,8 @@ class TrainConfig:
         return c
 
     def build_kwargs(self) -> dict[str, Any]:
-        if self.model == "unet":
-            return {"in_channels": self.frames, "out_channels": len(self.maps), "width": self.width} | dict(
-                self.model_kwargs
-            )
-        return {"out_maps": len(self.maps), "width": self.width} | dict(self.model_kwargs)
+        spec = NETWORKS[self.model]
+        return spec.kwargs(self.frames, len(self.maps), self.width) | dict(self.model_kwargs)
 
 
 class Schedule(Callback):

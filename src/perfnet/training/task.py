@@ -10,7 +10,7 @@ import torch
 
 from perfnet.inference import time_channel
 from perfnet.inference.targets import from_model, window_to_model
-from perfnet.models import build_model
+from perfnet.models import build_model, network_spec
 from perfnet.models.losses import laplace_nll_parts, masked_mse_parts
 
 #: Clinically relevant window per map for Hess's importance weighting (Tmax [0, 40] s as in the paper).
@@ -53,9 +53,8 @@ class PerfusionTask(L.LightningModule):
         self._val: dict[str, float] = {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.hparams.model == "temporal":
-            return self.model(batch["x"], self.times.to(batch["x"].device), batch["bolus"])
-        return self.model(batch["x"]), None
+        spec = network_spec(self.hparams.model)
+        return spec.forward(self.model, batch["x"], self.times.to(batch["x"].device), batch.get("bolus"))
 
     def _loss(
         self, batch: dict[str, torch.Tensor], across_ranks: bool = False
