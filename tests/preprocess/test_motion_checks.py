@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from perfnet.conventional.qc import motion_flags
+from perfnet.qc import motion_flags
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.phantom import anatomy as labels
 from perfnet.phantom.signal import add_noise, apply_motion
