@@ -34,7 +34,7 @@ LARGE_MOTION_MM = 2.0
 #: Tissue contrast-to-noise ratio below which the maps are dominated by noise (``low_snr``):
 #: peak of the brain's mean enhancement curve over the typical voxel's temporal noise SD (see
 #: :func:`input_measures`).
-MIN_TISSUE_CNR = 1.0
+MIN_TISSUE_CNR = 0.6
 #: At most this many brain voxels (an evenly strided subset) enter the input measures.
 MAX_VOXELS = 50_000
 # motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
