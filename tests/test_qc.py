@@ -19,8 +19,7 @@ from perfnet.phantom import PhantomConfig, PhantomStudy, simulate_study
 from perfnet.preprocess.shared import preprocess
 
 #: 64×64×4, 50 frames at 1 s, bolus arriving at 8 s, a large MCA lesion; the CT dose is varied.
-#: Normal dose (150 mAs, 12.2 HU): tissue CNR 1.27, oSVD hypoperfused Dice 0.95; 20 mAs (33.5 HU):
-#: CNR 0.47, Dice 0.80, Tmax MAEC 2.7 s.
+#: Tissue CNR (measured / truth): 1.42 / 1.43 at 150 mAs (12.2 HU), 0.52 / 0.52 at 20 mAs (33.5 HU).
 BASE = {
     "matrix": 64, "slices": 4, "coverage_mm": 40.0, "frames": 50, "frame_interval_s": 1.0,
     "timing": "uniform", "arrival_s": 8.0, "lesion": "core", "lesion_radius_mm": 45.0, "motion": False,
@@ -84,7 +83,7 @@ def test_flags_and_verdict_rules() -> None:
     assert [f["code"] for f in nss] == ["non_steady_state_frames_removed"] and qc.verdict(nss) == "ok"
     bad = qc.input_flags(clean | {"tissue_end_fraction": 0.5, "tissue_cnr": 0.4}, True)
     assert [f["code"] for f in bad] == ["truncated_bolus", "low_snr", "no_baseline"]
-    assert bad[1]["value"] == 0.4 and "0.40 (< 0.6)" in bad[1]["message"]
+    assert bad[1]["value"] == 0.4 and "0.40 (< 0.65)" in bad[1]["message"]
     assert qc.verdict(bad) == "review"
     moved = qc.input_flags(clean, False, {"max_displacement_mm": 3.0, "motion_unrecoverable": True})
     assert qc.verdict(moved) == "unreliable" and not qc.reliable(moved)
@@ -93,18 +92,20 @@ def test_flags_and_verdict_rules() -> None:
 # --- every method, the same flags ---------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_a_truncated_acquisition_is_flagged(method: str) -> None:
-    """Acquisition stopping 12 s after the bolus arrives (20 frames): truncated_bolus, with the
+    """Acquisition stopping 12 s after the bolus arrives (21 frames): truncated_bolus, with the
     tissue curve's end fraction measured as the noise-free truth's."""
-    study = ct_study(frames=20)
-    result = run(method, frames=20)
+    study = ct_study(frames=21)
+    result = run(method, frames=21)
     flags = {f["code"]: f for f in result.qc_flags}
     assert "truncated_bolus" in flags and result.verdict == "review"
     measured = result.provenance["qc"]["measures"]["tissue_end_fraction"]
-    assert measured == pytest.approx(truth_end_fraction(study), abs=0.08)
+    assert measured == pytest.approx(truth_end_fraction(study), abs=0.05)  # 0.98 vs 0.98
     assert flags["truncated_bolus"]["value"] > qc.TRUNCATION_FRACTION
     full = run(method)
     assert "truncated_bolus" not in codes(full)
-    assert full.provenance["qc"]["measures"]["tissue_end_fraction"] < 0.2
+    assert full.provenance["qc"]["measures"]["tissue_end_fraction"] == pytest.approx(
+        truth_end_fraction(ct_study()), abs=0.05
+    )  # 0.11 vs 0.12
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -114,8 +115,8 @@ def test_a_very_low_dose_is_flagged_low_snr(method: str) -> None:
     m_low, m_normal = low.provenance["qc"]["measures"], normal.provenance["qc"]["measures"]
     assert m_low["noise_sd"] == pytest.approx(ct_study(20.0).config.effective_noise_sd, rel=0.03)
     assert m_normal["noise_sd"] == pytest.approx(ct_study(150.0).config.effective_noise_sd, rel=0.03)
-    assert m_low["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(20.0)), rel=0.2)
-    assert m_normal["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(150.0)), rel=0.2)
+    assert m_low["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(20.0)), rel=0.05)
+    assert m_normal["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(150.0)), rel=0.05)
     assert m_low["tissue_cnr"] < qc.MIN_TISSUE_CNR < m_normal["tissue_cnr"]
     assert "low_snr" in codes(low) and low.verdict == "review"
     assert "low_snr" not in codes(normal)

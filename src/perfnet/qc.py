@@ -34,7 +34,7 @@ LARGE_MOTION_MM = 2.0
 #: Tissue contrast-to-noise ratio below which the maps are dominated by noise (``low_snr``):
 #: peak of the brain's mean enhancement curve over the typical voxel's temporal noise SD (see
 #: :func:`input_measures`).
-MIN_TISSUE_CNR = 0.6
+MIN_TISSUE_CNR = 0.65
 #: At most this many brain voxels (an evenly strided subset) enter the input measures.
 MAX_VOXELS = 50_000
 # motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
@@ -173,17 +173,18 @@ def input_measures(
     """
     mask = np.asarray(mask, dtype=bool)
     te = getattr(series, "echo_time", None)
-    values = _brain_values(series.data, mask, max_voxels)
-    tissue = _enhancement(values, baseline_end, series.modality, te).mean(axis=0)
-    if acquired_data is not None and acquired_data is not series.data:
-        values = _brain_values(acquired_data, mask, max_voxels)
-        noise = float(np.median(temporal_noise_sd(_enhancement(values, baseline_end, series.modality, te))))
-    else:
-        noise = float(np.median(temporal_noise_sd(_enhancement(values, baseline_end, series.modality, te))))
-    peak = float(tissue.max())
+
+    def enhancement(data: np.ndarray) -> np.ndarray:
+        return _enhancement(_brain_values(data, mask, max_voxels), baseline_end, series.modality, te)
+
+    tissue = enhancement(series.data)
+    noisy = tissue if acquired_data is None or acquired_data is series.data else enhancement(acquired_data)
+    noise = float(np.median(temporal_noise_sd(noisy)))
+    tissue_curve = tissue.mean(axis=0)
+    peak = float(tissue_curve.max())
     return {
         "tissue_peak": round(peak, 5),
-        "tissue_end_fraction": round(end_fraction(tissue), 4),
+        "tissue_end_fraction": round(end_fraction(tissue_curve), 4),
         "noise_sd": round(noise, 5),
         "tissue_cnr": round(peak / noise, 4) if noise > 0 else float("inf"),
     }

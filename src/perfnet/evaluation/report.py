@@ -1,10 +1,10 @@
 """`report.html`: one study's result, self-contained (images embedded as PNG data URIs), offline.
 
 At the top, the QC verdict (ok / review / unreliable, :mod:`perfnet.qc`) with the flags' messages,
-the same for every method. Sections: lesion volumes with mismatch and DEFUSE-3 flags; lesion overlay on the temporal mean
-frame; map montages in the usual colour scales with colour bars and units; uncertainty maps of a
-CNN; AIF/VOF curves (conventional methods); QC flags; method and provenance. The PNGs are also
-written to ``figures/`` beside it.
+the same for every method. Sections: lesion volumes with mismatch and DEFUSE-3 flags; lesion overlay
+on the temporal mean frame; map montages in the usual colour scales with colour bars and units;
+uncertainty maps of a CNN; AIF/VOF curves (conventional methods); QC flags; method and provenance.
+The PNGs are also written to ``figures/`` beside it.
 """
 
 from __future__ import annotations
