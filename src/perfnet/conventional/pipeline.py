@@ -68,7 +68,8 @@ def analyze(
     """Run the conventional pipeline on one series. Masks are bool arrays on the series' grid.
 
     ``prepared``: the shared preprocessing of ``series`` (:func:`perfnet.preprocess.shared.preprocess`,
-    run by :func:`perfnet.analyze` before the method branch); computed here when None."""
+    run by :func:`perfnet.analyze` before the method branch); computed here when None. It is
+    consumed: once filtered, its corrected frames are released (:meth:`Preprocessed.release_frames`)."""
     from perfnet.conventional.deconvolution import deconvolve
     from perfnet.preprocess.bolus import detect_bolus
     from perfnet.preprocess.concentration import to_concentration
@@ -119,6 +120,8 @@ def analyze(
             "guide": "temporal mean",
         }
     owned = data is not prepared.series.data  # a copy this function made: it may be overwritten
+    if owned:  # the filtered copy replaces the corrected frames: nothing else may keep them alive
+        prepared.release_frames()
     # the baseline is timed again on the filtered signal (as before the preprocessing was shared:
     # the maps stay identical); the QC flags use the shared timing
     bolus = steps.run("bolus timing", lambda: detect_bolus(data, times, mask, series.modality))
