@@ -80,8 +80,8 @@ def relative_cbf_r(pred_cbf: np.ndarray, reference_cbf: float, truth: Any, affin
 def motion_corrected(series: Any) -> tuple[Any, dict[str, Any]]:
     """The rigid motion correction every method starts with (the same call as ``analyze``'s and
     ``analyze_cnn``'s), done once per study and shared by the methods."""
-    from perfnet.conventional.pipeline import motion_provenance
     from perfnet.preprocess.motion import motion_correct
+    from perfnet.preprocess.shared import motion_provenance
 
     moved = motion_correct(series.data, series.affine, reference=0)
     return series.with_data(moved.data), motion_provenance(moved)

@@ -17,5 +17,13 @@ MAP_UNITS = {
     "ttp": "s",
     "tmax": "s",
 }
+#: Plausible ranges every method's maps are clipped to (values outside are numerical failures).
+MAP_LIMITS = {
+    "cbf": (0.0, 250.0),
+    "cbv": (0.0, 30.0),
+    "mtt": (0.0, 40.0),
+    "tmax": (0.0, 60.0),
+    "ttp": (0.0, 1e4),
+}
 MASK_NAMES = ("core", "hypoperfused", "penumbra", "brain")
 MODALITIES = ("CT", "MR")

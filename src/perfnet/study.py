@@ -35,10 +35,22 @@ MaskLike = np.ndarray | str | Path | None
 
 
 def qc_verdict(flags: Sequence[dict[str, Any]]) -> str:
-    """``ok`` / ``review`` / ``unreliable`` (:func:`perfnet.conventional.qc.verdict`)."""
-    from perfnet.conventional.qc import verdict
+    """``ok`` / ``review`` / ``unreliable`` (:func:`perfnet.qc.verdict`)."""
+    from perfnet.qc import verdict
 
-    return verdict(list(flags))
+    return verdict(flags)
+
+
+def _merge_flags(*groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flags of all groups, each code once (the first occurrence kept)."""
+    seen: set[str] = set()
+    out = []
+    for flags in groups:
+        for f in flags:
+            if f["code"] not in seen:
+                seen.add(f["code"])
+                out.append(f)
+    return out
 
 
 @dataclass
@@ -209,6 +221,16 @@ def analyze(
         }
         if on_loaded is not None:
             on_loaded(series)
+        from perfnet.preprocess.shared import preprocess
+
+        # once, before the method branch: the same frames, mask, bolus timing and input QC for all
+        prepared = preprocess(
+            series,
+            skip_frames=skip_frames,
+            motion_correction=motion_correction,
+            brain_mask=masks["brain_mask"],
+            progress=progress,
+        )
         maps, analysed, aif = spec.run(
             series,
             weights=weights,
@@ -220,6 +242,7 @@ def analyze(
             device=device,
             skip_frames=skip_frames,
             progress=progress,
+            prepared=prepared,
             **masks,
         )
         from perfnet.lesions import segment_map_set
@@ -231,6 +254,12 @@ def analyze(
     else:
         provenance.setdefault("input", {})["path"] = source
     provenance.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 3)
-    provenance["qc_verdict"] = qc_verdict(provenance.get("qc_flags", []))
+    # every method's result carries the shared input QC (a method may add its own flags)
+    from perfnet import qc
+
+    flags = _merge_flags(prepared.qc_flags, provenance.get("qc_flags", []))
+    provenance["qc_flags"] = flags
+    provenance["qc"] = qc.summary(flags, prepared.qc_measures)
+    provenance["verdict"] = provenance["qc_verdict"] = qc_verdict(flags)
     provenance["reliable"] = provenance["qc_verdict"] != "unreliable"
     return StudyResult(maps=maps, series=analysed, lesions=lesions, aif=aif, source=source)

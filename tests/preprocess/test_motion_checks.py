@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from perfnet.conventional.qc import motion_flags
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.phantom import anatomy as labels
 from perfnet.phantom.signal import add_noise, apply_motion
@@ -28,6 +27,7 @@ from perfnet.preprocess.motion import (
     replacement_verdict,
     volume_centre,
 )
+from perfnet.qc import motion_flags
 from perfnet.spatial import resample_frames, rigid_matrix, voxel_map
 from phantoms import DATA, small_study
 

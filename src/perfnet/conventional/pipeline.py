@@ -6,36 +6,26 @@ in the provenance returned with the maps (written to provenance.json).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perfnet import __version__
-from perfnet.constants import HEMATOCRIT_FACTOR, TISSUE_DENSITY
+from perfnet import __version__, qc
+from perfnet.constants import HEMATOCRIT_FACTOR, MAP_LIMITS, TISSUE_DENSITY
 from perfnet.conventional.aif import AifResult, arterial_input
 from perfnet.conventional.maps import cbf_from_flow, cbv_from_areas, mtt_from, subsample_argmax
-from perfnet.conventional.qc import non_steady_state_flags, quality_flags, reliable
-from perfnet.conventional.timegrid import resample_curves, uniform_grid
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
+from perfnet.preprocess.shared import Steps, motion_provenance  # noqa: F401 (re-exported)
+from perfnet.preprocess.timegrid import resample_curves, uniform_grid
 
-if TYPE_CHECKING:  # torch is imported only when an analysis runs, not when the CLI starts
-    from perfnet.preprocess.motion import MotionResult
+if TYPE_CHECKING:
+    from perfnet.preprocess.shared import Preprocessed
 
 METHODS = ("ssvd", "csvd", "osvd", "tikhonov", "boxnlr")
 DEFAULT_METHOD = "osvd"
-
-#: Plausible ranges the maps are clipped to (values outside are numerical failures).
-MAP_LIMITS = {
-    "cbf": (0.0, 250.0),
-    "cbv": (0.0, 30.0),
-    "mtt": (0.0, 40.0),
-    "tmax": (0.0, 60.0),
-    "ttp": (0.0, 1e4),
-}
 
 Progress = Callable[[str, float], None]
 
@@ -66,24 +56,6 @@ class AnalysisResult:
     provenance: dict[str, Any]
 
 
-class _Steps:
-    """Times each step and reports progress."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        if self.progress:
-            self.progress(name, 0.0)
-        start = time.perf_counter()
-        out = fn()
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-        if self.progress:
-            self.progress(name, 1.0)
-        return out
-
-
 def analyze(
     series: PerfusionSeries,
     options: AnalysisOptions | None = None,
@@ -91,15 +63,18 @@ def analyze(
     aif_mask: np.ndarray | None = None,
     vof_mask: np.ndarray | None = None,
     progress: Progress | None = None,
+    prepared: Preprocessed | None = None,
 ) -> AnalysisResult:
-    """Run the conventional pipeline on one series. Masks are bool arrays on the series' grid."""
+    """Run the conventional pipeline on one series. Masks are bool arrays on the series' grid.
+
+    ``prepared``: the shared preprocessing of ``series`` (:func:`perfnet.preprocess.shared.preprocess`,
+    run by :func:`perfnet.analyze` before the method branch); computed here when None. It is
+    consumed: once filtered, its corrected frames are released (:meth:`Preprocessed.release_frames`)."""
     from perfnet.conventional.deconvolution import deconvolve
     from perfnet.preprocess.bolus import detect_bolus
     from perfnet.preprocess.concentration import to_concentration
     from perfnet.preprocess.filters import bilateral_filter, temporal_smooth
-    from perfnet.preprocess.mask import brain_mask as auto_brain_mask
-    from perfnet.preprocess.motion import interpolate_frames, motion_correct
-    from perfnet.preprocess.nonsteady import remove_non_steady_state
+    from perfnet.preprocess.shared import preprocess
 
     options = options or AnalysisOptions()
     if options.method not in METHODS:
@@ -110,39 +85,23 @@ def analyze(
     for name, mask in (("--brain-mask", brain_mask), ("--aif-mask", aif_mask), ("--vof-mask", vof_mask)):
         if mask is not None and mask.shape != shape:
             raise PerfnetInputError(name, f"mask shape {mask.shape} differs from the series grid {shape}")
-    steps = _Steps(progress)
+    steps = Steps(progress)
     provenance: dict[str, Any] = {"perfnet_version": __version__, "method": options.method}
-    acquired = series  # before non-steady-state frames are dropped: its clock is the maps' clock
-    series, steady = steps.run(
-        "non-steady-state frames", lambda: remove_non_steady_state(acquired, options.skip_frames, brain_mask)
-    )
-    provenance["non_steady_state_frames"] = steady.to_dict()
-    data, times = series.data, series.times
-
-    motion_info: dict[str, Any] | None = None
-    outside = None
-    if options.motion_correction:
-        moved = steps.run(
-            "motion correction", lambda: motion_correct(data, series.affine, reference=0, times=times)
+    if prepared is None:  # called on its own (not through perfnet.analyze): preprocess here
+        prepared = preprocess(
+            series,
+            skip_frames=options.skip_frames,
+            motion_correction=options.motion_correction,
+            brain_mask=brain_mask,
+            steps=steps,
         )
-        # frames no rigid pose aligns (through-plane motion on thick slices): replaced in time
-        data = interpolate_frames(moved.data, times, moved.excluded_frames, in_place=moved.data is not data)
-        motion_info = motion_provenance(moved)
-        outside = getattr(moved, "outside", None)  # voxels filled from outside the slab in some frame
-        del moved  # `data` holds the corrected frames; nothing else may keep them alive
-    provenance["motion"] = motion_info
-
-    moved_series = series if data is series.data else series.with_data(data)
-    mask = (
-        brain_mask
-        if brain_mask is not None
-        else steps.run("brain mask", lambda: auto_brain_mask(moved_series))
-    )
-    mask = np.asarray(mask, dtype=bool)
-    if mask.sum() < 10:
-        raise PerfnetInputError(
-            series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
-        )
+    else:
+        steps.seconds.update(prepared.seconds)
+    steady = prepared.non_steady_state
+    series = prepared.steady
+    data, times = prepared.series.data, prepared.series.times
+    outside = prepared.outside
+    mask = prepared.brain
     guide = data.mean(axis=3)
     if options.bilateral_filter:
         # on the signal, before the baseline is subtracted, so a short baseline is denoised too
@@ -160,8 +119,11 @@ def analyze(
             "range_sigma": range_sigma,
             "guide": "temporal mean",
         }
-    owned = data is not series.data  # a copy this function made: it may be overwritten
-    moved_series = None  # the motion-corrected copy is not needed once it has been filtered
+    owned = data is not prepared.series.data  # a copy this function made: it may be overwritten
+    if owned:  # the filtered copy replaces the corrected frames: nothing else may keep them alive
+        prepared.release_frames()
+    # the baseline is timed again on the filtered signal (as before the preprocessing was shared:
+    # the maps stay identical); the QC flags use the shared timing
     bolus = steps.run("bolus timing", lambda: detect_bolus(data, times, mask, series.modality))
     valid = None
     if series.modality == "MR":  # saturated arterial voxels (signal at the noise floor) bias the AIF
@@ -228,15 +190,12 @@ def analyze(
         volume[mask] = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), lo, hi)
         maps[name] = volume
 
-    flags = quality_flags(series, conc, mask, bolus, aif, motion_info)
-    flags += non_steady_state_flags(provenance["non_steady_state_frames"])
+    flags = qc.aif_flags(aif, prepared.qc_flags)
+    provenance.update(prepared.provenance())
     provenance.update(
         {
-            "input": {k: v for k, v in acquired.summary().items() if k != "frame_times"},
             "options": {k: v for k, v in asdict(options).items() if k != "method_options"}
             | {"method_options": options.method_options},
-            "brain_mask": "user" if brain_mask is not None else "automatic",
-            "brain_voxels": int(mask.sum()),
             "bolus": {
                 "arrival_s": float(bolus.arrival_s + steady.offset_s),
                 "baseline_frames": int(bolus.baseline_end),
@@ -253,7 +212,10 @@ def analyze(
             },
             "deconvolution": _summarise(result.extra),
             "qc_flags": flags,
-            "reliable": reliable(flags),
+            "qc": qc.summary(flags, prepared.qc_measures),
+            "verdict": qc.verdict(flags),
+            "qc_verdict": qc.verdict(flags),
+            "reliable": qc.reliable(flags),
             "seconds": steps.seconds,
         }
     )
@@ -261,14 +223,6 @@ def analyze(
         maps=maps, affine=series.affine, brain_mask=mask, method=options.method, provenance=provenance
     )
     return AnalysisResult(maps=perfusion_maps, aif=aif, times=times + steady.offset_s, provenance=provenance)
-
-
-def motion_provenance(moved: MotionResult) -> dict[str, Any]:
-    """provenance.json's ``motion``: the per-frame pose (columns named) and displacement."""
-    return moved.to_dict() | {
-        "reference_frame": moved.reference,
-        "columns": ["tx_mm", "ty_mm", "tz_mm", "rx_deg", "ry_deg", "rz_deg"],
-    }
 
 
 def _summarise(extra: dict[str, Any]) -> dict[str, Any]:
@@ -304,9 +258,11 @@ def run_method(
     aif_mask: np.ndarray | None = None,
     vof_mask: np.ndarray | None = None,
     progress: Progress | None = None,
+    prepared: Preprocessed | None = None,
     **_: Any,
 ) -> tuple[PerfusionMaps, PerfusionSeries, dict[str, Any]]:
-    """A conventional method of :mod:`perfnet.registry`: maps, the series (as given) and aif.json."""
+    """A conventional method of :mod:`perfnet.registry`: maps, the series (as given) and aif.json.
+    ``prepared``: the shared preprocessing :func:`perfnet.analyze` ran (else run here)."""
     options = AnalysisOptions(
         method=method,
         motion_correction=motion_correction,
@@ -317,5 +273,5 @@ def run_method(
         device=device,
         skip_frames=skip_frames,
     )
-    result = analyze(series, options, brain_mask, aif_mask, vof_mask, progress)
+    result = analyze(series, options, brain_mask, aif_mask, vof_mask, progress, prepared)
     return result.maps, series, result.aif.to_json(result.times)

@@ -1,9 +1,10 @@
 """`report.html`: one study's result, self-contained (images embedded as PNG data URIs), offline.
 
-Sections: lesion volumes with mismatch and DEFUSE-3 flags; lesion overlay on the temporal mean
-frame; map montages in the usual colour scales with colour bars and units; uncertainty maps of a
-CNN; AIF/VOF curves (conventional methods); QC flags; method and provenance. The PNGs are also
-written to ``figures/`` beside it.
+At the top, the QC verdict (ok / review / unreliable, :mod:`perfnet.qc`) with the flags' messages,
+the same for every method. Sections: lesion volumes with mismatch and DEFUSE-3 flags; lesion overlay
+on the temporal mean frame; map montages in the usual colour scales with colour bars and units;
+uncertainty maps of a CNN; AIF/VOF curves (conventional methods); QC flags; method and provenance.
+The PNGs are also written to ``figures/`` beside it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,19 @@ td, th { border: 1px solid #bbb; padding: 0.25em 0.7em; text-align: right; }
 th { background: #eee; } img { max-width: 100%; display: block; margin: 0.4em 0; }
 .ok { color: #0a7a0a; } .no { color: #b00; } .note { color: #555; font-size: 0.85em; }
 pre { background: #f0f0f0; padding: 0.6em; overflow: auto; font-size: 0.8em; }
+.verdict { padding: 0.6em 1em; margin: 0 0 1em 0; border-radius: 4px; border: 2px solid; }
+.verdict h2 { border: none; margin: 0 0 0.3em 0; font-size: 1.2em; }
+.verdict ul { margin: 0.2em 0 0 1.2em; padding: 0; }
+.verdict-ok { background: #e8f6e8; border-color: #0a7a0a; }
+.verdict-review { background: #fff4d6; border-color: #c88a00; }
+.verdict-unreliable { background: #fde4e4; border-color: #b00; }
 """
+#: What each QC verdict tells the reader (the banner at the top of the report).
+VERDICT_TEXT = {
+    "ok": "QC ok: no quality warning was raised.",
+    "review": "QC review: read the maps with the warnings below.",
+    "unreliable": "QC unreliable: the maps are shown but must not be trusted.",
+}
 
 
 def _slices(brain: np.ndarray, n: int = MAX_SLICES) -> list[int]:
@@ -180,6 +193,22 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+def verdict_banner(provenance: dict[str, Any]) -> str:
+    """The QC verdict (ok / review / unreliable) with the flag messages, for the top of the report."""
+    from perfnet.qc import verdict
+
+    flags = provenance.get("qc_flags") or []
+    value = str(provenance.get("verdict") or provenance.get("qc_verdict") or verdict(flags))
+    items = "".join(
+        f"<li><code>{html.escape(f['code'])}</code>: {html.escape(f.get('message', ''))}</li>" for f in flags
+    )
+    return (
+        f'<div class="verdict verdict-{html.escape(value)}" id="qc-verdict">'
+        f"<h2>{html.escape(VERDICT_TEXT.get(value, f'QC {value}'))}</h2>"
+        f"{f'<ul>{items}</ul>' if items else ''}</div>"
+    )
+
+
 def _profile_table(lesions: dict[str, Any]) -> str:
     """Tmax volumes, HIR, rCBV and core volumes at several thresholds, with their definitions."""
     tmax = lesions.get("tmax_volumes_ml")
@@ -261,6 +290,7 @@ def write_report(
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>perfnet report: {method}</title>
 <style>{CSS}</style></head><body>
+{verdict_banner(provenance)}
 <h1>perfnet {html.escape(__version__)}: {modality} perfusion, method <code>{method}</code></h1>
 <p class="note">Research software, not a medical device. Images: patient's right on the image's left.</p>
 <h2>Lesion volumes</h2>

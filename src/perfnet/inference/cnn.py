@@ -10,19 +10,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from perfnet import __version__
-from perfnet.conventional.pipeline import MAP_LIMITS
+from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
 from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 from perfnet.models import network_spec
+
+if TYPE_CHECKING:
+    from perfnet.preprocess.shared import Preprocessed
 
 Progress = Callable[[str, float], None]
 
@@ -53,18 +56,24 @@ def predict(
     progress: Progress | None = None,
     flips: bool = True,
     skip_frames: int | None = None,
+    prepared: Preprocessed | None = None,
 ) -> PerfusionMaps:
     """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
 
     ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
     networks were trained with flips, so each flip is an equally valid view of the slice).
     ``skip_frames``: non-steady-state leading frames, as in the conventional pipeline (None:
-    detected and dropped; N: drop N; 0: keep all); TTP stays timed from the first acquired frame."""
-    from perfnet.conventional.qc import non_steady_state_flags
-    from perfnet.preprocess.nonsteady import remove_non_steady_state
+    detected and dropped; N: drop N; 0: keep all); TTP stays timed from the first acquired frame.
+    ``prepared``: the shared preprocessing of ``series`` (:func:`perfnet.preprocess.shared.preprocess`);
+    without it the series is preprocessed here without motion correction (non-steady-state frames,
+    brain mask, bolus timing and the input QC of every method)."""
+    from perfnet import qc
+    from perfnet.preprocess.shared import preprocess
 
     started = time.perf_counter()
-    series, steady = remove_non_steady_state(series, skip_frames, brain)
+    if prepared is None:
+        prepared = preprocess(series, skip_frames=skip_frames, motion_correction=False, brain_mask=brain)
+    series = prepared.series
     path = Path(weights) if weights is not None else bundled_weights(series.modality)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_weights(path, dev)
@@ -78,9 +87,10 @@ def predict(
         series,
         config["frame_interval"],
         config["frames"],
-        brain,
+        prepared.brain,
         config.get("align_lead_s"),
         config.get("pixel_mm"),
+        bolus=prepared.bolus,
     )
     if progress:
         progress("model input", 1.0)
@@ -125,7 +135,7 @@ def predict(
     for i, name in enumerate(maps):
         v = from_model(values[i] * sd[i] + mean[i], name, log_offsets)
         if name == "ttp":  # the network's TTP is relative to the grid start
-            v = v + inp.offset_s + steady.offset_s
+            v = v + inp.offset_s + prepared.offset_s
         lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
         out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
         if uncert is not None:
@@ -133,6 +143,7 @@ def predict(
             if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
                 b = b * (v + float(log_offsets[name]))
             out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
+    flags = list(prepared.qc_flags)
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",
@@ -150,9 +161,13 @@ def predict(
         "training": config.get("training", {}),
         "device": str(dev),
         "test_time_flips": bool(flips),
-        "seconds": {"total": round(time.perf_counter() - started, 3)},
-        "non_steady_state_frames": steady.to_dict(),
-        "qc_flags": non_steady_state_flags(steady.to_dict()),
+        "seconds": prepared.seconds | {"total": round(time.perf_counter() - started, 3)},
+        **prepared.provenance(),
+        "qc_flags": flags,
+        "qc": qc.summary(flags, prepared.qc_measures),
+        "verdict": qc.verdict(flags),
+        "qc_verdict": qc.verdict(flags),
+        "reliable": qc.reliable(flags),
     }
     return PerfusionMaps(
         maps=out, affine=series.affine, brain_mask=inp.brain, method="cnn", provenance=provenance
@@ -168,38 +183,24 @@ def analyze_cnn(
     brain: np.ndarray | None = None,
     progress: Progress | None = None,
     skip_frames: int | None = None,
+    prepared: Preprocessed | None = None,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
-    """`analyze --method cnn`: non-steady-state leading frames dropped and rigid motion correction
-    (unalignable frames replaced in time), as in the conventional pipeline (same provenance and
-    flags, ``motion_unrecoverable`` included), then the model. Returns the maps
-    and the series the model saw."""
-    from perfnet.conventional.pipeline import motion_provenance
-    from perfnet.conventional.qc import motion_flags, non_steady_state_flags
-    from perfnet.preprocess.motion import interpolate_frames, motion_correct
-    from perfnet.preprocess.nonsteady import remove_non_steady_state
+    """`analyze --method cnn`: the shared preprocessing (:func:`perfnet.preprocess.shared.preprocess`:
+    non-steady-state leading frames dropped, rigid motion correction with unalignable frames
+    replaced in time, brain mask, bolus timing, input QC — the same as every method's, flags
+    included), then the model. Returns the maps and the series the model saw."""
+    from perfnet.preprocess.shared import preprocess
 
-    acquired = series
-    series, steady = remove_non_steady_state(series, skip_frames, brain)
-    motion = None
-    if motion_correction:
-        if progress:
-            progress("motion correction", 0.0)
-        moved = motion_correct(series.data, series.affine, reference=0, times=series.times)
-        if progress:
-            progress("motion correction", 1.0)
-        motion = motion_provenance(moved)
-        # frames no rigid pose aligns: replaced in time, as in the conventional pipeline
-        data = interpolate_frames(moved.data, series.times, moved.excluded_frames, in_place=True)
-        series = series.with_data(data)
-    maps = predict(series, weights, device=device, brain=brain, progress=progress, skip_frames=0)
-    if steady.offset_s and "ttp" in maps:  # TTP from the first acquired frame, as in the pipeline
-        maps["ttp"][maps.brain_mask] += np.float32(steady.offset_s)
-    maps.provenance["non_steady_state_frames"] = steady.to_dict()
-    maps.provenance["motion"] = motion
-    flags = maps.provenance["qc_flags"]
-    maps.provenance["qc_flags"] = non_steady_state_flags(steady.to_dict()) + flags + motion_flags(motion)
-    maps.provenance["input"] = {k: v for k, v in acquired.summary().items() if k != "frame_times"}
-    return maps, series
+    if prepared is None:
+        prepared = preprocess(
+            series,
+            skip_frames=skip_frames,
+            motion_correction=motion_correction,
+            brain_mask=brain,
+            progress=progress,
+        )
+    maps = predict(prepared.series, weights, device=device, progress=progress, prepared=prepared)
+    return maps, prepared.series
 
 
 def run_method(
@@ -210,6 +211,8 @@ def run_method(
     device: str | None = None,
     brain_mask: np.ndarray | None = None,
     progress: Progress | None = None,
+    skip_frames: int | None = None,
+    prepared: Preprocessed | None = None,
     **_: Any,
 ) -> tuple[PerfusionMaps, PerfusionSeries, None]:
     """The ``cnn`` method of :mod:`perfnet.registry`: maps, the series the model saw, no AIF."""
@@ -220,6 +223,8 @@ def run_method(
         device=device,
         brain=brain_mask,
         progress=progress,
+        skip_frames=skip_frames,
+        prepared=prepared,
     )
     return maps, seen, None
 

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from perfnet.conventional.timegrid import resample_curves
 from perfnet.io.types import PerfusionSeries
+from perfnet.preprocess.bolus import BolusTiming
+from perfnet.preprocess.timegrid import resample_curves
 
 #: Default time grid of the networks: 1 s frames, 80 frames (TTP/Tmax up to ~60 s are seen whole).
 FRAME_INTERVAL_S = 1.0
@@ -134,15 +135,18 @@ def prepare_input(
     brain: np.ndarray | None = None,
     align_lead_s: float | None = None,
     pixel_mm: float | None = None,
+    bolus: BolusTiming | None = None,
 ) -> ModelInput:
     """Concentration on the model's time grid and, with ``pixel_mm``, its pixel size (see the module
-    docstring). ``brain`` and the bolus patch stay on the series' own grid."""
+    docstring). ``brain`` and the bolus patch stay on the series' own grid. ``bolus``: the bolus
+    timing of the shared preprocessing (detected here on ``brain`` when None)."""
     from perfnet.preprocess import brain_mask, detect_bolus, to_concentration
 
     mask = brain_mask(series) if brain is None else np.asarray(brain, dtype=bool)
     if mask.shape != series.spatial_shape:
         raise ValueError(f"brain mask {mask.shape} does not match the series grid {series.spatial_shape}")
-    bolus = detect_bolus(series.data, series.times, mask, series.modality, series.voxel_size)
+    if bolus is None:
+        bolus = detect_bolus(series.data, series.times, mask, series.modality, series.voxel_size)
     conc = to_concentration(series.data, bolus.baseline_end, series.modality, series.echo_time)
     times = series.times - series.times[0]
     grid = model_grid(frame_interval, frames)

@@ -1,0 +1,242 @@
+"""Quality control of a perfusion study, the same for every method (conventional and CNN alike).
+
+What a reader of the maps must know first: each check raises a *flag* (a code, a one-line message
+and the value that raised it) and the flags give the study's *verdict*:
+
+- ``ok``: nothing was raised but informational flags (what was done, not what is wrong);
+- ``review``: a warning was raised: the maps are computed as usual, read them with the flag;
+- ``unreliable``: a flag of :data:`UNRELIABLE_FLAGS` was raised: the maps are shown, not trusted.
+
+Two groups of checks, both emitted through this module:
+
+* input checks (:func:`input_flags`), which need no arterial input and run once in the shared
+  preprocessing (:mod:`perfnet.preprocess.shared`) before the method branch: truncated
+  acquisition, no pre-contrast baseline, low SNR, head motion (large / unrecoverable) and
+  non-steady-state frames removed;
+* arterial-input checks (:func:`aif_flags`) of the methods that select an AIF (the conventional
+  ones): the venous curve's truncation and the AIF/VOF selection's own flags.
+
+The thresholds and where they come from are in the README (``perfnet analyze`` → QC).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+#: Tissue (or venous) curve still above this fraction of its peak over the last three frames:
+#: the acquisition stopped before the first pass was over (CBV and MTT are underestimated).
+TRUNCATION_FRACTION = 0.35
+#: Head displacement (mm, sphere of 80 mm) above which motion correction may not suffice.
+LARGE_MOTION_MM = 2.0
+#: Tissue contrast-to-noise ratio below which the maps are dominated by noise (``low_snr``):
+#: peak of the brain's mean enhancement curve over the typical voxel's temporal noise SD (see
+#: :func:`input_measures`).
+MIN_TISSUE_CNR = 0.65
+#: At most this many brain voxels (an evenly strided subset) enter the input measures.
+MAX_VOXELS = 50_000
+# motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
+# the bolus passage lies in a gap wider than half the passage (perfnet.preprocess.motion
+# MAX_EXCLUDED_FRACTION, MAX_GAP_FRACTION; the reason is in provenance motion.unrecoverable_reason)
+
+_MESSAGES = {
+    "truncated_bolus": "the {curve} curve has not returned near baseline by the last frame "
+    "({value:.0%} of its peak): CBV and MTT are underestimated",
+    "truncated_aif": "the arterial curve is cut off by the end of the acquisition",
+    "large_motion": "head motion above {value:.1f} mm was corrected; check the maps for artefacts",
+    "motion_unrecoverable": "{value:.0f} frame(s) cannot be aligned (through-plane motion) and cannot "
+    "be replaced from their neighbours in time: the maps are unreliable",
+    "weak_aif": "the arterial input is weak relative to the noise",
+    "late_aif": "the arterial input peaks late in the acquisition",
+    "low_snr": "tissue contrast-to-noise ratio {value:.2f} (< {threshold:g}): the bolus barely rises "
+    "above the image noise (very low dose?); the maps are noisy",
+    "no_baseline": "the bolus arrives in the first frames: no pre-contrast baseline",
+    "no_vof": "no venous output found: the AIF is not corrected for partial volume",
+    "aif_partial_volume_high": "the arterial voxels hold little blood (AIF scaled by {value:.1f})",
+    "aif_implausible": "no arterial input passed the plausibility checks: the maps are unreliable",
+    "non_steady_state_frames_removed": "{value:.0f} leading non-steady-state frame(s) left out of the "
+    "baseline and the fit; TTP is still timed from the first acquired frame",
+}
+#: The AIF selection's details entry that says why an AIF flag was raised.
+_AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
+#: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
+UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable"})
+#: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
+INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})
+#: The verdicts, mildest first.
+VERDICTS = ("ok", "review", "unreliable")
+
+
+def flag(code: str, value: float | None = None, detail: str | None = None, **fields: Any) -> dict[str, Any]:
+    """One QC flag: ``{"code", "message", "value"}`` (``fields`` fill the message's placeholders)."""
+    fields = {"curve": "tissue", "threshold": float("nan")} | fields
+    message = _MESSAGES[code].format(value=value if value is not None else float("nan"), **fields)
+    if detail:
+        message = f"{message} ({detail})"
+    return {"code": code, "message": message, "value": None if value is None else round(float(value), 4)}
+
+
+def verdict(flags: Iterable[dict[str, Any]]) -> str:
+    """The study's QC verdict: ``unreliable`` when a flag of :data:`UNRELIABLE_FLAGS` was raised
+    (the maps are shown, not trusted), ``review`` when any other warning was, else ``ok``."""
+    codes = {f["code"] for f in flags}
+    if codes & UNRELIABLE_FLAGS:
+        return "unreliable"
+    return "review" if codes - INFORMATIONAL_FLAGS else "ok"
+
+
+def reliable(flags: Iterable[dict[str, Any]]) -> bool:
+    """False when a flag in :data:`UNRELIABLE_FLAGS` was raised (the maps are shown, not trusted)."""
+    return not any(f["code"] in UNRELIABLE_FLAGS for f in flags)
+
+
+def end_fraction(curve: np.ndarray) -> float:
+    """Mean of the last three frames over the peak of an enhancement curve (0 without a peak)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    peak = float(np.max(curve)) if curve.size else 0.0
+    if peak <= 0:
+        return 0.0
+    return float(np.mean(curve[-3:]) / peak)
+
+
+# --- input checks (no arterial input needed) -------------------------------------------------------
+def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The ``large_motion`` and ``motion_unrecoverable`` flags of a motion summary
+    (:func:`perfnet.preprocess.shared.motion_provenance`), if raised."""
+    flags: list[dict[str, Any]] = []
+    # how far the head moved (its estimate where accepted), also where only part of it was applied
+    moved = (
+        None if motion is None else motion.get("max_head_displacement_mm") or motion["max_displacement_mm"]
+    )
+    if moved is not None and moved > LARGE_MOTION_MM:
+        flags.append(flag("large_motion", moved))
+    if motion is not None and motion.get("motion_unrecoverable"):
+        flags.append(flag("motion_unrecoverable", len(motion.get("excluded_frames", []))))
+    return flags
+
+
+def non_steady_state_flags(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The informational ``non_steady_state_frames_removed`` flag of a
+    :meth:`perfnet.preprocess.nonsteady.NonSteadyState.to_dict` record, if frames were removed."""
+    if record and record.get("frames", 0) > 0:
+        how = "forced by --skip-frames" if record.get("source") == "forced" else "detected"
+        return [flag("non_steady_state_frames_removed", record["frames"], how)]
+    return []
+
+
+def _enhancement(values: np.ndarray, baseline_end: int, modality: str, echo_time: float | None) -> np.ndarray:
+    """(V, T) signal → enhancement over the first ``baseline_end`` frames (CT HU; MR ΔR2*)."""
+    from perfnet.preprocess.concentration import to_concentration
+
+    conc = to_concentration(values[:, None, None, :], baseline_end, modality, echo_time)
+    return conc[:, 0, 0, :].astype(np.float64)
+
+
+def temporal_noise_sd(curves: np.ndarray) -> np.ndarray:
+    """Per-curve white-noise SD from second differences, 1.4826·median|Δ²c|/√6 (Var Δ²ε = 6σ²;
+    the smooth bolus barely moves the median): the baseline noise, measured on every frame so that
+    a study without a baseline gets one too."""
+    if curves.shape[1] < 3:
+        return np.zeros(curves.shape[0])
+    return 1.4826 * np.median(np.abs(np.diff(curves, n=2, axis=1)), axis=1) / np.sqrt(6.0)
+
+
+def _brain_values(data4d: np.ndarray, mask: np.ndarray, max_voxels: int) -> np.ndarray:
+    index = np.flatnonzero(mask)
+    index = index[:: max(1, index.size // max_voxels)]
+    return np.asarray(data4d.reshape(-1, data4d.shape[3])[index], dtype=np.float32)
+
+
+def input_measures(
+    series: Any,
+    mask: np.ndarray,
+    baseline_end: int,
+    acquired_data: np.ndarray | None = None,
+    max_voxels: int = MAX_VOXELS,
+) -> dict[str, float]:
+    """The numbers the input checks judge, from the series every method analyses.
+
+    ``series``: the preprocessed :class:`~perfnet.io.types.PerfusionSeries` (non-steady-state frames
+    removed, motion corrected); ``acquired_data``: the same frames before motion correction (the
+    noise is measured there: resampling blurs it); ``baseline_end``: the baseline frames of the
+    bolus timing.
+
+    - ``tissue_peak``: peak of the brain's mean enhancement curve (CT HU − baseline; MR ΔR2* =
+      −ln(S/S₀)/TE), brain voxels as given by ``mask``;
+    - ``tissue_end_fraction``: that curve's mean over the last three frames / its peak;
+    - ``noise_sd``: median over the brain voxels of each voxel's temporal noise SD
+      (:func:`temporal_noise_sd`) in the same units;
+    - ``tissue_cnr``: ``tissue_peak / noise_sd``: how far an average voxel's bolus rises above its
+      own noise — the quantity that sets the noise of every voxel-wise map, whatever the method.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    te = getattr(series, "echo_time", None)
+
+    def enhancement(data: np.ndarray) -> np.ndarray:
+        return _enhancement(_brain_values(data, mask, max_voxels), baseline_end, series.modality, te)
+
+    tissue = enhancement(series.data)
+    noisy = tissue if acquired_data is None or acquired_data is series.data else enhancement(acquired_data)
+    noise = float(np.median(temporal_noise_sd(noisy)))
+    tissue_curve = tissue.mean(axis=0)
+    peak = float(tissue_curve.max())
+    return {
+        "tissue_peak": round(peak, 5),
+        "tissue_end_fraction": round(end_fraction(tissue_curve), 4),
+        "noise_sd": round(noise, 5),
+        "tissue_cnr": round(peak / noise, 4) if noise > 0 else float("inf"),
+    }
+
+
+def input_flags(
+    measures: dict[str, float],
+    no_baseline: bool,
+    motion: dict[str, Any] | None = None,
+    non_steady_state: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The flags of the input checks (see the module docstring) from :func:`input_measures`, the
+    bolus timing's ``no_baseline``, the motion summary and the non-steady-state record."""
+    flags: list[dict[str, Any]] = []
+    if measures["tissue_end_fraction"] > TRUNCATION_FRACTION:
+        flags.append(flag("truncated_bolus", measures["tissue_end_fraction"]))
+    flags += motion_flags(motion)
+    if measures["tissue_cnr"] < MIN_TISSUE_CNR:
+        flags.append(flag("low_snr", measures["tissue_cnr"], threshold=MIN_TISSUE_CNR))
+    if no_baseline:
+        flags.append(flag("no_baseline"))
+    return flags + non_steady_state_flags(non_steady_state)
+
+
+# --- arterial-input checks (methods that select an AIF) ---------------------------------------------
+def aif_flags(aif: Any, flags: list[dict[str, Any]], times: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The arterial-input flags of an AIF selection (an object with ``flags``, ``details``,
+    ``scale`` and ``vof``, e.g. :class:`perfnet.conventional.aif.AifResult`) added to the input
+    flags ``flags``: ``truncated_bolus`` from the venous curve when the tissue curve did not raise
+    it, then the selection's own flags (weak / late / truncated / implausible AIF, no VOF, high
+    partial volume) with the reason it gives."""
+    out = list(flags)
+    vof = getattr(aif, "vof", None)
+    venous_end = end_fraction(vof) if vof is not None else 0.0
+    if venous_end > TRUNCATION_FRACTION and not any(f["code"] == "truncated_bolus" for f in out):
+        out.insert(0, flag("truncated_bolus", venous_end, curve="venous"))
+    for code in aif.flags:
+        value = aif.scale if code == "aif_partial_volume_high" else None
+        detail = aif.details.get(_AIF_REASONS.get(code, ""))
+        out.append(flag(code, value, detail))
+    return out
+
+
+def summary(flags: list[dict[str, Any]], measures: dict[str, Any] | None = None) -> dict[str, Any]:
+    """provenance.json's ``qc``: verdict, flag codes, the measures judged and the thresholds."""
+    return {
+        "verdict": verdict(flags),
+        "flags": [f["code"] for f in flags],
+        "measures": measures or {},
+        "thresholds": {
+            "truncation_fraction": TRUNCATION_FRACTION,
+            "large_motion_mm": LARGE_MOTION_MM,
+            "min_tissue_cnr": MIN_TISSUE_CNR,
+        },
+    }

@@ -1,0 +1,165 @@
+"""One QC for every method (perfnet.qc): the input checks run in the shared preprocessing, so oSVD
+and the CNN raise the same truncated-acquisition, no-baseline and low-SNR flags on the same study,
+with the same verdict in provenance.json and at the top of report.html."""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import perfnet
+from perfnet import qc
+from perfnet.io.types import PerfusionSeries
+from perfnet.phantom import PhantomConfig, PhantomStudy, simulate_study
+from perfnet.preprocess.shared import preprocess
+
+#: 64×64×4, 50 frames at 1 s, bolus arriving at 8 s, a large MCA lesion; the CT dose is varied.
+#: Tissue CNR (measured / truth): 1.42 / 1.43 at 150 mAs (12.2 HU), 0.52 / 0.52 at 20 mAs (33.5 HU).
+BASE = {
+    "matrix": 64, "slices": 4, "coverage_mm": 40.0, "frames": 50, "frame_interval_s": 1.0,
+    "timing": "uniform", "arrival_s": 8.0, "lesion": "core", "lesion_radius_mm": 45.0, "motion": False,
+}  # fmt: skip
+SEED = 5
+METHODS = ("osvd", "cnn")
+
+
+@functools.lru_cache(maxsize=4)
+def ct_study(dose_mas: float = 150.0, frames: int = 50) -> PhantomStudy:
+    return simulate_study(PhantomConfig.draw(SEED, "CT", **(BASE | {"dose_mas": dose_mas, "frames": frames})))
+
+
+@functools.lru_cache(maxsize=8)
+def run(method: str, dose_mas: float = 150.0, frames: int = 50, crop: int = 0) -> perfnet.StudyResult:
+    series = ct_study(dose_mas, frames).series
+    if crop:
+        series = series.with_data(
+            np.ascontiguousarray(series.data[..., crop:]), series.times[crop:] - series.times[crop]
+        )
+    return perfnet.analyze(series, method, motion_correction=False, skip_frames=0, device="cpu")
+
+
+def codes(result: perfnet.StudyResult) -> set[str]:
+    return {f["code"] for f in result.qc_flags}
+
+
+def truth_cnr(study: PhantomStudy) -> float:
+    """Peak of the noise-free brain-mean enhancement over the simulated noise SD."""
+    brain = study.truth.masks["brain"]
+    return float(study.truth.concentration[brain].mean(axis=0).max() / study.config.effective_noise_sd)
+
+
+def truth_end_fraction(study: PhantomStudy) -> float:
+    brain = study.truth.masks["brain"]
+    return qc.end_fraction(study.truth.concentration[brain].mean(axis=0))
+
+
+# --- the measures against known truth ----------------------------------------------------------------
+def test_noise_and_enhancement_of_a_synthetic_series() -> None:
+    """A gamma-variate bolus of 20 HU on 40 HU with white noise of 10 HU: the measures recover it."""
+    rng = np.random.default_rng(0)
+    times = np.arange(60.0)
+    t = np.clip(times - 10.0, 0, None)
+    bolus = (t / 6.0) ** 3 * np.exp(3 - t / 2.0)  # gamma variate, peak 1 at 16 s
+    bolus = 20.0 * bolus / bolus.max()
+    data = 40.0 + bolus + rng.normal(0.0, 10.0, (24, 24, 2, 60))
+    series = PerfusionSeries(data.astype(np.float32), times, np.eye(4), "CT")
+    m = qc.input_measures(series, np.ones((24, 24, 2), bool), baseline_end=8)
+    assert m["noise_sd"] == pytest.approx(10.0, rel=0.05)
+    assert m["tissue_peak"] == pytest.approx(20.0, abs=0.5)
+    assert m["tissue_cnr"] == pytest.approx(2.0, rel=0.06)
+    assert m["tissue_end_fraction"] == pytest.approx(float(bolus[-3:].mean() / 20.0), abs=0.01)
+
+
+def test_flags_and_verdict_rules() -> None:
+    clean = {"tissue_end_fraction": 0.05, "tissue_cnr": 1.3, "tissue_peak": 15.0, "noise_sd": 11.0}
+    assert qc.input_flags(clean, False) == []
+    assert qc.verdict([]) == "ok"
+    nss = qc.input_flags(clean, False, None, {"frames": 2, "source": "detected"})
+    assert [f["code"] for f in nss] == ["non_steady_state_frames_removed"] and qc.verdict(nss) == "ok"
+    bad = qc.input_flags(clean | {"tissue_end_fraction": 0.5, "tissue_cnr": 0.4}, True)
+    assert [f["code"] for f in bad] == ["truncated_bolus", "low_snr", "no_baseline"]
+    assert bad[1]["value"] == 0.4 and "0.40 (< 0.65)" in bad[1]["message"]
+    assert qc.verdict(bad) == "review"
+    moved = qc.input_flags(clean, False, {"max_displacement_mm": 3.0, "motion_unrecoverable": True})
+    assert qc.verdict(moved) == "unreliable" and not qc.reliable(moved)
+
+
+# --- every method, the same flags ---------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_a_truncated_acquisition_is_flagged(method: str) -> None:
+    """Acquisition stopping 12 s after the bolus arrives (21 frames): truncated_bolus, with the
+    tissue curve's end fraction measured as the noise-free truth's."""
+    study = ct_study(frames=21)
+    result = run(method, frames=21)
+    flags = {f["code"]: f for f in result.qc_flags}
+    assert "truncated_bolus" in flags and result.verdict == "review"
+    measured = result.provenance["qc"]["measures"]["tissue_end_fraction"]
+    assert measured == pytest.approx(truth_end_fraction(study), abs=0.05)  # 0.98 vs 0.98
+    assert flags["truncated_bolus"]["value"] > qc.TRUNCATION_FRACTION
+    full = run(method)
+    assert "truncated_bolus" not in codes(full)
+    assert full.provenance["qc"]["measures"]["tissue_end_fraction"] == pytest.approx(
+        truth_end_fraction(ct_study()), abs=0.05
+    )  # 0.11 vs 0.12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_very_low_dose_is_flagged_low_snr(method: str) -> None:
+    """20 mAs (33.5 HU of noise, 25 HU more than at 150 mAs): low_snr; normal dose: not."""
+    low, normal = run(method, dose_mas=20.0), run(method, dose_mas=150.0)
+    m_low, m_normal = low.provenance["qc"]["measures"], normal.provenance["qc"]["measures"]
+    assert m_low["noise_sd"] == pytest.approx(ct_study(20.0).config.effective_noise_sd, rel=0.03)
+    assert m_normal["noise_sd"] == pytest.approx(ct_study(150.0).config.effective_noise_sd, rel=0.03)
+    assert m_low["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(20.0)), rel=0.05)
+    assert m_normal["tissue_cnr"] == pytest.approx(truth_cnr(ct_study(150.0)), rel=0.05)
+    assert m_low["tissue_cnr"] < qc.MIN_TISSUE_CNR < m_normal["tissue_cnr"]
+    assert "low_snr" in codes(low) and low.verdict == "review"
+    assert "low_snr" not in codes(normal)
+    assert normal.verdict == "ok", normal.qc_flags
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_baseline_is_flagged_for_every_method(method: str) -> None:
+    """The first 8 frames cut off: the bolus arrives at the first frame."""
+    result = run(method, crop=8)
+    assert "no_baseline" in codes(result) and result.verdict == "review"
+    assert "no_baseline" not in codes(run(method))
+
+
+def test_osvd_and_cnn_share_preprocessing_and_qc() -> None:
+    """The same study through both methods: the same input QC, flags and verdict."""
+    a, b = run("osvd", dose_mas=20.0), run("cnn", dose_mas=20.0)
+    assert a.provenance["input_qc"] == b.provenance["input_qc"]
+    assert {"low_snr"} <= codes(a) & codes(b)
+    for result in (a, b):
+        assert result.provenance["verdict"] == result.provenance["qc_verdict"] == result.verdict
+        assert result.provenance["qc"]["flags"] == [f["code"] for f in result.qc_flags]
+
+
+def test_preprocess_with_motion_correction_measures_the_acquired_noise() -> None:
+    """Motion correction resamples (and blurs) the frames: the noise is measured before it."""
+    study = ct_study(20.0)
+    prepared = preprocess(study.series, skip_frames=0, motion_correction=True)
+    assert prepared.motion is not None
+    assert prepared.qc_measures["noise_sd"] == pytest.approx(study.config.effective_noise_sd, rel=0.03)
+    assert "low_snr" in {f["code"] for f in prepared.qc_flags}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_verdict_banner_tops_the_report(method: str, tmp_path: Path) -> None:
+    result = run(method, dose_mas=20.0)
+    result.save(tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    body = page[page.index("<body>") :]
+    banner = body.index('id="qc-verdict"')
+    assert banner < body.index("<h1>") and banner < body.index("Lesion volumes")
+    assert "QC review" in body[banner : body.index("<h1>")]
+    low_snr = next(f for f in result.qc_flags if f["code"] == "low_snr")
+    assert html.escape(low_snr["message"]) in body[banner : body.index("<h1>")]
+    saved = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert saved["verdict"] == "review" and "low_snr" in saved["qc"]["flags"]
