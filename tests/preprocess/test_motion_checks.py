@@ -212,6 +212,7 @@ def test_outside_marks_the_slab_edge_that_moved_out() -> None:
     assert result.outside_content[4:-4, 4:-4, 0].all() and not result.outside_content[4:-4, 4:-4, 1:].any()
     assert np.all(result.outside_fraction[k:] > 0.05) and np.all(result.outside_fraction[:k] == 0.0)
     assert result.to_dict()["outside_voxels"] == int(outside.sum())
+    assert result.to_dict()["outside_content_voxels"] == int(result.outside_content.sum())
 
 
 def test_outside_voxels_matches_a_direct_evaluation() -> None:

@@ -232,6 +232,9 @@ class MotionResult:
             "mismatch": rounded(self.mismatch, 5),
             "excluded_frames": [int(t) for t in self.excluded_frames],
             "outside_voxels": None if self.outside is None else int(self.outside.sum()),
+            "outside_content_voxels": None
+            if self.outside_content is None
+            else int(self.outside_content.sum()),
             "outside_fraction": rounded(self.outside_fraction),
             "motion_unrecoverable": self.unrecoverable is not None,
             "unrecoverable_reason": self.unrecoverable,
