@@ -205,10 +205,14 @@ def test_outside_marks_the_slab_edge_that_moved_out() -> None:
     assert set(result.status[k:]) == {"accepted"}  # the through-plane shift earns its blur
     assert np.all(np.abs(result.parameters[k:, 2] - 4.0) < 1.0)
     outside = result.outside
-    # the corrected top slice samples above the slab: outside; the slices below it do not
-    assert outside[..., -1].mean() > 0.99 and not outside[4:-4, 4:-4, :-1].any()
+    # the corrected top slice samples above the slab: outside; the frames' bottom slice holds
+    # anatomy from below the slab (2/3 of it), which the corrected bottom slice draws on (1/3 of its
+    # value): outside too; the slices between them are not
+    assert outside[..., -1].mean() > 0.99 and not outside[4:-4, 4:-4, 1:-1].any()
+    assert result.outside_content[4:-4, 4:-4, 0].all() and not result.outside_content[4:-4, 4:-4, 1:].any()
     assert np.all(result.outside_fraction[k:] > 0.05) and np.all(result.outside_fraction[:k] == 0.0)
     assert result.to_dict()["outside_voxels"] == int(outside.sum())
+    assert result.to_dict()["outside_content_voxels"] == int(result.outside_content.sum())
 
 
 def test_outside_voxels_matches_a_direct_evaluation() -> None:

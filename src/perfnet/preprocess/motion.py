@@ -114,6 +114,14 @@ OUTSIDE_TOLERANCE_VOXELS = 0.05
 #: estimate places more than this far beyond them (the estimates not applied are uncertain: the
 #: DSC bolus alone moves tz by up to ~1 mm on 6 mm slices).
 UNAPPLIED_TOLERANCE_VOXELS = 0.25
+#: A corrected voxel whose value draws more than this fraction on frame voxels that hold anatomy from
+#: beyond the imaged slab (by the estimated pose; see :func:`content_from_outside`) in a kept frame
+#: is ``outside`` too: the edge slice of a frame whose head moved through-plane holds what lay
+#: beyond the slab, which a rigid correction moves back into the slab's edge slice. (Frames whose
+#: through-plane part was not applied: more than :data:`UNAPPLIED_TOLERANCE_VOXELS`.) 5 % is the
+#: scale of the signal a bolus changes in tissue (DSC ~10 %, CT 20–40 HU) when what moves in is
+#: air or bone.
+CONTENT_OUTSIDE_FRACTION = 0.05
 
 #: Frame status values of :attr:`MotionResult.status`.
 STATUSES = ("reference", "accepted", "in_plane", "interpolated", "identity")
@@ -158,8 +166,11 @@ class MotionResult:
             where the through-plane part of the pose was estimated but not applied (status
             "in_plane"), that estimate places its anatomy beyond them (by more than
             :data:`UNAPPLIED_TOLERANCE_VOXELS`). Slab edges that moved out of the field of view:
-            bone or air moves into them and their curves step. An arterial or venous search must
-            exclude them (``perfnet.conventional.aif``).
+            bone or air moves into them and their curves step. Also (``outside_content``) voxels
+            whose corrected value draws more than :data:`CONTENT_OUTSIDE_FRACTION` on anatomy
+            from beyond the slab (:func:`content_from_outside`: the opposite edge of a
+            through-plane move). An arterial or venous search must exclude them
+            (``perfnet.conventional.aif``).
         outside_fraction: (T,) fraction of the head (reference frame above air) filled from outside.
         unrecoverable: None, or why the excluded frames cannot be replaced
             (:func:`replacement_verdict`): the ``motion_unrecoverable`` QC flag.
@@ -182,6 +193,7 @@ class MotionResult:
     excluded_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     outside: np.ndarray | None = None
     outside_fraction: np.ndarray | None = None
+    outside_content: np.ndarray | None = None
     unrecoverable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +232,9 @@ class MotionResult:
             "mismatch": rounded(self.mismatch, 5),
             "excluded_frames": [int(t) for t in self.excluded_frames],
             "outside_voxels": None if self.outside is None else int(self.outside.sum()),
+            "outside_content_voxels": None
+            if self.outside_content is None
+            else int(self.outside_content.sum()),
             "outside_fraction": rounded(self.outside_fraction),
             "motion_unrecoverable": self.unrecoverable is not None,
             "unrecoverable_reason": self.unrecoverable,
@@ -775,6 +790,47 @@ def outside_voxels(
     return outside, fraction
 
 
+def content_from_outside(
+    correction_maps: np.ndarray,
+    origin_maps: np.ndarray,
+    shape: tuple[int, int, int],
+    frames: np.ndarray | None = None,
+) -> np.ndarray:
+    """Largest fraction (X, Y, Z) float32, over ``frames`` (default all), of a corrected voxel's
+    value drawn from frame voxels that hold anatomy from beyond the imaged volume.
+
+    Frame voxel k holds the reference's anatomy at ``origin_maps[t] @ k`` (the estimated pose's
+    voxel map); the part of that voxel lying beyond the outermost voxel centres is the amount d
+    (voxels, ≤ 1) by which that position passes them (what linear interpolation across the slab's
+    edge takes from outside). The corrected frame samples the frame at ``correction_maps[t]``
+    (trilinear, as :func:`resample_with_edges`); resampling d the same way gives the fraction of
+    each corrected voxel's value that came from outside. The reverse of :func:`outside_voxels`:
+    a head moving 3.5 mm down through 6 mm slices puts ~0.6 of beyond-the-slab anatomy into the
+    frame's top slice, which the correction (sampling inside the slab there) moves back into the
+    top slice of the corrected series.
+    """
+    shape = tuple(int(n) for n in shape)
+    frames = np.arange(len(correction_maps)) if frames is None else np.asarray(frames, dtype=int)
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), axis=-1)
+    largest = np.zeros(shape, dtype=np.float32)
+    for start in range(0, frames.size, RESAMPLE_CHUNK):
+        chunk = frames[start : start + RESAMPLE_CHUNK]
+        beyond = np.zeros((*shape, chunk.size), dtype=np.float32)
+        for c, t in enumerate(chunk):
+            m = np.asarray(origin_maps[t], dtype=np.float32)
+            if np.allclose(m, np.eye(4), atol=1e-6):
+                continue
+            q = index @ m[:3, :3].T + m[:3, 3]
+            upper = np.asarray(shape, dtype=np.float32) - 1
+            d = np.maximum(np.maximum(-q, q - upper), 0.0).max(axis=-1)
+            beyond[..., c] = np.minimum(d, 1.0)
+        if not beyond.any():
+            continue
+        moved = resample_with_edges(beyond, np.asarray(correction_maps)[chunk], cval=1.0)
+        np.maximum(largest, moved.max(axis=3), out=largest)
+    return largest
+
+
 def unalignable_frames(
     corrected: np.ndarray, spacing: np.ndarray, head: np.ndarray, reference: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1072,13 +1128,27 @@ def motion_correct(
         both = np.stack([maps, np.stack([voxel_map(r, affine) for r in residual])], axis=1)
         ref_frame = data4d.mean(axis=3) if reference == "mean" else data4d[..., ref_index]
         kept = np.setdiff1d(np.arange(n_frames), result.excluded_frames)
+        head = head_mask(ref_frame)
         result.outside, result.outside_fraction = outside_voxels(
-            both,
-            data4d.shape[:3],
-            head_mask(ref_frame),
-            kept,
-            (OUTSIDE_TOLERANCE_VOXELS, UNAPPLIED_TOLERANCE_VOXELS),
+            both, data4d.shape[:3], head, kept, (OUTSIDE_TOLERANCE_VOXELS, UNAPPLIED_TOLERANCE_VOXELS)
         )
+        # (c) corrected voxels drawing on frame voxels whose anatomy (by the estimated pose) lay
+        # beyond the slab: the reverse of (a), at the opposite edge of a through-plane move
+        trusted = np.isin(result.status, ("reference", "accepted", "in_plane"))[:, None]
+        poses = np.where(trusted, estimated, result.parameters)  # a rejected estimate says nothing
+        origins = np.stack([voxel_map(rigid_matrix(p, centre), affine) for p in poses])
+        # a through-plane estimate left unapplied is uncertain (the bolus alone moves tz by up to
+        # ~1 mm on thick slices): those frames count only beyond UNAPPLIED_TOLERANCE_VOXELS
+        unapplied = np.asarray(result.status)[kept] == "in_plane"
+        result.outside_content = np.zeros(data4d.shape[:3], dtype=bool)
+        for frames, least in (
+            (kept[~unapplied], CONTENT_OUTSIDE_FRACTION),
+            (kept[unapplied], UNAPPLIED_TOLERANCE_VOXELS),
+        ):
+            if frames.size:
+                drawn = content_from_outside(maps, origins, data4d.shape[:3], frames)
+                result.outside_content |= drawn > least
+        result.outside |= result.outside_content
     if apply:
         if cval is None:
             cval = float(np.percentile(data4d[..., 0 if reference == "mean" else int(reference)], 1.0))
