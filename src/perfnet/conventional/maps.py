@@ -77,6 +77,11 @@ def subsample_argmax(values: np.ndarray, times: np.ndarray) -> np.ndarray:
 #: correlation most among 0.1–0.3 (benchmarks/tiles.py).
 PASSAGE_END_FRACTION = 0.1
 RECIRCULATION_TROUGH = 0.4
+#: A trough counts only when the curve rises again by this fraction of the peak within
+#: RECIRCULATION_WITHIN_S (a recirculation bump, not a wiggle of a slow wash-out: on a moving
+#: thick-slice CT phantom a 0.1-HU dip at 25 % of the peak cut the window and CBV read 0.6×).
+RECIRCULATION_REBOUND = 0.05
+RECIRCULATION_WITHIN_S = 10.0
 
 
 def bolus_passage_window(times: np.ndarray, tissue: np.ndarray, baseline_end: int) -> tuple[int, int]:
@@ -87,8 +92,9 @@ def bolus_passage_window(times: np.ndarray, tissue: np.ndarray, baseline_end: in
     (tile phantom, 10 HU, 5 frames, 80 s: tile-median CBV r 0.62). The window runs from the
     last baseline frame to the end of the first passage of ``tissue`` (the brain's median
     concentration curve, (T,)): the first frame after its peak below PASSAGE_END_FRACTION of the
-    peak, or its first local minimum under RECIRCULATION_TROUGH of the peak (recirculation
-    follows), else the last frame. AIF and tissue are integrated over the same window, so an
+    peak, or its first local minimum under RECIRCULATION_TROUGH of the peak followed by a rise of
+    RECIRCULATION_REBOUND of the peak within RECIRCULATION_WITHIN_S (recirculation), else the
+    last frame. AIF and tissue are integrated over the same window, so an
     AIF whose first pass ends inside it cancels; tissue with a long transit (MTT ≳ 15 s) loses
     its tail (tile phantom, MTT 24 s: −12 %).
     """
@@ -103,7 +109,13 @@ def bolus_passage_window(times: np.ndarray, tissue: np.ndarray, baseline_end: in
     low = after & (tissue < PASSAGE_END_FRACTION * peak)
     inner = np.zeros(n, dtype=bool)
     inner[1:-1] = (tissue[1:-1] <= tissue[:-2]) & (tissue[1:-1] < tissue[2:])
-    trough = after & inner & (tissue < RECIRCULATION_TROUGH * peak)
+    times = np.asarray(times, dtype=np.float64)
+    ahead = np.searchsorted(times, times + RECIRCULATION_WITHIN_S, side="right")
+    later_max = np.full(n, -np.inf)  # per frame (not per voxel): the highest value ahead
+    for i in range(n - 1):
+        later_max[i] = tissue[i + 1 : max(int(ahead[i]), i + 2)].max()
+    rebound = later_max >= tissue + RECIRCULATION_REBOUND * peak
+    trough = after & inner & rebound & (tissue < RECIRCULATION_TROUGH * peak)
     ends = np.flatnonzero(low | trough)
     stop = int(ends[0]) if ends.size else n - 1
     return start, max(stop, min(start + 2, n - 1))
