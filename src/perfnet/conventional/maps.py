@@ -4,7 +4,8 @@ With C_t the tissue and C_a the arterial concentration, deconvolution of
 C_t = C_a ⊗ k gives the flow-scaled residue k(t) = (ρ/kH) · CBF/6000 · R(t) (1/s), so
 
     CBF  = 6000 · (kH/ρ) · max k                       mL/100 g/min   (Østergaard 1996)
-    CBV  = 100 · (kH/ρ) · ∫C_t / ∫C_a                  mL/100 g       (Rempp 1994)
+    CBV  = 100 · (kH/ρ) · ∫C_t / ∫C_a                  mL/100 g       (Rempp 1994; both integrals
+                                                                       over the bolus passage)
     MTT  = 60 · CBV / CBF                               s              (central volume theorem)
     Tmax = argmax k                                     s
     TTP  = argmax C_t                                   s from the first frame

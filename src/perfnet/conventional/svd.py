@@ -198,9 +198,9 @@ def peak_time(
     through its neighbours (as :func:`perfnet.conventional.maps.subsample_argmax`); a narrow peak
     is placed at its cell's centre, a broad one at its start (see NARROW_PEAK; ``cell_centre``
     False reads every peak at its cell's start, the former convention, which put a pure shift of
-    the AIF half a frame early). For block-circulant residues a maximum
-    in the second half of the L-sample circle is a negative time and Tmax is clamped at 0; for
-    sSVD maxima at either end are not refined.
+    the AIF half a frame early). For block-circulant residues a maximum in the second half of the
+    L-sample circle is a negative time and Tmax is clamped at 0; for sSVD maxima at either end
+    are not refined.
     """
     peak, before, after = (np.asarray(x, dtype=np.float64) for x in (peak, before, after))
     denom = before - 2.0 * peak + after
