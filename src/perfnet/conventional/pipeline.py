@@ -15,7 +15,14 @@ import numpy as np
 from perfnet import __version__, qc
 from perfnet.constants import HEMATOCRIT_FACTOR, MAP_LIMITS, TISSUE_DENSITY
 from perfnet.conventional.aif import AifResult, arterial_input
-from perfnet.conventional.maps import cbf_from_flow, cbv_from_areas, mtt_from, subsample_argmax
+from perfnet.conventional.maps import (
+    bolus_passage_window,
+    cbf_from_flow,
+    cbv_from_areas,
+    mtt_from,
+    passage_areas,
+    subsample_argmax,
+)
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 from perfnet.preprocess.shared import Steps, motion_provenance  # noqa: F401 (re-exported)
@@ -170,13 +177,15 @@ def analyze(
         ),
     )
     kh, rho = options.hematocrit_factor, options.tissue_density
+    passage = bolus_passage_window(times, np.median(curves, axis=0), bolus.baseline_end)
     cbf = cbf_from_flow(result.flow, kh, rho)
     if result.mtt is not None:  # box-NLR fits MTT itself: CBV = CBF · MTT / 60
         mtt = np.asarray(result.mtt, dtype=np.float64)
         cbv = cbf * mtt / 60.0
     else:
-        tissue_area = np.trapezoid(curves, times, axis=1)
-        cbv = cbv_from_areas(tissue_area, float(np.trapezoid(aif.aif, times)), kh, rho)
+        # over the bolus passage, not the whole scan: the baseline's error grows with the window
+        tissue_area, aif_area = passage_areas(curves, aif.aif, times, passage)
+        cbv = cbv_from_areas(tissue_area, aif_area, kh, rho)
         mtt = mtt_from(cbv, cbf)
     smooth_u = (
         temporal_smooth(curves_u[:, None, None, :], grid, 1.0)[:, 0, 0, :] if grid.size > 3 else curves_u
@@ -202,6 +211,10 @@ def analyze(
                 "peak_s": float(bolus.peak_s + steady.offset_s),
                 "no_baseline": bool(bolus.no_baseline),
             },
+            "cbv_window_s": [
+                float(times[passage[0]] + steady.offset_s),
+                float(times[passage[1]] + steady.offset_s),
+            ],
             "time_grid": {
                 "dt_s": float(dt),
                 "points": int(grid.size),
