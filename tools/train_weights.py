@@ -45,7 +45,23 @@ def _cohort(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
     return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra, "--no-motion"]
 
 
-#: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``) and the training stages,
+def _part(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
+    """One `perfnet simulate` call of a mixed cohort: every parameter drawn, motion included."""
+    return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra]
+
+
+#: MR cohorts mix style A (geometric) and style B (MNI template) studies, with motion (30 % of the
+#: studies of either style), non-steady-state leading frames (style B: 35 % of MR studies),
+#: truncated acquisitions, uniform / two-phase / jittered timing and every other parameter drawn;
+#: the inputs pass through inference's own preprocessing (non-steady-state frames dropped, motion
+#: correction, unalignable frames interpolated). Seeds 22000–25999: disjoint from the tests
+#: (< 10000), the older bundled cohorts and benchmarks/generalisation.py (70000–71105).
+MR_COHORTS = [
+    [_part("mr", 12, 22000, "--slices", "10"), _part("mr", 12, 23000, "--slices", "10", "--style", "mni")],
+]
+
+#: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``; a cohort is one `perfnet
+#: simulate` argument list, or a list of them merged into one cohort) and the training stages,
 #: each on one of those cohorts.
 SETTINGS = {
     "ct": {
@@ -72,13 +88,83 @@ SETTINGS = {
         ],
     },
     "mr": {
-        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "cohorts": MR_COHORTS,
+        # the 2-stage style-A model (20000–21089, --no-motion, 46 min; mr.md of commit f8e4265)
+        # fine-tuned on the mixed cohort through inference's preprocessing: the budget of one
+        # working session on a shared 2-core machine (motion correction of a study takes ~1 min)
         "stages": [
-            {"cohort": 0, "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8"], "minutes": 25},
-            {"cohort": 1, "train": [*TEMPORAL, *FINE_TUNE], "minutes": 20},
+            {
+                "cohort": 0,
+                "init": "bundled",
+                "train": [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"],
+                "minutes": 12,
+            },
         ],
     },
 }
+
+
+def _parts(cohort_args: list) -> list[list[str]]:
+    """A cohort's `perfnet simulate` argument lists (one for a plain cohort)."""
+    return cohort_args if cohort_args and isinstance(cohort_args[0], list) else [cohort_args]
+
+
+def _describe(cohort_args: list) -> str:
+    return " + ".join(f"`perfnet simulate {' '.join(p)}`" for p in _parts(cohort_args))
+
+
+def _renumbered(name: str, part: int) -> str:
+    return f"sub-{1000 * part + int(name.split('-')[1]):04d}"
+
+
+def simulate_cohort(folder: Path, cohort_args: list) -> None:
+    """Simulate a cohort; a mixed one part by part, merged with part k's subjects renumbered from
+    1000·k + 1 (sub-0001…, sub-1001…), so that the split by patient spans every part."""
+    parts = _parts(cohort_args)
+    if len(parts) == 1:
+        perfnet("simulate", str(folder), *parts[0])
+        return
+    staging = folder.with_name(folder.name + ".parts")
+    if staging.exists():
+        shutil.rmtree(staging)
+    merged = staging / "cohort"
+    merged.mkdir(parents=True)
+    rows: list[str] = []
+    for k, args in enumerate(parts):
+        part = staging / f"part-{k}"
+        perfnet("simulate", str(part), *args)
+        header, *lines = (part / "participants.tsv").read_text().splitlines()
+        rows = rows or [header]
+        for row in lines:
+            name, _, rest = row.partition("\t")
+            rows.append(f"{_renumbered(name, k)}\t{rest}")
+        for session in sorted(part.glob("sub-*/ses-*")):
+            old = session.parent.name
+            new = _renumbered(old, k)
+            for f in session.glob(f"{old}_*"):
+                f.rename(f.with_name(new + f.name[len(old) :]))
+            session.parent.rename(merged / new)
+    (merged / "participants.tsv").write_text("\n".join(rows) + "\n")
+    description = {"Name": "perfnet mixed phantom cohort", "Parts": parts}
+    (merged / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
+    merged.rename(folder)
+    shutil.rmtree(staging)
+
+
+def share_inputs(source: Path, target: Path) -> None:
+    """Hard-link (else copy) a finished stage's cached network inputs into the next stage's run
+    folder: same cohort and input settings, so the motion correction is not redone (each file
+    carries the key of what it was made from; a stale one is made again)."""
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.glob("*.npz"):
+        dest = target / f.name
+        if not dest.exists():
+            try:
+                dest.hardlink_to(f)
+            except OSError:
+                shutil.copyfile(f, dest)
 
 
 def _numbered(stem: str, i: int) -> str:
@@ -94,7 +180,7 @@ def perfnet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _stage_lines(plan: dict, cohort_args: list[str]) -> list[str]:
+def _stage_lines(plan: dict, cohort_args: list) -> list[str]:
     cfg = plan["config"]
     fold = plan["folds"]["0"]
     split = plan["splits"][0]
@@ -106,7 +192,7 @@ def _stage_lines(plan: dict, cohort_args: list[str]) -> list[str]:
     thinning = "" if thin == [1] else f"; frame thinning: every k-th frame, k drawn from {thin}"
     return [
         f"  - {init}; log-domain maps: {logs}{thinning}",
-        f"  - data: {len(plan['studies'])} phantom studies, `perfnet simulate {' '.join(cohort_args)}`",
+        f"  - data: {len(plan['studies'])} phantom studies, {_describe(cohort_args)}",
         f"  - split: 5 folds by patient; fold 0 trained on {len(split['training_subjects'])} patients,"
         f" validated on {len(split['validation_subjects'])}: {', '.join(split['validation_subjects'])}",
         f"  - schedule: {fold['epochs']} epochs ({pretrain}{cfg['crop']}² windows), Adam lr {cfg['lr']}"
@@ -175,9 +261,16 @@ def main() -> int:
         run = args.work / _numbered(f"{args.modality}-run", i)
         if not args.bundle_only:
             if not cohort.is_dir():
-                perfnet("simulate", str(cohort), *settings["cohorts"][stage["cohort"]])
+                simulate_cohort(cohort, settings["cohorts"][stage["cohort"]])
             minutes = args.minutes or stage["minutes"]
-            init = [] if previous is None else ["--init", str(previous)]
+            start = previous
+            if stage.get("init") == "bundled":  # the weights bundled before this run, kept aside once
+                start = args.work / f"{args.modality}-init.pt"
+                if not start.is_file():
+                    shutil.copyfile(WEIGHTS / f"{args.modality}.pt", start)
+            init = [] if start is None else ["--init", str(start)]
+            if previous is not None and settings["stages"][i - 1]["cohort"] == stage["cohort"]:
+                share_inputs(previous.parent / "inputs", run / "inputs")
             limit = ["--max-minutes", str(minutes)]
             perfnet("train", str(cohort), "--out", str(run), *stage["train"], *init, *limit)
         plans.append(json.loads((run / "plan.json").read_text()))
