@@ -180,11 +180,13 @@ def perfnet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _stage_lines(plan: dict, cohort_args: list) -> list[str]:
+def _stage_lines(plan: dict, cohort_args: list, stage: dict | None = None) -> list[str]:
     cfg = plan["config"]
     fold = plan["folds"]["0"]
     split = plan["splits"][0]
     init = "from scratch" if not cfg.get("init") else "fine-tuned from the stage before"
+    if (stage or {}).get("init") == "bundled":
+        init = "fine-tuned from the weights bundled before (their card: git history of this file)"
     logs = ", ".join(cfg.get("log_maps") or []) or "none"
     thin = [int(k) for k in cfg.get("thin") or [1]]
     pre = cfg["pretrain_epochs"]
@@ -210,14 +212,17 @@ def model_card(modality: str, plans: list[dict], settings: dict) -> str:
         "",
         f"- model: `{cfg['model']}` ({PAPERS[cfg['model']]}),"
         f" width {cfg['width']}, maps {', '.join(cfg['maps'])}, loss {cfg['loss']}",
-        f"- inputs: concentration resampled to {cfg['frames']} frames × {cfg['frame_interval']} s, starting"
+        "- inputs: made by `perfnet.inference.series.model_input`, the preprocessing of `analyze --method"
+        " cnn` (non-steady-state leading frames dropped, rigid motion correction with unalignable frames"
+        " interpolated, automatic brain mask); concentration resampled to"
+        f" {cfg['frames']} frames × {cfg['frame_interval']} s, starting"
         f" {cfg['align_lead_s']} s before the detected bolus arrival; in-plane pixels {cfg['pixel_mm']} mm",
         "- data: phantom cohorts with every parameter not named below drawn from the phantom's documented"
         " ranges (anatomy, CBF/CBV, residue family, delay/dispersion, AIF arrival 2–15 s, frame interval"
         " 0.5–2 s, 30–90 frames, dose/SNR, lesion type, territory and hemisphere)",
     ]
     for i, (plan, stage) in enumerate(zip(plans, settings["stages"], strict=True)):
-        lines += [f"- stage {i + 1}:", *_stage_lines(plan, settings["cohorts"][stage["cohort"]])]
+        lines += [f"- stage {i + 1}:", *_stage_lines(plan, settings["cohorts"][stage["cohort"]], stage)]
     trained = sum(p["folds"]["0"]["seconds"] for p in plans)
     loading = sum(p.get("load_seconds", 0.0) for p in plans)
     lines += [
