@@ -1,18 +1,24 @@
-"""Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 45).
+"""Train the bundled weights (``make weights``; CT ≈ 90 min of training from scratch, MR ≈ 12 min of
+fine-tuning plus ~10 min of simulation and preprocessing).
 
-    python tools/train_weights.py ct|mr [--work DIR] [--minutes M]
+    python tools/train_weights.py ct|mr [--work DIR] [--minutes M] [--bundle-only]
 
-Each modality trains in stages on two phantom cohorts (seeds below; never used by the tests,
-which draw seeds < 10000):
+CT trains in stages on two phantom cohorts (seeds below; never used by the tests, which draw
+seeds < 10000):
 
 1. from scratch on cohort 1 with linear targets (fold 0 of a 5-fold split by patient);
 2. fine-tuned (``perfnet train --init``) from stage 1 on a second, unseen cohort, with CBF and CBV
    regressed as log(value + offset) so that low-flow tissue (the core) weighs by ratio;
-3. (CT) fine-tuned again on cohort 1 with frame thinning (``--thin``), so that one model also
-   takes series with fewer frames (Gava's motivation).
+3. fine-tuned again on cohort 1 with frame thinning (``--thin``), so that one model also takes
+   series with fewer frames (Gava's motivation).
+
+MR fine-tunes the two-stage style-A model bundled at commit ``INIT_COMMIT`` (read with ``git
+show``) on one mixed cohort: style A and style B (MNI template) studies with motion,
+non-steady-state frames, truncated acquisitions and any frame timing, every input made by
+inference's own preprocessing (:func:`perfnet.inference.series.model_input`).
 
 Every stage's held-out fold is validated on patients no stage trained on. Writes
-``src/perfnet/weights/<modality>.pt`` with its model card ``<modality>.md`` and the plans of both
+``src/perfnet/weights/<modality>.pt`` with its model card ``<modality>.md`` and the plans of all
 stages ``<modality>-plan.json``.
 """
 
@@ -50,11 +56,16 @@ def _part(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
     return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra]
 
 
+#: The commit whose bundled MR weights (2 stages on style A, --no-motion, 46 min) the MR recipe
+#: fine-tunes; read with `git show` (sha256 recorded in the new weights' training provenance).
+INIT_COMMIT = "f8e4265"
+
+
 #: MR cohorts mix style A (geometric) and style B (MNI template) studies, with motion (30 % of the
 #: studies of either style), non-steady-state leading frames (style B: 35 % of MR studies),
 #: truncated acquisitions, uniform / two-phase / jittered timing and every other parameter drawn;
 #: the inputs pass through inference's own preprocessing (non-steady-state frames dropped, motion
-#: correction, unalignable frames interpolated). Seeds 22000–25999: disjoint from the tests
+#: correction, unalignable frames interpolated). Seeds 22000–22011 and 23000–23011: disjoint from the tests
 #: (< 10000), the older bundled cohorts and benchmarks/generalisation.py (70000–71105).
 MR_COHORTS = [
     [_part("mr", 12, 22000, "--slices", "10"), _part("mr", 12, 23000, "--slices", "10", "--style", "mni")],
@@ -95,7 +106,7 @@ SETTINGS = {
         "stages": [
             {
                 "cohort": 0,
-                "init": "bundled",
+                "init": INIT_COMMIT,
                 "train": [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"],
                 "minutes": 12,
             },
@@ -151,6 +162,15 @@ def simulate_cohort(folder: Path, cohort_args: list) -> None:
     shutil.rmtree(staging)
 
 
+def bundled_at(commit: str, modality: str) -> bytes:
+    """The bundled weights file of ``modality`` at ``commit`` of this repository."""
+    path = f"src/perfnet/weights/{modality}.pt"
+    done = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"train_weights: cannot read {path} at commit {commit} (a git checkout is needed)")
+    return done.stdout
+
+
 def share_inputs(source: Path, target: Path) -> None:
     """Hard-link (else copy) a finished stage's cached network inputs into the next stage's run
     folder: same cohort and input settings, so the motion correction is not redone (each file
@@ -185,8 +205,8 @@ def _stage_lines(plan: dict, cohort_args: list, stage: dict | None = None) -> li
     fold = plan["folds"]["0"]
     split = plan["splits"][0]
     init = "from scratch" if not cfg.get("init") else "fine-tuned from the stage before"
-    if (stage or {}).get("init") == "bundled":
-        init = "fine-tuned from the weights bundled before (their card: git history of this file)"
+    if (stage or {}).get("init"):
+        init = f"fine-tuned from the weights bundled at commit {stage['init']} (their card: `mr.md` there)"
     logs = ", ".join(cfg.get("log_maps") or []) or "none"
     thin = [int(k) for k in cfg.get("thin") or [1]]
     pre = cfg["pretrain_epochs"]
@@ -269,10 +289,10 @@ def main() -> int:
                 simulate_cohort(cohort, settings["cohorts"][stage["cohort"]])
             minutes = args.minutes or stage["minutes"]
             start = previous
-            if stage.get("init") == "bundled":  # the weights bundled before this run, kept aside once
+            if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
                 start = args.work / f"{args.modality}-init.pt"
                 if not start.is_file():
-                    shutil.copyfile(WEIGHTS / f"{args.modality}.pt", start)
+                    start.write_bytes(bundled_at(stage["init"], args.modality))
             init = [] if start is None else ["--init", str(start)]
             if previous is not None and settings["stages"][i - 1]["cohort"] == stage["cohort"]:
                 share_inputs(previous.parent / "inputs", run / "inputs")
