@@ -3,7 +3,8 @@ on studies of style A (``geometric``) and of the independent style B (``mni``).
 
 For every style and modality, N studies are simulated (128×128×8 unless ``--size``/``--slices``
 say otherwise; seeds 70000+, disjoint from the tests (< 10000) and from the bundled cohorts
-(10000–11119 CT, 20000–21089 MR, tools/train_weights.py); lesions stratified: study i is
+(10000–11119 CT, 20000–21089 MR, the mr-mixed candidate 22000–22011 and 23000–23011;
+tools/train_weights.py); lesions stratified: study i is
 lesion-free when i % 6 == 3, penumbra-only when i % 3 == 1, core with penumbra otherwise; all
 other parameters drawn as the style draws them, motion included) and analysed as ``perfnet
 analyze`` does (motion correction, the method, lesions with the default ``rapid`` preset and
