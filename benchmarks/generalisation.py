@@ -3,12 +3,15 @@ on studies of style A (``geometric``) and of the independent style B (``mni``).
 
 For every style and modality, N studies are simulated (128×128×8 unless ``--size``/``--slices``
 say otherwise; seeds 70000+, disjoint from the tests (< 10000) and from the bundled cohorts
-(10000–11119 CT, 20000–21089 MR, tools/train_weights.py); lesions stratified: study i is
+(10000–11119 CT, 20000–21089 MR, the mr-mixed candidate 22000–22011 and 23000–23011;
+tools/train_weights.py); lesions stratified: study i is
 lesion-free when i % 6 == 3, penumbra-only when i % 3 == 1, core with penumbra otherwise; all
 other parameters drawn as the style draws them, motion included) and analysed as ``perfnet
 analyze`` does (motion correction, the method, lesions with the default ``rapid`` preset and
-contralateral reference, the outputs written and read back by ``evaluate_study``; the motion
-correction, the same call for every method, runs once per study and is shared). Per study
+contralateral reference, the outputs written and read back by ``evaluate_study``; the
+preprocessing every method starts with -- non-steady-state frames dropped, motion correction,
+unalignable frames interpolated: :func:`perfnet.inference.series.prepare_series`, the calls of
+``analyze`` and ``analyze_cnn`` -- runs once per study and is shared). Per study
 and per method it prints Tmax MAEC (s, clipped to [0, 20]), hypoperfused Dice, core Dice (studies
 with a true core), rCBF Pearson r (CBF / the median CBF of the contralateral non-hypoperfused
 brain, over the truth brain) and the core volume found; per style the means, the false core
@@ -16,11 +19,16 @@ brain, over the truth brain) and the core volume found; per style the means, the
 each method (style B − style A).
 
     python benchmarks/generalisation.py [--studies 6] [--modality ct,mr] [--styles geometric,mni]
-        [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--size 128] [--slices 8] [--json OUT]
+        [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
+        [--slices 8] [--json OUT]
 
 ``--weights`` (repeatable, one file per modality; the modality is read from the file) scores
 candidate CNN weights instead of the bundled ones: e.g. a model trained on style B, tested on
-style A ("trained on B, tested on A").
+style A ("trained on B, tested on A"). ``--candidate`` (same form) adds the method ``candidate``:
+a second CNN scored beside ``cnn`` on the very same studies (old against new weights in one run;
+the simulation and the preprocessing are shared). E.g. the MR model alone:
+
+    python benchmarks/generalisation.py --modality mr --methods cnn,osvd --candidate new-mr.pt
 """
 
 from __future__ import annotations
@@ -77,19 +85,22 @@ def relative_cbf_r(pred_cbf: np.ndarray, reference_cbf: float, truth: Any, affin
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def motion_corrected(series: Any) -> tuple[Any, dict[str, Any]]:
-    """The rigid motion correction every method starts with (the same call as ``analyze``'s and
-    ``analyze_cnn``'s), done once per study and shared by the methods."""
-    from perfnet.preprocess.motion import motion_correct
-    from perfnet.preprocess.shared import motion_provenance
+def preprocessed(series: Any) -> tuple[Any, float]:
+    """The preprocessing every method starts with (non-steady-state frames, motion correction,
+    unalignable frames interpolated; the same calls as ``analyze``'s and ``analyze_cnn``'s), done
+    once per study and shared by the methods; returns the series and the time of its first frame
+    on the acquisition's clock."""
+    from perfnet.inference.series import prepare_series
 
-    moved = motion_correct(series.data, series.affine, reference=0)
-    return series.with_data(moved.data), motion_provenance(moved)
+    prepared = prepare_series(series)
+    return prepared.series, float(prepared.steady.offset_s)
 
 
-def analyse(method: str, series: Any, weights: str | None, out: Path) -> dict[str, Any]:
-    """``perfnet analyze`` (cmd_analyze's path, no report) on a motion-corrected series: maps,
-    lesions, the outputs written to ``out``."""
+def analyse(
+    method: str, series: Any, weights: str | None, out: Path, offset_s: float = 0.0
+) -> dict[str, Any]:
+    """``perfnet analyze`` (cmd_analyze's path, no report) on a preprocessed series (its first
+    frame ``offset_s`` after the acquisition's): maps, lesions, the outputs written to ``out``."""
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.inference import analyze_cnn
     from perfnet.io.outputs import write_output_set
@@ -97,12 +108,15 @@ def analyse(method: str, series: Any, weights: str | None, out: Path) -> dict[st
 
     started = time.perf_counter()
     json_files: dict[str, Any] = {}
-    if method == "cnn":
-        maps, _ = analyze_cnn(series, weights, motion_correction=False, device="cpu")
+    if method in ("cnn", "candidate"):
+        maps, _ = analyze_cnn(series, weights, motion_correction=False, device="cpu", skip_frames=0)
     else:
-        result = analyze(series, AnalysisOptions(method=method, motion_correction=False, device="cpu"))
+        options = AnalysisOptions(method=method, motion_correction=False, device="cpu", skip_frames=0)
+        result = analyze(series, options)
         maps = result.maps
         json_files["aif"] = result.aif.to_json(result.times)
+    if offset_s and "ttp" in maps:  # TTP from the first acquired frame, as analyze reports it
+        maps["ttp"][maps.brain_mask] += np.float32(offset_s)
     lesions = segment_map_set(maps, series, replace(PRESETS["rapid"], reference="contralateral"))
     seconds = time.perf_counter() - started
     write_output_set(maps, out, json_files | {"lesions": lesions, "provenance": maps.provenance})
@@ -124,13 +138,13 @@ def run_study(
     truth = study.truth
     true_core = truth.parameters["volumes_ml"]["core"]
     started = time.perf_counter()
-    corrected, _ = motion_corrected(study.series)
+    corrected, offset_s = preprocessed(study.series)
     motion_seconds = time.perf_counter() - started
     rows = []
     for method in args.methods:
         out = work / f"{style}-{modality}-{index}" / method
-        weights = args.weights_by_modality.get(modality) if method == "cnn" else None
-        result = analyse(method, corrected, weights, out)
+        weights = {"cnn": args.weights_by_modality, "candidate": args.candidate_by_modality}
+        result = analyse(method, corrected, weights.get(method, {}).get(modality), out, offset_s)
         metrics = evaluate_study(out, truth_dir / "truth")
         found_core = float(result["lesions"]["volumes_ml"]["core"])
         rows.append(
@@ -163,7 +177,7 @@ def run_study(
         r = rows[-1]
         moving = "moving" if cfg.motion else ""
         print(
-            f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {moving:6s} {method:6s}"
+            f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {moving:6s} {method:9s}"
             f" MAEC {r['tmax_maec']:5.2f} s  hypo {_fmt(r['hypoperfused_dice'])}  core {_fmt(r['core_dice'])}"
             f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
             f"  ({r['seconds']:.0f} s)",
@@ -210,15 +224,15 @@ METRICS = (
 
 def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> None:
     print("\nmeans per modality, style and method")
-    header = f"  {'modality':8s} {'style':9s} {'method':7s} " + " ".join(
+    header = f"  {'modality':8s} {'style':9s} {'method':9s} " + " ".join(
         f"{label:>13s}" for _, label in METRICS
     )
     print(header)
     for (modality, style, method), values in table.items():
         cells = " ".join(f"{_fmt(values[key], 2):>13s}" for key, _ in METRICS)
-        print(f"  {modality:8s} {style:9s} {method:7s} {cells}")
+        print(f"  {modality:8s} {style:9s} {method:9s} {cells}")
     print("\ncross-style gap (style mni − style geometric; the bundled CNN was trained on geometric only)")
-    print(f"  {'modality':8s} {'method':7s} " + " ".join(f"{label:>13s}" for _, label in METRICS[:5]))
+    print(f"  {'modality':8s} {'method':9s} " + " ".join(f"{label:>13s}" for _, label in METRICS[:5]))
     for modality in sorted({k[0] for k in table}):
         for method in sorted({k[2] for k in table if k[0] == modality}):
             a, b = table.get((modality, "geometric", method)), table.get((modality, "mni", method))
@@ -228,24 +242,29 @@ def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> 
             for key, _ in METRICS[:5]:
                 va, vb = a[key], b[key]
                 cells.append(f"{_fmt(None if va is None or vb is None else vb - va, 2):>13s}")
-            print(f"  {modality:8s} {method:7s} " + " ".join(cells))
+            print(f"  {modality:8s} {method:9s} " + " ".join(cells))
 
 
 def print_worse_than_osvd(rows: list[dict[str, Any]]) -> None:
-    """Studies where the CNN's hypoperfused Dice is more than 0.05 below oSVD's (the issue's bar)."""
+    """Studies where a CNN's hypoperfused Dice is more than 0.05 below oSVD's (the issue's bar)."""
     by_study: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_study.setdefault((r["modality"], r["style"], r["study"]), {})[r["method"]] = r
-    print("\nCNN hypoperfused Dice more than 0.05 below oSVD's")
-    for modality, style in sorted({k[:2] for k in by_study}):
-        studies = [v for k, v in by_study.items() if k[:2] == (modality, style) and {"cnn", "osvd"} <= set(v)]
-        scored = [v for v in studies if v["cnn"]["hypoperfused_dice"] is not None]
-        worse = [
-            v["cnn"]["study"]
-            for v in scored
-            if v["cnn"]["hypoperfused_dice"] < v["osvd"]["hypoperfused_dice"] - 0.05
-        ]
-        print(f"  {modality} {style:9s}: {len(worse)} of {len(scored)} studies {worse if worse else ''}")
+    for cnn in ("cnn", "candidate"):
+        if not any(cnn in v for v in by_study.values()):
+            continue
+        print(f"\n{cnn}: hypoperfused Dice more than 0.05 below oSVD's")
+        for modality, style in sorted({k[:2] for k in by_study}):
+            studies = [
+                v for k, v in by_study.items() if k[:2] == (modality, style) and {cnn, "osvd"} <= set(v)
+            ]
+            scored = [v for v in studies if v[cnn]["hypoperfused_dice"] is not None]
+            worse = [
+                v[cnn]["study"]
+                for v in scored
+                if v[cnn]["hypoperfused_dice"] < v["osvd"]["hypoperfused_dice"] - 0.05
+            ]
+            print(f"  {modality} {style:9s}: {len(worse)} of {len(scored)} studies {worse if worse else ''}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,7 +278,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modality", default="ct,mr", help="ct, mr or ct,mr")
     parser.add_argument("--styles", default="geometric,mni")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--weights", action="append", default=[], help="candidate CNN weights (per modality)")
+    parser.add_argument("--weights", action="append", default=[], help="CNN weights (per modality)")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        help="second CNN's weights, method 'candidate' (per modality)",
+    )
     parser.add_argument("--size", type=int, default=128, help="in-plane matrix")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--json", type=Path, help="write every row and the means here")
@@ -267,10 +292,16 @@ def main(argv: list[str] | None = None) -> None:
     args.methods = [m for m in args.methods.split(",") if m]
     modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
-    args.weights_by_modality = {}
-    for path in args.weights:
-        _, config = load_weights(path)
-        args.weights_by_modality[str(config.get("modality", "CT")).upper()] = path
+    args.weights_by_modality, args.candidate_by_modality = {}, {}
+    for paths, by_modality in (
+        (args.weights, args.weights_by_modality),
+        (args.candidate, args.candidate_by_modality),
+    ):
+        for path in paths:
+            _, config = load_weights(path)
+            by_modality[str(config.get("modality", "CT")).upper()] = path
+    if args.candidate and "candidate" not in args.methods:
+        args.methods.append("candidate")
     if "cnn" in args.methods:
         for modality in modalities:
             if modality not in args.weights_by_modality:

@@ -30,10 +30,9 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("venous_only_ct", "ssvd"): "AIF from early tissue, not flagged: Dice 0.76",
     ("venous_only_ct", "tikhonov"): "AIF from early tissue, not flagged: Dice 0.63",
     ("venous_only_ct", "boxnlr"): "AIF from early tissue, not flagged: Dice 0.58",
+    ("venous_only_mr", "osvd"): "AIF from early tissue, not flagged: Dice 0.75",
     ("venous_only_mr", "tikhonov"): "AIF from early tissue, not flagged: Dice 0.72",
     ("venous_only_mr", "boxnlr"): "AIF from early tissue, not flagged: Dice 0.08",
-    ("truncated_ct", "cnn"): "the CNN path runs no truncation check: Dice 0.14, no flag",
-    ("low_dose_ct", "cnn"): "the CNN path runs no SNR check: Dice 0.79, no flag",
 }
 
 

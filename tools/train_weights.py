@@ -1,18 +1,24 @@
 """Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 45).
 
-    python tools/train_weights.py ct|mr [--work DIR] [--minutes M]
+    python tools/train_weights.py ct|mr|mr-mixed [--work DIR] [--minutes M] [--bundle-only]
 
 Each modality trains in stages on two phantom cohorts (seeds below; never used by the tests,
-which draw seeds < 10000):
+which draw seeds < 10000; MR: stages 1 and 2 below):
 
 1. from scratch on cohort 1 with linear targets (fold 0 of a 5-fold split by patient);
 2. fine-tuned (``perfnet train --init``) from stage 1 on a second, unseen cohort, with CBF and CBV
    regressed as log(value + offset) so that low-flow tissue (the core) weighs by ratio;
-3. (CT) fine-tuned again on cohort 1 with frame thinning (``--thin``), so that one model also
-   takes series with fewer frames (Gava's motivation).
+3. fine-tuned again on cohort 1 with frame thinning (``--thin``), so that one model also takes
+   series with fewer frames (Gava's motivation).
+
+``mr-mixed`` (a candidate, written to ``--work``, not bundled) fine-tunes the MR model bundled at
+commit ``INIT_COMMIT`` (read with ``git show``) on one mixed cohort: style A and style B (MNI
+template) studies with motion, non-steady-state frames, truncated acquisitions and any frame
+timing (≈ 12 min of training plus ~10 min of simulation and preprocessing). Every input, in every
+recipe, is made by inference's own preprocessing (:func:`perfnet.inference.series.model_input`).
 
 Every stage's held-out fold is validated on patients no stage trained on. Writes
-``src/perfnet/weights/<modality>.pt`` with its model card ``<modality>.md`` and the plans of both
+``src/perfnet/weights/<modality>.pt`` with its model card ``<modality>.md`` and the plans of all
 stages ``<modality>-plan.json``.
 """
 
@@ -45,7 +51,28 @@ def _cohort(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
     return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra, "--no-motion"]
 
 
-#: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``) and the training stages,
+def _part(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
+    """One `perfnet simulate` call of a mixed cohort: every parameter drawn, motion included."""
+    return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra]
+
+
+#: The commit whose bundled MR weights (2 stages on style A, --no-motion, 46 min) the MR recipe
+#: fine-tunes; read with `git show` (sha256 recorded in the new weights' training provenance).
+INIT_COMMIT = "f8e4265"
+
+
+#: MR cohorts mix style A (geometric) and style B (MNI template) studies, with motion (30 % of the
+#: studies of either style), non-steady-state leading frames (style B: 35 % of MR studies),
+#: truncated acquisitions, uniform / two-phase / jittered timing and every other parameter drawn;
+#: the inputs pass through inference's own preprocessing (non-steady-state frames dropped, motion
+#: correction, unalignable frames interpolated). Seeds 22000–22011 and 23000–23011: disjoint from the tests
+#: (< 10000), the older bundled cohorts and benchmarks/generalisation.py (70000–71105).
+MR_COHORTS = [
+    [_part("mr", 12, 22000, "--slices", "10"), _part("mr", 12, 23000, "--slices", "10", "--style", "mni")],
+]
+
+#: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``; a cohort is one `perfnet
+#: simulate` argument list, or a list of them merged into one cohort) and the training stages,
 #: each on one of those cohorts.
 SETTINGS = {
     "ct": {
@@ -78,7 +105,97 @@ SETTINGS = {
             {"cohort": 1, "train": [*TEMPORAL, *FINE_TUNE], "minutes": 20},
         ],
     },
+    # candidate, not bundled (written to --work): the bundled MR model fine-tuned on a mixed
+    # cohort through inference's preprocessing; on the held-out fold it was not better than the
+    # model it started from (see src/perfnet/weights/mr.md), so `mr` above stays the bundled recipe
+    "mr-mixed": {
+        "bundle": False,
+        "cohorts": MR_COHORTS,
+        # the 2-stage style-A model (20000–21089, --no-motion, 46 min; mr.md of commit f8e4265)
+        # fine-tuned on the mixed cohort through inference's preprocessing: the budget of one
+        # working session on a shared 2-core machine (motion correction of a study takes ~1 min)
+        "stages": [
+            {
+                "cohort": 0,
+                "init": INIT_COMMIT,
+                "train": [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"],
+                "minutes": 12,
+            },
+        ],
+    },
 }
+
+
+def _parts(cohort_args: list) -> list[list[str]]:
+    """A cohort's `perfnet simulate` argument lists (one for a plain cohort)."""
+    return cohort_args if cohort_args and isinstance(cohort_args[0], list) else [cohort_args]
+
+
+def _describe(cohort_args: list) -> str:
+    return " + ".join(f"`perfnet simulate {' '.join(p)}`" for p in _parts(cohort_args))
+
+
+def _renumbered(name: str, part: int) -> str:
+    return f"sub-{1000 * part + int(name.split('-')[1]):04d}"
+
+
+def simulate_cohort(folder: Path, cohort_args: list) -> None:
+    """Simulate a cohort; a mixed one part by part, merged with part k's subjects renumbered from
+    1000·k + 1 (sub-0001…, sub-1001…), so that the split by patient spans every part."""
+    parts = _parts(cohort_args)
+    if len(parts) == 1:
+        perfnet("simulate", str(folder), *parts[0])
+        return
+    staging = folder.with_name(folder.name + ".parts")
+    if staging.exists():
+        shutil.rmtree(staging)
+    merged = staging / "cohort"
+    merged.mkdir(parents=True)
+    rows: list[str] = []
+    for k, args in enumerate(parts):
+        part = staging / f"part-{k}"
+        perfnet("simulate", str(part), *args)
+        header, *lines = (part / "participants.tsv").read_text().splitlines()
+        rows = rows or [header]
+        for row in lines:
+            name, _, rest = row.partition("\t")
+            rows.append(f"{_renumbered(name, k)}\t{rest}")
+        for session in sorted(part.glob("sub-*/ses-*")):
+            old = session.parent.name
+            new = _renumbered(old, k)
+            for f in session.glob(f"{old}_*"):
+                f.rename(f.with_name(new + f.name[len(old) :]))
+            session.parent.rename(merged / new)
+    (merged / "participants.tsv").write_text("\n".join(rows) + "\n")
+    description = {"Name": "perfnet mixed phantom cohort", "Parts": parts}
+    (merged / "dataset_description.json").write_text(json.dumps(description, indent=2) + "\n")
+    merged.rename(folder)
+    shutil.rmtree(staging)
+
+
+def bundled_at(commit: str, modality: str) -> bytes:
+    """The bundled weights file of ``modality`` at ``commit`` of this repository."""
+    path = f"src/perfnet/weights/{modality}.pt"
+    done = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"train_weights: cannot read {path} at commit {commit} (a git checkout is needed)")
+    return done.stdout
+
+
+def share_inputs(source: Path, target: Path) -> None:
+    """Hard-link (else copy) a finished stage's cached network inputs into the next stage's run
+    folder: same cohort and input settings, so the motion correction is not redone (each file
+    carries the key of what it was made from; a stale one is made again)."""
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.glob("*.npz"):
+        dest = target / f.name
+        if not dest.exists():
+            try:
+                dest.hardlink_to(f)
+            except OSError:
+                shutil.copyfile(f, dest)
 
 
 def _numbered(stem: str, i: int) -> str:
@@ -94,11 +211,13 @@ def perfnet(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _stage_lines(plan: dict, cohort_args: list[str]) -> list[str]:
+def _stage_lines(plan: dict, cohort_args: list, stage: dict | None = None) -> list[str]:
     cfg = plan["config"]
     fold = plan["folds"]["0"]
     split = plan["splits"][0]
     init = "from scratch" if not cfg.get("init") else "fine-tuned from the stage before"
+    if (stage or {}).get("init"):
+        init = f"fine-tuned from the weights bundled at commit {stage['init']} (their card: `mr.md` there)"
     logs = ", ".join(cfg.get("log_maps") or []) or "none"
     thin = [int(k) for k in cfg.get("thin") or [1]]
     pre = cfg["pretrain_epochs"]
@@ -106,7 +225,7 @@ def _stage_lines(plan: dict, cohort_args: list[str]) -> list[str]:
     thinning = "" if thin == [1] else f"; frame thinning: every k-th frame, k drawn from {thin}"
     return [
         f"  - {init}; log-domain maps: {logs}{thinning}",
-        f"  - data: {len(plan['studies'])} phantom studies, `perfnet simulate {' '.join(cohort_args)}`",
+        f"  - data: {len(plan['studies'])} phantom studies, {_describe(cohort_args)}",
         f"  - split: 5 folds by patient; fold 0 trained on {len(split['training_subjects'])} patients,"
         f" validated on {len(split['validation_subjects'])}: {', '.join(split['validation_subjects'])}",
         f"  - schedule: {fold['epochs']} epochs ({pretrain}{cfg['crop']}² windows), Adam lr {cfg['lr']}"
@@ -124,14 +243,17 @@ def model_card(modality: str, plans: list[dict], settings: dict) -> str:
         "",
         f"- model: `{cfg['model']}` ({PAPERS[cfg['model']]}),"
         f" width {cfg['width']}, maps {', '.join(cfg['maps'])}, loss {cfg['loss']}",
-        f"- inputs: concentration resampled to {cfg['frames']} frames × {cfg['frame_interval']} s, starting"
+        "- inputs: made by `perfnet.inference.series.model_input`, the preprocessing of `analyze --method"
+        " cnn` (non-steady-state leading frames dropped, rigid motion correction with unalignable frames"
+        " interpolated, automatic brain mask); concentration resampled to"
+        f" {cfg['frames']} frames × {cfg['frame_interval']} s, starting"
         f" {cfg['align_lead_s']} s before the detected bolus arrival; in-plane pixels {cfg['pixel_mm']} mm",
         "- data: phantom cohorts with every parameter not named below drawn from the phantom's documented"
         " ranges (anatomy, CBF/CBV, residue family, delay/dispersion, AIF arrival 2–15 s, frame interval"
         " 0.5–2 s, 30–90 frames, dose/SNR, lesion type, territory and hemisphere)",
     ]
     for i, (plan, stage) in enumerate(zip(plans, settings["stages"], strict=True)):
-        lines += [f"- stage {i + 1}:", *_stage_lines(plan, settings["cohorts"][stage["cohort"]])]
+        lines += [f"- stage {i + 1}:", *_stage_lines(plan, settings["cohorts"][stage["cohort"]], stage)]
     trained = sum(p["folds"]["0"]["seconds"] for p in plans)
     loading = sum(p.get("load_seconds", 0.0) for p in plans)
     lines += [
@@ -175,19 +297,27 @@ def main() -> int:
         run = args.work / _numbered(f"{args.modality}-run", i)
         if not args.bundle_only:
             if not cohort.is_dir():
-                perfnet("simulate", str(cohort), *settings["cohorts"][stage["cohort"]])
+                simulate_cohort(cohort, settings["cohorts"][stage["cohort"]])
             minutes = args.minutes or stage["minutes"]
-            init = [] if previous is None else ["--init", str(previous)]
+            start = previous
+            if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
+                start = args.work / f"{args.modality}-init.pt"
+                if not start.is_file():
+                    start.write_bytes(bundled_at(stage["init"], args.modality.split("-")[0]))
+            init = [] if start is None else ["--init", str(start)]
+            if previous is not None and settings["stages"][i - 1]["cohort"] == stage["cohort"]:
+                share_inputs(previous.parent / "inputs", run / "inputs")
             limit = ["--max-minutes", str(minutes)]
             perfnet("train", str(cohort), "--out", str(run), *stage["train"], *init, *limit)
         plans.append(json.loads((run / "plan.json").read_text()))
         previous = run / "weights.pt"
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(previous, WEIGHTS / f"{args.modality}.pt")
+    target = WEIGHTS if settings.get("bundle", True) else args.work  # a candidate stays in --work
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(previous, target / f"{args.modality}.pt")
     public = {"stages": [{k: v for k, v in plan.items() if k != "cohort"} for plan in plans]}
-    (WEIGHTS / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
+    (target / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
     card = model_card(args.modality, plans, settings)
-    (WEIGHTS / f"{args.modality}.md").write_text(card)
+    (target / f"{args.modality}.md").write_text(card)
     print(card)
     return 0
 

@@ -9,10 +9,19 @@ Layout (as ``perfnet simulate`` writes it; a real cohort the same, with its refe
 ``--targets <method>`` (osvd, boxnlr, …) runs the conventional pipeline once per study and caches
 its maps under ``RUN/targets/<method>/<study>/``. Inputs are stored as float16 (a 2 000-slice
 128² × 80-frame set is 5 GB in float32, half that here).
+
+The network's input is made by :func:`perfnet.inference.series.model_input`, the function inference
+uses: non-steady-state leading frames dropped, rigid motion correction with unalignable frames
+interpolated, the automatic brain mask, then concentration on the model's grid. Only the loss mask
+is the target's brain mask (the truth brain of a phantom). The input of each study is cached as
+``RUN/inputs/<study>.npz`` (keyed by the settings it depends on), so a resumed or repeated run does
+not redo the motion correction.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +30,7 @@ import numpy as np
 import torch
 
 from perfnet.errors import PerfnetInputError
-from perfnet.inference.inputs import model_size, prepare_input, resize_slices
+from perfnet.inference.inputs import ModelInput, model_size, resize_slices
 from perfnet.io import load_map, load_series
 
 SERIES_PATTERN = re.compile(r"^(sub-[^_]+)(_ses-[^_]+)?_(ctp|dsc|perf)\.nii(\.gz)?$")
@@ -139,6 +148,65 @@ class StudySlices:
     offset_s: float = 0.0
 
 
+#: Bumped when the input preparation changes, so that cached inputs of an older recipe are redone.
+INPUT_RECIPE = 3
+
+
+def _input_key(study: CohortStudy, config: dict[str, object]) -> str:
+    stat = study.series_path.stat()
+    key = {"recipe": INPUT_RECIPE, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns} | config
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def study_input(
+    study: CohortStudy, config: dict[str, object], cache: Path | None = None, store: bool = True
+) -> tuple[ModelInput, float]:
+    """The network's input of a study exactly as inference makes it
+    (:func:`perfnet.inference.series.model_input`, curves rounded to float16 as training keeps
+    them) and the offset of its grid after the first acquired frame (s).
+
+    With ``cache``, read from ``cache/<study>.npz`` when its key (recipe, series file, ``config``)
+    matches, else computed and written there when ``store``."""
+    path = None if cache is None else cache / f"{study.name}.npz"
+    key = _input_key(study, config)
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as f:
+                if str(f["key"]) == key:
+                    inp = ModelInput(
+                        curves=f["curves"],
+                        grid=f["grid"],
+                        brain=f["brain"],
+                        bolus=f["bolus"],
+                        bolus_centre=tuple(int(c) for c in f["bolus_centre"]),
+                        offset_s=float(f["grid_offset_s"]),
+                    )
+                    return inp, float(f["offset_s"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable (interrupted write): computed again
+    from perfnet.inference.series import model_input
+
+    made = model_input(load_series(study.series_path), config)
+    inp = made.input
+    inp.curves = inp.curves.astype(np.float16)
+    if path is not None and store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            key=np.array(key),
+            curves=inp.curves,
+            grid=inp.grid,
+            brain=inp.brain,
+            bolus=inp.bolus,
+            bolus_centre=np.array(inp.bolus_centre),
+            grid_offset_s=np.array(inp.offset_s),
+            offset_s=np.array(made.offset_s),
+        )
+        tmp.replace(path)
+    return inp, made.offset_s
+
+
 def load_study(
     study: CohortStudy,
     maps: list[str],
@@ -149,8 +217,11 @@ def load_study(
     pixel_mm: float | None = None,
     align_lead_s: float | None = None,
     store: bool = True,
+    input_cache: Path | None = None,
 ) -> StudySlices:
-    """One study on the model's time grid and pixel size (TTP targets relative to the grid start)."""
+    """One study on the model's time grid and pixel size, its input made as inference makes it
+    (:func:`study_input`); TTP targets relative to the grid start. The loss mask is the targets'
+    brain mask where they come with one, else the automatic one."""
     series = load_series(study.series_path)
     target_maps, brain = load_targets(study, maps, targets, cache, store)
     for m, arr in target_maps.items():
@@ -158,9 +229,16 @@ def load_study(
             raise PerfnetInputError(
                 study.series_path, f"target {m} has shape {arr.shape}, series {series.spatial_shape}"
             )
-    inp = prepare_input(series, frame_interval, frames, brain, align_lead_s, pixel_mm)
-    if "ttp" in target_maps:
-        target_maps["ttp"] = np.where(inp.brain, target_maps["ttp"] - inp.offset_s, target_maps["ttp"])
+    config = {
+        "frame_interval": frame_interval,
+        "frames": frames,
+        "align_lead_s": align_lead_s,
+        "pixel_mm": pixel_mm,
+    }
+    inp, offset_s = study_input(study, config, input_cache, store)
+    if "ttp" in target_maps:  # truth TTP is timed from the first acquired frame
+        target_maps["ttp"] = target_maps["ttp"] - np.float32(offset_s)
+    loss_brain = inp.brain if brain is None else brain
     size = model_size(series.spatial_shape[:2], series.voxel_size[:2], pixel_mm)
     x = resize_slices(
         torch.from_numpy(np.moveaxis(inp.curves, (2, 3), (0, 1))), size
@@ -168,9 +246,9 @@ def load_study(
     y = torch.from_numpy(
         np.stack([np.moveaxis(target_maps[m], 2, 0) for m in maps], axis=1).astype(np.float32)
     )
-    b = torch.from_numpy(np.moveaxis(inp.brain, 2, 0).astype(np.float32))[:, None]
+    b = torch.from_numpy(np.moveaxis(loss_brain, 2, 0).astype(np.float32))[:, None]
     b = resize_slices(b, size)[:, 0] > 0.5
     y = resize_slices(y, size)
     return StudySlices(
-        study.name, study.subject, x.half(), y, b, torch.from_numpy(inp.bolus), inp.grid, inp.offset_s
+        study.name, study.subject, x.half(), y, b, torch.from_numpy(inp.bolus), inp.grid, offset_s
     )

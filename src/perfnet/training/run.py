@@ -3,6 +3,7 @@
 Layout of a run folder::
 
     RUN/plan.json                 every setting, the data split, the package version
+    RUN/inputs/<study>.npz        each study's network input (made as inference makes it; reused)
     RUN/fold-K/metrics.csv        per-epoch training and validation metrics (appended on resume)
     RUN/fold-K/augmentations.csv  every training sample's random augmentation draw
     RUN/fold-K/last.ckpt          Lightning checkpoint of the last epoch (resume after interruption)
@@ -217,8 +218,8 @@ def _write_json(path: Path, obj: Any) -> None:
 def _load_cohort(
     studies: list[CohortStudy], cfg: TrainConfig, cache: Path, progress: bool, store: bool = True
 ) -> dict[str, StudySlices]:
-    """Every study on the model's grid; conventional targets are cached under ``cache`` (read by
-    every rank, written only where ``store``)."""
+    """Every study on the model's grid; conventional targets are cached under ``cache`` and the
+    network inputs beside it under ``inputs/`` (read by every rank, written only where ``store``)."""
     from tqdm import tqdm
 
     out = {}
@@ -233,6 +234,7 @@ def _load_cohort(
             cfg.pixel_mm,
             cfg.align_lead_s,
             store=store,
+            input_cache=cache.parent / "inputs",
         )
     return out
 
