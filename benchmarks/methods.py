@@ -57,7 +57,8 @@ def nuisance_table(methods: list[str]) -> None:
     """Every method on every study of the nuisance corpus."""
     print("\nnuisances: hypoperfused Dice / Tmax MAEC s / core outside the true lesion mL; flags raised;")
     print("  ok = accurate (Dice ≥ 0.8, false core ≤ 5 mL) or one of the nuisance's flags raised")
-    quiet = {"aif_partial_volume_high", "non_steady_state_frames_removed"}
+    print("  (clean and non-steady-state studies must be accurate: perfnet claims to handle them)")
+    quiet = {"aif_partial_volume_high"}  # raised on most small studies: it says little here
     for name, nuisance in NUISANCES.items():
         study = build(name)
         print(
@@ -70,7 +71,8 @@ def nuisance_table(methods: list[str]) -> None:
                 result = perfnet.analyze(study.series, method=method)
                 j = judge(nuisance, study, result.maps, result.qc_flags)
                 flags = ", ".join(f for f in j.flags if f not in quiet) or "-"
-                verdict = "ok" if j.acceptable else "MISSED"
+                ok = j.accurate or (j.flagged and not nuisance.must_be_accurate)
+                verdict = "ok" if ok else "MISSED"
                 print(
                     f"      {method:9s} {j.dice:5.2f} {j.tmax_maec:6.2f} {j.false_core_ml:6.1f}  {verdict:6s}"
                     f" {time.perf_counter() - start:5.1f} s  {flags}",
