@@ -93,7 +93,7 @@ def preprocessed(series: Any) -> tuple[Any, float]:
     from perfnet.inference.series import prepare_series
 
     prepared = prepare_series(series)
-    return prepared.series, float(prepared.steady.offset_s)
+    return prepared.series, prepared.offset_s
 
 
 def analyse(

@@ -2,7 +2,7 @@
 training (:mod:`perfnet.training.data`), so that a network is trained on exactly what it is given.
 
 1. non-steady-state leading frames dropped (:func:`perfnet.preprocess.nonsteady.remove_non_steady_state`;
-   the kept series' clock restarts at its first frame, ``steady.offset_s`` puts TTP back on the
+   the kept series' clock restarts at its first frame, ``offset_s`` puts TTP back on the
    acquisition's clock);
 2. rigid motion correction to the first kept frame (:func:`perfnet.preprocess.motion.motion_correct`),
    frames no rigid pose aligns replaced by linear interpolation in time
@@ -10,40 +10,27 @@ training (:mod:`perfnet.training.data`), so that a network is trained on exactly
 3. then :func:`perfnet.inference.inputs.prepare_input` (concentration on the model's time grid and
    pixel size), which :func:`model_input` applies with a weights file's settings.
 
-``model_input`` is the whole chain: a series → the network's input. Both training (cached per study
-in the run folder) and inference call it, so the two cannot drift apart.
+``model_input`` is the whole chain: a series → the network's input; training calls it (cached per
+study in the run folder). Inference runs the same two calls (``analyze_cnn``: the shared
+preprocessing, then ``predict``'s ``prepare_input`` with the same arguments);
+``tests/training/test_data.py`` checks that the two inputs are bit-identical.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perfnet.inference.inputs import ModelInput, prepare_input
 from perfnet.io.types import PerfusionSeries
 
+if TYPE_CHECKING:
+    from perfnet.preprocess.shared import Preprocessed
+
 Progress = Callable[[str, float], None]
-
-
-@dataclass
-class PreparedSeries:
-    """A series after the CNN's preprocessing.
-
-    Attributes:
-        series: the kept frames, motion corrected, unalignable frames interpolated in time; its
-            times start at 0 at the first kept frame.
-        steady: the :class:`~perfnet.preprocess.nonsteady.NonSteadyState` record (``offset_s``:
-            acquisition time of the first kept frame).
-        motion: provenance.json's ``motion`` (None without motion correction).
-    """
-
-    series: PerfusionSeries
-    steady: Any
-    motion: dict[str, Any] | None
-    shared: Any = None  # the full perfnet.preprocess.shared.Preprocessed (brain, bolus timing, QC)
 
 
 def prepare_series(
@@ -53,19 +40,19 @@ def prepare_series(
     brain: np.ndarray | None = None,
     motion_correction: bool = True,
     progress: Progress | None = None,
-) -> PreparedSeries:
+) -> Preprocessed:
     """Steps 1–2 of the module docstring: :func:`perfnet.preprocess.shared.preprocess`, the
-    preprocessing every method of ``perfnet.analyze`` shares (what ``analyze_cnn`` runs)."""
+    preprocessing every method of ``perfnet.analyze`` shares (what ``analyze_cnn`` runs);
+    ``.series`` is what the network sees, ``.offset_s`` the acquisition time of its first frame."""
     from perfnet.preprocess.shared import preprocess
 
-    pre = preprocess(
+    return preprocess(
         series,
         skip_frames=skip_frames,
         motion_correction=motion_correction,
         brain_mask=brain,
         progress=progress,
     )
-    return PreparedSeries(pre.series, pre.non_steady_state, pre.motion, pre)
 
 
 @dataclass
@@ -75,12 +62,12 @@ class CnnInput:
     ``offset_s``: TTP on the network's grid + ``offset_s`` = TTP from the first *acquired* frame
     (the grid's start after the first kept frame plus the dropped leading frames' duration)."""
 
-    prepared: PreparedSeries
+    prepared: Preprocessed
     input: ModelInput
 
     @property
     def offset_s(self) -> float:
-        return float(self.input.offset_s) + float(self.prepared.steady.offset_s)
+        return float(self.input.offset_s) + self.prepared.offset_s
 
 
 def model_input(
@@ -103,9 +90,9 @@ def model_input(
         prepared.series,
         config["frame_interval"],
         config["frames"],
-        prepared.shared.brain,
+        prepared.brain,
         config.get("align_lead_s"),
         config.get("pixel_mm"),
-        bolus=prepared.shared.bolus,
+        bolus=prepared.bolus,
     )
     return CnnInput(prepared, inp)
