@@ -5,7 +5,7 @@ registration line in the package that owns the thing (DESIGN.md).
   ``perfnet.inference`` registers cnn. A method is ``run(series, **options) -> (maps, series the
   maps came from, aif.json content or None)``, named by ``"module:function"`` so that listing the
   methods (the CLI's choices, ``train --targets``) imports nothing heavy.
-- networks: :data:`perfnet.models.MODELS` (training and inference build them by name).
+- networks: :data:`perfnet.models.NETWORKS` (training and inference build and call them by name).
 - output writers: :data:`perfnet.io.writers.WRITERS`.
 
 A new method is one module plus one ``register_method`` line.

@@ -373,6 +373,3 @@ def test_a_new_network_is_one_registration(cohort: Path, tmp_path: Path) -> None
         assert np.isfinite(maps["tmax"]).all()
     finally:
         NETWORKS.pop("toy1x1", None)
-        from perfnet.models import MODELS
-
-        MODELS.pop("toy1x1", None)

@@ -46,8 +46,6 @@ class NetworkSpec:
 
 
 NETWORKS: dict[str, NetworkSpec] = {}
-#: name → module class (for callers that only build one)
-MODELS: dict[str, type[nn.Module]] = {}
 
 
 def register_network(spec: NetworkSpec) -> NetworkSpec:
@@ -55,7 +53,6 @@ def register_network(spec: NetworkSpec) -> NetworkSpec:
     if spec.name in NETWORKS:
         raise ValueError(f"network {spec.name!r} is already registered")
     NETWORKS[spec.name] = spec
-    MODELS[spec.name] = spec.cls
     return spec
 
 
@@ -99,7 +96,6 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "MODELS",
     "NETWORKS",
     "NetworkSpec",
     "TemporalNet",
