@@ -71,8 +71,7 @@ def nuisance_table(methods: list[str]) -> None:
                 result = perfnet.analyze(study.series, method=method)
                 j = judge(nuisance, study, result.maps, result.qc_flags)
                 flags = ", ".join(f for f in j.flags if f not in quiet) or "-"
-                ok = j.accurate or (j.flagged and not nuisance.must_be_accurate)
-                verdict = "ok" if ok else "MISSED"
+                verdict = "ok" if j.acceptable else "MISSED"
                 print(
                     f"      {method:9s} {j.dice:5.2f} {j.tmax_maec:6.2f} {j.false_core_ml:6.1f}  {verdict:6s}"
                     f" {time.perf_counter() - start:5.1f} s  {flags}",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -288,10 +288,11 @@ class Judgement:
     flags: tuple[str, ...]
     accurate: bool
     flagged: bool  # one of the nuisance's flags was raised
+    must_be_accurate: bool = False  # the nuisance's: a flag alone does not excuse it
 
     @property
     def acceptable(self) -> bool:
-        return self.accurate or self.flagged
+        return self.accurate or (self.flagged and not self.must_be_accurate)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -320,8 +321,5 @@ def judge(nuisance: Nuisance, study: NuisanceStudy, maps: Any, flags: list[dict[
     false_core = 0.0 if core is None else float((core & ~true_hypo).sum()) * voxel_ml
     codes = tuple(f["code"] for f in flags)
     accurate = dice >= MIN_DICE and false_core <= MAX_FALSE_CORE_ML
-    return Judgement(dice, maec, false_core, codes, accurate, bool(nuisance.flags & set(codes)))
-
-
-def with_seed(nuisance: Nuisance, seed: int) -> Nuisance:
-    return replace(nuisance, seed=seed)
+    flagged = bool(nuisance.flags & set(codes))
+    return Judgement(dice, maec, false_core, codes, accurate, flagged, nuisance.must_be_accurate)
