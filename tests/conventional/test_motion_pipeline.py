@@ -135,7 +135,9 @@ def test_nuisance_motion_correction_with_the_automatic_aif_is_not_worse(name: st
     # the correction moved it back into the corrected top slice, which `outside` did not mark, and
     # the automatic AIF sat there (1 voxel, partial-volume scale 3): hypoperfused Dice 0.28 against
     # 0.51 uncorrected. With `outside` also marking voxels drawing on content from beyond the slab
-    # (MotionResult.outside_content): 0.529 (Tmax MAEC 3.72 s against 3.89 s). motion_thick_slice_ct
+    # (MotionResult.outside_content): 0.529 (Tmax MAEC 3.72 s against 3.89 s); with the bolus timing
+    # no longer fooled by the drifting edge (preprocess.bolus.MAX_ARTERIAL_LEAD_S): 0.64 (2.44 s).
+    # motion_thick_slice_ct
     # (10 mm slices): 0.474 (8.18 s) corrected, 0.356 (9.30 s) uncorrected.
     from perfnet import analyze as analyze_study
     from perfnet.phantom.nuisance import NUISANCES, build, judge

@@ -71,3 +71,28 @@ def test_invalid_inputs() -> None:
         detect_bolus(data, times, np.zeros_like(mask), "CT")
     with pytest.raises(ValueError, match="increasing"):
         detect_bolus(data, times[::-1].copy(), mask, "CT")
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_drifting_edge_is_not_an_early_bolus(modality: str) -> None:
+    # Issue 11 (nuisance motion_mr): voxels at a moving edge (here 4 % of the brain) drift from
+    # the first frame to the bolus peak and snap back; they enhance most while the brain rises, so
+    # the arterial curve was made of them, passed as a clear "earlier bolus" and put the arrival at
+    # 0 s with a one-frame baseline (no_baseline). An arterial curve rising far earlier or slower
+    # than the tissue is not the bolus: the brain's timing is kept.
+    study = small_study(2, modality, motion=False)
+    series, cfg = study.series, study.config
+    mask = _head_mask(study)
+    data = series.data.astype(np.float32, copy=True)
+    times = series.times
+    peak = int(np.argmin(np.abs(times - np.median(study.truth.maps["ttp"][study.truth.masks["brain"]]))))
+    ramp = np.clip(times / times[peak], 0.0, 1.0)
+    ramp[peak + 1 :] = 0.0
+    edge = mask & (np.random.default_rng(0).uniform(size=mask.shape) < 0.04)  # 4 % of the brain
+    base = data[edge][:, :2].mean(axis=1, keepdims=True)
+    sign = 1.0 if modality == "CT" else -1.0
+    data[edge] = base * (1.0 + sign * 0.8 * ramp)[None, :]
+    timing = detect_bolus(data, times, mask, modality, series.voxel_size)
+    tissue_arrival = cfg.arrival_s + cfg.baseline_delay_s
+    assert not timing.no_baseline
+    assert abs(timing.arrival_s - tissue_arrival) <= max(2 * float(np.median(np.diff(times))), 2.0)

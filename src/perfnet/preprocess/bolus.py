@@ -7,6 +7,11 @@ DSC-MRI: the signal drops, so e = −s, or −s/median(s) per voxel):
 * the arterial curve, the mean of the :data:`EARLY_FRACTION` voxels most enhanced while the brain
   curve makes the first half of its rise — the arteries, which enhance first and strongly.
 
+The arterial curve is used when it shows a clear, earlier bolus that is physiologically one: its
+fitted onset at most :data:`MAX_ARTERIAL_LEAD_S` before the brain curve's, its steep rise no
+slower than the brain's (:func:`_rises_no_slower`); else voxels at a moving edge, drifting from the
+first frame, pass for an arterial bolus at 0 s.
+
 Detection (on the arterial curve when it shows a clear bolus, else on the brain curve): with the
 baseline level b and the noise SD σ = 1.4826·median|Δ²e|/√6 (Var Δ²ε = 6σ² for white noise; a
 smooth bolus barely changes the median), the bolus is present from the first *sustained*
@@ -41,6 +46,13 @@ QUIET_FRACTION = 0.05
 MAX_VOXELS = 200_000
 #: Fraction trimmed at each end of the per-frame voxel distribution of the brain curve.
 TRIM = 0.1
+#: The arterial curve's fitted onset may precede the brain curve's by at most this much: the
+#: arteries feed the tissue within a few seconds (most of the brain is healthy); an "arterial" curve
+#: rising earlier still is a drift, not an earlier bolus.
+MAX_ARTERIAL_LEAD_S = 4.5
+#: The arterial curve may take this many frames longer than the brain curve to rise from its last
+#: quiet frame to its peak (sampling and noise); slower, it is a drift, not the bolus.
+RISE_TOLERANCE_FRAMES = 1.0
 #: Fraction (and minimum number) of the mask voxels averaged into the arterial curve.
 EARLY_FRACTION = 0.02
 EARLY_MIN_VOXELS = 20
@@ -206,6 +218,40 @@ def fitted_onset(times: np.ndarray, e: np.ndarray, level: float, quiet: int) -> 
     return best
 
 
+def _onset(times: np.ndarray, e: np.ndarray, level: float, quiet: int) -> float:
+    """The fitted onset of a curve whose last quiet frame is ``quiet`` (the first frame when none)."""
+    return float(times[0]) if quiet < 0 else max(fitted_onset(times, e, level, quiet), float(times[0]))
+
+
+def _rise_time(times: np.ndarray, e: np.ndarray, level: float) -> float:
+    """Seconds from the last frame below 20 % of the bolus' amplitude above ``level`` before its
+    peak to the first frame at 80 % (the steep part of the rise; the slow foot does not count)."""
+    peak = int(np.argmax(smooth3(e)))
+    amplitude = float(e[peak]) - level
+    if peak == 0 or amplitude <= 0:
+        return 0.0
+    rise = e[: peak + 1] - level
+    low = np.flatnonzero(rise < 0.2 * amplitude)
+    start = int(low[-1]) if low.size else 0
+    high = np.flatnonzero(rise[start:] >= 0.8 * amplitude)
+    stop = start + (int(high[0]) if high.size else peak - start)
+    return float(times[stop] - times[start])
+
+
+def _rises_no_slower(
+    times: np.ndarray, artery: np.ndarray, level_a: float, brain: np.ndarray, level: float
+) -> bool:
+    """Whether the arterial curve's rise (20 → 80 % of its amplitude) takes no more than
+    :data:`RISE_TOLERANCE_FRAMES` longer than the brain curve's. The tissue curve is the arterial one
+    convolved with a non-negative residue, so an arterial rise slower than the tissue's is not a
+    bolus: a slow ramp (voxels at a moving edge drifting from the first frame, issue 11's motion_mr)
+    would otherwise pass for an early bolus and leave a one-frame baseline."""
+    step = float(np.median(np.diff(times)))
+    return (
+        _rise_time(times, artery, level_a) <= _rise_time(times, brain, level) + RISE_TOLERANCE_FRAMES * step
+    )
+
+
 def _parabolic_peak(times: np.ndarray, e: np.ndarray, i: int) -> float:
     """Vertex of the parabola through the peak frame and its neighbours (non-uniform times)."""
     if i == 0 or i == e.size - 1:
@@ -261,10 +307,16 @@ def detect_bolus(
     half = first + int(np.argmax(brain[first:] >= level + WINDOW_RISE * (brain[peak] - level)))
     artery = arterial_curve(values, modality, slice(first, max(half + 1, first + 3)))
     quiet_a, level_a, sd_a = threshold_onset(artery)
-    if artery.max() - level_a >= 10.0 * sd_a and quiet_a <= quiet:  # a clear, earlier bolus
+    if (
+        artery.max() - level_a >= 10.0 * sd_a
+        and quiet_a <= quiet
+        and _onset(times, brain, level, quiet) - _onset(times, artery, level_a, quiet_a)
+        <= MAX_ARTERIAL_LEAD_S
+        and _rises_no_slower(times, artery, level_a, brain, level)
+    ):  # a clear, earlier bolus
         e, quiet, level, sd = artery, quiet_a, level_a, sd_a
 
-    arrival_s = float(times[0]) if quiet < 0 else max(fitted_onset(times, e, level, quiet), times[0])
+    arrival_s = _onset(times, e, level, quiet)
     arrival_index = int(np.searchsorted(times, arrival_s, side="left"))
     before = int(np.searchsorted(times, arrival_s - BASELINE_MARGIN_S, side="left"))
     return BolusTiming(
