@@ -238,7 +238,9 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def _prepare(studies: list[CohortStudy], cohort: str | Path, out: Path, cfg: TrainConfig, writer: bool):
+def _prepare(
+    studies: list[CohortStudy], cohort: str | Path, out: Path, cfg: TrainConfig, writer: bool
+) -> list[PreparedStudy]:
     """Targets and slices of every study, prepared by rank 0 (see :mod:`perfnet.training.prepare`)."""
     recipe = SliceRecipe(
         list(cfg.maps),
