@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["phantom", "conventional", "methods", "tiles", "cnn", "dose", "cohort"]
+ORDER = ["phantom", "conventional", "methods", "tiles", "cnn", "dose", "cohort", "training_memory"]
 
 
 def main() -> int:

@@ -355,10 +355,13 @@ def run_cohort(
     overwrite: bool = False,
     options: list[str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    studies: list[Study] | None = None,
 ) -> dict[str, Any]:
-    """Analyse every (missing) study of ``root`` into ``deriv``; returns cohort.json's content."""
+    """Analyse every (missing) study of ``root`` into ``deriv``; returns cohort.json's content.
+    ``studies``: these instead of :func:`discover`'s (``perfnet train``'s target step hands over
+    the studies it trains on)."""
     started = time.perf_counter()
-    studies = discover(root)
+    studies = discover(root) if studies is None else sorted(studies, key=lambda s: s.name)
     deriv = Path(deriv).absolute()
     if deriv.exists() and not deriv.is_dir():
         raise PerfnetInputError(deriv, "exists and is not a folder")

@@ -148,6 +148,29 @@ def test_rerunning_a_finished_run_keeps_its_results(
     assert (uninterrupted / "weights.pt").read_bytes() == weights
 
 
+def test_loader_worker_processes_train_the_main_process_run(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """Two persistent DataLoader workers (each with its own copy of the dataset, which the main
+    process's callbacks never reach) train the same weights and log the same draws: the
+    pre-train → fine-tune switch and the augmentations follow each sample's epoch, and
+    augmentations.csv is written from the draws' seeds in the main process."""
+    run = tmp_path / "run"
+    plan = train(cohort, run, TrainConfig(**CONFIG, loader_workers=2), resume=True)
+    assert plan["folds"]["0"]["loader_workers"] == 2
+    assert json.loads((uninterrupted / "plan.json").read_text())["folds"]["0"]["loader_workers"] == 0
+    _assert_same_weights(run, uninterrupted)
+    for name in ("augmentations.csv", "metrics.csv"):
+        with (run / "fold-0" / name).open() as f, (uninterrupted / "fold-0" / name).open() as g:
+            mine, theirs = list(csv.DictReader(f)), list(csv.DictReader(g))
+        assert len(mine) == len(theirs) > 0
+        if name == "augmentations.csv":
+            assert mine == theirs
+        else:
+            assert [r["resolution"] for r in mine] == ["pretrain"] + ["fine-tune"] * 4
+            assert [r["resolution"] for r in mine] == [r["resolution"] for r in theirs]
+
+
 DDP = textwrap.dedent(
     """
     import sys
@@ -182,6 +205,11 @@ def test_two_process_ddp_gives_the_single_process_weights(cohort: Path, tmp_path
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[devices] = run
     _assert_same_weights(runs[1], runs[2], tolerance=1e-4)
+    # validation sharded over the two ranks (2 slices each), its sums added: the one-process metrics
+    one, two = ({**json.loads((runs[d] / "plan.json").read_text())["cross_validation"]} for d in (1, 2))
+    assert one.keys() == two.keys() and "val_mae_cbf" in one
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-3), key
     assert _epochs(runs[2]) == [0, 1]
     assert sorted(p.name for p in (runs[2] / "fold-0").iterdir()) == sorted(
         ["augmentations.csv", "last.ckpt", "metrics.csv", "previous.ckpt", "weights.pt"]

@@ -73,6 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         val_every=args.val_every,
         progress=sys.stderr.isatty(),
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        loader_workers=args.loader_workers,
     )
     plan = train(args.cohort, args.out, cfg, resume=not args.restart)
     cv = plan.get("cross_validation", {})

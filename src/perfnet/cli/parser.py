@@ -186,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-nodes", type=positive_int, default=1)
     p.add_argument("--max-minutes", type=positive_float, help="stop each fold after this long")
     p.add_argument("--val-every", type=positive_int, default=1, help="validate every N epochs")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="conventional --targets: studies computed at a time (the cohort runner's local pool)",
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="conventional --targets: compute them on this Dask scheduler"
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        metavar="N",
+        help="DataLoader worker processes per rank (default: 0 up to 256 training slices, else ≤ 2)",
+    )
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
     p.set_defaults(func=cmd_train)
 

@@ -1,4 +1,4 @@
-"""Training data: a BIDS-like cohort → per-slice inputs, targets and brain masks in memory.
+"""Training data: a BIDS-like cohort → one study's per-slice inputs, targets and brain mask.
 
 Layout (as ``perfnet simulate`` writes it; a real cohort the same, with its reference maps)::
 
@@ -6,16 +6,18 @@ Layout (as ``perfnet simulate`` writes it; a real cohort the same, with its refe
     COHORT/sub-XXXX/ses-YY/truth/<map>.nii.gz, truth/brain.nii.gz      --targets truth
     COHORT/sub-XXXX/ses-YY/perfusion-maps/*<map>.nii.gz                --targets reference
 
-``--targets <method>`` (osvd, boxnlr, …) runs the conventional pipeline once per study and caches
-its maps under ``RUN/targets/<method>/<study>/``. Inputs are stored as float16 (a 2 000-slice
-128² × 80-frame set is 5 GB in float32, half that here).
+``--targets <method>`` (osvd, boxnlr, …): the maps ``perfnet analyze --method <method>`` makes,
+computed once per cohort by the cohort runner into the BIDS derivatives tree
+``RUN/targets/<method>/`` (:mod:`perfnet.training.prepare`). Inputs are stored as float16 (a
+2 000-slice 128² × 80-frame set is 5 GB in float32, half that here).
 
 The network's input is made by :func:`perfnet.inference.series.model_input`, the function inference
 uses: non-steady-state leading frames dropped, rigid motion correction with unalignable frames
 interpolated, the automatic brain mask, then concentration on the model's grid. Only the loss mask
-is the target's brain mask (the truth brain of a phantom). The input of each study is cached as
-``RUN/inputs/<study>.npz`` (keyed by the settings it depends on), so a resumed or repeated run does
-not redo the motion correction.
+is the target's brain mask (the truth brain of a phantom). :func:`study_input` can cache a study's
+input as ``<cache>/<study>.npz`` (keyed by the settings it depends on); ``perfnet train`` keeps each
+prepared study as uncompressed arrays under ``RUN/slices/<study>/`` instead
+(:mod:`perfnet.training.prepare`), so a resumed run does not redo the motion correction.
 """
 
 from __future__ import annotations
@@ -79,58 +81,63 @@ def _reference_map(folder: Path, name: str) -> Path | None:
     return None
 
 
-def load_targets(
-    study: CohortStudy, maps: list[str], targets: str, cache: Path | None, store: bool = True
-) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Target maps of a study and the brain mask that comes with them (None: use the automatic one).
+def entities(study: CohortStudy) -> dict[str, str]:
+    """The study's BIDS entities (``{"sub": "0001", "ses": "01"}``) from its name."""
+    parts = dict(part.split("-", 1) for part in study.name.split("_"))
+    return {k: parts[k] for k in ("sub", "ses") if k in parts}
 
-    Conventional targets are read from the cache when complete, else computed (and written there
-    when ``store``: data-parallel ranks other than 0 compute without writing)."""
+
+def target_paths(study: CohortStudy, maps: list[str], targets: str, tree: Path | None) -> list[Path]:
+    """The files a study's targets are read from (maps in ``maps``' order, then the brain mask
+    where the source has one). Conventional targets (``--targets osvd`` …) come from ``tree``, a
+    BIDS derivatives tree that :func:`perfnet.training.prepare.compute_targets` fills with the
+    cohort runner (``perfnet analyze``'s maps of each study)."""
     if targets == "truth":
         folder = study.session_dir / "truth"
-        out = {}
-        for m in maps:
-            path = folder / f"{m}.nii.gz"
-            if not path.is_file():
-                raise PerfnetInputError(path, "truth map missing (is this a phantom cohort?)")
-            out[m] = load_map(path)[0]
-        brain_path = folder / "brain.nii.gz"
-        return out, (load_map(brain_path)[0] > 0.5) if brain_path.is_file() else None
+        paths = [folder / f"{m}.nii.gz" for m in maps]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise PerfnetInputError(missing[0], "truth map missing (is this a phantom cohort?)")
+        brain = folder / "brain.nii.gz"
+        return paths + ([brain] if brain.is_file() else [])
     if targets == "reference":
         folder = study.session_dir / "perfusion-maps"
-        out = {}
+        paths = []
         for m in maps:
             path = _reference_map(folder, m)
             if path is None:
                 raise PerfnetInputError(folder, f"no reference {m} map")
-            out[m] = load_map(path)[0]
-        return out, None
+            paths.append(path)
+        return paths
     from perfnet.registry import method_names
 
     if targets in method_names("conventional"):
-        from perfnet.conventional.pipeline import AnalysisOptions, analyze
-        from perfnet.io.nifti import save_map
+        from perfnet.io import bids
 
-        folder = (cache or study.session_dir / "derivatives") / targets / study.name
-        if all((folder / f"{m}.nii.gz").is_file() for m in maps) and (folder / "brain_mask.nii.gz").is_file():
-            return {m: load_map(folder / f"{m}.nii.gz")[0] for m in maps}, load_map(
-                folder / "brain_mask.nii.gz"
-            )[0] > 0.5
-        result = analyze(load_series(study.series_path), AnalysisOptions(method=targets))
-        if store:
-            from perfnet.io.output import atomic_output_dir
-
-            with atomic_output_dir(folder, overwrite=True, command=f"targets {targets}") as staging:
-                for m in maps:
-                    save_map(result.maps[m], result.maps.affine, staging / f"{m}.nii.gz")
-                save_map(
-                    result.maps.brain_mask.astype(np.float32),
-                    result.maps.affine,
-                    staging / "brain_mask.nii.gz",
-                )
-        return {m: result.maps[m] for m in maps}, result.maps.brain_mask
+        if tree is None:
+            raise PerfnetInputError("--targets", f"{targets} targets need their derivatives tree")
+        found = entities(study)
+        stem = f"{bids.prefix(found)}_desc-{bids.desc_of(targets)}"
+        folder = bids.session_folder(tree, found)
+        paths = [folder / f"{stem}_{m}.nii.gz" for m in maps] + [folder / f"{stem}_brainmask.nii.gz"]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise PerfnetInputError(missing[0], f"{targets} target of {study.name} not computed")
+        return paths
     choices = ", ".join(("truth", "reference", *method_names("conventional")))
     raise PerfnetInputError("--targets", f"unknown target source {targets!r} (choose from {choices})")
+
+
+def load_targets(
+    study: CohortStudy, maps: list[str], targets: str, tree: Path | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Target maps of a study and the brain mask that comes with them (None: use the automatic
+    one), read from :func:`target_paths` (conventional targets are computed before, once per
+    cohort, never here)."""
+    paths = target_paths(study, maps, targets, tree)
+    out = {m: load_map(path)[0] for m, path in zip(maps, paths, strict=False)}
+    brain = (load_map(paths[len(maps)])[0] > 0.5) if len(paths) > len(maps) else None
+    return out, brain
 
 
 @dataclass
@@ -146,6 +153,17 @@ class StudySlices:
     bolus: torch.Tensor
     grid: np.ndarray
     offset_s: float = 0.0
+
+    @property
+    def slices(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def slice(self, z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slice ``z`` (as :meth:`perfnet.training.prepare.PreparedStudy.slice` reads it from disk)."""
+        return self.inputs[z], self.targets[z].clone(), self.brain[z]
+
+    def read_bolus(self) -> torch.Tensor:
+        return self.bolus
 
 
 #: Bumped when the input preparation changes, so that cached inputs of an older recipe are redone.
@@ -213,7 +231,7 @@ def load_study(
     targets: str,
     frame_interval: float,
     frames: int,
-    cache: Path | None,
+    tree: Path | None,
     pixel_mm: float | None = None,
     align_lead_s: float | None = None,
     store: bool = True,
@@ -221,9 +239,10 @@ def load_study(
 ) -> StudySlices:
     """One study on the model's time grid and pixel size, its input made as inference makes it
     (:func:`study_input`); TTP targets relative to the grid start. The loss mask is the targets'
-    brain mask where they come with one, else the automatic one."""
+    brain mask where they come with one, else the automatic one. ``tree``: the derivatives tree
+    of conventional targets (see :func:`target_paths`)."""
     series = load_series(study.series_path)
-    target_maps, brain = load_targets(study, maps, targets, cache, store)
+    target_maps, brain = load_targets(study, maps, targets, tree)
     for m, arr in target_maps.items():
         if arr.shape != series.spatial_shape:
             raise PerfnetInputError(

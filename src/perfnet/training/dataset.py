@@ -15,8 +15,9 @@ so a run is reproducible and every draw can be written out):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,19 +42,35 @@ class Normalisation:
     def fit(
         cls, studies: list[StudySlices], maps: list[str], log_offsets: dict[str, float] | None = None
     ) -> Normalisation:
+        """From studies in memory (see :meth:`from_moments`)."""
+        from perfnet.training.prepare import study_moments
+
         log_offsets = dict(log_offsets or {})
-        xs, ys = [], []
-        for s in studies:
-            brain = s.brain
-            xs.append(s.inputs.permute(0, 2, 3, 1)[brain].float().reshape(-1)[::7])
-            ys.append(s.targets.permute(0, 2, 3, 1)[brain].float())
-        x = torch.cat(xs)
-        y = torch.cat(ys)
-        y = torch.stack([to_model(y[:, i], m, log_offsets) for i, m in enumerate(maps)], dim=1)
-        scale = float(x.std().clamp_min(1e-6)) if x.numel() > 1 else 1.0
-        mean = {m: float(y[:, i].mean()) for i, m in enumerate(maps)}
-        sd = {m: float(y[:, i].std().clamp_min(1e-6)) if y.shape[0] > 1 else 1.0 for i, m in enumerate(maps)}
-        return cls(scale, mean, sd, log_offsets)
+        parts = [study_moments(s.inputs, s.targets, s.brain, maps, log_offsets) for s in studies]
+        return cls.from_moments(parts, maps, log_offsets)
+
+    @classmethod
+    def from_moments(
+        cls, parts: list[dict[str, list[float]]], maps: list[str], log_offsets: dict[str, float] | None = None
+    ) -> Normalisation:
+        """From per-study count, sum and sum of squares
+        (:func:`perfnet.training.prepare.study_moments`): the input's SD (every 7th brain value of
+        each study) and each map's mean and SD in the network's domain over the studies' brain
+        voxels (sample SD, as ``torch.std``)."""
+
+        def mean_sd(name: str) -> tuple[float, float, float]:
+            n, s1, s2 = (sum(p[name][i] for p in parts) for i in range(3))
+            mean = s1 / n if n else 0.0
+            var = max(s2 - s1 * mean, 0.0) / (n - 1) if n > 1 else 0.0
+            return n, mean, math.sqrt(var)
+
+        n, _, sd = mean_sd("input")
+        scale = max(sd, 1e-6) if n > 1 else 1.0
+        mean, sds = {}, {}
+        for m in maps:
+            n, mean[m], sd = mean_sd(m)
+            sds[m] = max(sd, 1e-6) if n > 1 else 1.0
+        return cls(scale, mean, sds, dict(log_offsets or {}))
 
     def standardise(self, y: torch.Tensor, maps: list[str]) -> torch.Tensor:
         """Targets (M, …) in map units → standardised network domain."""
@@ -83,15 +100,34 @@ def reflect_index(n: int, shift: int) -> np.ndarray:
     return np.where(idx > n - 1, period - idx, idx)
 
 
+class SlicedStudy(Protocol):
+    """What the dataset reads of a study: :class:`~perfnet.training.prepare.PreparedStudy` (on
+    disk, one slice at a time) or :class:`~perfnet.training.data.StudySlices` (in memory)."""
+
+    name: str
+
+    @property
+    def slices(self) -> int: ...
+
+    def slice(self, z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def read_bolus(self) -> torch.Tensor: ...
+
+
 @dataclass
 class SliceDataset(Dataset):
-    """Slices of studies → dict(x (T,H,W), y (M,H,W), mask (H,W), bolus (T,D,P,P)), standardised.
+    """Slices of studies → dict(x (T,H,W), y (M,H,W), mask (H,W), bolus (T,D,P,P), count),
+    standardised.
 
-    ``size`` resizes slices to size × size (Gava's 128² pre-training); ``crop`` takes a random
-    crop × crop window (training) — both None: native size (validation, batch size 1).
+    The resolution follows the sample's epoch (so DataLoader worker processes, which keep their
+    own copy of the dataset, need no message from the main process): epochs before
+    ``pretrain_epochs`` shrink slices to ``pretrain_size``² (Gava's pre-training), later ones
+    resize to ``size``² (None: native) and take a random ``crop``² window (None: whole slices,
+    validation at batch size 1). Index −1 is a padding sample (``count`` 0, empty mask) that the
+    validation shards use to run equal numbers of steps on every rank.
     """
 
-    studies: list[StudySlices]
+    studies: Sequence[SlicedStudy]
     maps: list[str]
     norm: Normalisation
     frame_interval: float
@@ -100,13 +136,20 @@ class SliceDataset(Dataset):
     augment: Augmentation = field(default_factory=lambda: Augmentation(enabled=False))
     seed: int = 0
     epoch: int = 0
-    log: list[dict[str, Any]] = field(default_factory=list)
+    pretrain_epochs: int = 0
+    pretrain_size: int | None = None
 
     def __post_init__(self) -> None:
-        self.index = [(i, z) for i, s in enumerate(self.studies) for z in range(s.inputs.shape[0])]
+        self.index = [(i, z) for i, s in enumerate(self.studies) for z in range(s.slices)]
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def stage(self, epoch: int) -> tuple[int | None, int | None]:
+        """(resize, crop) of samples drawn in ``epoch``."""
+        if epoch < self.pretrain_epochs:
+            return self.pretrain_size, None
+        return self.size, self.crop
 
     def draw(self, item: int, epoch: int | None = None) -> dict[str, Any]:
         """The augmentation of sample ``item`` in ``epoch`` (default: the current one)."""
@@ -125,7 +168,8 @@ class SliceDataset(Dataset):
         }
 
     def log_row(self, item: int, epoch: int) -> dict[str, Any]:
-        """augmentations.csv's row of sample ``item`` in ``epoch``."""
+        """augmentations.csv's row of sample ``item`` in ``epoch`` (drawn again from its seed in
+        the main process: the draw in a loader worker is the same and needs no reporting back)."""
         i, z = self.index[item]
         return {"epoch": epoch, "index": item, "study": self.studies[i].name, "slice": z} | self.draw(
             item, epoch
@@ -137,15 +181,16 @@ class SliceDataset(Dataset):
         epoch = self.epoch
         if isinstance(item, tuple | list):
             epoch, item = int(item[0]), int(item[1])
-        i, z = self.index[item]
+        padding = item == -1
+        i, z = self.index[0 if padding else item]
         s = self.studies[i]
-        x = s.inputs[z].float()  # (T, X, Y)
-        y = s.targets[z].clone()  # (M, X, Y)
-        mask = s.brain[z].float()
-        bolus = s.bolus
-        p = self.draw(item, epoch) if self.augment.enabled else None
+        x16, y, brain = s.slice(z)
+        x = x16.float()  # (T, X, Y)
+        mask = torch.zeros(brain.shape) if padding else brain.float()
+        bolus = s.read_bolus()
+        size, crop = self.stage(epoch)
+        p = self.draw(item, epoch) if self.augment.enabled and not padding else None
         if p is not None:
-            self.log.append({"epoch": epoch, "index": item, "study": s.name, "slice": z, **p})
             if p["shift"]:
                 idx = torch.from_numpy(reflect_index(x.shape[0], p["shift"]))
                 x, bolus = x[idx], bolus[idx]
@@ -155,12 +200,10 @@ class SliceDataset(Dataset):
             if p["thin"] > 1:
                 x = thin_frames(x, p["thin"], p["thin_phase"])
                 bolus = thin_frames(bolus, p["thin"], p["thin_phase"])
-        if self.size is not None and tuple(x.shape[1:]) != (self.size, self.size):
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="area")[0]
-            y = F.interpolate(y[None], size=(self.size, self.size), mode="area")[0]
-            mask = (
-                F.interpolate(mask[None, None], size=(self.size, self.size), mode="area")[0, 0] > 0.5
-            ).float()
+        if size is not None and tuple(x.shape[1:]) != (size, size):
+            x = F.interpolate(x[None], size=(size, size), mode="area")[0]
+            y = F.interpolate(y[None], size=(size, size), mode="area")[0]
+            mask = (F.interpolate(mask[None, None], size=(size, size), mode="area")[0, 0] > 0.5).float()
         if p is not None:
             dims = [d for d, f in ((1, p["flip_x"]), (2, p["flip_y"])) if f]
             if dims:
@@ -170,14 +213,15 @@ class SliceDataset(Dataset):
             if p["noise"] > 0:
                 g = torch.Generator().manual_seed(p["noise_seed"])
                 x = x + torch.randn(x.shape, generator=g) * (p["noise"] * self.norm.input_scale)
-        if self.crop is not None:
-            x, y, mask = _crop(x, y, mask, self.crop, p["crop"] if p else (0.5, 0.5))
+        if crop is not None:
+            x, y, mask = _crop(x, y, mask, crop, p["crop"] if p else (0.5, 0.5))
         y = self.norm.standardise(y, self.maps)
         return {
             "x": x / self.norm.input_scale,
             "y": y * mask,
             "mask": mask > 0.5,
             "bolus": bolus.float() / self.norm.input_scale,
+            "count": torch.tensor(0.0 if padding else 1.0),
         }
 
 

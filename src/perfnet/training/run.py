@@ -3,7 +3,9 @@
 Layout of a run folder::
 
     RUN/plan.json                 every setting, the data split, the package version
-    RUN/inputs/<study>.npz        each study's network input (made as inference makes it; reused)
+    RUN/targets/<method>/         --targets osvd …: the cohort runner's derivatives tree of targets
+    RUN/slices/<study>/           each study prepared on the model grid (input made as inference
+                                  makes it, targets, brain; .npy arrays read one slice at a time)
     RUN/fold-K/metrics.csv        per-epoch training and validation metrics (appended on resume)
     RUN/fold-K/augmentations.csv  every training sample's random augmentation draw
     RUN/fold-K/last.ckpt          Lightning checkpoint of the last epoch (resume after interruption)
@@ -17,7 +19,10 @@ Laplace likelihood. Both: Adam (lr 5e-4) halved every 4 epochs, brain-masked los
 
 Several GPUs or nodes: ``--accelerator gpu --devices 4 --strategy ddp`` (Lightning launches one
 process per device; on a cluster, start one ``perfnet train`` per node with Lightning's
-``--num-nodes``-style environment, see the README). The CPU path is what the tests run.
+``--num-nodes``-style environment, see the README). The CPU path is what the tests run. Rank 0
+prepares the cohort (:mod:`perfnet.training.prepare`) before any rank reads it; every rank then
+reads single slices from ``RUN/slices`` (``loader_workers`` DataLoader processes each), its
+share of every global batch (:class:`GlobalBatchSampler`) and its shard of the validation set.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -54,9 +60,10 @@ from perfnet.training.checkpoints import (
     resume_point,
     truncate_logs,
 )
-from perfnet.training.data import CohortStudy, StudySlices, discover, kfold_split, load_study
+from perfnet.training.data import CohortStudy, discover, kfold_split
 from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
-from perfnet.training.sampler import GlobalBatchSampler
+from perfnet.training.prepare import PreparedStudy, SliceRecipe, prepare_cohort
+from perfnet.training.sampler import GlobalBatchSampler, ValidationShard
 from perfnet.training.task import PerfusionTask
 
 log = logging.getLogger("perfnet.train")
@@ -73,6 +80,9 @@ RESUMABLE = {
     "devices",
     "strategy",
     "num_nodes",
+    "jobs",
+    "scheduler",
+    "loader_workers",
 }
 
 
@@ -116,6 +126,9 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (full-slice validation of `temporal` is slow on a CPU)
     limit_train_batches: int | float | None = None
     progress: bool = True
+    jobs: int = 1  # conventional targets: studies computed at a time (the cohort runner's --jobs)
+    scheduler: str | None = None  # … or on this Dask scheduler
+    loader_workers: int | None = None  # DataLoader processes per rank (None: auto_loader_workers)
 
     def resolved(self) -> TrainConfig:
         c = TrainConfig(**asdict(self))
@@ -141,6 +154,10 @@ class TrainConfig:
         if not c.thin or any(int(k) < 1 for k in c.thin):
             raise PerfnetInputError("--thin", "frame-thinning factors must be integers ≥ 1")
         c.thin = [int(k) for k in c.thin]
+        if c.loader_workers is not None and c.loader_workers < 0:
+            raise PerfnetInputError("--loader-workers", "must be 0 or more")
+        if c.jobs < 1:
+            raise PerfnetInputError("--jobs", "must be at least 1")
         return c
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -148,10 +165,20 @@ class TrainConfig:
         return spec.kwargs(self.frames, len(self.maps), self.width) | dict(self.model_kwargs)
 
 
+def auto_loader_workers(slices: int, world: int) -> int:
+    """DataLoader worker processes per rank: none for a small set (≤ 256 training slices: worker
+    start-up would cost more than it saves), else up to 2, leaving a core per rank for the model."""
+    if slices <= 256:
+        return 0
+    return max(0, min(2, (os.cpu_count() or 1) // max(world, 1) - 1))
+
+
 class Schedule(Callback):
-    """Sets the dataset's epoch and Gava's pre-train → fine-tune switch, seeds the epoch's own
-    random stream (dropout: a resumed epoch draws what an uninterrupted one draws), and on rank
-    0 appends the epoch's metrics and every augmentation draw of the global batches to the CSVs."""
+    """Sets the dataset's epoch (the resolution follows the samples' epochs: Gava's pre-train →
+    fine-tune switch), seeds the epoch's own random stream (dropout: a resumed epoch draws what
+    an uninterrupted one draws), and on rank 0 appends the epoch's metrics and every augmentation
+    draw of the global batches to the CSVs (drawn again here from their seeds: the draws of
+    loader worker processes are the same)."""
 
     def __init__(
         self, dataset: SliceDataset, sampler: GlobalBatchSampler, cfg: TrainConfig, fold_dir: Path, seed: int
@@ -163,13 +190,9 @@ class Schedule(Callback):
         self.started = time.perf_counter()
         epoch = trainer.current_epoch
         self.dataset.epoch = epoch
-        fine = epoch >= self.cfg.pretrain_epochs
-        self.dataset.size = None if fine else self.cfg.pretrain_size
-        self.dataset.crop = self.cfg.crop if fine else None
         torch.manual_seed(int(np.random.default_rng([self.seed, epoch, trainer.global_rank]).integers(2**62)))
 
     def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
-        self.dataset.log.clear()
         epoch = trainer.current_epoch
         validated = (epoch + 1) % max(1, self.cfg.val_every) == 0
         logged = trainer.callback_metrics  # on every rank: reading it reduces the synced metrics
@@ -185,7 +208,7 @@ class Schedule(Callback):
             "step": trainer.global_step,
             "seconds": round(time.perf_counter() - self.started, 2),
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
-            "resolution": "pretrain" if self.dataset.size else "fine-tune",
+            "resolution": "pretrain" if epoch < self.cfg.pretrain_epochs else "fine-tune",
         } | {k: round(v, 6) for k, v in sorted(metrics.items())}
         maps = self.cfg.maps
         names = ["train_loss", "val_loss", *(f"val_mae_{m}" for m in maps)]
@@ -215,28 +238,22 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
-def _load_cohort(
-    studies: list[CohortStudy], cfg: TrainConfig, cache: Path, progress: bool, store: bool = True
-) -> dict[str, StudySlices]:
-    """Every study on the model's grid; conventional targets are cached under ``cache`` and the
-    network inputs beside it under ``inputs/`` (read by every rank, written only where ``store``)."""
-    from tqdm import tqdm
-
-    out = {}
-    for study in tqdm(studies, desc="loading studies", disable=not progress, leave=False):
-        out[study.name] = load_study(
-            study,
-            cfg.maps,
-            cfg.targets,
-            cfg.frame_interval,
-            cfg.frames,
-            cache,
-            cfg.pixel_mm,
-            cfg.align_lead_s,
-            store=store,
-            input_cache=cache.parent / "inputs",
-        )
-    return out
+def _prepare(
+    studies: list[CohortStudy], cohort: str | Path, out: Path, cfg: TrainConfig, writer: bool
+) -> list[PreparedStudy]:
+    """Targets and slices of every study, prepared by rank 0 (see :mod:`perfnet.training.prepare`)."""
+    recipe = SliceRecipe(
+        list(cfg.maps),
+        cfg.targets,
+        cfg.frame_interval,
+        cfg.frames,
+        cfg.pixel_mm,
+        cfg.align_lead_s,
+        log_offsets_for(cfg.log_maps),
+    )
+    return prepare_cohort(
+        studies, Path(cohort), out, recipe, writer, cfg.jobs, cfg.scheduler, progress=cfg.progress
+    )
 
 
 def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
@@ -321,13 +338,13 @@ def _train(
     for k in folds:
         if k not in todo:
             log.info("fold %d is complete (%s); kept as it is", k, plan["folds"][str(k)]["weights"])
-    data: dict[str, StudySlices] = {}
+    data: list[PreparedStudy] = []
     load_seconds = 0.0
     if todo:
         started = time.perf_counter()
-        data = _load_cohort(studies, cfg, out / "targets", cfg.progress, store=writer)
+        data = _prepare(studies, cohort, out, cfg, writer)
         load_seconds = time.perf_counter() - started
-        log.info("loaded %d studies in %.1f s", len(data), load_seconds)
+        log.info("prepared %d studies in %.1f s", len(data), load_seconds)
 
     for k in todo:
         fold_dir = out / f"fold-{k}"
@@ -359,7 +376,7 @@ def _train_fold(
     fold_dir: Path,
     cfg: TrainConfig,
     resume: bool,
-    data: dict[str, StudySlices],
+    data: list[PreparedStudy],
     splits: list[list[str]],
     start: InitialWeights | None,
     writer: bool,
@@ -368,12 +385,12 @@ def _train_fold(
     """One fold: train (continuing from its newest good checkpoint), validate, write weights.pt;
     returns the fold's plan entry."""
     val_subjects = set(splits[k])
-    train_set = [s for s in data.values() if s.subject not in val_subjects]
-    val_set = [s for s in data.values() if s.subject in val_subjects]
+    train_set = [s for s in data if s.subject not in val_subjects]
+    val_set = [s for s in data if s.subject in val_subjects]
     if not train_set:
         raise PerfnetInputError(cohort, "no training studies left after the split")
     L.seed_everything(cfg.seed + k, workers=True, verbose=False)
-    norm = Normalisation.fit(train_set, cfg.maps, log_offsets_for(cfg.log_maps))
+    norm = Normalisation.from_moments([s.moments for s in train_set], cfg.maps, log_offsets_for(cfg.log_maps))
     if start is not None:
         start.adopt_normalisation(norm)
     augment = Augmentation(
@@ -384,10 +401,11 @@ def _train_fold(
         cfg.maps,
         norm,
         cfg.frame_interval,
-        size=cfg.pretrain_size if cfg.pretrain_epochs > 0 else None,
-        crop=None if cfg.pretrain_epochs > 0 else cfg.crop,
+        crop=cfg.crop,
         augment=augment,
         seed=cfg.seed + 1000 * k,
+        pretrain_epochs=cfg.pretrain_epochs,
+        pretrain_size=cfg.pretrain_size,
     )
     val_ds = SliceDataset(val_set, cfg.maps, norm, cfg.frame_interval)
     model_kwargs = cfg.build_kwargs()
@@ -407,8 +425,13 @@ def _train_fold(
     if start is not None:
         task.model.load_state_dict(start.state_dict)
     sampler = GlobalBatchSampler(len(train_ds), cfg.batch_size, seed=cfg.seed + 1000 * k)
-    train_loader = DataLoader(train_ds, batch_sampler=sampler)
-    val_loader = DataLoader(val_ds, batch_size=1) if val_set else None
+    world = _world_size(cfg)
+    workers = auto_loader_workers(len(train_ds), world) if cfg.loader_workers is None else cfg.loader_workers
+    loading: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, **loading)
+    val_loader = (
+        DataLoader(val_ds, sampler=ValidationShard(len(val_ds)), batch_size=1, **loading) if val_set else None
+    )
 
     checkpoint, last_epoch = resume_point(fold_dir, warn=writer) if resume else (None, -1)
     if writer:
@@ -498,6 +521,7 @@ def _train_fold(
         "seconds": round(seconds, 1),
         "validation": val_metrics,
         "training_slices": len(train_ds),
+        "loader_workers": workers,
         "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
     }
 
@@ -540,6 +564,15 @@ class InitialWeights:
             if old_logs.get(m) == norm.log_offsets.get(m):
                 norm.target_mean[m] = float(self.config["target_mean"][m])
                 norm.target_sd[m] = float(self.config["target_sd"][m])
+
+
+def _world_size(cfg: TrainConfig) -> int:
+    """Data-parallel processes of the run as far as known before Lightning starts (for the
+    default number of loader workers)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    devices = cfg.devices if isinstance(cfg.devices, int) else 1
+    return max(1, devices) * max(1, cfg.num_nodes)
 
 
 def _modality(study: CohortStudy) -> str:

@@ -78,3 +78,23 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         _, world = _rank_and_world()
         return len(self.global_batches(self.epoch, world))
+
+
+class ValidationShard(Sampler[int]):
+    """Validation split across data-parallel ranks: rank r of W takes samples r, r + W, …,
+    padded with −1 (a sample that counts nothing, see
+    :class:`~perfnet.training.dataset.SliceDataset`) to ⌈n / W⌉ so that every rank runs the same
+    steps. The task sums its metrics over the ranks (:class:`perfnet.training.task.PerfusionTask`),
+    so sharded validation gives the single-process numbers."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_and_world()
+        mine = list(range(rank, self.n, world))
+        return iter(mine + [-1] * (len(self) - len(mine)))
+
+    def __len__(self) -> int:
+        _, world = _rank_and_world()
+        return -(-self.n // world)

@@ -92,19 +92,24 @@ class PerfusionTask(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"n": 0.0, "inter": 0.0, "pred": 0.0, "true": 0.0} | {f"abs_{m}": 0.0 for m in self.maps}
-        self._val["maec"] = 0.0
+        self._val |= {"maec": 0.0, "loss": 0.0, "slices": 0.0}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, value = self._loss(batch)
-        self.log(  # every rank validates every study (no distributed sampler): sync is an identity
-            "val_loss",
-            loss,
-            prog_bar=True,
-            on_step=False,
-            on_epoch=True,
-            batch_size=batch["x"].shape[0],
-            sync_dist=True,
-        )
+        """Sums over the rank's validation shard (padding samples count nothing); reduced over
+        the ranks at the epoch's end."""
+        count = batch["count"].float() if "count" in batch else torch.ones(batch["x"].shape[0])
+        value, scale = self(batch)
+        mask, y = batch["mask"][:, None], batch["y"]
+        for j in range(value.shape[0]):  # the loss of each slice, as at batch size 1
+            sl = slice(j, j + 1)
+            if self.hparams.loss == "laplace" and scale is not None:
+                total, weight = laplace_nll_parts(value[sl], scale[sl], y[sl], mask[sl], self.windows)
+                floor = 1e-12
+            else:
+                total, weight = masked_mse_parts(value[sl], y[sl], mask[sl])
+                floor = 1.0
+            self._val["loss"] += float(total / weight.clamp_min(floor)) * float(count[j])
+        self._val["slices"] += float(count.sum())
         sd, mean = self.sd.to(value.device), self.mean.to(value.device)
         pred, true = value * sd + mean, batch["y"] * sd + mean
         for i, m in enumerate(self.maps):  # back to map units
@@ -124,7 +129,15 @@ class PerfusionTask(L.LightningModule):
             self._val["true"] += float((t > 6).sum())
 
     def on_validation_epoch_end(self) -> None:
-        v, n = self._val, max(self._val.get("n", 0.0), 1.0)
+        """Metrics of the whole validation set: the ranks' sums added (float64 all-reduce), then
+        the ratios (logged with ``sync_dist``: the same number on every rank)."""
+        keys = sorted(self._val)
+        sums = torch.tensor([self._val[k] for k in keys], dtype=torch.float64)
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        v = dict(zip(keys, sums.tolist(), strict=True))
+        n = max(v["n"], 1.0)
+        self.log("val_loss", v["loss"] / max(v["slices"], 1.0), prog_bar=True, sync_dist=True)
         for m in self.maps:
             self.log(f"val_mae_{m}", v[f"abs_{m}"] / n, sync_dist=True)
         if "tmax" in self.maps:

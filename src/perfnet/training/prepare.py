@@ -1,0 +1,396 @@
+"""A cohort made ready for training once, before any data-parallel rank reads it.
+
+Two steps, both run by rank 0 only (the process that writes files; the others wait for its
+marker), both resumable (a study already done is not done again):
+
+1. **Targets** (``--targets osvd`` and the other conventional methods): the cohort runner
+   (:func:`perfnet.runner.run_cohort`: one ``perfnet analyze --bids`` process per study, ``jobs``
+   at a time or on a Dask scheduler, complete studies skipped, each failure recorded) writes the
+   maps of every study into the BIDS derivatives tree ``RUN/targets/<method>/`` with its own
+   ``cohort.tsv``. A study whose target failed stops the run before training with one line naming
+   it (exit status 2): training on fewer studies than the plan lists would silently change the
+   split, and a later successful retry would then change it again.
+2. **Slices**: every study on the model's grid (:func:`perfnet.training.data.load_study`, the
+   input made as inference makes it) as uncompressed ``.npy`` arrays in ``RUN/slices/<study>/``
+   (``inputs`` float16 (Z, T, X, Y), ``targets`` float32 (Z, M, X, Y), ``brain`` bool (Z, X, Y),
+   ``bolus`` float32) and ``meta.json`` (a key over the recipe, the series file, the settings and
+   the target files, so changed inputs are prepared again; the arrays' byte offsets; the study's
+   sums for the normalisation). Written one study at a time through a staging folder swapped in
+   with one rename.
+
+A rank then holds only :class:`PreparedStudy` records (names, offsets, a few numbers) and reads
+one slice per sample from disk (:meth:`PreparedStudy.slice`: one positioned read per array, no
+memory map left open), so its memory does not grow with the cohort; the normalisation is
+combined from the per-study sums (:meth:`perfnet.training.dataset.Normalisation.from_moments`).
+
+Waiting ranks (``RANK`` ≠ 0 from a launcher that starts every rank at once: torchrun, SLURM) poll
+``RUN/.ready-<step>.json`` until rank 0 has written the content they expect (or an error, newer
+than their own start). Under Lightning's own launcher (``--strategy ddp`` from one command) the
+other ranks start only when rank 0 reaches training, so they find the marker at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perfnet.errors import PerfnetInputError
+from perfnet.training.data import (
+    CohortStudy,
+    StudySlices,
+    _input_key,
+    entities,
+    load_study,
+    target_paths,
+)
+
+#: Bumped when the prepared arrays change, so that slices of an older recipe are prepared again.
+SLICE_RECIPE = 1
+ARRAYS = ("inputs", "targets", "brain", "bolus")
+#: How long a rank waits for rank 0's preparation (s; ``PERFNET_RANK_WAIT_S`` overrides).
+WAIT_S = 24 * 3600.0
+
+
+def is_conventional(targets: str) -> bool:
+    from perfnet.registry import method_names
+
+    return targets in method_names("conventional")
+
+
+# ---------------------------------------------------------------- step 1: conventional targets
+
+
+def compute_targets(
+    studies: list[CohortStudy],
+    cohort: Path,
+    method: str,
+    tree: Path,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Every study's ``method`` maps into the derivatives tree ``tree`` with the cohort runner
+    (complete studies skipped); cohort.json's content, or a one-line error naming the first study
+    that failed."""
+    from perfnet.runner import Study, run_cohort
+
+    tasks = []
+    for s in studies:
+        found = entities(s)
+        tasks.append(Study(s.series_path, found["sub"], found.get("ses")))
+
+    def report(state: dict[str, Any]) -> None:
+        record = state["record"]
+        what = "ok" if record["status"] == "done" else f"{record['status']}: {record['error']}"
+        finished = state["done"] + state["failed"]
+        print(f"targets [{finished}/{state['total']}] {state['study']} {what}", file=sys.stderr, flush=True)
+
+    summary = run_cohort(
+        cohort,
+        tree,
+        method,
+        jobs=jobs,
+        scheduler=scheduler,
+        options=["--no-report"],
+        progress=report if progress else None,
+        studies=tasks,
+    )
+    failures = summary.get("failures", {})
+    if failures or summary.get("pending"):
+        name, error = next(iter(sorted(failures.items()))) if failures else ("?", "not computed")
+        error = error.removeprefix("perfnet: ").removeprefix("error: ")
+        others = len(failures) - 1
+        more = f"; {others} other(s) failed too" if others > 0 else ""
+        where = tree / "cohort.tsv"
+        raise PerfnetInputError(
+            name, f"{method} target failed ({error}){more}; see {where}, fix or remove the study"
+        )
+    return summary
+
+
+# ---------------------------------------------------------------- step 2: slices on the model grid
+
+
+def study_moments(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    brain: torch.Tensor,
+    maps: list[str],
+    log_offsets: dict[str, float],
+) -> dict[str, list[float]]:
+    """Count, sum and sum of squares (float64) of a study's brain voxels: the input (every 7th
+    value of its brain curves) and each target map in the network's domain. Summed over the
+    training studies they give the fold's normalisation without holding the cohort."""
+    from perfnet.inference.targets import to_model
+
+    x = inputs.permute(0, 2, 3, 1)[brain].float().reshape(-1)[::7].double()
+    y = targets.permute(0, 2, 3, 1)[brain].float()
+    out = {"input": [float(x.numel()), float(x.sum()), float((x * x).sum())]}
+    for i, m in enumerate(maps):
+        t = to_model(y[:, i], m, log_offsets).double()
+        out[m] = [float(t.numel()), float(t.sum()), float((t * t).sum())]
+    return out
+
+
+@dataclass
+class PreparedStudy:
+    """A prepared study on disk (see the module docstring): what a rank keeps of it in memory is
+    this record; :meth:`slice` reads one slice."""
+
+    name: str
+    subject: str
+    folder: Path
+    grid: np.ndarray
+    offset_s: float
+    arrays: dict[str, dict[str, Any]]  # kind → dtype, shape, byte offset of the data in the .npy
+    moments: dict[str, list[float]]
+    key: str = ""
+
+    @classmethod
+    def open(cls, folder: Path) -> PreparedStudy:
+        meta = json.loads((folder / "meta.json").read_text())
+        return cls(
+            meta["name"],
+            meta["subject"],
+            folder,
+            np.asarray(meta["grid"], dtype=np.float64),
+            float(meta["offset_s"]),
+            meta["arrays"],
+            meta["moments"],
+            meta["key"],
+        )
+
+    @property
+    def slices(self) -> int:
+        return int(self.arrays["inputs"]["shape"][0])
+
+    def read(self, kind: str, z: int | None = None) -> np.ndarray:
+        """Array ``kind`` (or its slice ``z``) read from its file, nothing else."""
+        spec = self.arrays[kind]
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        if z is None:
+            count, offset = math.prod(shape), int(spec["offset"])
+        else:
+            shape = shape[1:]
+            count = math.prod(shape)
+            offset = int(spec["offset"]) + int(z) * count * dtype.itemsize
+        data = np.fromfile(self.folder / f"{kind}.npy", dtype=dtype, count=count, offset=offset)
+        if data.size != count:
+            raise PerfnetInputError(self.folder / f"{kind}.npy", "truncated (prepare the run again)")
+        return data.reshape(shape)
+
+    def slice(self, z: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slice ``z``: input (T, X, Y) float16, targets (M, X, Y) float32, brain (X, Y) bool."""
+        return tuple(torch.from_numpy(self.read(k, z)) for k in ("inputs", "targets", "brain"))  # type: ignore[return-value]
+
+    def read_bolus(self) -> torch.Tensor:
+        return torch.from_numpy(self.read("bolus"))
+
+
+def _npy_layout(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    assert not fortran
+    return {"dtype": dtype.str, "shape": list(shape), "offset": offset}
+
+
+def write_prepared(
+    slices: StudySlices, folder: Path, key: str, moments: dict[str, list[float]]
+) -> PreparedStudy:
+    """One study's arrays and meta.json into ``folder``, swapped in as a whole."""
+    from perfnet.io.output import atomic_output_dir
+
+    arrays = {
+        "inputs": slices.inputs.numpy(),
+        "targets": slices.targets.numpy(),
+        "brain": slices.brain.numpy(),
+        "bolus": slices.bolus.numpy(),
+    }
+    with atomic_output_dir(folder, overwrite=True, command="train slices") as staging:
+        layout = {}
+        for kind, array in arrays.items():
+            np.save(staging / f"{kind}.npy", np.ascontiguousarray(array))
+            layout[kind] = _npy_layout(staging / f"{kind}.npy")
+        meta = {
+            "key": key,
+            "name": slices.name,
+            "subject": slices.subject,
+            "grid": [float(t) for t in slices.grid],
+            "offset_s": float(slices.offset_s),
+            "arrays": layout,
+            "moments": moments,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return PreparedStudy.open(folder)
+
+
+@dataclass
+class SliceRecipe:
+    """The settings a study's prepared slices depend on."""
+
+    maps: list[str]
+    targets: str
+    frame_interval: float
+    frames: int
+    pixel_mm: float | None
+    align_lead_s: float | None
+    log_offsets: dict[str, float]
+
+    def input_config(self) -> dict[str, object]:
+        return {
+            "frame_interval": self.frame_interval,
+            "frames": self.frames,
+            "align_lead_s": self.align_lead_s,
+            "pixel_mm": self.pixel_mm,
+        }
+
+
+def slice_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str:
+    files = []
+    for path in target_paths(study, recipe.maps, recipe.targets, tree):
+        stat = path.stat()
+        files.append([path.name, stat.st_size, stat.st_mtime_ns])
+    key = {
+        "slices": SLICE_RECIPE,
+        "input": _input_key(study, recipe.input_config()),
+        "targets": recipe.targets,
+        "maps": recipe.maps,
+        "log_offsets": recipe.log_offsets,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _current_key(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "meta.json").read_text())["key"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def prepare_slices(
+    studies: list[CohortStudy],
+    recipe: SliceRecipe,
+    root: Path,
+    tree: Path | None,
+    keys: dict[str, str],
+    progress: bool = False,
+) -> int:
+    """Every study whose ``root/<study>`` does not hold its key's slices, prepared; the count."""
+    from tqdm import tqdm
+
+    todo = [s for s in studies if _current_key(root / s.name) != keys[s.name]]
+    for study in tqdm(todo, desc="preparing studies", disable=not progress, leave=False):
+        slices = load_study(
+            study,
+            recipe.maps,
+            recipe.targets,
+            recipe.frame_interval,
+            recipe.frames,
+            tree,
+            recipe.pixel_mm,
+            recipe.align_lead_s,
+        )
+        moments = study_moments(slices.inputs, slices.targets, slices.brain, recipe.maps, recipe.log_offsets)
+        write_prepared(slices, root / study.name, keys[study.name], moments)
+        del slices
+    return len(todo)
+
+
+# ---------------------------------------------------------------- both steps, rank 0 and the others
+
+
+def _write_marker(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def await_marker(path: Path, expected: dict[str, Any], since: float, what: str) -> None:
+    """Wait until rank 0 has written ``expected`` to ``path`` (its step done), or an error after
+    ``since`` (wall-clock seconds; an older error belongs to an earlier run)."""
+    limit = float(os.environ.get("PERFNET_RANK_WAIT_S", WAIT_S))
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            content = json.loads(path.read_text())
+            if content.get("error") and path.stat().st_mtime >= since - 1.0:
+                error = content["error"]
+                raise PerfnetInputError(path.parent, f"rank 0 failed while preparing {what}: {error}")
+            if not content.get("error") and {k: content.get(k) for k in expected} == expected:
+                return
+        except (OSError, ValueError):
+            pass  # not written yet
+        if time.monotonic() > deadline:
+            raise PerfnetInputError(path, f"rank 0 did not finish preparing {what} within {limit:.0f} s")
+        time.sleep(0.5)
+
+
+def _as_rank_zero(marker: Path, step: Callable[[], dict[str, Any]]) -> None:
+    """Run ``step`` and write its result to ``marker`` (or the error, then raise it again)."""
+    try:
+        content = step()
+    except BaseException as exc:
+        _write_marker(marker, {"error": str(exc) or type(exc).__name__})
+        raise
+    _write_marker(marker, content)
+
+
+def prepare_cohort(
+    studies: list[CohortStudy],
+    cohort: Path,
+    out: Path,
+    recipe: SliceRecipe,
+    writer: bool,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    progress: bool = False,
+) -> list[PreparedStudy]:
+    """Targets (conventional methods) and slices of every study, made by rank 0 (``writer``)
+    and waited for by the others; the prepared studies, in ``studies``' order."""
+    since = time.time()
+    names = [s.name for s in studies]
+    tree = out / "targets" / recipe.targets if is_conventional(recipe.targets) else None
+    if tree is not None:
+        marker = out / ".ready-targets.json"
+        expected = {"method": recipe.targets, "studies": names}
+        if writer:
+
+            def targets() -> dict[str, Any]:
+                compute_targets(studies, cohort, recipe.targets, tree, jobs, scheduler, progress)
+                return expected
+
+            _as_rank_zero(marker, targets)
+        else:
+            await_marker(marker, expected, since, f"the {recipe.targets} targets")
+    root = out / "slices"
+    marker = out / ".ready-slices.json"
+
+    def slices() -> dict[str, Any]:
+        keys = {s.name: slice_key(s, recipe, tree) for s in studies}
+        prepare_slices(studies, recipe, root, tree, keys, progress)
+        return {"keys": keys}
+
+    if writer:
+        _as_rank_zero(marker, slices)
+    else:
+        keys = {s.name: slice_key(s, recipe, tree) for s in studies}
+        await_marker(marker, {"keys": keys}, since, "the slices")
+    return [PreparedStudy.open(root / name) for name in names]
