@@ -40,11 +40,17 @@ def _sampling_grid(voxel_map_: np.ndarray, shape: tuple[int, int, int], device: 
 
 
 def resample_frames(
-    frames: np.ndarray, voxel_maps: np.ndarray, cval: float = 0.0, device: str | None = None, batch: int = 8
+    frames: np.ndarray,
+    voxel_maps: np.ndarray,
+    cval: float = 0.0,
+    device: str | None = None,
+    batch: int = 8,
+    padding: str = "zeros",
 ) -> np.ndarray:
     """Trilinearly resample each frame t of (X, Y, Z, T) at ``voxel_maps[t]`` @ output index.
 
-    Frames whose map is the identity are copied. Points outside the volume take ``cval``.
+    Frames whose map is the identity are copied. Points outside the volume take ``cval``
+    (``padding="zeros"``) or the nearest edge voxel's value (``"border"``).
     Frames go through in batches so reads and writes of the (X, Y, Z, T) layout stay blocked.
     """
     shape = frames.shape[:3]
@@ -58,7 +64,7 @@ def resample_frames(
                 continue
             volume = torch.from_numpy(block[b] - np.float32(cval)).to(dev)[None, None]
             grid = _sampling_grid(voxel_maps[t], shape, dev)
-            sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode=padding, align_corners=True)
             block[b] = sampled[0, 0].cpu().numpy() + np.float32(cval)
         out[..., start:stop] = np.moveaxis(block, 0, 3)
     return out

@@ -73,9 +73,11 @@ def test_motion_correction_is_never_worse_than_none_on_thick_slices(modality: st
 @pytest.mark.slow
 def test_thick_slice_ct_with_motion_keeps_its_aif_off_the_slab_edge() -> None:
     # the audit's study (draw 9006: 128² × 8 slices of 6.2 mm, 2.2 mm / 3.2° of motion): corrected,
-    # oSVD's automatic AIF sat on the last slice, where bone and air move in from outside the slab,
+    # oSVD's automatic AIF sat on the last slice, where bone and air moved in from outside the slab,
     # and Tmax MAEC was 7.1 s against 4.5 s uncorrected. With the arterial search kept off
-    # `MotionResult.outside` the corrected study is at least as good as the uncorrected one.
+    # `MotionResult.outside` the corrected study is at least as good as the uncorrected one. (Since
+    # the phantom's slab continues beyond its edge slices instead of ending in air,
+    # perfnet.phantom.signal.apply_motion, the edge slices are usable again where not `outside`.)
     study = simulate_study(PhantomConfig.draw(9006, "CT"))
     series = study.series
     plain = analyze(series, AnalysisOptions(method="osvd", motion_correction=False))
@@ -83,7 +85,7 @@ def test_thick_slice_ct_with_motion_keeps_its_aif_off_the_slab_edge() -> None:
     assert moved.outside[..., 0].mean() > 0.5 and moved.outside[..., -1].mean() > 0.5  # both slab edges
     search = brain_mask(series.with_data(moved.data)) & ~moved.outside
     corrected = analyze(series, AnalysisOptions(method="osvd"), aif_mask=search)
-    assert not np.isin(corrected.aif.aif_voxels[:, 2], [0, series.shape[2] - 1]).any()
+    assert not moved.outside[tuple(corrected.aif.aif_voxels.T)].any()
     (dice_plain, maec_plain), (dice_moved, maec_moved) = score(study, plain), score(study, corrected)
     assert dice_moved >= dice_plain - DICE_TOLERANCE and maec_moved <= maec_plain + MAEC_TOLERANCE_S, (
         dice_plain,

@@ -96,9 +96,15 @@ def draw_motion(cfg: PhantomConfig, n_frames: int, rng: np.random.Generator) -> 
 def apply_motion(
     frames: np.ndarray, params: np.ndarray, affine: np.ndarray, centre: np.ndarray, background: float
 ) -> np.ndarray:
-    """Each frame (X, Y, Z, T) as seen after the head moved to that frame's pose."""
+    """Each frame (X, Y, Z, T) as seen after the head moved to that frame's pose (trilinear).
+
+    What moves into the slab through its first or last slice is the head beyond it, continued as
+    that edge slice (``border`` padding), not ``background``: the slab is a section of a head.
+    Padding with air put −1000 HU × (shift / slice thickness) into the edge slices (−40 HU for a
+    0.4 mm shift on 10 mm slices), an artefact real data do not have. In-plane the field of view's
+    edge is ``background`` (air) already."""
     maps = np.stack([voxel_map(rigid_matrix(p, centre), affine) for p in params])
-    return resample_frames(frames, maps, cval=background)
+    return resample_frames(frames, maps, cval=background, padding="border")
 
 
 def add_noise(signal: np.ndarray, cfg: PhantomConfig, rng: np.random.Generator) -> np.ndarray:

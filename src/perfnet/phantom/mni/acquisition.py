@@ -35,7 +35,6 @@ from perfnet.phantom.anatomy import (
     WHITE_MATTER,
 )
 from perfnet.phantom.mni.config import T1_SECONDS, MniConfig
-from perfnet.spatial import resample_frames, rigid_matrix, voxel_map
 
 #: CT attenuation (HU): (low, high) of the per-study draw.
 CT_HU_RANGES = {
@@ -155,11 +154,3 @@ def draw_motion(cfg: MniConfig, times: np.ndarray, rng: np.random.Generator) -> 
     largest = np.abs(out).max(axis=0)
     over = np.maximum(largest / peak, 1.0)
     return out / over
-
-
-def apply_motion(
-    frames: np.ndarray, motion: np.ndarray, affine: np.ndarray, centre: np.ndarray, background: float
-) -> np.ndarray:
-    """Each frame as seen after the head moved to that frame's pose (trilinear, in perfnet.spatial)."""
-    maps = np.stack([voxel_map(rigid_matrix(p, centre), affine) for p in motion])
-    return resample_frames(frames, maps, cval=background)

@@ -34,7 +34,6 @@ from perfnet.phantom.anatomy import (
 from perfnet.phantom.mni.acquisition import (
     add_ct_noise,
     add_rician_noise,
-    apply_motion,
     baseline_values,
     draw_motion,
     steady_state_factors,
@@ -58,6 +57,7 @@ from perfnet.phantom.mni.physiology import (
     tissue_table,
 )
 from perfnet.phantom.mni.template import TERRITORY_CODES
+from perfnet.phantom.signal import apply_motion
 from perfnet.phantom.study import CORE_RELATIVE_CBF, HYPOPERFUSION_TMAX_S, PhantomStudy, PhantomTruth
 
 #: Voxels with at least this tissue fraction carry a tissue curve (truth needs ≥ 0.5).
