@@ -272,7 +272,6 @@ def model_card(modality: str, plans: list[dict], settings: dict) -> str:
     lines += [
         f"- training time in all: {trained / 60:.1f} min on 2 CPU cores ({(trained + loading) / 60:.1f} min"
         " with loading the cohorts; simulating them takes a few minutes more)",
-        "",
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
