@@ -76,6 +76,8 @@ MR_COHORTS = [
 #: each on one of those cohorts.
 SETTINGS = {
     "ct": {
+        # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged)
+        "scale_head": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
         "stages": [
             {
@@ -236,6 +238,17 @@ def _stage_lines(plan: dict, cohort_args: list, stage: dict | None = None) -> li
     ]
 
 
+#: The model card's lines on the scale head (its calibration table: benchmarks/calibration.py).
+SCALE_HEAD_CARD = [
+    "- uncertainty: a Laplace scale head (per-pixel 1×1 convolutions on the detached last decoder"
+    " features → softplus → b per map) fitted afterwards on the frozen backbone by"
+    " `tools/fit_scale_head.py` (Laplace NLL on held-out patients of fold 0, then one temperature per"
+    " map on separate calibration studies; the record is the weights' `scale_head` config); the maps"
+    " are bit for bit those of the backbone alone. Its calibration on unseen studies is measured by"
+    " `python benchmarks/calibration.py` (last measured: README, section on the CNN uncertainty).",
+]
+
+
 def model_card(modality: str, plans: list[dict], settings: dict) -> str:
     cfg = plans[-1]["config"]
     lines = [
@@ -259,6 +272,7 @@ def model_card(modality: str, plans: list[dict], settings: dict) -> str:
     lines += [
         f"- training time in all: {trained / 60:.1f} min on 2 CPU cores ({(trained + loading) / 60:.1f} min"
         " with loading the cohorts; simulating them takes a few minutes more)",
+        *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
         " brain voxels)",
@@ -316,6 +330,10 @@ def main() -> int:
     shutil.copyfile(previous, target / f"{args.modality}.pt")
     public = {"stages": [{k: v for k, v in plan.items() if k != "cohort"} for plan in plans]}
     (target / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
+    if settings.get("scale_head"):  # reads the plan just written (its held-out patients)
+        fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py"), "--weights", str(target / "ct.pt")]
+        print("+", " ".join(fit), flush=True)
+        subprocess.run([*fit, "--work", str(args.work / "scale-head")], check=True)
     card = model_card(args.modality, plans, settings)
     (target / f"{args.modality}.md").write_text(card)
     print(card)

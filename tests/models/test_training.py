@@ -350,7 +350,6 @@ def test_a_new_network_is_one_registration(cohort: Path, tmp_path: Path) -> None
         _Toy,
         kwargs=lambda frames, maps, width: {"frames": frames, "maps": maps},
         forward=lambda model, x, times, bolus: model(x),
-        uncertainty=True,
         loss="laplace",
         crop=32,
         pretrain=False,

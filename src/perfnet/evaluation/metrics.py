@@ -4,7 +4,9 @@
 - MAEC (Hess et al. 2018): MAE after clipping both maps to a window ([0, 20] s for Tmax);
 - SSIM (Wang et al. 2004) per slice with an 11×11 Gaussian window (σ 1.5 px), constants
   K1 = 0.01, K2 = 0.03 of the reference range, averaged over the mask's pixels;
-- Dice = 2|A∩B| / (|A| + |B|) (1 when both are empty).
+- Dice = 2|A∩B| / (|A| + |B|) (1 when both are empty);
+- interval coverage of a Laplace scale b: the fraction of voxels whose truth lies in the central
+  interval of probability p, |y − μ| ≤ b·ln(1/(1 − p)) (p = 0.9: b·ln 10); calibrated when ≈ p.
 """
 
 from __future__ import annotations
@@ -30,6 +32,25 @@ def _masked(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -> tuple
         return pred.ravel(), ref.ravel()
     mask = np.asarray(mask, dtype=bool)
     return pred[mask], ref[mask]
+
+
+def laplace_half_width(level: float) -> float:
+    """Half-width, in units of the Laplace scale b, of the central interval of probability ``level``:
+    P(|y − μ| ≤ t) = 1 − exp(−t/b) = level ⇒ t = b·ln(1/(1 − level))."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must be in (0, 1), got {level}")
+    return float(np.log(1.0 / (1.0 - level)))
+
+
+def interval_coverage(
+    pred: np.ndarray, scale: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None, level: float = 0.9
+) -> float:
+    """Fraction of (masked) voxels with |ref − pred| ≤ scale·ln(1/(1 − level)) (Laplace interval)."""
+    p, r = _masked(pred, ref, mask)
+    b, _ = _masked(scale, ref, mask)
+    if not p.size:
+        return float("nan")
+    return float(np.mean(np.abs(r - p) <= b * laplace_half_width(level)))
 
 
 def mse(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:

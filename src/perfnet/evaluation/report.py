@@ -229,6 +229,13 @@ def _profile_table(lesions: dict[str, Any]) -> str:
     )
 
 
+#: How to read an uncertainty map (a Laplace scale b: P(|truth − value| ≤ t) = 1 − exp(−t/b)).
+UNCERTAINTY_NOTE = (
+    "<p class=\"note\">Per-voxel Laplace scale b in the map's units: the network's 90 % interval is"
+    " value ± 2.3·b (b·ln 10). Its calibration on unseen phantom studies is in the model card.</p>"
+)
+
+
 def write_report(
     out_dir: str | Path,
     maps: Any,
@@ -308,7 +315,7 @@ of {lesions["reference_cbf"]:.1f} ({html.escape(lesions["settings"]["reference"]
 <h2>Perfusion maps</h2>
 <p class="note">Units: CBF mL/100 g/min, CBV mL/100 g, MTT, TTP (from the first frame) and Tmax s.</p>
 {section["maps"]}
-{"<h2>Uncertainty (CNN)</h2>" + section["uncertainty"] if section["uncertainty"] else ""}
+{"<h2>Uncertainty (CNN)</h2>" + UNCERTAINTY_NOTE + section["uncertainty"] if section["uncertainty"] else ""}
 {"<h2>Arterial input and venous output</h2>" + section["curves"] if section["curves"] else ""}
 <h2>Quality control</h2>
 {qc_html}

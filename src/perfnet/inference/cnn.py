@@ -101,7 +101,7 @@ def predict(
     nx, ny, nz = series.spatial_shape
     size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
     values = np.zeros((len(maps), nx, ny, nz), dtype=np.float32)
-    uncert = np.zeros_like(values) if network_spec(config["model"]).uncertainty else None
+    uncert: np.ndarray | None = None  # allocated when the model returns a scale (weights with one)
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
     if progress:
         progress("network", 0.0)
@@ -125,7 +125,9 @@ def predict(
             scale = None if scale is None else scale / len(views)
             value = resize_slices(value.float(), (nx, ny))
             values[:, :, :, z0:z1] = np.moveaxis(value.cpu().numpy(), 0, -1)
-            if uncert is not None and scale is not None:
+            if scale is not None:
+                if uncert is None:
+                    uncert = np.zeros_like(values)
                 scale = resize_slices(scale.float(), (nx, ny))
                 uncert[:, :, :, z0:z1] = np.moveaxis(scale.cpu().numpy(), 0, -1)
             if progress:

@@ -30,15 +30,16 @@ class NetworkSpec:
 
     ``kwargs(frames, maps, width)`` gives the constructor arguments; ``forward(model, x, times,
     bolus)`` returns (value, scale or None) for inputs x (B, T, H, W), the frame-time channel
-    ``times`` (T,) and the arterial bolus patches (or None); ``uncertainty``: it predicts a Laplace
-    scale per map (``*_uncertainty`` outputs); ``loss``/``crop``: training defaults;
-    ``pretrain``: it takes Gava's low-resolution pre-training stage."""
+    ``times`` (T,) and the arterial bolus patches (or None). A model that returns a scale predicts
+    a Laplace scale per map (``*_uncertainty`` outputs): whether it does is a property of the built
+    model and its weights (a U-Net with its scale head does, one without does not), not of the
+    network's name. ``loss``/``crop``: training defaults; ``pretrain``: it takes Gava's
+    low-resolution pre-training stage."""
 
     name: str
     cls: type[nn.Module]
     kwargs: Callable[[int, int, int], dict[str, Any]]
     forward: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None], Output]
-    uncertainty: bool
     loss: str
     crop: int
     pretrain: bool
@@ -67,12 +68,12 @@ register_network(
         "unet",
         UNet,
         kwargs=lambda frames, maps, width: {"in_channels": frames, "out_channels": maps, "width": width},
-        forward=lambda model, x, times, bolus: (model(x), None),
-        uncertainty=False,
+        forward=lambda model, x, times, bolus: model.predict(x),
         loss="mse",
         crop=256,
         pretrain=True,
-        description="Gava et al. 2022: U-Net, frames as channels, 2×2 kernels, average pooling (CT)",
+        description="Gava et al. 2022: U-Net, frames as channels, 2×2 kernels, average pooling (CT),"
+        " optional Laplace scale head",
     )
 )
 register_network(
@@ -81,7 +82,6 @@ register_network(
         TemporalNet,
         kwargs=lambda frames, maps, width: {"out_maps": maps, "width": width},
         forward=lambda model, x, times, bolus: model(x, times, bolus),
-        uncertainty=True,
         loss="laplace",
         crop=32,
         pretrain=False,

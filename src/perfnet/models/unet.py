@@ -2,6 +2,15 @@
 
 Encoder–decoder with skip connections, 2×2 convolutions, average pooling instead of max pooling,
 four stages. Any in-plane size works: inputs are padded to a multiple of 2**stages and cropped back.
+
+Optional scale head (``scale_head=True``): a per-pixel two-layer 1×1 convolution on the *detached*
+last decoder feature map → softplus → the scale b of a Laplace distribution per map (the
+heteroscedastic uncertainty of Hess et al. 2018, here beside Gava's MSE regression). It reads the
+features without sending gradients back, and it is trained on the detached mean
+(:meth:`UNet.predict`, the loss of :mod:`perfnet.training.task`), so the maps are exactly those of
+the same backbone without the head: a head can be fitted afterwards on a frozen, trained U-Net
+(:mod:`perfnet.training.scale`). ``scale_temperature`` (a buffer, 1 by default) multiplies b per map:
+a post-hoc calibration factor (Guo et al. 2017's temperature scaling, for a Laplace scale).
 """
 
 from __future__ import annotations
@@ -39,10 +48,18 @@ class UNet(nn.Module):
         out_channels: number of maps regressed (e.g. 5 for cbf, cbv, mtt, ttp, tmax).
         width: channels of the first stage; doubled at each of the ``stages`` down-steps
             (Gava: 32 → 512 with 4 stages).
+        scale_head: add the Laplace scale head (module docstring); without it :meth:`predict`
+            returns no scale.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, width: int = 32, stages: int = 4, norm: bool = True
+        self,
+        in_channels: int,
+        out_channels: int,
+        width: int = 32,
+        stages: int = 4,
+        norm: bool = True,
+        scale_head: bool = False,
     ) -> None:
         super().__init__()
         self.stages = stages
@@ -55,9 +72,58 @@ class UNet(nn.Module):
         )
         self.dec = nn.ModuleList(DoubleConv(2 * widths[i], widths[i], norm) for i in reversed(range(stages)))
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+        self.scale_head: nn.Module | None = None
+        if scale_head:
+            self.scale_head = nn.Sequential(
+                nn.Conv2d(widths[0], widths[0], kernel_size=1),
+                nn.ReLU(),
+                nn.Conv2d(widths[0], out_channels, kernel_size=1),
+            )
+            self.register_buffer("scale_temperature", torch.ones(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, H, W) → (B, out_channels, H, W)."""
+        """x: (B, T, H, W) → the maps (B, out_channels, H, W)."""
+        h, w = x.shape[-2:]
+        return self.head(self.decode(x))[..., :h, :w]
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, T, H, W) → (maps, Laplace scale b > 0 or None without a scale head), each
+        (B, out_channels, H, W); the maps are :meth:`forward`'s, bit for bit."""
+        h, w = x.shape[-2:]
+        features = self.decode(x)
+        value = self.head(features)[..., :h, :w]
+        if self.scale_head is None:
+            return value, None
+        return value, self.scale(features)[..., :h, :w]
+
+    def scale(self, features: torch.Tensor) -> torch.Tensor:
+        """The Laplace scale b (B, M, H, W) of the last decoder features (detached: b never trains
+        the maps)."""
+        if self.scale_head is None:
+            raise ValueError("this U-Net has no scale head")
+        return self._positive(self.scale_head(features.detach()), channel_dim=1)
+
+    def scale_of_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`scale` of feature vectors (N, C) → (N, M): the head's 1×1 convolutions as the
+        matrix products they are (fast for the many voxels of a post-hoc fit)."""
+        if self.scale_head is None:
+            raise ValueError("this U-Net has no scale head")
+        z = features.detach()
+        for layer in self.scale_head:
+            z = (
+                F.linear(z, layer.weight[:, :, 0, 0], layer.bias)
+                if isinstance(layer, nn.Conv2d)
+                else layer(z)
+            )
+        return self._positive(z, channel_dim=-1)
+
+    def _positive(self, raw: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        shape = [1] * raw.dim()
+        shape[channel_dim] = -1
+        return (F.softplus(raw) + 1e-3) * self.scale_temperature.view(shape)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder feature map (B, width, H', W') of x padded to a multiple of 2**stages."""
         h, w = x.shape[-2:]
         multiple = 2**self.stages
         pad_h, pad_w = (-h) % multiple, (-w) % multiple
@@ -69,4 +135,4 @@ class UNet(nn.Module):
         y = skips.pop()
         for up, dec in zip(self.up, self.dec, strict=True):
             y = dec(torch.cat([up(y), skips.pop()], dim=1))
-        return self.head(y)[..., :h, :w]
+        return y

@@ -69,6 +69,10 @@ class PerfusionTask(L.LightningModule):
             floor = 1e-12
         else:
             total, weight = masked_mse_parts(value, batch["y"], mask)
+            if scale is not None:  # a scale head beside the MSE regression (the U-Net's): its Laplace
+                # NLL on the *detached* maps, so the maps train exactly as without it; same weights
+                nll, _ = laplace_nll_parts(value.detach(), scale, batch["y"], mask)
+                total = total + nll
             floor = 1.0
         world = self.trainer.world_size if across_ranks and self._trainer is not None else 1
         if world > 1:
