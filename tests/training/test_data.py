@@ -59,8 +59,8 @@ def test_training_input_equals_inference_input(moving_study: tuple[Path, Any], t
         seen.append(cnn_prepare(*args, **kwargs))
         return seen[-1]
 
-    cnn_prepare = cnn.prepare_input
-    monkeypatch.setattr(cnn, "prepare_input", spy)
+    cnn_prepare = cnn.input_of
+    monkeypatch.setattr(cnn, "input_of", spy)
     maps, _ = analyze_cnn(load_series(entry.series_path), weights, device="cpu")
     monkeypatch.undo()
     (inp,) = seen

@@ -19,6 +19,7 @@ from perfnet import __version__
 from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
+from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
@@ -83,15 +84,7 @@ def predict(
         )
     if progress:
         progress("model input", 0.0)
-    inp: ModelInput = prepare_input(
-        series,
-        config["frame_interval"],
-        config["frames"],
-        prepared.brain,
-        config.get("align_lead_s"),
-        config.get("pixel_mm"),
-        bolus=prepared.bolus,
-    )
+    inp: ModelInput = input_of(prepared, config)
     if progress:
         progress("model input", 1.0)
     maps = config["maps"]

@@ -11,8 +11,8 @@ training (:mod:`perfnet.training.data`), so that a network is trained on exactly
    pixel size), which :func:`model_input` applies with a weights file's settings.
 
 ``model_input`` is the whole chain: a series → the network's input; training calls it (cached per
-study in the run folder). Inference runs the same two calls (``analyze_cnn``: the shared
-preprocessing, then ``predict``'s ``prepare_input`` with the same arguments);
+study in the run folder). Inference runs the same two steps (``analyze_cnn``: the shared
+preprocessing, then ``predict``'s :func:`input_of`, the function ``model_input`` ends with);
 ``tests/training/test_data.py`` checks that the two inputs are bit-identical.
 """
 
@@ -86,7 +86,14 @@ def model_input(
     prepared = prepare_series(
         series, skip_frames=skip_frames, brain=brain, motion_correction=motion_correction, progress=progress
     )
-    inp = prepare_input(
+    return CnnInput(prepared, input_of(prepared, config))
+
+
+def input_of(prepared: Preprocessed, config: dict[str, Any]) -> ModelInput:
+    """The network's input of a preprocessed series for weights with ``config``
+    (:func:`~perfnet.inference.inputs.prepare_input` on its series, brain mask and bolus timing):
+    the one call training (:func:`model_input`) and inference (``predict``) both make."""
+    return prepare_input(
         prepared.series,
         config["frame_interval"],
         config["frames"],
@@ -95,4 +102,3 @@ def model_input(
         config.get("pixel_mm"),
         bolus=prepared.bolus,
     )
-    return CnnInput(prepared, inp)
