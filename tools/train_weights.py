@@ -249,7 +249,16 @@ SCALE_HEAD_CARD = [
 ]
 
 
-def model_card(modality: str, plans: list[dict], settings: dict) -> str:
+#: The model card's line on the core rule's calibration (the weights' ``core_calibration``).
+CORE_CARD = [
+    "- core: the 30 % rCBF rule calibrated for this model's CBF by `tools/calibrate_core.py` (the"
+    " threshold that reproduces the phantom's truth core best on held-out style-A studies, stored as"
+    " a factor in the weights' `core_calibration` record and applied by `perfnet.lesions` to this"
+    " model's maps; lesions.json's `core_rule` states it)",
+]
+
+
+def model_card(modality: str, plans: list[dict], settings: dict, core: dict | None = None) -> str:
     cfg = plans[-1]["config"]
     lines = [
         f"# perfnet bundled {modality.upper()} weights: `{cfg['model']}`",
@@ -273,6 +282,8 @@ def model_card(modality: str, plans: list[dict], settings: dict) -> str:
         f"- training time in all: {trained / 60:.1f} min on 2 CPU cores ({(trained + loading) / 60:.1f} min"
         " with loading the cohorts; simulating them takes a few minutes more)",
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
+        *(CORE_CARD if core else []),
+        *([f"  - {core['source']}; factor {core['factor']}"] if core else []),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
         " brain voxels)",
@@ -334,7 +345,15 @@ def main() -> int:
         fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py"), "--weights", str(target / "ct.pt")]
         print("+", " ".join(fit), flush=True)
         subprocess.run([*fit, "--work", str(args.work / "scale-head")], check=True)
-    card = model_card(args.modality, plans, settings)
+    if settings.get("bundle", True):  # the core rule calibrated for the new maps (tools/calibrate_core.py)
+        calibrate = [sys.executable, str(ROOT / "tools" / "calibrate_core.py"), "--weights"]
+        calibrate.append(str(target / f"{args.modality}.pt"))
+        print("+", " ".join(calibrate), flush=True)
+        subprocess.run(calibrate, check=True)
+    from perfnet.inference.weights import load_weights
+
+    core = load_weights(target / f"{args.modality}.pt")[1].get("core_calibration")
+    card = model_card(args.modality, plans, settings, core)
     (target / f"{args.modality}.md").write_text(card)
     print(card)
     return 0

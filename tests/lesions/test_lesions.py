@@ -118,3 +118,39 @@ def test_profile_tmax_volumes_hir_rcbv_and_core_thresholds() -> None:
     # no hypoperfusion: no ratio and no rCBV, volumes 0
     none = segment_lesions(np.full_like(cbf, 50.0), np.where(brain, 2.0, 0.0), brain, affine, RAW, cbv=cbv)
     assert none.profile["hypoperfusion_intensity_ratio"] is None and none.profile["rcbv_hypoperfused"] is None
+
+
+def test_cbf_calibration_multiplies_every_core_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method that reads a true 30 % core as 40 % (factor 4/3): its core at rCBF 0.4 is found
+    with the factor and not without; the profile's core volumes move with it; lesions.json says so."""
+    from dataclasses import replace
+
+    from perfnet.io.types import PerfusionMaps
+    from perfnet.lesions import core_rule, segment_map_set
+
+    cbf, tmax, brain, affine = _box_study(core_cbf=20.0)  # 40 % of the reference 50
+    plain = segment_lesions(cbf, tmax, brain, affine, RAW)
+    calibrated = segment_lesions(cbf, tmax, brain, affine, replace(RAW, cbf_calibration=1.4))
+    assert plain.volumes_ml["core"] == 0 and calibrated.volumes_ml["core"] == pytest.approx(48.0)
+    assert plain.profile["core_volumes_ml"]["30"] == 0 and calibrated.profile["core_volumes_ml"]["30"] > 0
+    assert replace(RAW, cbf_calibration=1.4).core_fraction == pytest.approx(0.42)
+    with pytest.raises(PerfnetInputError):
+        replace(RAW, cbf_calibration=5.0).check()
+    # maps carrying a calibration in their provenance (a CNN's weights) get it applied
+    record = {"factor": 1.4, "source": "a test"}
+    maps = PerfusionMaps(
+        maps={"cbf": cbf.astype(np.float32), "tmax": tmax.astype(np.float32)},
+        affine=affine,
+        brain_mask=brain,
+        method="cnn",
+        provenance={"core_calibration": record},
+    )
+
+    class Series:  # what segment_map_set reads of the series: nothing but the CSF estimate's input
+        pass
+
+    monkeypatch.setattr("perfnet.preprocess.mask.csf_mask", lambda series, brain: np.zeros_like(brain))
+    out = segment_map_set(maps, Series(), RAW)  # type: ignore[arg-type]
+    assert out["volumes_ml"]["core"] == pytest.approx(48.0) and out["settings"]["cbf_calibration"] == 1.4
+    assert "42.0 %" in out["core_rule"] and "a test" in out["core_rule"]
+    assert core_rule(RAW) == "hypoperfused and CBF < 30 % of the reference"

@@ -293,6 +293,8 @@ def write_report(
     method = html.escape(str(provenance.get("method", maps.method)))
     tmax_thr = lesions["settings"]["tmax_threshold_s"]
     core_pct = 100 * lesions["settings"]["core_relative_cbf"]
+    calibrated = lesions["settings"].get("cbf_calibration", 1.0) != 1.0
+    core_note = f" Core rule as applied: {html.escape(lesions.get('core_rule', ''))}." if calibrated else ""
     prov_text = html.escape(json.dumps(provenance, indent=1, default=str)[:200_000])
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>perfnet report: {method}</title>
@@ -309,7 +311,7 @@ def write_report(
 {yes if flags["core_below_70ml"] else no}, ratio ≥ 1.8: {yes if flags["mismatch_ratio_at_least_1_8"] else no},
 mismatch ≥ 15 mL: {yes if flags["mismatch_at_least_15ml"] else no}. Affected side:
 {html.escape(str(lesions.get("affected_side")))}; core threshold: CBF &lt; {core_pct:.0f} %
-of {lesions["reference_cbf"]:.1f} ({html.escape(lesions["settings"]["reference"])} reference).</p>
+of {lesions["reference_cbf"]:.1f} ({html.escape(lesions["settings"]["reference"])} reference).{core_note}</p>
 {_profile_table(lesions)}
 {section["lesions"]}
 <h2>Perfusion maps</h2>

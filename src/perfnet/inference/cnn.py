@@ -154,6 +154,8 @@ def predict(
         "model_pixel_mm": config.get("pixel_mm"),
         "bolus_patch_centre": list(inp.bolus_centre),
         "training": config.get("training", {}),
+        # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
+        **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
         "device": str(dev),
         "test_time_flips": bool(flips),
         "seconds": prepared.seconds | {"total": round(time.perf_counter() - started, 3)},

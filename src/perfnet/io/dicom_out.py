@@ -375,6 +375,7 @@ def summary_page(
     hir = lesions.get("hypoperfusion_intensity_ratio")
     thr = lesions["settings"]["tmax_threshold_s"]
     core_pct = 100 * lesions["settings"]["core_relative_cbf"]
+    factor = float(lesions["settings"].get("cbf_calibration", 1.0))
     lines = [
         f"perfnet {__version__} — {method} — research use, not a medical device",
         "",
@@ -390,6 +391,8 @@ def summary_page(
         f"DEFUSE-3 target mismatch: {'YES' if lesions['defuse3']['target_mismatch'] else 'NO'}"
         " (core < 70 mL, ratio ≥ 1.8, mismatch ≥ 15 mL)",
     ]
+    if factor != 1.0:
+        lines.append(f"Core threshold calibrated for this method's CBF: {core_pct * factor:.1f}%")
     if generated:
         lines.append("Identifiers generated: the source was NIfTI")
     fig = plt.figure(figsize=(7.68, 5.12), dpi=100, facecolor="black")

@@ -8,6 +8,13 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
   brain mask: the in-plane principal axis through its centroid); ``brain``: the median over all
   non-hypoperfused brain; ``tmax4``: the median over brain tissue with Tmax < 4 s;
 - penumbra = hypoperfused − core;
+- a method whose CBF reads low-flow tissue too high carries a calibration factor
+  (``LesionSettings.cbf_calibration``, recorded in lesions.json): every core threshold is multiplied
+  by it, so "rCBF < 30 %" means "< 30 % of the reference as this method measures a true 30 %". The
+  conventional methods use 1; a CNN whose regression pulls the core's CBF towards the population
+  mean carries the factor fitted with its weights on held-out phantom studies
+  (``tools/calibrate_core.py``, the weights' ``core_calibration`` record, applied by
+  :func:`segment_map_set` from the maps' provenance);
 - clean-up per slice (slices are often thick): closing, opening (radii in mm), then islands under
   ``min_island_ml`` are removed (3D connectivity).
 
@@ -25,7 +32,7 @@ Cereda et al., JCBFM 2016).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +65,13 @@ class LesionSettings:
     closing_mm: float = 2.0
     opening_mm: float = 2.0
     min_island_ml: float = 0.2
+    #: core thresholds × this factor (module docstring); 1: the rule as written
+    cbf_calibration: float = 1.0
+
+    @property
+    def core_fraction(self) -> float:
+        """The relative-CBF threshold of the core as applied (the rule × the calibration)."""
+        return self.core_relative_cbf * self.cbf_calibration
 
     def check(self) -> LesionSettings:
         if self.reference not in REFERENCES:
@@ -68,6 +82,8 @@ class LesionSettings:
             raise PerfnetInputError("--tmax-threshold", "must be positive")
         if not 0 < self.core_relative_cbf < 1:
             raise PerfnetInputError("--core-threshold", "relative CBF must be in (0, 1)")
+        if not 0.5 <= self.cbf_calibration <= 3.0:
+            raise PerfnetInputError(None, f"core CBF calibration {self.cbf_calibration} outside [0.5, 3]")
         return self
 
 
@@ -203,7 +219,7 @@ def segment_lesions(
     if pool.sum() < 10:
         pool = healthy if healthy.sum() >= 10 else brain
     reference = float(np.median(cbf[pool])) if pool.any() else 0.0
-    raw_core = raw_hypo & (cbf < settings.core_relative_cbf * reference)
+    raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
     core = clean_mask(raw_core, voxel_size, settings) & hypo
     penumbra = hypo & ~core
 
@@ -224,7 +240,8 @@ def segment_lesions(
         return round(float((clean_mask(mask, voxel_size, settings) & brain).sum() * voxel_ml), 2)
 
     tmax_volumes = {f"{t:g}": volume(brain & (tmax > t)) for t in TMAX_PROFILE_S}
-    core_volumes = {f"{100 * f:g}": volume(raw_hypo & (cbf < f * reference)) for f in CORE_PROFILE}
+    k = settings.cbf_calibration
+    core_volumes = {f"{100 * f:g}": volume(raw_hypo & (cbf < k * f * reference)) for f in CORE_PROFILE}
     profile: dict[str, Any] = {
         "tmax_volumes_ml": tmax_volumes,
         "hypoperfusion_intensity_ratio": round(tmax_volumes["10"] / tmax_volumes["6"], 3)
@@ -259,8 +276,14 @@ def segment_lesions(
 
 def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: LesionSettings) -> dict[str, Any]:
     """Lesions of an analysis: CSF of ``series`` (the maps' source) left out, the three masks added
-    to ``maps.masks``; returns the content of lesions.json."""
+    to ``maps.masks``; returns the content of lesions.json. Maps whose provenance carries a
+    ``core_calibration`` (a CNN's, from its weights) have its factor applied to the core thresholds,
+    and lesions.json says so (``core_rule``)."""
     from perfnet.preprocess.mask import csf_mask
+
+    calibration = maps.provenance.get("core_calibration") or {}
+    if calibration.get("factor"):
+        settings = replace(settings, cbf_calibration=float(calibration["factor"])).check()
 
     csf = csf_mask(series, maps.brain_mask)
     result = segment_lesions(
@@ -274,7 +297,23 @@ def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: Lesi
     )
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
     csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
-    return result.to_json() | {"method": maps.method, "excluded_csf_ml": csf_ml}
+    return result.to_json() | {
+        "method": maps.method,
+        "excluded_csf_ml": csf_ml,
+        "core_rule": core_rule(settings, calibration),
+    }
+
+
+def core_rule(settings: LesionSettings, calibration: dict[str, Any] | None = None) -> str:
+    """The core rule as applied, in words (lesions.json ``core_rule``, the report)."""
+    rule = f"hypoperfused and CBF < {100 * settings.core_relative_cbf:g} % of the reference"
+    if settings.cbf_calibration == 1.0:
+        return rule
+    source = (calibration or {}).get("source", "the method's calibration")
+    return (
+        f"{rule}, the threshold × {settings.cbf_calibration:.3g} = {100 * settings.core_fraction:.1f} %"
+        f" for this method's CBF ({source})"
+    )
 
 
 __all__ = [
@@ -287,6 +326,7 @@ __all__ = [
     "LesionResult",
     "LesionSettings",
     "clean_mask",
+    "core_rule",
     "hemisphere_sides",
     "segment_lesions",
     "segment_map_set",

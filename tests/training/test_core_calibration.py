@@ -1,0 +1,62 @@
+"""The core rule's calibration for a network's CBF: the threshold choice (issue 12, item 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from perfnet.training.core_calibration import FALSE_CORE_ML, THRESHOLDS, choose, score_maps
+
+
+def _row(peak_at: float, has_core: bool = True, false_from: float | None = None) -> dict:
+    """Scores over THRESHOLDS: a Dice curve peaking at ``peak_at``, or a false core volume that
+    rises past FALSE_CORE_ML from ``false_from`` on."""
+    if has_core:
+        return {"has_core": True, "scores": list(1.0 - np.abs(THRESHOLDS - peak_at))}
+    false = np.where(THRESHOLDS >= (false_from or 9.0), 2 * FALSE_CORE_ML, 0.0)
+    return {"has_core": False, "scores": list(false)}
+
+
+def test_choose_takes_the_best_mean_dice_within_the_false_core_bound() -> None:
+    threshold, curve = choose([_row(0.40), _row(0.44)])
+    assert threshold == pytest.approx(0.40) or threshold == pytest.approx(0.44)
+    assert curve["0.42"] == pytest.approx(1 - 0.02)
+    # a study without a core that gets > 5 mL of it from 0.38 on caps the choice at 0.37
+    threshold, _ = choose([_row(0.42), _row(0.42), _row(0.0, has_core=False, false_from=0.38)])
+    assert threshold == pytest.approx(0.37)
+    # when even the rule gives false core, the rule stays (never widened beyond it)
+    threshold, _ = choose([_row(0.50), _row(0.0, has_core=False, false_from=0.25)])
+    assert threshold == pytest.approx(0.30)
+
+
+def test_score_maps_on_a_hand_built_core() -> None:
+    """A core at 40 % of the reference is found from the 0.41 threshold on (Dice 1 there, 0
+    below); a study whose truth has no core scores the volume found instead."""
+    from perfnet.io.types import PerfusionMaps
+
+    brain = np.zeros((60, 80, 10), dtype=bool)
+    brain[10:50, 10:70] = True
+    cbf = np.where(brain, 50.0, 0.0).astype(np.float32)
+    tmax = np.where(brain, 2.0, 0.0).astype(np.float32)
+    tmax[35:50, 20:60, 2:8] = 10.0
+    cbf[35:45, 20:60, 2:8] = 20.0
+    truth = np.zeros_like(brain)
+    truth[35:45, 20:60, 2:8] = True
+    maps = PerfusionMaps(
+        maps={"cbf": cbf, "tmax": tmax}, affine=np.diag([2.0, 2.0, 5.0, 1.0]), brain_mask=brain, method="cnn"
+    )
+    scored = score_maps(maps, truth)
+    scores = dict(zip(THRESHOLDS.round(2), scored["scores"], strict=True))
+    assert scored["has_core"] and scores[0.40] == 0.0 and scores[0.41] == pytest.approx(1.0, abs=0.01)
+    volumes = dict(zip(THRESHOLDS.round(2), score_maps(maps, np.zeros_like(brain))["scores"], strict=True))
+    assert volumes[0.30] == 0.0 and volumes[0.45] == pytest.approx(48.0, rel=0.02)
+
+
+def test_choose_never_calls_more_core_than_there_is() -> None:
+    """The Dice optimum at 0.45 calls more core than the truth holds from 0.41 on: 0.40 is chosen."""
+    rows = [
+        _row(0.45) | {"volumes": list(np.where(THRESHOLDS > 0.40, 30.0, 20.0)), "true_ml": 25.0},
+        _row(0.45) | {"volumes": list(np.where(THRESHOLDS > 0.40, 12.0, 8.0)), "true_ml": 10.0},
+    ]
+    threshold, _ = choose(rows)
+    assert threshold == pytest.approx(0.40)
