@@ -14,7 +14,7 @@ untouched (bit for bit those of the weights before).
 Studies: ``--studies`` style-A (``geometric``) phantoms of the weights' modality, 128² × 8 slices,
 every parameter drawn (motion included), lesions cycling core / core / penumbra / core / none /
 core; seeds ``CALIBRATION_SEED`` + i, disjoint from the tests (< 10000), the training cohorts
-(10000–11119, 13000–13999, 20000–23011), the scale head's calibration studies (12000+) and the
+(10000–11119, 12100–12299, 20000–23011), the scale head's calibration studies (12000–12099) and the
 benchmarks (70000+; style B is never used here, so benchmarks/generalisation.py's style-B numbers
 stay out-of-style). Each is analysed as ``perfnet analyze --method cnn`` analyses it (shared
 preprocessing with motion correction, then the model); thresholds 0.15–0.60 in steps of 0.01

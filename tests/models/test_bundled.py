@@ -4,6 +4,7 @@ see src/perfnet/weights/*.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from perfnet.conventional.pipeline import AnalysisOptions, analyze
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.inference.weights import BUNDLED, load_weights
-from perfnet.lesions import segment_lesions
+from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
 from perfnet.phantom import PhantomConfig, simulate_study
 
 
@@ -31,6 +32,9 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
         BUNDLED / f"{modality.lower()}-plan.json"
     ).is_file()
     assert sum(p.stat().st_size for p in BUNDLED.glob("*.pt")) <= 20e6
+    if modality == "CT":  # the core rule calibrated for its CBF (tools/calibrate_core.py)
+        calibration = config["core_calibration"]
+        assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
 
 
 #: Unseen noisy CT studies (randomised timing, dose, residue, arrival; a core with its penumbra).
@@ -40,8 +44,11 @@ SEEDS = tuple(range(4242, 4849, 101))
 def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
     """Seven unseen studies, CNN against oSVD on each. Tmax MAEC ≤ 1.0 s on at least five (the
     other two: 1.3 s on a 57 mAs, 34-frame study where oSVD has 3.2 s, and 1.1 s) and on average;
-    a hypoperfused Dice at least oSVD's on every study (to 0.01) and on average; a better core
-    (rCBF < 30 %) Dice on average. Figures per study: src/perfnet/weights/ct.md and the README."""
+    a hypoperfused Dice at least oSVD's on every study (to 0.01) and on average. The core
+    (rCBF < 30 %, the CNN's with the calibration its weights carry) against the phantom's truth core:
+    a better Dice on average (measured 0.59 vs oSVD 0.41; 0.46 with the plain rule), a core found on
+    every study with ≥ 10 mL of it (the plain rule found 3.3 of 15 mL on seed 4646), and no more core
+    than there is in all. Figures per study: src/perfnet/weights/ct.md and the README."""
     rows = []
     for seed in SEEDS:
         cfg = PhantomConfig.draw(
@@ -50,17 +57,21 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
         study = simulate_study(cfg)
         truth, brain = study.truth.maps, study.truth.masks["brain"]
         affine = study.series.affine
-        true_core = segment_lesions(truth["cbf"], truth["tmax"], brain, affine).core
+        true_core = study.truth.masks["core"]
         row = {}
         for name, maps in (
             ("cnn", predict(study.series, device="cpu")),
             ("osvd", analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps),
         ):
-            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine).core
+            factor = maps.provenance.get("core_calibration", {}).get("factor", 1.0)
+            settings = replace(PRESETS["rapid"], cbf_calibration=factor)
+            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, settings).core
             row[name] = (
                 _maec(maps["tmax"][brain], truth["tmax"][brain]),
                 dice(maps["tmax"][brain] > 6, truth["tmax"][brain] > 6),
                 dice(core, true_core),
+                float(core.sum() * voxel_volume_ml(affine)),
+                float(true_core.sum() * voxel_volume_ml(affine)),
             )
         rows.append(row)
     cnn, osvd = np.array([r["cnn"] for r in rows]), np.array([r["osvd"] for r in rows])
@@ -69,7 +80,9 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
     assert (cnn[:, 0] < osvd[:, 0]).sum() >= 5 and cnn[:, 0].mean() < osvd[:, 0].mean(), report
     assert (cnn[:, 1] >= osvd[:, 1] - 0.01).all() and cnn[:, 1].mean() > osvd[:, 1].mean(), report
     assert cnn[:, 1].min() > 0.8, report
-    assert cnn[:, 2].mean() > osvd[:, 2].mean(), report
+    assert cnn[:, 2].mean() > osvd[:, 2].mean() + 0.1, report
+    assert (cnn[cnn[:, 4] >= 10, 3] > 0.25 * cnn[cnn[:, 4] >= 10, 4]).all(), report
+    assert cnn[:, 3].sum() <= 1.05 * cnn[:, 4].sum(), report
 
 
 def test_bundled_mr_uncertainty_tracks_its_error() -> None:
