@@ -307,16 +307,13 @@ def detect_bolus(
     half = first + int(np.argmax(brain[first:] >= level + WINDOW_RISE * (brain[peak] - level)))
     artery = arterial_curve(values, modality, slice(first, max(half + 1, first + 3)))
     quiet_a, level_a, sd_a = threshold_onset(artery)
-    if (
-        artery.max() - level_a >= 10.0 * sd_a
-        and quiet_a <= quiet
-        and _onset(times, brain, level, quiet) - _onset(times, artery, level_a, quiet_a)
-        <= MAX_ARTERIAL_LEAD_S
-        and _rises_no_slower(times, artery, level_a, brain, level)
-    ):  # a clear, earlier bolus
-        e, quiet, level, sd = artery, quiet_a, level_a, sd_a
-
-    arrival_s = _onset(times, e, level, quiet)
+    arrival_s = _onset(times, brain, level, quiet)  # the brain's own, unless the arteries lead it
+    if artery.max() - level_a >= 10.0 * sd_a and quiet_a <= quiet:
+        arterial_s = _onset(times, artery, level_a, quiet_a)
+        if arrival_s - arterial_s <= MAX_ARTERIAL_LEAD_S and _rises_no_slower(
+            times, artery, level_a, brain, level
+        ):  # a clear, earlier bolus
+            e, sd, arrival_s = artery, sd_a, arterial_s
     arrival_index = int(np.searchsorted(times, arrival_s, side="left"))
     before = int(np.searchsorted(times, arrival_s - BASELINE_MARGIN_S, side="left"))
     return BolusTiming(
