@@ -264,19 +264,17 @@ def deconvolve_filtered(
             index[rows] = idx.cpu().numpy()
             if progress is not None:
                 progress(done / len(slices))
-    tmax = peak_time(
-        parts[0],
-        index,
-        parts[1],
-        parts[2],
-        length,
-        dt,
-        decomposition.circulant,
-        parts[3],
-        decomposition.quadrature,
-        after2=parts[4],
-    )
-    return parts[0], tmax.astype(np.float32)
+    return parts[0], _tmax_of(parts, index, length, dt, decomposition.circulant, decomposition.quadrature)
+
+
+def _tmax_of(
+    parts: list[np.ndarray], index: np.ndarray, length: int, dt: float, circulant: bool, quadrature: str
+) -> np.ndarray:
+    """:func:`peak_time` of the residue parts gathered per voxel (peak, the samples one before and
+    after, two before and two after, as :func:`_peak_parts` returns them) → float32 Tmax."""
+    peak, before, after, before2, after2 = parts
+    tmax = peak_time(peak, index, before, after, length, dt, circulant, before2, quadrature, after2=after2)
+    return tmax.astype(np.float32)
 
 
 def osvd_levels(s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,16 +344,5 @@ def deconvolve_osvd(
             index[rows], chosen[rows] = idx, level_index
             if progress is not None:
                 progress(done / len(slices))
-    tmax = peak_time(
-        parts[0],
-        index,
-        parts[1],
-        parts[2],
-        length,
-        dt,
-        True,
-        parts[3],
-        decomposition.quadrature,
-        after2=parts[4],
-    )
-    return parts[0], tmax.astype(np.float32), levels[chosen].astype(np.float32)
+    tmax = _tmax_of(parts, index, length, dt, True, decomposition.quadrature)
+    return parts[0], tmax, levels[chosen].astype(np.float32)
