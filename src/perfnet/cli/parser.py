@@ -119,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--lesion-preset", choices=["rapid", "severe"], default="rapid", help="severe: Tmax > 10 s"
     )
     g.add_argument("--tmax-threshold", type=positive_float, metavar="S", help="hypoperfusion Tmax threshold")
-    g.add_argument("--core-threshold", type=fraction, metavar="F", help="core relative CBF (0.3)")
+    g.add_argument(
+        "--core-threshold",
+        type=fraction,
+        metavar="F",
+        help="core relative CBF (0.3; CNN weights may carry a calibration factor applied on top:"
+        " lesions.json core_rule)",
+    )
     g.add_argument(
         "--reference",
         choices=["contralateral", "brain", "tmax4"],
