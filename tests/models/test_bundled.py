@@ -4,6 +4,7 @@ see src/perfnet/weights/*.md)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,3 +148,8 @@ def test_bundled_ct_scale_head_leaves_maps_unchanged_and_writes_uncertainty(
         assert np.corrcoef(scale, error)[0, 1] > 0.3, name
     html = (out / "report.html").read_text()
     assert "Uncertainty (CNN)" in html and (out / "figures" / "tmax_uncertainty.png").is_file()
+    # the core rule as applied to this model's maps (its weights' calibration) is stated
+    lesions = json.loads((out / "lesions.json").read_text())
+    factor = load_weights(BUNDLED / "ct.pt")[1]["core_calibration"]["factor"]
+    assert lesions["settings"]["cbf_calibration"] == factor and f"× {factor:.3g}" in lesions["core_rule"]
+    assert "Core rule as applied" in html
