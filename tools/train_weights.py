@@ -76,8 +76,10 @@ MR_COHORTS = [
 #: each on one of those cohorts.
 SETTINGS = {
     "ct": {
-        # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged)
+        # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged),
+        # then the core rule calibrated for its CBF (tools/calibrate_core.py; not for MR: README)
         "scale_head": True,
+        "core_calibration": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
         "stages": [
             {
@@ -345,7 +347,9 @@ def main() -> int:
         fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py"), "--weights", str(target / "ct.pt")]
         print("+", " ".join(fit), flush=True)
         subprocess.run([*fit, "--work", str(args.work / "scale-head")], check=True)
-    if settings.get("bundle", True):  # the core rule calibrated for the new maps (tools/calibrate_core.py)
+    if settings.get(
+        "core_calibration"
+    ):  # the core rule calibrated for the new maps (tools/calibrate_core.py)
         calibrate = [sys.executable, str(ROOT / "tools" / "calibrate_core.py"), "--weights"]
         calibrate.append(str(target / f"{args.modality}.pt"))
         print("+", " ".join(calibrate), flush=True)

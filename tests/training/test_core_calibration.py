@@ -13,7 +13,7 @@ def _row(peak_at: float, has_core: bool = True, false_from: float | None = None)
     rises past FALSE_CORE_ML from ``false_from`` on."""
     if has_core:
         return {"has_core": True, "scores": list(1.0 - np.abs(THRESHOLDS - peak_at))}
-    false = np.where(THRESHOLDS >= (false_from or 9.0), 2 * FALSE_CORE_ML, 0.0)
+    false = np.where(THRESHOLDS >= (9.0 if false_from is None else false_from), 2 * FALSE_CORE_ML, 0.0)
     return {"has_core": False, "scores": list(false)}
 
 
@@ -24,8 +24,11 @@ def test_choose_takes_the_best_mean_dice_within_the_false_core_bound() -> None:
     # a study without a core that gets > 5 mL of it from 0.38 on caps the choice at 0.37
     threshold, _ = choose([_row(0.42), _row(0.42), _row(0.0, has_core=False, false_from=0.38)])
     assert threshold == pytest.approx(0.37)
-    # when even the rule gives false core, the rule stays (never widened beyond it)
+    # when the rule itself gives false core, the largest threshold below it that does not is taken
     threshold, _ = choose([_row(0.50), _row(0.0, has_core=False, false_from=0.25)])
+    assert threshold == pytest.approx(0.24)
+    # and when every threshold does, the rule stays
+    threshold, _ = choose([_row(0.50), _row(0.0, has_core=False, false_from=0.0)])
     assert threshold == pytest.approx(0.30)
 
 
@@ -60,3 +63,12 @@ def test_choose_never_calls_more_core_than_there_is() -> None:
     ]
     threshold, _ = choose(rows)
     assert threshold == pytest.approx(0.40)
+
+
+def test_choose_takes_the_least_over_calling_threshold_when_all_over_call() -> None:
+    """A network that reads the core too low over-calls it at every threshold: the lowest volume
+    within the false-core bound is taken (here the smallest threshold), not the rule."""
+    volumes = list(100.0 + 200.0 * (THRESHOLDS - THRESHOLDS[0]))
+    rows = [_row(0.30) | {"volumes": volumes, "true_ml": 50.0}]
+    threshold, _ = choose(rows)
+    assert threshold == pytest.approx(THRESHOLDS[0])

@@ -6,7 +6,8 @@ maps under-calls the core. :func:`choose` picks, on held-out phantom studies, th
 threshold that reproduces the phantom's *truth* core best (mean Dice), among the thresholds that
 call no more core than there is (summed over the studies with a core: ``VOLUME_RATIO_MAX``; an
 over-called core can deny a patient thrombectomy, DEFUSE-3's core < 70 mL) and put no more than
-``FALSE_CORE_ML`` into any study without one; the weights store it as a factor over the rule,
+``FALSE_CORE_ML`` into any study without one (a network reading the core too *low* over-calls at
+every threshold: then the least over-calling one); the weights store it as a factor over the rule,
 which :mod:`perfnet.lesions` applies to every core threshold of that model's maps.
 """
 
@@ -50,17 +51,21 @@ def score_maps(maps: Any, truth_core: np.ndarray, exclude: np.ndarray | None = N
 def choose(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float, dict[str, float]]:
     """The threshold with the best mean core Dice over the studies with a core, among those that
     call at most ``VOLUME_RATIO_MAX`` × the true core volume in all and put at most
-    ``FALSE_CORE_ML`` into every study without one (the rule itself always qualifies; ties go to
-    the threshold nearest the rule); and the mean Dice per threshold."""
+    ``FALSE_CORE_ML`` into every study without one. When every threshold within the false-core
+    bound over-calls the volume (a network that reads the core too *low*), the least over-calling
+    one is taken; when none is within the false-core bound, the rule stays. Ties go to the
+    threshold nearest the rule. Returns it and the mean Dice per threshold."""
     cores = [r for r in rows if r["has_core"]]
     dice = np.array([r["scores"] for r in cores], dtype=float)
     false = np.array([r["scores"] for r in rows if not r["has_core"]], dtype=float)
     mean = dice.mean(axis=0) if dice.size else np.zeros(len(THRESHOLDS))
     allowed = false.max(axis=0) <= FALSE_CORE_ML if false.size else np.ones(len(THRESHOLDS), dtype=bool)
-    if cores and all("volumes" in r for r in cores):
+    if cores and all("volumes" in r for r in cores) and allowed.any():
         found = np.array([r["volumes"] for r in cores], dtype=float).sum(axis=0)
-        allowed &= found <= VOLUME_RATIO_MAX * sum(r["true_ml"] for r in cores)
-    allowed |= np.isclose(THRESHOLDS, rule)
+        within = allowed & (found <= VOLUME_RATIO_MAX * sum(r["true_ml"] for r in cores))
+        allowed = within if within.any() else allowed & (found == found[allowed].min())
+    if not allowed.any():
+        allowed = np.isclose(THRESHOLDS, rule)
     best = max(np.flatnonzero(allowed), key=lambda i: (round(float(mean[i]), 4), -abs(THRESHOLDS[i] - rule)))
     curve = {f"{t:.2f}": round(float(m), 4) for t, m in zip(THRESHOLDS, mean, strict=True)}
     return float(THRESHOLDS[best]), curve
