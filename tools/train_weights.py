@@ -327,7 +327,22 @@ CORE_CARD = [
 ]
 
 
-def model_card(modality: str, plans: list[dict], settings: dict, core: dict | None = None) -> str:
+def domain_lines(domain: dict | None) -> list[str]:
+    """The model card's lines on the weights' training domain (``perfnet.inference.domain``)."""
+    if not domain:
+        return []
+    ranges = ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in domain.items() if isinstance(v, list))
+    return [
+        f"- training domain (`domain` in the weights; {domain.get('studies', 0)} studies described):"
+        f" {ranges};"
+        " `analyze --method cnn` flags a study outside it (`outside_training_domain`, verdict unreliable;"
+        " margins in `perfnet.inference.domain`)"
+    ]
+
+
+def model_card(
+    modality: str, plans: list[dict], settings: dict, core: dict | None = None, domain: dict | None = None
+) -> str:
     cfg = plans[-1]["config"]
     lines = [
         f"# perfnet bundled {modality.upper()} weights: `{cfg['model']}`",
@@ -358,6 +373,7 @@ def model_card(modality: str, plans: list[dict], settings: dict, core: dict | No
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         *(CORE_CARD if core else []),
         *([f"  - {core['source']}; factor {core['factor']}"] if core else []),
+        *domain_lines(domain),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
         " brain voxels)",
@@ -428,8 +444,8 @@ def main() -> int:
         subprocess.run(calibrate, check=True)
     from perfnet.inference.weights import load_weights
 
-    core = load_weights(target / f"{args.modality}.pt")[1].get("core_calibration")
-    card = model_card(args.modality, plans, settings, core)
+    config = load_weights(target / f"{args.modality}.pt")[1]
+    card = model_card(args.modality, plans, settings, config.get("core_calibration"), config.get("domain"))
     (target / f"{args.modality}.md").write_text(card)
     print(card)
     return 0

@@ -56,13 +56,16 @@ _MESSAGES = {
     "no_vof": "no venous output found: the AIF is not corrected for partial volume",
     "aif_partial_volume_high": "the arterial voxels hold little blood (AIF scaled by {value:.1f})",
     "aif_implausible": "no arterial input passed the plausibility checks: the maps are unreliable",
+    "outside_training_domain": "the study lies outside what this network was trained on: its maps "
+    "are not trusted; read a conventional method's",
     "non_steady_state_frames_removed": "{value:.0f} leading non-steady-state frame(s) left out of the "
     "baseline and the fit; TTP is still timed from the first acquired frame",
 }
 #: The AIF selection's details entry that says why an AIF flag was raised.
 _AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
 #: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
-UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable"})
+#: ``outside_training_domain`` is raised by a CNN only (:mod:`perfnet.inference.domain`).
+UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable", "outside_training_domain"})
 #: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
 INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})
 #: The verdicts, mildest first.

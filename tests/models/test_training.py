@@ -83,6 +83,13 @@ def test_tiny_training_run_loss_falls_and_writes_run_folder(cohort: Path, tmp_pa
     assert config["training"]["validation"]["val_tmax_maec"] == pytest.approx(
         plan["folds"]["0"]["validation"]["val_tmax_maec"]
     )
+    # the training domain: every training study described by inference's own preprocessing
+    domain = config["domain"]
+    assert domain["studies"] == config["training"]["training_studies"] == 2
+    lo, hi = domain["head_motion_mm"]
+    assert 0 <= lo <= hi < 1.0  # static phantoms: the correction finds (almost) no motion
+    assert domain["max_frame_interval_s"][1] >= domain["max_frame_interval_s"][0] > 0
+    assert domain["tissue_cnr"][0] > 0
 
 
 def test_resume_continues_from_the_last_checkpoint(cohort: Path, tmp_path: Path) -> None:
@@ -281,6 +288,8 @@ def test_fine_tuning_from_a_weights_file(cohort: Path, tmp_path: Path) -> None:
     assert new["target_mean"]["tmax"] == old["target_mean"]["tmax"]  # same domain: kept
     assert 1.5 < new["target_mean"]["cbf"] < 5.0  # mean of log(CBF + 1) over brain, CBF ≈ 10…90
     assert new["training"]["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    # a fine-tuned model has seen the first run's studies and its own
+    assert new["domain"]["studies"] == old["domain"]["studies"] + new["training"]["training_studies"]
     rows = _metrics(second / "fold-0" / "metrics.csv")
     assert [r["resolution"] for r in rows] == ["fine-tune"] * 2  # no second pre-training
     with (second / "fold-0" / "augmentations.csv").open() as f:

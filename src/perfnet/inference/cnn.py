@@ -18,6 +18,7 @@ import torch
 from perfnet import __version__
 from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
+from perfnet.inference import domain
 from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
 from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
@@ -138,7 +139,8 @@ def predict(
             if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
                 b = b * (v + float(log_offsets[name]))
             out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
-    flags = list(prepared.qc_flags)
+    described = domain.describe(prepared)
+    flags = list(prepared.qc_flags) + domain.domain_flags(described, config.get("domain"))
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",
@@ -154,6 +156,9 @@ def predict(
         "model_pixel_mm": config.get("pixel_mm"),
         "bolus_patch_centre": list(inp.bolus_centre),
         "training": config.get("training", {}),
+        # the study against the network's training domain (perfnet.inference.domain)
+        "training_domain": config.get("domain"),
+        "study_descriptors": described,
         # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
         **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
         "device": str(dev),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,8 @@ class StudySlices:
     bolus: torch.Tensor
     grid: np.ndarray
     offset_s: float = 0.0
+    #: what the study looks like to the network's preprocessing (perfnet.inference.domain.describe)
+    descriptors: dict[str, float] = field(default_factory=dict)
 
     @property
     def slices(self) -> int:
@@ -166,8 +168,9 @@ class StudySlices:
         return self.bolus
 
 
-#: Bumped when the input preparation changes, so that cached inputs of an older recipe are redone.
-INPUT_RECIPE = 3
+#: Bumped when the input preparation changes, so that cached inputs of an older recipe are redone
+#: (4: the study's training-domain descriptors are cached with its input).
+INPUT_RECIPE = 4
 
 
 def _input_key(study: CohortStudy, config: dict[str, object]) -> str:
@@ -178,10 +181,11 @@ def _input_key(study: CohortStudy, config: dict[str, object]) -> str:
 
 def study_input(
     study: CohortStudy, config: dict[str, object], cache: Path | None = None, store: bool = True
-) -> tuple[ModelInput, float]:
+) -> tuple[ModelInput, float, dict[str, float]]:
     """The network's input of a study exactly as inference makes it
     (:func:`perfnet.inference.series.model_input`, curves rounded to float16 as training keeps
-    them) and the offset of its grid after the first acquired frame (s).
+    them), the offset of its grid after the first acquired frame (s) and the study's
+    training-domain descriptors (:func:`perfnet.inference.domain.describe`).
 
     With ``cache``, read from ``cache/<study>.npz`` when its key (recipe, series file, ``config``)
     matches, else computed and written there when ``store``."""
@@ -199,13 +203,15 @@ def study_input(
                         bolus_centre=tuple(int(c) for c in f["bolus_centre"]),
                         offset_s=float(f["grid_offset_s"]),
                     )
-                    return inp, float(f["offset_s"])
+                    return inp, float(f["offset_s"]), json.loads(str(f["descriptors"]))
         except (OSError, ValueError, KeyError):
             pass  # unreadable (interrupted write): computed again
+    from perfnet.inference.domain import describe
     from perfnet.inference.series import model_input
 
     made = model_input(load_series(study.series_path), config)
     inp = made.input
+    descriptors = describe(made.prepared)
     inp.curves = inp.curves.astype(np.float16)
     if path is not None and store:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,9 +226,10 @@ def study_input(
             bolus_centre=np.array(inp.bolus_centre),
             grid_offset_s=np.array(inp.offset_s),
             offset_s=np.array(made.offset_s),
+            descriptors=np.array(json.dumps(descriptors)),
         )
         tmp.replace(path)
-    return inp, made.offset_s
+    return inp, made.offset_s, descriptors
 
 
 def load_study(
@@ -254,7 +261,7 @@ def load_study(
         "align_lead_s": align_lead_s,
         "pixel_mm": pixel_mm,
     }
-    inp, offset_s = study_input(study, config, input_cache, store)
+    inp, offset_s, descriptors = study_input(study, config, input_cache, store)
     if "ttp" in target_maps:  # truth TTP is timed from the first acquired frame
         target_maps["ttp"] = target_maps["ttp"] - np.float32(offset_s)
     loss_brain = inp.brain if brain is None else brain
@@ -269,5 +276,13 @@ def load_study(
     b = resize_slices(b, size)[:, 0] > 0.5
     y = resize_slices(y, size)
     return StudySlices(
-        study.name, study.subject, x.half(), y, b, torch.from_numpy(inp.bolus), inp.grid, offset_s
+        study.name,
+        study.subject,
+        x.half(),
+        y,
+        b,
+        torch.from_numpy(inp.bolus),
+        inp.grid,
+        offset_s,
+        descriptors,
     )

@@ -38,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,9 @@ from perfnet.training.data import (
     target_paths,
 )
 
-#: Bumped when the prepared arrays change, so that slices of an older recipe are prepared again.
-SLICE_RECIPE = 1
+#: Bumped when the prepared arrays change, so that slices of an older recipe are prepared again
+#: (2: meta.json holds the study's training-domain descriptors).
+SLICE_RECIPE = 2
 ARRAYS = ("inputs", "targets", "brain", "bolus")
 #: How long a rank waits for rank 0's preparation (s; ``PERFNET_RANK_WAIT_S`` overrides).
 WAIT_S = 24 * 3600.0
@@ -156,6 +157,7 @@ class PreparedStudy:
     arrays: dict[str, dict[str, Any]]  # kind → dtype, shape, byte offset of the data in the .npy
     moments: dict[str, list[float]]
     key: str = ""
+    descriptors: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def open(cls, folder: Path) -> PreparedStudy:
@@ -169,6 +171,7 @@ class PreparedStudy:
             meta["arrays"],
             meta["moments"],
             meta["key"],
+            meta.get("descriptors", {}),
         )
 
     @property
@@ -235,6 +238,7 @@ def write_prepared(
             "offset_s": float(slices.offset_s),
             "arrays": layout,
             "moments": moments,
+            "descriptors": slices.descriptors,
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return PreparedStudy.open(folder)

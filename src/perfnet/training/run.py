@@ -497,6 +497,8 @@ def _train_fold(
         "target_mean": norm.target_mean,
         "target_sd": norm.target_sd,
         "log_offsets": norm.log_offsets,
+        # what the training studies looked like (inference flags studies outside it)
+        "domain": training_domain(train_set, start),
         "training": {
             "targets": cfg.targets,
             "fold": k,
@@ -524,6 +526,16 @@ def _train_fold(
         "loader_workers": workers,
         "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
     }
+
+
+def training_domain(train_set: list[PreparedStudy], start: InitialWeights | None) -> dict[str, Any] | None:
+    """The weights' ``domain`` (:mod:`perfnet.inference.domain`): the envelope of the training
+    studies' descriptors, joined with the initial weights' domain when fine-tuning."""
+    from perfnet.inference.domain import envelope, union
+
+    described = [s.descriptors for s in train_set if s.descriptors]
+    mine = envelope(described, f"{len(described)} training studies") if described else None
+    return union(None if start is None else start.config.get("domain"), mine)
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""A network's training domain: what its training studies looked like, and whether a study does.
+
+A CNN regresses maps for studies like the ones it was trained on; far outside them it still
+returns maps, and they look as confident as any (the bundled CT U-Net, trained on studies without
+head motion, keeps a hypoperfused Dice of 0.94 on a static phantom but falls to 0.6 with 4 mm of
+corrected motion and to 0.3 with 8 mm, where oSVD on the same corrected series stays at 0.8; README
+"The CNN's training domain"). So training records, for the studies it trained on, a few
+*descriptors* measured by the same preprocessing inference runs (:func:`describe`), as an
+*envelope* (min and max per descriptor) in the weights' ``domain`` entry; inference measures the
+study the same way and raises the QC flag ``outside_training_domain`` (verdict ``unreliable``: the
+maps are shown, not trusted) when a descriptor lies beyond the envelope by more than its margin.
+
+Descriptors (each from the preprocessed series every method analyses):
+
+* ``head_motion_mm``: the largest head displacement the motion correction estimated (the same
+  number as the ``large_motion`` check; absent without motion correction). Margin: +2 mm, the
+  ``large_motion`` threshold (:data:`perfnet.qc.LARGE_MOTION_MM`), above the training maximum.
+* ``max_frame_interval_s``: the longest gap between consecutive kept frames. Margin: ×1.25.
+* ``tissue_cnr``: the brain's contrast-to-noise ratio of the input QC
+  (:func:`perfnet.qc.input_measures`); a lower bound. Margin: ÷1.5.
+
+The margins are judgement, not fits: a study a little outside the envelope is not known to fail,
+and a flag that fires on every study would be read as noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from perfnet import qc
+
+if TYPE_CHECKING:
+    from perfnet.preprocess.shared import Preprocessed
+
+#: descriptor → (which side is checked, margin kind, margin): "upper" compares with the
+#: envelope's max, "lower" with its min; "add" adds the margin, "mul" multiplies (upper) or divides
+#: (lower) by it.
+MARGINS: dict[str, tuple[str, str, float]] = {
+    "head_motion_mm": ("upper", "add", qc.LARGE_MOTION_MM),
+    "max_frame_interval_s": ("upper", "mul", 1.25),
+    "tissue_cnr": ("lower", "mul", 1.5),
+}
+DESCRIPTORS = tuple(MARGINS)
+#: How a descriptor reads in the flag's message.
+_WORDS = {
+    "head_motion_mm": ("head motion", "mm"),
+    "max_frame_interval_s": ("frame interval", "s"),
+    "tissue_cnr": ("tissue contrast-to-noise ratio", ""),
+}
+
+
+def describe(prepared: Preprocessed) -> dict[str, float]:
+    """The descriptors of a preprocessed study (those that can be measured: no motion entry
+    without motion correction)."""
+    out: dict[str, float] = {}
+    motion = prepared.motion
+    if motion is not None:
+        moved = motion.get("max_head_displacement_mm") or motion.get("max_displacement_mm") or 0.0
+        out["head_motion_mm"] = round(float(moved), 3)
+    times = np.asarray(prepared.series.times, dtype=np.float64)
+    if times.size > 1:
+        out["max_frame_interval_s"] = round(float(np.max(np.diff(times))), 3)
+    cnr = (prepared.qc_measures or {}).get("tissue_cnr")
+    if cnr is not None and math.isfinite(float(cnr)):
+        out["tissue_cnr"] = round(float(cnr), 3)
+    return out
+
+
+def envelope(descriptors: Iterable[dict[str, float]], source: str | None = None) -> dict[str, Any]:
+    """The training domain of studies with these descriptors: per descriptor ``[min, max]`` and
+    how many studies described it (``studies``)."""
+    rows = [d for d in descriptors if d]
+    out: dict[str, Any] = {}
+    for name in DESCRIPTORS:
+        values = [float(d[name]) for d in rows if name in d and math.isfinite(float(d[name]))]
+        if values:
+            out[name] = [round(min(values), 3), round(max(values), 3)]
+    out["studies"] = len(rows)
+    if source:
+        out["source"] = source
+    return out
+
+
+def union(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The domain of a model fine-tuned from one with domain ``a`` on studies of domain ``b``:
+    it has seen both (None where neither is known). ``studies`` adds up the descriptions joined
+    (a cohort trained on in two stages counts twice)."""
+    if not a or not b:
+        return dict(a or b) if (a or b) else None
+    out: dict[str, Any] = {}
+    for name in DESCRIPTORS:
+        ranges = [d[name] for d in (a, b) if name in d]
+        if ranges:
+            out[name] = [min(r[0] for r in ranges), max(r[1] for r in ranges)]
+    out["studies"] = int(a.get("studies", 0)) + int(b.get("studies", 0))
+    sources = [d["source"] for d in (a, b) if d.get("source")]
+    if sources:
+        out["source"] = "; ".join(sources)
+    return out
+
+
+def limit(name: str, domain: dict[str, Any]) -> float | None:
+    """The value beyond which ``name`` is outside ``domain`` (the envelope plus its margin)."""
+    if name not in domain:
+        return None
+    side, kind, margin = MARGINS[name]
+    lo, hi = (float(v) for v in domain[name])
+    if side == "upper":
+        return hi + margin if kind == "add" else hi * margin
+    return lo - margin if kind == "add" else lo / margin
+
+
+def outside(descriptors: dict[str, float], domain: dict[str, Any] | None) -> list[str]:
+    """What of a study lies outside a domain, one phrase per descriptor (empty: inside, or no
+    domain recorded)."""
+    if not domain:
+        return []
+    found = []
+    for name, value in descriptors.items():
+        bound = limit(name, domain) if name in MARGINS else None
+        if bound is None:
+            continue
+        side = MARGINS[name][0]
+        if (side == "upper" and value > bound) or (side == "lower" and value < bound):
+            words, unit = _WORDS[name]
+            lo, hi = domain[name]
+            seen = f"≤ {hi:g}" if side == "upper" else f"≥ {lo:g}"
+            found.append(f"{words} {value:g}{(' ' + unit) if unit else ''}, trained on {seen}")
+    return found
+
+
+def domain_flags(descriptors: dict[str, float], domain: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The ``outside_training_domain`` flag of a study, if raised (its value: how many
+    descriptors lie outside)."""
+    found = outside(descriptors, domain)
+    return [qc.flag("outside_training_domain", len(found), "; ".join(found))] if found else []

@@ -1,0 +1,99 @@
+"""A CNN's training domain: recorded envelopes, the margins, and the flag on studies outside it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import perfnet
+from perfnet import qc
+from perfnet.inference import domain
+from perfnet.inference.weights import bundled_weights, load_weights
+from perfnet.phantom import PhantomConfig, nuisance, simulate_study
+
+STATIC = {"head_motion_mm": [0.0, 0.3], "max_frame_interval_s": [0.5, 2.0], "tissue_cnr": [0.3, 2.0]}
+
+
+def test_envelope_and_union_of_descriptors() -> None:
+    rows = [
+        {"head_motion_mm": 0.1, "max_frame_interval_s": 1.0, "tissue_cnr": 0.9},
+        {"head_motion_mm": 3.0, "max_frame_interval_s": 1.8, "tissue_cnr": 0.4},
+        {"max_frame_interval_s": 0.7},  # no motion correction: motion not described
+    ]
+    env = domain.envelope(rows, "three studies")
+    assert env == {
+        "head_motion_mm": [0.1, 3.0],
+        "max_frame_interval_s": [0.7, 1.8],
+        "tissue_cnr": [0.4, 0.9],
+        "studies": 3,
+        "source": "three studies",
+    }
+    both = domain.union(STATIC | {"studies": 12}, env)
+    assert both["head_motion_mm"] == [0.0, 3.0] and both["max_frame_interval_s"] == [0.5, 2.0]
+    assert both["tissue_cnr"] == [0.3, 2.0] and both["studies"] == 15
+    assert domain.union(None, env) == env and domain.union(None, None) is None
+
+
+def test_margins_decide_what_is_outside() -> None:
+    # motion: + 2 mm (the large_motion threshold); frame interval: × 1.25; CNR: ÷ 1.5
+    assert domain.limit("head_motion_mm", STATIC) == pytest.approx(2.3)
+    assert domain.limit("max_frame_interval_s", STATIC) == pytest.approx(2.5)
+    assert domain.limit("tissue_cnr", STATIC) == pytest.approx(0.2)
+    inside = {"head_motion_mm": 2.2, "max_frame_interval_s": 2.4, "tissue_cnr": 0.21}
+    assert domain.outside(inside, STATIC) == [] and domain.domain_flags(inside, STATIC) == []
+    far = {"head_motion_mm": 2.4, "max_frame_interval_s": 3.0, "tissue_cnr": 0.1}
+    found = domain.outside(far, STATIC)
+    assert found == [
+        "head motion 2.4 mm, trained on ≤ 0.3",
+        "frame interval 3 s, trained on ≤ 2",
+        "tissue contrast-to-noise ratio 0.1, trained on ≥ 0.3",
+    ]
+    (flag,) = domain.domain_flags(far, STATIC)
+    assert flag["code"] == "outside_training_domain" and flag["value"] == 3
+    assert "head motion 2.4 mm" in flag["message"]
+    assert qc.verdict([flag]) == "unreliable"
+    assert domain.outside(far, None) == []  # weights without a recorded domain: nothing to judge
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_bundled_weights_carry_their_static_training_domain(modality: str) -> None:
+    _, config = load_weights(bundled_weights(modality))
+    dom = config["domain"]
+    assert dom["studies"] >= 12 and "tools/weights_domain.py" in dom["source"]
+    assert dom["head_motion_mm"][1] < 1.0  # --no-motion cohorts (what the correction reads on them)
+    assert dom["max_frame_interval_s"][1] == 2.0  # the phantom generator's longest interval
+    assert 0 < dom["tissue_cnr"][0] < dom["tissue_cnr"][1]
+
+
+def _codes(result: perfnet.StudyResult) -> set[str]:
+    return {f["code"] for f in result.maps.provenance["qc_flags"]}
+
+
+def test_cnn_on_a_moving_study_is_flagged_unreliable_and_osvd_is_not() -> None:
+    """The bundled CT U-Net (trained without motion) on the thick-slice motion nuisance: its
+    hypoperfused Dice falls far below oSVD's on the same corrected series, and it says so."""
+    study = nuisance.build("motion_thick_slice_ct")
+    cnn = perfnet.analyze(study.series, "cnn", device="cpu")
+    prov = cnn.maps.provenance
+    assert "outside_training_domain" in _codes(cnn) and prov["verdict"] == "unreliable"
+    assert prov["reliable"] is False
+    bound = domain.limit("head_motion_mm", prov["training_domain"])
+    assert prov["study_descriptors"]["head_motion_mm"] > bound
+    flag = next(f for f in prov["qc_flags"] if f["code"] == "outside_training_domain")
+    assert "head motion" in flag["message"] and "frame interval" not in flag["message"]
+    osvd = perfnet.analyze(study.series, "osvd", device="cpu")
+    assert "outside_training_domain" not in _codes(osvd)
+
+
+def test_cnn_on_a_static_study_and_on_long_frame_intervals() -> None:
+    clean = nuisance.build("clean_ct")
+    result = perfnet.analyze(clean.series, "cnn", device="cpu")
+    assert "outside_training_domain" not in _codes(result) and result.maps.provenance["verdict"] == "ok"
+    # 3 s frames: coarser than anything the network was trained on (≤ 2 s; limit 2.5 s)
+    slow_frames = {"frames": 30, "frame_interval_s": 3.0, "timing": "uniform", "motion": False}
+    cfg = PhantomConfig.draw(6, "CT", matrix=64, slices=4, **slow_frames)
+    series = simulate_study(cfg).series
+    assert np.allclose(np.diff(series.times), 3.0)
+    slow = perfnet.analyze(series, "cnn", device="cpu")
+    flag = next(f for f in slow.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
+    assert "frame interval 3 s" in flag["message"]

@@ -1,0 +1,106 @@
+"""Measure the training domain of a bundled model (:mod:`perfnet.inference.domain`) and store it.
+
+    python tools/weights_domain.py ct|mr [--studies K] [--write]
+
+``perfnet train`` records the domain of what it trained on in the weights it writes; the bundled
+weights were trained before it did. This tool re-draws the first ``K`` studies of each of the
+recipe's phantom cohorts (``tools/train_weights.py`` SETTINGS, the same ``perfnet simulate``
+arguments and seeds, so these are studies the model trained on), runs the preprocessing inference
+runs (:func:`perfnet.inference.series.prepare_series`: non-steady-state frames, motion correction),
+measures each study's descriptors (:func:`perfnet.inference.domain.describe`) and prints their
+envelope. The frame interval's upper bound is the phantom generator's (``PhantomConfig.draw``:
+0.5–2 s, a two-phase second interval ≤ 2 s), since a sample need not reach it.
+
+With ``--write`` the envelope becomes the ``domain`` entry of ``src/perfnet/weights/<modality>.pt``
+(the network's tensors are left untouched: its maps stay bit for bit the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+#: The phantom generator's longest frame interval (perfnet.phantom.config.PhantomConfig.draw).
+GENERATOR_MAX_INTERVAL_S = 2.0
+
+
+def cohort_configs(modality: str, per_cohort: int) -> list:
+    """The drawn configs of the first ``per_cohort`` studies of each of the recipe's cohorts."""
+    from train_weights import SETTINGS, _parts
+
+    from perfnet.cli.cohort_commands import _phantom_overrides
+    from perfnet.cli.parser import build_parser
+    from perfnet.phantom.styles import draw_config
+
+    parser = build_parser()
+    configs = []
+    for cohort in SETTINGS[modality]["cohorts"]:
+        for part in _parts(cohort):
+            args = parser.parse_args(["simulate", "unused", *part])
+            overrides = _phantom_overrides(args)
+            configs += [
+                draw_config(args.style, args.seed + i, args.modality, **overrides) for i in range(per_cohort)
+            ]
+    return configs
+
+
+def measure(modality: str, per_cohort: int) -> dict:
+    import torch
+
+    from perfnet.inference.domain import describe, envelope
+    from perfnet.inference.series import prepare_series
+    from perfnet.phantom.styles import simulate
+
+    torch.set_num_threads(1)
+    rows = []
+    for cfg in cohort_configs(modality, per_cohort):
+        started = time.perf_counter()
+        described = describe(prepare_series(simulate(cfg).series))
+        rows.append(described)
+        print(f"  seed {cfg.seed}: {described} ({time.perf_counter() - started:.0f} s)", flush=True)
+    source = (
+        f"tools/weights_domain.py: {len(rows)} of the recipe's training studies re-drawn and "
+        f"preprocessed as inference does; frame interval up to the generator's {GENERATOR_MAX_INTERVAL_S:g} s"
+    )
+    domain = envelope(rows, source)
+    lo, hi = domain.get("max_frame_interval_s", [GENERATOR_MAX_INTERVAL_S] * 2)
+    domain["max_frame_interval_s"] = [lo, max(hi, GENERATOR_MAX_INTERVAL_S)]
+    return domain
+
+
+def write(modality: str, domain: dict) -> Path:
+    import torch
+
+    path = ROOT / "src" / "perfnet" / "weights" / f"{modality}.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob["config"]["domain"] = json.loads(json.dumps(domain))
+    out = io.BytesIO()
+    torch.save(blob, out)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(out.getvalue())
+    tmp.replace(path)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modality", choices=["ct", "mr"])
+    parser.add_argument("--studies", type=int, default=8, help="studies per cohort (default 8)")
+    parser.add_argument("--write", action="store_true", help="store the domain in the bundled weights")
+    args = parser.parse_args()
+    domain = measure(args.modality, args.studies)
+    print(json.dumps(domain, indent=1, ensure_ascii=False))
+    if args.write:
+        print(f"written to {write(args.modality, domain)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
