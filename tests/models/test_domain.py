@@ -62,6 +62,7 @@ def test_bundled_weights_carry_their_static_training_domain(modality: str) -> No
     assert dom["studies"] >= 12 and "tools/weights_domain.py" in dom["source"]
     assert dom["head_motion_mm"][1] < 1.0  # --no-motion cohorts (what the correction reads on them)
     assert dom["max_frame_interval_s"][1] == 2.0  # the phantom generator's longest interval
+    assert dom["after_arrival_s"][0] > 25.0  # every training acquisition covered the first pass
     assert 0 < dom["tissue_cnr"][0] < dom["tissue_cnr"][1]
 
 
@@ -97,3 +98,17 @@ def test_cnn_on_a_static_study_and_on_long_frame_intervals() -> None:
     slow = perfnet.analyze(series, "cnn", device="cpu")
     flag = next(f for f in slow.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
     assert "frame interval 3 s" in flag["message"]
+
+
+def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> None:
+    """Stopped 12 s after the bolus arrival (the CNN's hypoperfused Dice 0.14): outside what the
+    network saw (its training studies ran ≥ 30 s past the arrival); the late-bolus study (22 s of
+    45, the CNN accurate there) is not."""
+    cut = perfnet.analyze(nuisance.build("truncated_ct").series, "cnn", device="cpu")
+    flag = next(f for f in cut.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
+    assert "acquisition after the bolus arrival" in flag["message"] and cut.verdict == "unreliable"
+    late = perfnet.analyze(nuisance.build("late_bolus_ct").series, "cnn", device="cpu")
+    assert "outside_training_domain" not in _codes(late)
+    assert late.maps.provenance["study_descriptors"]["after_arrival_s"] > domain.limit(
+        "after_arrival_s", late.maps.provenance["training_domain"]
+    )

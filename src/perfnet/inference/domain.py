@@ -18,6 +18,9 @@ Descriptors (each from the preprocessed series every method analyses):
 * ``max_frame_interval_s``: the longest gap between consecutive kept frames. Margin: ×1.25.
 * ``tissue_cnr``: the brain's contrast-to-noise ratio of the input QC
   (:func:`perfnet.qc.input_measures`); a lower bound. Margin: ÷1.5.
+* ``after_arrival_s``: how long the acquisition runs after the detected bolus arrival (the last
+  kept frame's time minus the shared bolus timing's arrival); a lower bound: a network that never
+  saw a first pass cut off reads the cut as low flow. Margin: ÷1.5.
 
 The margins are judgement, not fits: a study a little outside the envelope is not known to fail,
 and a flag that fires on every study would be read as noise.
@@ -43,6 +46,7 @@ MARGINS: dict[str, tuple[str, str, float]] = {
     "head_motion_mm": ("upper", "add", qc.LARGE_MOTION_MM),
     "max_frame_interval_s": ("upper", "mul", 1.25),
     "tissue_cnr": ("lower", "mul", 1.5),
+    "after_arrival_s": ("lower", "mul", 1.5),
 }
 DESCRIPTORS = tuple(MARGINS)
 #: How a descriptor reads in the flag's message.
@@ -50,6 +54,7 @@ _WORDS = {
     "head_motion_mm": ("head motion", "mm"),
     "max_frame_interval_s": ("frame interval", "s"),
     "tissue_cnr": ("tissue contrast-to-noise ratio", ""),
+    "after_arrival_s": ("acquisition after the bolus arrival", "s"),
 }
 
 
@@ -64,6 +69,8 @@ def describe(prepared: Preprocessed) -> dict[str, float]:
     times = np.asarray(prepared.series.times, dtype=np.float64)
     if times.size > 1:
         out["max_frame_interval_s"] = round(float(np.max(np.diff(times))), 3)
+    if times.size and prepared.bolus is not None:
+        out["after_arrival_s"] = round(float(times[-1] - prepared.bolus.arrival_s), 3)
     cnr = (prepared.qc_measures or {}).get("tissue_cnr")
     if cnr is not None and math.isfinite(float(cnr)):
         out["tissue_cnr"] = round(float(cnr), 3)
