@@ -184,6 +184,10 @@ SETTINGS = {
     # low dose 0.70, truncated 0.56. The bundled weights with that run's batch-norm statistics alone
     # (its weights not taken) already give motion 0.82, low dose 0.89, truncated 0.75, but static
     # MAEC 1.26 s: the running statistics carry much of both the motion gain and the static loss.
+    # benchmarks/generalisation.py --modality ct (bundled with its 36 % core rule -> this, plain
+    # rule): moving 71004 (style B) hypo Dice 0.13 -> 0.87, 70003 Tmax MAEC 0.90 -> 0.51 s; static
+    # hypo Dice A 0.72 -> 0.74, B 0.90 -> 0.88; core Dice A 0.43 -> 0.24, B 0.56 -> 0.38; false
+    # core on 70004 41.8 -> 4.0 mL (plain rule: calibrate_core.py not run for this candidate).
     "ct-replay": {
         "bundle": False,
         "cohorts": [CT_REPLAY_COHORT],
