@@ -304,6 +304,26 @@ def test_fine_tuning_from_a_weights_file(cohort: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "third").exists()  # checked before any output is written
 
 
+def test_fine_tuning_with_frozen_norm_keeps_the_batch_norm_statistics(cohort: Path, tmp_path: Path) -> None:
+    """``freeze_norm``: the batch-norm running statistics of the init file are kept bit for bit while
+    the weights (batch-norm scale and shift included) train; without it the statistics move."""
+    first = tmp_path / "first"
+    train(cohort, first, _tiny_config(epochs=3), resume=False)
+    init = first / "weights.pt"
+    old = load_weights(init)[0].state_dict()
+    stats = [k for k in old if k.endswith(("running_mean", "running_var"))]
+    trained = [k for k in old if k.endswith("weight") and k not in stats]
+    assert stats and trained
+    for freeze in (True, False):
+        run = tmp_path / f"freeze-{freeze}"
+        train(cohort, run, _tiny_config(epochs=1, init=str(init), freeze_norm=freeze), resume=False)
+        new = load_weights(run / "weights.pt")[0].state_dict()
+        same = [torch.equal(new[k], old[k]) for k in stats]
+        assert all(same) if freeze else not any(same), (freeze, same)
+        assert not any(torch.equal(new[k], old[k]) for k in trained)  # every layer trained
+        assert json.loads((run / "plan.json").read_text())["config"]["freeze_norm"] is freeze
+
+
 def test_frame_thinning_keeps_every_kth_frame_and_interpolates() -> None:
     from perfnet.training.dataset import thin_frames
 

@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log_maps=[m.strip().lower() for m in args.log_maps.split(",") if m.strip()],
         init=None if args.init is None else str(args.init),
         thin=_int_list(args.thin, "--thin"),
+        freeze_norm=args.freeze_norm,
         seed=args.seed,
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,

@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K,...",
         help="frame-thinning augmentation: keep every k-th frame, k drawn from the list (e.g. 1,2,4)",
     )
+    p.add_argument(
+        "--freeze-norm",
+        action="store_true",
+        help="keep the batch-norm running statistics of --init (fine-tuning on a small cohort)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (a count or auto)")

@@ -117,6 +117,7 @@ class TrainConfig:
     rotation_deg: float = 10.0
     noise: float = 0.5
     thin: list[int] = field(default_factory=lambda: [1])  # frame-thinning factors (fewer-frames training)
+    freeze_norm: bool = False  # batch-norm running statistics kept from --init (fine-tuning)
     seed: int = 0
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -421,6 +422,7 @@ def _train_fold(
         lr_step_epochs=cfg.lr_step_epochs,
         lr_gamma=cfg.lr_gamma,
         log_offsets=norm.log_offsets,
+        freeze_norm=cfg.freeze_norm,
     )
     if start is not None:
         task.model.load_state_dict(start.state_dict)

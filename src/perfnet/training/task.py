@@ -32,6 +32,7 @@ class PerfusionTask(L.LightningModule):
         lr_gamma: float = 0.5,
         windows: dict[str, list[float]] | None = None,
         log_offsets: dict[str, float] | None = None,
+        freeze_norm: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -51,6 +52,25 @@ class PerfusionTask(L.LightningModule):
             self.windows.append(((lo - target_mean[m]) / target_sd[m], (hi - target_mean[m]) / target_sd[m]))
         self.times = time_channel(np.asarray(grid))
         self._val: dict[str, float] = {}
+
+    def train(self, mode: bool = True) -> PerfusionTask:
+        """``freeze_norm``: batch-norm layers stay in eval mode while the rest trains, so that a
+        fine-tune normalises with the running statistics of the weights it started from (which it
+        keeps) instead of replacing them with those of its own, smaller cohort."""
+        super().train(mode)
+        if mode:
+            self._freeze_norm()
+        return self
+
+    def _freeze_norm(self) -> None:
+        if self.hparams.get("freeze_norm", False):
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps each submodule's mode as it finds it (it calls no train()): set it here
+        self._freeze_norm()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         spec = network_spec(self.hparams.model)
