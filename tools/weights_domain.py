@@ -8,8 +8,9 @@ recipe's phantom cohorts (``tools/train_weights.py`` SETTINGS, the same ``perfne
 arguments and seeds, so these are studies the model trained on), runs the preprocessing inference
 runs (:func:`perfnet.inference.series.prepare_series`: non-steady-state frames, motion correction),
 measures each study's descriptors (:func:`perfnet.inference.domain.describe`) and prints their
-envelope. The frame interval's upper bound is the phantom generator's (``PhantomConfig.draw``:
-0.5–2 s, a two-phase second interval ≤ 2 s), since a sample need not reach it.
+envelope. The frame interval's upper bound and the acquisition-after-arrival's lower bound are
+the phantom generator's where the sample does not reach them (``PhantomConfig.draw``: intervals
+0.5–2 s, a two-phase second interval ≤ 2 s; durations ≥ 45 s with arrivals ≤ 15 s, so ≥ 30 s).
 
 With ``--write`` the envelope becomes the ``domain`` entry of ``src/perfnet/weights/<modality>.pt``
 (the network's tensors are left untouched: its maps stay bit for bit the same).
@@ -29,6 +30,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 #: The phantom generator's longest frame interval (perfnet.phantom.config.PhantomConfig.draw).
 GENERATOR_MAX_INTERVAL_S = 2.0
+#: The generator's shortest acquisition after the arterial arrival: a drawn duration ≥ 45 s and an
+#: arrival ≤ 15 s (PhantomConfig.draw).
+GENERATOR_MIN_AFTER_ARRIVAL_S = 30.0
 
 
 def cohort_configs(modality: str, per_cohort: int) -> list:
@@ -67,11 +71,15 @@ def measure(modality: str, per_cohort: int) -> dict:
         print(f"  seed {cfg.seed}: {described} ({time.perf_counter() - started:.0f} s)", flush=True)
     source = (
         f"tools/weights_domain.py: {len(rows)} of the recipe's training studies re-drawn and "
-        f"preprocessed as inference does; frame interval up to the generator's {GENERATOR_MAX_INTERVAL_S:g} s"
+        "preprocessed as inference does; frame interval up to the generator's"
+        f" {GENERATOR_MAX_INTERVAL_S:g} s,"
+        f" acquisition after the arrival down to its {GENERATOR_MIN_AFTER_ARRIVAL_S:g} s"
     )
     domain = envelope(rows, source)
     lo, hi = domain.get("max_frame_interval_s", [GENERATOR_MAX_INTERVAL_S] * 2)
     domain["max_frame_interval_s"] = [lo, max(hi, GENERATOR_MAX_INTERVAL_S)]
+    lo, hi = domain.get("after_arrival_s", [GENERATOR_MIN_AFTER_ARRIVAL_S] * 2)
+    domain["after_arrival_s"] = [min(lo, GENERATOR_MIN_AFTER_ARRIVAL_S), hi]
     return domain
 
 
