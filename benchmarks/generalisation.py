@@ -14,7 +14,8 @@ unalignable frames interpolated: :func:`perfnet.inference.series.prepare_series`
 ``analyze`` and ``analyze_cnn`` -- runs once per study and is shared). Per study
 and per method it prints Tmax MAEC (s, clipped to [0, 20]), hypoperfused Dice, core Dice (studies
 with a true core), rCBF Pearson r (CBF / the median CBF of the contralateral non-hypoperfused
-brain, over the truth brain) and the core volume found; per style the means, the false core
+brain, over the truth brain), the core volume found and the QC flags raised (the CNN's
+``outside_training_domain`` and ``cnn_inconsistent`` among them); per style the means, the false core
 (mL found on lesion-free and penumbra-only studies, mean and max); then the cross-style gap of
 each method (style B − style A).
 
@@ -172,6 +173,7 @@ def run_study(
                 "true_hypoperfused_ml": float(truth.parameters["volumes_ml"]["hypoperfused"]),
                 "false_core_ml": found_core if true_core == 0 else None,
                 "seconds": round(result["seconds"] + motion_seconds, 2),
+                "flags": [f["code"] for f in result["maps"].provenance.get("qc_flags", [])],
             }
         )
         r = rows[-1]
@@ -180,7 +182,7 @@ def run_study(
             f"  {style:9s} {modality} #{index} seed {seed} {cfg.lesion:8s} {moving:6s} {method:9s}"
             f" MAEC {r['tmax_maec']:5.2f} s  hypo {_fmt(r['hypoperfused_dice'])}  core {_fmt(r['core_dice'])}"
             f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
-            f"  ({r['seconds']:.0f} s)",
+            f"  ({r['seconds']:.0f} s)" + (f"  [{','.join(r['flags'])}]" if r["flags"] else ""),
             flush=True,
         )
     return rows

@@ -58,13 +58,17 @@ _MESSAGES = {
     "aif_implausible": "no arterial input passed the plausibility checks: the maps are unreliable",
     "outside_training_domain": "the study lies outside what this network was trained on: its maps "
     "are not trusted; read a conventional method's",
+    "cnn_inconsistent": "the network's Tmax > 6 s region changes by {value:.0f} mL when its input "
+    "starts 3 s earlier or later (it follows its time grid, not only the bolus): compare its maps "
+    "with a conventional method's",
     "non_steady_state_frames_removed": "{value:.0f} leading non-steady-state frame(s) left out of the "
     "baseline and the fit; TTP is still timed from the first acquired frame",
 }
 #: The AIF selection's details entry that says why an AIF flag was raised.
 _AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
 #: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
-#: ``outside_training_domain`` is raised by a CNN only (:mod:`perfnet.inference.domain`).
+#: ``outside_training_domain`` is raised by a CNN only (:mod:`perfnet.inference.domain`; so is
+#: ``cnn_inconsistent``, :mod:`perfnet.inference.consistency`, a warning: verdict ``review``).
 UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable", "outside_training_domain"})
 #: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
 INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})

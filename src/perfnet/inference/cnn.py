@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ from perfnet import __version__
 from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import domain
-from perfnet.inference.inputs import ModelInput, model_size, prepare_input, resize_slices
+from perfnet.inference.consistency import SHIFT_S, consistency_flags, shift_consistency
+from perfnet.inference.inputs import ModelInput, model_size, prepare_input, reflect_index, resize_slices
 from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
@@ -48,53 +50,23 @@ def run_model(
     return network_spec(config["model"]).forward(model, x, time_channel(grid).to(x.device), bolus)
 
 
-def predict(
-    series: PerfusionSeries,
-    weights: str | Path | None = None,
-    *,
-    device: str | None = None,
-    brain: np.ndarray | None = None,
-    batch_slices: int = 4,
+def _network(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    inp: ModelInput,
+    shape: tuple[int, int, int],
+    size: tuple[int, int],
+    dev: torch.device,
+    flips: bool,
+    batch_slices: int,
     progress: Progress | None = None,
-    flips: bool = True,
-    skip_frames: int | None = None,
-    prepared: Preprocessed | None = None,
-) -> PerfusionMaps:
-    """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
-
-    ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
-    networks were trained with flips, so each flip is an equally valid view of the slice).
-    ``skip_frames``: non-steady-state leading frames, as in the conventional pipeline (None:
-    detected and dropped; N: drop N; 0: keep all); TTP stays timed from the first acquired frame.
-    ``prepared``: the shared preprocessing of ``series`` (:func:`perfnet.preprocess.shared.preprocess`);
-    without it the series is preprocessed here without motion correction (non-steady-state frames,
-    brain mask, bolus timing and the input QC of every method)."""
-    from perfnet import qc
-    from perfnet.preprocess.shared import preprocess
-
-    started = time.perf_counter()
-    if prepared is None:
-        prepared = preprocess(series, skip_frames=skip_frames, motion_correction=False, brain_mask=brain)
-    series = prepared.series
-    path = Path(weights) if weights is not None else bundled_weights(series.modality)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_weights(path, dev)
-    if config.get("modality") and config["modality"] != series.modality:
-        raise PerfnetInputError(
-            path, f"weights were trained on {config['modality']}, the series is {series.modality}"
-        )
-    if progress:
-        progress("model input", 0.0)
-    inp: ModelInput = input_of(prepared, config)
-    if progress:
-        progress("model input", 1.0)
-    maps = config["maps"]
-    mean = np.array([config["target_mean"][m] for m in maps], dtype=np.float32)
-    sd = np.array([config["target_sd"][m] for m in maps], dtype=np.float32)
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The network's standardised outputs (maps, X, Y, Z) at the series' ``shape`` for a model input
+    at the model's in-plane ``size``, and the Laplace scales when the model gives them; slice-batched,
+    averaged over the four in-plane flips if ``flips``."""
     scale_in = float(config["input_scale"])
-    nx, ny, nz = series.spatial_shape
-    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
-    values = np.zeros((len(maps), nx, ny, nz), dtype=np.float32)
+    nx, ny, nz = shape
+    values = np.zeros((len(config["maps"]), nx, ny, nz), dtype=np.float32)
     uncert: np.ndarray | None = None  # allocated when the model returns a scale (weights with one)
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
     if progress:
@@ -126,6 +98,90 @@ def predict(
                 uncert[:, :, :, z0:z1] = np.moveaxis(scale.cpu().numpy(), 0, -1)
             if progress:
                 progress("network", z1 / nz)
+    return values, uncert
+
+
+def _shift_consistency(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    prepared: Preprocessed,
+    inp: ModelInput,
+    tmax: np.ndarray,
+    shape: tuple[int, int, int],
+    size: tuple[int, int],
+    dev: torch.device,
+    batch_slices: int,
+) -> dict[str, Any]:
+    """Tmax predicted again from the model input delayed and advanced by
+    :data:`~perfnet.inference.consistency.SHIFT_S` (the grid started that much earlier / later;
+    reflect-padded at the ends, as the networks' shift augmentation pads; one view each) and
+    compared with ``tmax``."""
+    from perfnet.lesions import voxel_volume_ml
+
+    i = config["maps"].index("tmax")
+    mean, sd = float(config["target_mean"]["tmax"]), float(config["target_sd"]["tmax"])
+    lo, hi = MAP_LIMITS.get("tmax", (-np.inf, np.inf))
+    frames = round(SHIFT_S / float(config["frame_interval"]))
+    shifted: dict[float, np.ndarray] = {}
+    for later in (-SHIFT_S, SHIFT_S):
+        idx = reflect_index(inp.curves.shape[-1], -frames if later > 0 else frames)
+        other = replace(inp, curves=inp.curves[..., idx], bolus=inp.bolus[idx])
+        values, _ = _network(model, config, other, shape, size, dev, False, batch_slices)
+        t = from_model(values[i] * sd + mean, "tmax", config.get("log_offsets", {}))
+        shifted[later] = np.clip(t, lo, hi)
+    return shift_consistency(tmax, shifted, inp.brain, voxel_volume_ml(prepared.series.affine))
+
+
+def predict(
+    series: PerfusionSeries,
+    weights: str | Path | None = None,
+    *,
+    device: str | None = None,
+    brain: np.ndarray | None = None,
+    batch_slices: int = 4,
+    progress: Progress | None = None,
+    flips: bool = True,
+    skip_frames: int | None = None,
+    prepared: Preprocessed | None = None,
+    consistency: bool = True,
+) -> PerfusionMaps:
+    """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
+
+    ``flips``: average the outputs over the four in-plane flips (test-time augmentation; the
+    networks were trained with flips, so each flip is an equally valid view of the slice).
+    ``skip_frames``: non-steady-state leading frames, as in the conventional pipeline (None:
+    detected and dropped; N: drop N; 0: keep all); TTP stays timed from the first acquired frame.
+    ``prepared``: the shared preprocessing of ``series`` (:func:`perfnet.preprocess.shared.preprocess`);
+    without it the series is preprocessed here without motion correction (non-steady-state frames,
+    brain mask, bolus timing and the input QC of every method).
+    ``consistency``: the shift-consistency self-check (:mod:`perfnet.inference.consistency`; two
+    more passes without flips, with the time grid started 3 s earlier and later) and its
+    ``cnn_inconsistent`` flag."""
+    from perfnet import qc
+    from perfnet.preprocess.shared import preprocess
+
+    started = time.perf_counter()
+    if prepared is None:
+        prepared = preprocess(series, skip_frames=skip_frames, motion_correction=False, brain_mask=brain)
+    series = prepared.series
+    path = Path(weights) if weights is not None else bundled_weights(series.modality)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config = load_weights(path, dev)
+    if config.get("modality") and config["modality"] != series.modality:
+        raise PerfnetInputError(
+            path, f"weights were trained on {config['modality']}, the series is {series.modality}"
+        )
+    if progress:
+        progress("model input", 0.0)
+    inp: ModelInput = input_of(prepared, config)
+    if progress:
+        progress("model input", 1.0)
+    maps = config["maps"]
+    mean = np.array([config["target_mean"][m] for m in maps], dtype=np.float32)
+    sd = np.array([config["target_sd"][m] for m in maps], dtype=np.float32)
+    nx, ny, nz = series.spatial_shape
+    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
+    values, uncert = _network(model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress)
     out: dict[str, np.ndarray] = {}
     log_offsets = config.get("log_offsets", {})
     for i, name in enumerate(maps):
@@ -139,8 +195,14 @@ def predict(
             if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
                 b = b * (v + float(log_offsets[name]))
             out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
+    checked = None
+    if consistency and config.get("align_lead_s") is not None and "tmax" in maps:
+        checked = _shift_consistency(
+            model, config, prepared, inp, out["tmax"], (nx, ny, nz), size, dev, batch_slices
+        )
     described = domain.describe(prepared)
     flags = list(prepared.qc_flags) + domain.domain_flags(described, config.get("domain"))
+    flags += consistency_flags(checked)
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",
@@ -159,6 +221,8 @@ def predict(
         # the study against the network's training domain (perfnet.inference.domain)
         "training_domain": config.get("domain"),
         "study_descriptors": described,
+        # the Tmax > 6 s region with the time grid started 3 s earlier / later (perfnet.inference.consistency)
+        "shift_consistency": checked,
         # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
         **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
         "device": str(dev),

@@ -164,3 +164,12 @@ def prepare_input(
     del conc, flat
     curves = np.nan_to_num(on_grid, copy=False, nan=0.0, posinf=0.0, neginf=0.0).reshape(*shape, grid.size)
     return ModelInput(curves=curves, grid=grid, brain=mask, bolus=patch, bolus_centre=centre, offset_s=offset)
+
+
+def reflect_index(n: int, shift: int) -> np.ndarray:
+    """Source frame of each output frame when a series of ``n`` frames is delayed by ``shift``
+    frames (advanced when negative), reflect-padding at both ends."""
+    idx = np.arange(n) - shift
+    period = 2 * (n - 1) if n > 1 else 1
+    idx = np.mod(idx, period)
+    return np.where(idx > n - 1, period - idx, idx)

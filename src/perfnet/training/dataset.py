@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from perfnet.inference.inputs import reflect_index
 from perfnet.inference.targets import to_model
 from perfnet.training.data import StudySlices
 
@@ -89,15 +90,6 @@ class Augmentation:
     noise: float = 0.5  # max added noise SD, fraction of the input scale
     enabled: bool = True
     thin: tuple[int, ...] = (1,)  # frame-thinning factors, drawn with equal probability
-
-
-def reflect_index(n: int, shift: int) -> np.ndarray:
-    """Source frame of each output frame when a series of ``n`` frames is delayed by ``shift``
-    frames (advanced when negative), reflect-padding at both ends."""
-    idx = np.arange(n) - shift
-    period = 2 * (n - 1) if n > 1 else 1
-    idx = np.mod(idx, period)
-    return np.where(idx > n - 1, period - idx, idx)
 
 
 class SlicedStudy(Protocol):
