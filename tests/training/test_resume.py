@@ -214,3 +214,21 @@ def test_two_process_ddp_gives_the_single_process_weights(cohort: Path, tmp_path
     assert sorted(p.name for p in (runs[2] / "fold-0").iterdir()) == sorted(
         ["augmentations.csv", "last.ckpt", "metrics.csv", "previous.ckpt", "weights.pt"]
     )
+
+
+def test_a_run_planned_before_a_new_setting_resumes_unless_it_is_changed(
+    cohort: Path, tmp_path: Path
+) -> None:
+    """plan.json of a run planned by an older perfnet lacks settings added since (here
+    ``shift_pad``): they count as their defaults, so the run resumes; a changed one is refused."""
+    from perfnet.errors import PerfnetInputError
+
+    run = tmp_path / "run"
+    train(cohort, run, TrainConfig(**(CONFIG | {"epochs": 1})), resume=True)
+    plan = json.loads((run / "plan.json").read_text())
+    del plan["config"]["shift_pad"]
+    (run / "plan.json").write_text(json.dumps(plan))
+    train(cohort, run, TrainConfig(**(CONFIG | {"epochs": 2})), resume=True)
+    assert _epochs(run) == [0, 1]
+    with pytest.raises(PerfnetInputError, match="other settings"):
+        train(cohort, run, TrainConfig(**(CONFIG | {"epochs": 3, "shift_pad": "edge"})), resume=True)

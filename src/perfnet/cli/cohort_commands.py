@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         pixel_mm=args.pixel_mm,
         align_lead_s=None if args.align_lead < 0 else args.align_lead,
         shift=_int_pair(args.shift, "--shift"),
+        shift_pad=args.shift_pad,
         log_maps=[m.strip().lower() for m in args.log_maps.split(",") if m.strip()],
         init=None if args.init is None else str(args.init),
         thin=_int_list(args.thin, "--thin"),

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shift", default="-5,30", metavar="MIN,MAX", help="temporal shift augmentation (frames)")
     p.add_argument(
+        "--shift-pad",
+        choices=("reflect", "edge"),
+        default="reflect",
+        help="padding of shifted series: time mirrored at the ends (the bundled weights') or the first /"
+        " last frame repeated (no mirrored bolus in the padded start)",
+    )
+    p.add_argument(
         "--log-maps",
         default="cbf,cbv",
         metavar="MAPS",

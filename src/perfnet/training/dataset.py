@@ -90,6 +90,11 @@ class Augmentation:
     noise: float = 0.5  # max added noise SD, fraction of the input scale
     enabled: bool = True
     thin: tuple[int, ...] = (1,)  # frame-thinning factors, drawn with equal probability
+    #: how a shifted series is padded: "reflect" (time mirrored at the ends, Hess et al.) or "edge"
+    #: (the first / last frame repeated). With the grid started 6 s before the arrival, a delay of
+    #: more than 6 frames mirrors the bolus itself into the padded start under "reflect": the
+    #: sample then holds a time-reversed bolus before the real one; "edge" pads with baseline.
+    shift_pad: str = "reflect"
 
 
 class SlicedStudy(Protocol):
@@ -184,7 +189,8 @@ class SliceDataset(Dataset):
         p = self.draw(item, epoch) if self.augment.enabled and not padding else None
         if p is not None:
             if p["shift"]:
-                idx = torch.from_numpy(reflect_index(x.shape[0], p["shift"]))
+                pad = edge_index if self.augment.shift_pad == "edge" else reflect_index
+                idx = torch.from_numpy(pad(x.shape[0], p["shift"]))
                 x, bolus = x[idx], bolus[idx]
                 if "ttp" in self.maps:
                     k = self.maps.index("ttp")
@@ -215,6 +221,12 @@ class SliceDataset(Dataset):
             "bolus": bolus.float() / self.norm.input_scale,
             "count": torch.tensor(0.0 if padding else 1.0),
         }
+
+
+def edge_index(n: int, shift: int) -> np.ndarray:
+    """Source frame of each output frame when a series of ``n`` frames is delayed by ``shift``
+    frames (advanced when negative), repeating the first / last frame at the ends."""
+    return np.clip(np.arange(n) - shift, 0, n - 1)
 
 
 def thin_frames(x: torch.Tensor, k: int, phase: float = 0.0) -> torch.Tensor:

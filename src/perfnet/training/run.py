@@ -113,6 +113,7 @@ class TrainConfig:
     pixel_mm: float | None = None
     align_lead_s: float | None = 6.0
     shift: tuple[int, int] = (-5, 30)
+    shift_pad: str = "reflect"  # padding of shifted series: reflect | edge (training.dataset.Augmentation)
     flips: bool = True
     rotation_deg: float = 10.0
     noise: float = 0.5
@@ -152,6 +153,8 @@ class TrainConfig:
                 f"{', '.join(bad)}: not a trained map with a log transform ({', '.join(LOG_OFFSETS)})",
             )
         c.shift = (int(c.shift[0]), int(c.shift[1]))
+        if c.shift_pad not in ("reflect", "edge"):
+            raise PerfnetInputError("--shift-pad", f"must be reflect or edge, got {c.shift_pad!r}")
         if not c.thin or any(int(k) < 1 for k in c.thin):
             raise PerfnetInputError("--thin", "frame-thinning factors must be integers ≥ 1")
         c.thin = [int(k) for k in c.thin]
@@ -318,8 +321,12 @@ def _train(
     if resume and previous.is_file():
         old = json.loads(previous.read_text())
         mine = json.loads(json.dumps(asdict(cfg), default=str))
+        # a setting added after the run was planned counts as its default (an interrupted run
+        # resumes after an upgrade unless the setting was changed)
+        defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
+        planned = {k: defaults[k] for k in mine if k in defaults} | old.get("config", {})
         same = {k: v for k, v in mine.items() if k not in RESUMABLE}
-        if {k: v for k, v in old.get("config", {}).items() if k not in RESUMABLE} != same:
+        if {k: v for k, v in planned.items() if k not in RESUMABLE} != same:
             raise PerfnetInputError(previous, "a run with other settings exists here; choose another --out")
         plan["folds"] = old.get("folds", {})
         for key in ("cross_validation", "load_seconds"):
@@ -395,7 +402,13 @@ def _train_fold(
     if start is not None:
         start.adopt_normalisation(norm)
     augment = Augmentation(
-        cfg.shift, cfg.flips, cfg.rotation_deg, cfg.noise, enabled=True, thin=tuple(cfg.thin)
+        cfg.shift,
+        cfg.flips,
+        cfg.rotation_deg,
+        cfg.noise,
+        enabled=True,
+        thin=tuple(cfg.thin),
+        shift_pad=cfg.shift_pad,
     )
     train_ds = SliceDataset(
         train_set,
