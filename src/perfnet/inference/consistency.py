@@ -2,7 +2,7 @@
 
 The networks read a series on a time grid that starts ``align_lead_s`` before the detected bolus
 arrival (:mod:`perfnet.inference.inputs`) and were trained with their inputs shifted in time
-(−5…+30 frames, reflect-padded; :mod:`perfnet.training.dataset`). Where a network has learned
+(the bundled ones −3…+8 frames, reflect-padded; :mod:`perfnet.training.dataset`). Where a network has learned
 perfusion, shifting its input by a few seconds moves the bolus and the arteries together and leaves
 Tmax where it was. Where it has not (a study unlike its training data), its Tmax follows the grid
 instead of the bolus. On the generalisation benchmark's studies the networks whose hypoperfused

@@ -93,7 +93,9 @@ class Augmentation:
     #: how a shifted series is padded: "reflect" (time mirrored at the ends, Hess et al.) or "edge"
     #: (the first / last frame repeated). With the grid started 6 s before the arrival, a delay of
     #: more than 6 frames mirrors the bolus itself into the padded start under "reflect": the
-    #: sample then holds a time-reversed bolus before the real one; "edge" pads with baseline.
+    #: sample then holds a time-reversed bolus before the real one (2/3 of the draws of the default
+    #: shift range; 2 in 12, and only the rise's first frames, at the bundled recipes' -3..8);
+    #: "edge" pads with baseline.
     shift_pad: str = "reflect"
 
 
