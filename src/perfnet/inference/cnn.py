@@ -101,6 +101,12 @@ def _network(
     return values, uncert
 
 
+def _physical(values: np.ndarray, name: str, config: dict[str, Any]) -> np.ndarray:
+    """One map's standardised network output back in map units (before clipping)."""
+    mean, sd = np.float32(config["target_mean"][name]), np.float32(config["target_sd"][name])
+    return from_model(values * sd + mean, name, config.get("log_offsets", {}))
+
+
 def _shift_consistency(
     model: torch.nn.Module,
     config: dict[str, Any],
@@ -119,7 +125,6 @@ def _shift_consistency(
     from perfnet.lesions import voxel_volume_ml
 
     i = config["maps"].index("tmax")
-    mean, sd = float(config["target_mean"]["tmax"]), float(config["target_sd"]["tmax"])
     lo, hi = MAP_LIMITS.get("tmax", (-np.inf, np.inf))
     frames = round(SHIFT_S / float(config["frame_interval"]))
     shifted: dict[float, np.ndarray] = {}
@@ -127,8 +132,7 @@ def _shift_consistency(
         idx = reflect_index(inp.curves.shape[-1], -frames if later > 0 else frames)
         other = replace(inp, curves=inp.curves[..., idx], bolus=inp.bolus[idx])
         values, _ = _network(model, config, other, shape, size, dev, False, batch_slices)
-        t = from_model(values[i] * sd + mean, "tmax", config.get("log_offsets", {}))
-        shifted[later] = np.clip(t, lo, hi)
+        shifted[later] = np.clip(_physical(values[i], "tmax", config), lo, hi)
     return shift_consistency(tmax, shifted, inp.brain, voxel_volume_ml(prepared.series.affine))
 
 
@@ -177,21 +181,19 @@ def predict(
     if progress:
         progress("model input", 1.0)
     maps = config["maps"]
-    mean = np.array([config["target_mean"][m] for m in maps], dtype=np.float32)
-    sd = np.array([config["target_sd"][m] for m in maps], dtype=np.float32)
     nx, ny, nz = series.spatial_shape
     size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
     values, uncert = _network(model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress)
     out: dict[str, np.ndarray] = {}
     log_offsets = config.get("log_offsets", {})
     for i, name in enumerate(maps):
-        v = from_model(values[i] * sd[i] + mean[i], name, log_offsets)
+        v = _physical(values[i], name, config)
         if name == "ttp":  # the network's TTP is relative to the grid start
             v = v + inp.offset_s + prepared.offset_s
         lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
         out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
         if uncert is not None:
-            b = uncert[i] * sd[i]
+            b = uncert[i] * np.float32(config["target_sd"][name])
             if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
                 b = b * (v + float(log_offsets[name]))
             out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)

@@ -35,23 +35,20 @@ MIN_DICE = 0.7
 MIN_CHANGE_ML = 5.0
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else float(2 * int((a & b).sum()) / total)
-
-
 def shift_consistency(
     tmax: np.ndarray, shifted: dict[float, np.ndarray], brain: np.ndarray, voxel_ml: float
 ) -> dict[str, Any]:
     """For each shifted prediction (keyed by how many seconds later its grid starts than the main
     one's: −3, +3): the Dice between its Tmax > 6 s region and the main prediction's (inside
     ``brain``), their symmetric difference and its region's volume in mL; plus the main region's."""
+    from perfnet.evaluation.metrics import dice  # lazily: the evaluation package loads scipy.stats
+
     main = (tmax > TMAX_THRESHOLD_S) & brain
     rows = {}
     for shift, other in sorted(shifted.items()):
         region = (other > TMAX_THRESHOLD_S) & brain
         rows[f"{shift:+g}"] = {
-            "dice": round(_dice(main, region), 4),
+            "dice": round(dice(main, region), 4),
             "changed_ml": round(float((main ^ region).sum()) * voxel_ml, 2),
             "region_ml": round(float(region.sum()) * voxel_ml, 2),
         }

@@ -324,7 +324,7 @@ def _train(
         # a setting added after the run was planned counts as its default (an interrupted run
         # resumes after an upgrade unless the setting was changed)
         defaults = json.loads(json.dumps(asdict(TrainConfig()), default=str))
-        planned = {k: defaults[k] for k in mine if k in defaults} | old.get("config", {})
+        planned = defaults | old.get("config", {})
         same = {k: v for k, v in mine.items() if k not in RESUMABLE}
         if {k: v for k, v in planned.items() if k not in RESUMABLE} != same:
             raise PerfnetInputError(previous, "a run with other settings exists here; choose another --out")
