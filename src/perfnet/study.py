@@ -176,6 +176,7 @@ def analyze(
     brain_mask: MaskLike = None,
     aif_mask: MaskLike = None,
     vof_mask: MaskLike = None,
+    adc: str | Path | np.ndarray | None = None,
     lesion_preset: str = "rapid",
     tmax_threshold_s: float | None = None,
     core_relative_cbf: float | None = None,
@@ -188,6 +189,8 @@ def analyze(
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
 
     ``skip_frames``: non-steady-state leading frames to drop (None: detected; 0: keep all).
+    ``adc``: an ADC map (a NIfTI file of the same session, any grid, or an array on the series'
+    grid): the core is then read from diffusion (ADC < 620 × 10⁻⁶ mm²/s; :mod:`perfnet.lesions.adc`).
     Bad input raises :class:`perfnet.errors.PerfnetInputError` naming the file and the problem.
     The input's path is recorded in the provenance only with ``record_input_path`` (exports are
     often named after the patient)."""
@@ -231,6 +234,11 @@ def analyze(
             brain_mask=masks["brain_mask"],
             progress=progress,
         )
+        adc_map = None
+        if adc is not None:  # checked before the method's work: units, coverage, finite values
+            from perfnet.lesions.adc import load_adc
+
+            adc_map = load_adc(adc, series.affine, prepared.brain)
         maps, analysed, aif = spec.run(
             series,
             weights=weights,
@@ -247,7 +255,7 @@ def analyze(
         )
         from perfnet.lesions import segment_map_set
 
-        lesions = segment_map_set(maps, analysed, settings) | {"preset": lesion_preset}
+        lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
     provenance = maps.provenance
     if not record_input_path:  # exports are often named after the patient
         provenance.get("input", {}).pop("source", None)

@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Gaussian σ in s (0: off)",
     )
     p.add_argument("--brain-mask", type=Path, metavar="FILE", help="NIfTI brain mask on the series grid")
+    p.add_argument(
+        "--adc",
+        type=Path,
+        metavar="FILE",
+        help="ADC map (NIfTI, same session, any grid; units read from its values): the core from"
+        " diffusion, ADC < 620e-6 mm2/s, instead of rCBF",
+    )
     p.add_argument("--aif-mask", type=Path, metavar="FILE", help="NIfTI mask of arterial voxels")
     p.add_argument("--vof-mask", type=Path, metavar="FILE", help="NIfTI mask of venous (sinus) voxels")
     p.add_argument(

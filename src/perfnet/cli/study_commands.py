@@ -77,7 +77,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         args.input, args.out, args.method, args.bids, args.subject, args.session
     )
     formats = ["nifti", *([] if args.no_report else ["report"]), *(["dicom"] if args.dicom else [])]
-    protect = [args.input, *(getattr(args, m) for m in ("brain_mask", "aif_mask", "vof_mask", "weights"))]
+    inputs = ("brain_mask", "aif_mask", "vof_mask", "adc", "weights")
+    protect = [args.input, *(getattr(args, m) for m in inputs)]
     with OutputFolder(
         destination, overwrite=args.overwrite, command="analyze", protect=protect, keep=keep
     ) as output:
@@ -97,6 +98,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             brain_mask=args.brain_mask,
             aif_mask=args.aif_mask,
             vof_mask=args.vof_mask,
+            adc=args.adc,
             lesion_preset=args.lesion_preset,
             tmax_threshold_s=args.tmax_threshold,
             core_relative_cbf=args.core_threshold,
@@ -126,8 +128,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _print_lesions(lesions: dict[str, Any]) -> None:
     v = lesions["volumes_ml"]
     ratio = lesions["mismatch_ratio"]
+    source = " (ADC)" if lesions.get("core_source") == "adc" else ""
     print(
-        f"core {v['core']:.1f} mL, hypoperfused {v['hypoperfused']:.1f} mL, penumbra {v['penumbra']:.1f} mL,"
+        f"core {v['core']:.1f} mL{source}, hypoperfused {v['hypoperfused']:.1f} mL,"
+        f" penumbra {v['penumbra']:.1f} mL,"
         f" mismatch ratio {'∞' if ratio is None else f'{ratio:.2f}'}; DEFUSE-3 target mismatch:"
         f" {'yes' if lesions['defuse3']['target_mismatch'] else 'no'}"
     )

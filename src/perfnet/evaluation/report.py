@@ -294,6 +294,13 @@ def write_report(
     tmax_thr = lesions["settings"]["tmax_threshold_s"]
     core_pct = 100 * lesions["settings"]["core_relative_cbf"]
     calibrated = lesions["settings"].get("cbf_calibration", 1.0) != 1.0
+    core_text = (
+        f"core threshold: CBF &lt; {core_pct:.0f} % of {lesions['reference_cbf']:.1f}"
+        f" ({html.escape(lesions['settings']['reference'])} reference)"
+    )
+    if lesions.get("core_source") == "adc":
+        core_text = "core from the ADC map (diffusion), not from perfusion"
+        calibrated = True  # state the rule as applied
     core_note = f" Core rule as applied: {html.escape(lesions.get('core_rule', ''))}." if calibrated else ""
     prov_text = html.escape(json.dumps(provenance, indent=1, default=str)[:200_000])
     body = f"""<!DOCTYPE html>
@@ -310,8 +317,7 @@ def write_report(
 <p>DEFUSE-3 target mismatch: {yes if flags["target_mismatch"] else no} — core &lt; 70 mL:
 {yes if flags["core_below_70ml"] else no}, ratio ≥ 1.8: {yes if flags["mismatch_ratio_at_least_1_8"] else no},
 mismatch ≥ 15 mL: {yes if flags["mismatch_at_least_15ml"] else no}. Affected side:
-{html.escape(str(lesions.get("affected_side")))}; core threshold: CBF &lt; {core_pct:.0f} %
-of {lesions["reference_cbf"]:.1f} ({html.escape(lesions["settings"]["reference"])} reference).{core_note}</p>
+{html.escape(str(lesions.get("affected_side")))}; {core_text}.{core_note}</p>
 {_profile_table(lesions)}
 {section["lesions"]}
 <h2>Perfusion maps</h2>

@@ -379,7 +379,9 @@ def summary_page(
     lines = [
         f"perfnet {__version__} — {method} — research use, not a medical device",
         "",
-        f"CBF < {core_pct:.0f}% volume (core):       {v['core']:7.1f} mL",
+        f"CBF < {core_pct:.0f}% volume (core):       {v['core']:7.1f} mL"
+        if lesions.get("core_source") != "adc"
+        else f"ADC < 620 volume (core):         {v['core']:7.1f} mL",
         f"Tmax > {thr:g} s volume (hypoperfused): {v['hypoperfused']:7.1f} mL",
         f"Mismatch volume:                 {v['mismatch']:7.1f} mL",
         f"Mismatch ratio:                  {'infinite' if ratio is None else f'{ratio:7.2f}'}",

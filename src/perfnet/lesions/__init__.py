@@ -8,6 +8,10 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
   brain mask: the in-plane principal axis through its centroid); ``brain``: the median over all
   non-hypoperfused brain; ``tmax4``: the median over brain tissue with Tmax < 4 s;
 - penumbra = hypoperfused − core;
+- with an ADC map (``perfnet analyze --adc FILE``, :mod:`perfnet.lesions.adc`) the core is the
+  diffusion core instead, ADC < 620 × 10⁻⁶ mm²/s (RAPID / DEFUSE 3; not limited to the
+  hypoperfused tissue), as stroke teams read an MR study; penumbra = hypoperfused − core, and the
+  mismatch volume = hypoperfused − core volumes;
 - a method whose CBF reads low-flow tissue too high carries a calibration factor
   (``LesionSettings.cbf_calibration``, recorded in lesions.json): every core threshold is multiplied
   by it, so "rCBF < 30 %" means "< 30 % of the reference as this method measures a true 30 %". The
@@ -40,6 +44,7 @@ from scipy import ndimage
 
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
+from perfnet.lesions.adc import ADC_CORE_MM2_S, AdcMap, load_adc
 
 REFERENCES = ("contralateral", "brain", "tmax4")
 DEFUSE3 = {"core_max_ml": 70.0, "ratio_min": 1.8, "mismatch_min_ml": 15.0}
@@ -51,7 +56,8 @@ PROFILE_DEFINITIONS = {
     "(Olivot et al., Stroke 2014; ≥ 0.4: poor collaterals)",
     "rcbv_hypoperfused": "mean CBV of the hypoperfused region / median CBV of the reference region "
     "(Arenillas et al., Stroke 2018)",
-    "core_volumes_ml": "hypoperfused volume with CBF below each fraction of the reference CBF (30 %: RAPID)",
+    "core_volumes_ml": "hypoperfused volume with CBF below each fraction of the reference CBF (30 %: RAPID;"
+    " from perfusion also when the core is taken from an ADC map)",
 }
 
 
@@ -67,6 +73,8 @@ class LesionSettings:
     min_island_ml: float = 0.2
     #: core thresholds × this factor (module docstring); 1: the rule as written
     cbf_calibration: float = 1.0
+    #: the core from diffusion, ADC below this (mm²/s), instead of rCBF; None: no ADC map given
+    adc_core_mm2_s: float | None = None
 
     @property
     def core_fraction(self) -> float:
@@ -84,6 +92,8 @@ class LesionSettings:
             raise PerfnetInputError("--core-threshold", "relative CBF must be in (0, 1)")
         if not 0.5 <= self.cbf_calibration <= 3.0:
             raise PerfnetInputError(None, f"core CBF calibration {self.cbf_calibration} outside [0.5, 3]")
+        if self.adc_core_mm2_s is not None and not 200e-6 <= self.adc_core_mm2_s <= 1000e-6:
+            raise PerfnetInputError(None, f"ADC core threshold {self.adc_core_mm2_s} mm²/s outside 2–10e-4")
         return self
 
 
@@ -184,12 +194,14 @@ def segment_lesions(
     settings: LesionSettings | None = None,
     exclude: np.ndarray | None = None,
     cbv: np.ndarray | None = None,
+    adc: np.ndarray | None = None,
 ) -> LesionResult:
     """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps, and the
     profile of the module docstring (rCBV only with ``cbv``).
 
     ``exclude`` (e.g. CSF) is left out of the lesions and of the reference; the midline is still
-    taken from the whole brain mask."""
+    taken from the whole brain mask. ``adc`` (mm²/s on the maps' grid, NaN where unknown; needs
+    ``settings.adc_core_mm2_s``): the core is the diffusion core (module docstring)."""
     settings = (settings or PRESETS["rapid"]).check()
     brain = np.asarray(brain, dtype=bool)
     whole_brain = brain
@@ -219,8 +231,14 @@ def segment_lesions(
     if pool.sum() < 10:
         pool = healthy if healthy.sum() >= 10 else brain
     reference = float(np.median(cbf[pool])) if pool.any() else 0.0
-    raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
-    core = clean_mask(raw_core, voxel_size, settings) & hypo
+    if settings.adc_core_mm2_s is not None:
+        if adc is None or adc.shape != brain.shape:
+            raise PerfnetInputError("--adc", "an ADC map on the maps' grid is needed for an ADC core")
+        raw_core = brain & (np.nan_to_num(adc, nan=np.inf) < settings.adc_core_mm2_s)
+        core = clean_mask(raw_core, voxel_size, settings) & brain
+    else:
+        raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
+        core = clean_mask(raw_core, voxel_size, settings) & hypo
     penumbra = hypo & ~core
 
     voxel_ml = voxel_volume_ml(affine)
@@ -262,7 +280,8 @@ def segment_lesions(
         volumes_ml={
             "core": core_ml,
             "hypoperfused": hypo_ml,
-            "penumbra": mismatch_ml,
+            # the mismatch volume while the core lies within the hypoperfused tissue (the rCBF core)
+            "penumbra": mismatch_ml if settings.adc_core_mm2_s is None else float(penumbra.sum() * voxel_ml),
             "mismatch": mismatch_ml,
         },
         mismatch_ratio=ratio,
@@ -274,16 +293,21 @@ def segment_lesions(
     )
 
 
-def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: LesionSettings) -> dict[str, Any]:
+def segment_map_set(
+    maps: PerfusionMaps, series: PerfusionSeries, settings: LesionSettings, adc: AdcMap | None = None
+) -> dict[str, Any]:
     """Lesions of an analysis: CSF of ``series`` (the maps' source) left out, the three masks added
     to ``maps.masks``; returns the content of lesions.json. Maps whose provenance carries a
     ``core_calibration`` (a CNN's, from its weights) have its factor applied to the core thresholds,
-    and lesions.json says so (``core_rule``)."""
+    and lesions.json says so (``core_rule``). ``adc`` (:func:`perfnet.lesions.adc.load_adc`): the
+    core from diffusion (lesions.json ``core_source``, ``adc``)."""
     from perfnet.preprocess.mask import csf_mask
 
     calibration = maps.provenance.get("core_calibration") or {}
     if calibration.get("factor"):
         settings = replace(settings, cbf_calibration=float(calibration["factor"])).check()
+    if adc is not None and settings.adc_core_mm2_s is None:
+        settings = replace(settings, adc_core_mm2_s=ADC_CORE_MM2_S).check()
 
     csf = csf_mask(series, maps.brain_mask)
     result = segment_lesions(
@@ -294,6 +318,7 @@ def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: Lesi
         settings,
         exclude=csf,
         cbv=maps.maps.get("cbv"),
+        adc=None if adc is None else adc.values,
     )
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
     csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
@@ -301,11 +326,15 @@ def segment_map_set(maps: PerfusionMaps, series: PerfusionSeries, settings: Lesi
         "method": maps.method,
         "excluded_csf_ml": csf_ml,
         "core_rule": core_rule(settings, calibration),
+        "core_source": "adc" if adc is not None else "perfusion",
+        **({"adc": adc.to_json(settings.adc_core_mm2_s or ADC_CORE_MM2_S)} if adc is not None else {}),
     }
 
 
 def core_rule(settings: LesionSettings, calibration: dict[str, Any] | None = None) -> str:
     """The core rule as applied, in words (lesions.json ``core_rule``, the report)."""
+    if settings.adc_core_mm2_s is not None:
+        return f"ADC < {1e6 * settings.adc_core_mm2_s:g} × 10⁻⁶ mm²/s (diffusion core, from the ADC map)"
     rule = f"hypoperfused and CBF < {100 * settings.core_relative_cbf:g} % of the reference"
     if settings.cbf_calibration == 1.0:
         return rule
@@ -317,17 +346,20 @@ def core_rule(settings: LesionSettings, calibration: dict[str, Any] | None = Non
 
 
 __all__ = [
+    "ADC_CORE_MM2_S",
     "CORE_PROFILE",
     "DEFUSE3",
     "PRESETS",
     "PROFILE_DEFINITIONS",
     "REFERENCES",
     "TMAX_PROFILE_S",
+    "AdcMap",
     "LesionResult",
     "LesionSettings",
     "clean_mask",
     "core_rule",
     "hemisphere_sides",
+    "load_adc",
     "segment_lesions",
     "segment_map_set",
     "voxel_volume_ml",
