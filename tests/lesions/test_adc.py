@@ -147,12 +147,13 @@ def test_analyze_dsc_with_adc_takes_the_core_from_diffusion(
     nib.save(nib.Nifti1Image(adc, fine), str(adc_path))
 
     out = tmp_path / "out"
-    code = main(["analyze", str(series_path), "--out", str(out), "--adc", str(adc_path), "--no-report"])
+    code = main(["analyze", str(series_path), "--out", str(out), "--adc", str(adc_path), "--dicom"])
     printed = capsys.readouterr().out
     assert code == 0 and " mL (ADC)" in printed
     lesions = json.loads((out / "lesions.json").read_text())
     assert lesions["core_source"] == "adc" and lesions["adc"]["units_in_file"] == "1e-6 mm2/s"
     assert "ADC < 620" in lesions["core_rule"] and lesions["settings"]["adc_core_mm2_s"] == ADC_CORE_MM2_S
+    assert "core from the ADC map (diffusion)" in (out / "report.html").read_text()
     core = np.asarray(nib.load(out / "core.nii.gz").dataobj) > 0
     truth_core = truth.masks["core"] & truth.masks["brain"]
     assert truth_core.sum() * lesions["adc"]["brain_coverage"] > 0
