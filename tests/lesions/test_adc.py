@@ -154,10 +154,19 @@ def test_analyze_dsc_with_adc_takes_the_core_from_diffusion(
     assert lesions["core_source"] == "adc" and lesions["adc"]["units_in_file"] == "1e-6 mm2/s"
     assert "ADC < 620" in lesions["core_rule"] and lesions["settings"]["adc_core_mm2_s"] == ADC_CORE_MM2_S
     assert "core from the ADC map (diffusion)" in (out / "report.html").read_text()
+    assert "core_note" not in lesions  # the note that a DSC core from rCBF is only a proxy
     core = np.asarray(nib.load(out / "core.nii.gz").dataobj) > 0
     truth_core = truth.masks["core"] & truth.masks["brain"]
     assert truth_core.sum() * lesions["adc"]["brain_coverage"] > 0
     assert _dice(core, truth_core) > 0.85, (int(core.sum()), int(truth_core.sum()))
+
+    # without the ADC map the core is the perfusion proxy, and lesions.json and the report say so
+    out3 = tmp_path / "out3"
+    assert main(["analyze", str(series_path), "--out", str(out3)]) == 0
+    capsys.readouterr()
+    plain = json.loads((out3 / "lesions.json").read_text())
+    assert plain["core_source"] == "perfusion" and "--adc" in plain["core_note"]
+    assert "perfusion proxy" in (out3 / "report.html").read_text()
 
     bad = tmp_path / "bad.nii.gz"
     nib.save(nib.Nifti1Image(np.full(adc.shape, 0.3, np.float32), fine), str(bad))

@@ -302,6 +302,8 @@ def write_report(
         core_text = "core from the ADC map (diffusion), not from perfusion"
         calibrated = True  # state the rule as applied
     core_note = f" Core rule as applied: {html.escape(lesions.get('core_rule', ''))}." if calibrated else ""
+    if lesions.get("core_note"):
+        core_note += f" Note: {html.escape(lesions['core_note'])}."
     prov_text = html.escape(json.dumps(provenance, indent=1, default=str)[:200_000])
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>perfnet report: {method}</title>

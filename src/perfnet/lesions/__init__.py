@@ -293,6 +293,13 @@ def segment_lesions(
     )
 
 
+#: lesions.json's note on a DSC study analysed without an ADC map (the report shows it).
+MR_PERFUSION_CORE_NOTE = (
+    "DSC-MRI core from rCBF < 30 % is a perfusion proxy (DSC CBF is relative); the clinical MR core"
+    " is the diffusion core: give the study's ADC map (--adc)"
+)
+
+
 def segment_map_set(
     maps: PerfusionMaps, series: PerfusionSeries, settings: LesionSettings, adc: AdcMap | None = None
 ) -> dict[str, Any]:
@@ -327,6 +334,7 @@ def segment_map_set(
         "excluded_csf_ml": csf_ml,
         "core_rule": core_rule(settings, calibration),
         "core_source": "adc" if adc is not None else "perfusion",
+        **({"core_note": MR_PERFUSION_CORE_NOTE} if adc is None and series.modality == "MR" else {}),
         **({"adc": adc.to_json(settings.adc_core_mm2_s or ADC_CORE_MM2_S)} if adc is not None else {}),
     }
 
