@@ -129,7 +129,13 @@ def write_series(
 
 
 def write_volume_series(
-    folder: Path, data: np.ndarray, affine: np.ndarray, times: np.ndarray, modality: str = "CT"
+    folder: Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    times: np.ndarray,
+    modality: str = "CT",
+    description: str = "CTP synthetic",
+    prefix: str = "im",
 ) -> list[Path]:
     """A 4D array (X, Y, Z, T) on a NIfTI (RAS) affine as a classic single-frame DICOM series
     (one file per slice and frame, AcquisitionTime per frame), with the fake patient identity."""
@@ -139,7 +145,7 @@ def write_volume_series(
     orientation = [*(lps[:3, 0] / spacing[0]), *(lps[:3, 1] / spacing[1])]
     uid = generate_uid()
     paths = []
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for k in range(nz):
         origin = lps @ np.array([0, 0, k, 1.0])
         for t in range(nt):
@@ -156,11 +162,12 @@ def write_volume_series(
                 "AcquisitionTime": tm(seconds),
                 "InstanceNumber": t * nz + k + 1,
                 "FrameOfReferenceUID": "1.2.3.4.5",
+                "SeriesDescription": description,
             }
             ds = base_dataset(CT_IMAGE if modality == "CT" else MR_IMAGE, modality, uid, **tags)
             ds.PixelRepresentation = 1
             ds.PixelData = np.rint(data[:, :, k, t].T).astype(np.int16).tobytes()
-            path = folder / f"im{k:02d}_{t:03d}.dcm"
+            path = folder / f"{prefix}{k:02d}_{t:03d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths

@@ -175,3 +175,28 @@ def test_analyze_dsc_with_adc_takes_the_core_from_diffusion(
     err = capsys.readouterr().err
     assert code == 2 and not out2.exists()
     assert err.count("\n") == 1 and "bad.nii.gz" in err and "ADC" in err
+
+
+def test_adc_from_a_dicom_folder_beside_other_series(tmp_path: Path) -> None:
+    """A DICOM folder holding a b0 and an ADC series (scanner integers in 10⁻⁶ mm²/s): the ADC
+    series is found by its description and gives the core; ambiguous folders are refused."""
+    from dicom_factory import write_volume_series
+
+    data, affine = _adc_image()
+    folder = tmp_path / "dwi"
+    write_volume_series(folder, data[..., None], affine, np.zeros(1), "MR", "ep2d_diff ADC", "adc")
+    write_volume_series(folder, np.full_like(data, 400.0)[..., None], affine, np.zeros(1), "MR", "b0", "b0")
+    brain = _brain()
+    adc = load_adc(folder, GRID, brain)
+    assert adc.units == "1e-6 mm2/s"
+    assert _dice(adc.core() & brain, _truth_core() & brain) > 0.93
+
+    both = tmp_path / "two-unnamed"
+    write_volume_series(both, data[..., None], affine, np.zeros(1), "MR", "diffusion map", "a")
+    write_volume_series(both, data[..., None], affine, np.zeros(1), "MR", "trace", "b")
+    with pytest.raises(PerfnetInputError, match="none is named ADC"):
+        load_adc(both, GRID, brain)
+    several = tmp_path / "b-values"
+    write_volume_series(several, np.stack([data, data], -1), affine, np.arange(2.0), "MR", "ADC", "c")
+    with pytest.raises(PerfnetInputError, match="2 images at one slice position"):
+        load_adc(several, GRID, brain)

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adc",
         type=Path,
         metavar="FILE",
-        help="ADC map (NIfTI, same session, any grid; units read from its values): the core from"
+        help="ADC map (NIfTI or DICOM, same session, any grid; units read from its values): the core from"
         " diffusion, ADC < 620e-6 mm2/s, instead of rCBF",
     )
     p.add_argument("--aif-mask", type=Path, metavar="FILE", help="NIfTI mask of arterial voxels")

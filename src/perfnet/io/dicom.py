@@ -35,7 +35,7 @@ from perfnet.io.dicom_image import (
 from perfnet.io.dicom_time import order_frames
 from perfnet.io.types import PerfusionSeries
 
-__all__ = ["load_dicom_series", "read_dicom_image"]
+__all__ = ["load_dicom_series", "load_dicom_volume", "read_dicom_image"]
 
 _AXIAL = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -142,6 +142,106 @@ def _choose_series(
     return images
 
 
+def _lps_affine(
+    images: list[DicomImage],
+    iop: np.ndarray,
+    normal: np.ndarray,
+    positions: np.ndarray,
+    labels: np.ndarray,
+    centers: np.ndarray,
+    origin: np.ndarray,
+    notes: list[str],
+) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """The voxel → LPS affine of images grouped into slices (``labels``, slice ``centers`` along the
+    normal), its first voxel at ``origin``; slice and pixel spacing; irregularities noted."""
+    n_slices = centers.size
+    if n_slices > 1:
+        steps = np.diff(centers)
+        slice_spacing = float(np.median(steps))
+        if np.ptp(steps) > 0.1 * slice_spacing:
+            notes.append(f"irregular slice spacing {steps.min():.3g}..{steps.max():.3g} mm")
+        first_pos = positions[labels == 0].mean(axis=0)
+        step = (positions[labels == n_slices - 1].mean(axis=0) - first_pos) / (n_slices - 1)
+        if np.linalg.norm(step - normal * (step @ normal)) > 0.1 * slice_spacing:
+            notes.append("slices are sheared (gantry tilt?); the affine ignores the shear")
+    else:
+        slice_spacing = next((im.slice_hint for im in images if im.slice_hint), None) or 1.0
+    pixel_spacing = next((im.pixel_spacing for im in images if im.pixel_spacing), None)
+    if pixel_spacing is None:
+        notes.append("PixelSpacing missing: 1 mm assumed")
+        pixel_spacing = (1.0, 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * pixel_spacing[1]  # along a row: column index i, spacing between columns
+    lps[:3, 1] = iop[3:] * pixel_spacing[0]  # down a column: row index j, spacing between rows
+    lps[:3, 2] = normal * slice_spacing
+    lps[:3, 3] = origin
+    return lps, slice_spacing, pixel_spacing
+
+
+def _named_series(path: Path, headers: list[tuple[Path, Dataset]], name: str) -> list[DicomImage]:
+    """The images of the one series whose SeriesDescription or ImageType holds ``name`` (any case),
+    or of the only series; a one-line error when none or several do."""
+    by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for file, ds in headers:
+        by_uid[str(ds.get("SeriesInstanceUID", ""))].append((file, ds))
+
+    def label(ds: Dataset) -> str:
+        kinds = ds.get("ImageType") or []
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        return " ".join([one_line(ds.get("SeriesDescription", "")), *map(str, kinds)])
+
+    if len(by_uid) == 1:
+        chosen = next(iter(by_uid.values()))
+    else:
+        named = [m for m in by_uid.values() if name.lower() in label(m[0][1]).lower()]
+        if len(named) != 1:
+            found = ", ".join(
+                repr(one_line(m[0][1].get("SeriesDescription", "")) or "?") for m in by_uid.values()
+            )
+            how = "none is" if not named else f"{len(named)} are"
+            raise PerfnetInputError(path, f"{len(by_uid)} series ({found}); {how} named {name}")
+        chosen = named[0]
+    return [im for file, ds in chosen for im in images_from_header(file, ds)]
+
+
+def load_dicom_volume(path: str | Path, name: str = "ADC") -> tuple[np.ndarray, np.ndarray]:
+    """A 3D map (an ADC map) from a DICOM folder or file: (data (X, Y, Z) float32 with rescale
+    applied, RAS affine). In a folder of several series, the one whose SeriesDescription or
+    ImageType holds ``name``; one image per slice position (a DWI with several b-values or a
+    series with several frames is refused)."""
+    path = Path(path)
+    if not path.exists():
+        raise PerfnetInputError(path, "no such file or folder")
+    headers, _ = collect_headers(path)
+    images = _named_series(path, headers, name)
+    sizes = Counter((im.rows, im.cols) for im in images)
+    if len(sizes) > 1:
+        raise PerfnetInputError(path, f"images of several sizes {sorted(sizes)}")
+    rows, cols = next(iter(sizes))
+    notes: list[str] = []
+    iop, normal, positions = _geometry(path, images, notes)
+    d = positions @ normal
+    labels = _cluster_positions(d)
+    counts = np.bincount(labels)
+    if counts.max() > 1:
+        raise PerfnetInputError(
+            path, f"{counts.max()} images at one slice position: not one 3D map (several b-values or frames?)"
+        )
+    order = np.argsort(d)
+    centers = d[order]
+    data = np.empty((cols, rows, centers.size), dtype=np.float32)
+    for index, im in enumerate(images):
+        stored, _ = read_pixels(im.path)
+        frame = (stored[None] if stored.ndim == 2 else stored)[im.frame or 0]
+        if frame.shape != (rows, cols):
+            raise PerfnetInputError(im.path, f"pixel data are {frame.shape}, header says {rows}×{cols}")
+        data[:, :, labels[index]] = scale_image(im.path, frame, im.slope, im.intercept).T
+    lps, _, _ = _lps_affine(images, iop, normal, positions, labels, centers, positions[order[0]], notes)
+    if notes:
+        warnings.warn(f"{path}: {'; '.join(notes)}", UserWarning, stacklevel=2)
+    return data, _LPS_TO_RAS @ lps
+
+
 def load_dicom_series(
     path: str | Path,
     modality: str | None = None,
@@ -223,26 +323,9 @@ def load_dicom_series(
             k, t = slots[index]
             data[:, :, k, t] = scale_image(file, frame, im.slope, im.intercept).T
 
-    if n_slices > 1:
-        steps = np.diff(centers)
-        slice_spacing = float(np.median(steps))
-        if np.ptp(steps) > 0.1 * slice_spacing:
-            notes.append(f"irregular slice spacing {steps.min():.3g}..{steps.max():.3g} mm")
-        first_pos = positions[labels == 0].mean(axis=0)
-        step = (positions[labels == n_slices - 1].mean(axis=0) - first_pos) / (n_slices - 1)
-        if np.linalg.norm(step - normal * (step @ normal)) > 0.1 * slice_spacing:
-            notes.append("slices are sheared (gantry tilt?); the affine ignores the shear")
-    else:
-        slice_spacing = next((im.slice_hint for im in images if im.slice_hint), None) or 1.0
-    pixel_spacing = next((im.pixel_spacing for im in images if im.pixel_spacing), None)
-    if pixel_spacing is None:
-        notes.append("PixelSpacing missing: 1 mm assumed")
-        pixel_spacing = (1.0, 1.0)
-    lps = np.eye(4)
-    lps[:3, 0] = iop[:3] * pixel_spacing[1]  # along a row: column index i, spacing between columns
-    lps[:3, 1] = iop[3:] * pixel_spacing[0]  # down a column: row index j, spacing between rows
-    lps[:3, 2] = normal * slice_spacing
-    lps[:3, 3] = positions[order[0, 0]]
+    lps, slice_spacing, pixel_spacing = _lps_affine(
+        images, iop, normal, positions, labels, centers, positions[order[0, 0]], notes
+    )
     if notes:
         warnings.warn(f"{path}: {'; '.join(notes)}", UserWarning, stacklevel=2)
 

@@ -7,8 +7,9 @@ scale rests on the AIF's partial volume), so an "rCBF < 30 %" core from it is a 
 ADC map perfnet takes the core from diffusion and the mismatch between the two, as stroke teams
 read an MR study.
 
-The ADC map is a 3D NIfTI of the same session, in the scanner's frame of reference (its affine),
-at any resolution: it is resampled onto the perfusion grid by its affine (trilinear; no
+The ADC map is a 3D NIfTI or DICOM series (a folder: the series whose SeriesDescription or
+ImageType says ADC, or its only series) of the same session, in the scanner's frame of reference
+(its affine), at any resolution: it is resampled onto the perfusion grid by its affine (trilinear; no
 registration: DWI and PWI of one session share the frame of reference, and a patient who moved
 between them needs the ADC registered first). Units are read from the values, as scanners store
 them in 10⁻⁶ mm²/s (e.g. 800 in white matter) and toolkits in 10⁻³ mm²/s (0.8) or mm²/s
@@ -93,8 +94,14 @@ def load_adc(
             raise PerfnetInputError(source, f"expected a 3D ADC map, got {data.ndim}D {data.shape}")
     else:
         from perfnet.io import load_map
+        from perfnet.io.nifti import is_nifti
 
-        data, affine = load_map(path)
+        if Path(path).is_file() and is_nifti(path):
+            data, affine = load_map(path)
+        else:  # a DICOM folder (its ADC series) or file
+            from perfnet.io.dicom import load_dicom_volume
+
+            data, affine = load_dicom_volume(path, "ADC")
         source = str(path)
     bad = int((~np.isfinite(data)).sum())
     if bad:
