@@ -162,7 +162,7 @@ def analyze(
     study: str | Path | PerfusionSeries,
     method: str | None = None,
     *,
-    weights: str | Path | None = None,
+    weights: str | Path | Sequence[str | Path] | None = None,
     modality: str | None = None,
     frame_interval: float | None = None,
     echo_time: float | None = None,

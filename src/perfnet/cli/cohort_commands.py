@@ -90,8 +90,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
     part = parse_part(args.part)
     options = ["--no-report"] if args.no_report else []
-    if args.weights is not None:
-        options += ["--weights", str(Path(args.weights).absolute())]
+    for weights in args.weights or []:
+        options += ["--weights", str(Path(weights).absolute())]
     if args.dicom:
         options += ["--dicom"]
     progress = _cohort_progress()

@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"deconvolution method, or cnn (model-free; default {DEFAULT_METHOD}: best on the phantom)",
     )
     p.add_argument(
-        "--weights", type=Path, metavar="FILE", help="CNN weights (default: the bundled ones of the modality)"
+        "--weights",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="CNN weights (default: the bundled ones of the modality); repeated: an ensemble (maps averaged)",
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
@@ -253,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="derivatives folder (e.g. ROOT/derivatives/perfnet)"
     )
     p.add_argument("--method", choices=method_names(), default=DEFAULT_METHOD)
-    p.add_argument("--weights", type=Path, metavar="FILE", help="CNN weights (--method cnn)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="CNN weights (--method cnn; repeated: ensemble)",
+    )
     p.add_argument("--jobs", type=positive_int, default=1, help="studies analysed at once on this machine")
     p.add_argument("--threads", type=positive_int, help="threads per study (default: cores / jobs)")
     p.add_argument(

@@ -72,13 +72,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         if args.method != "cnn":
             raise PerfnetInputError("--weights", "only --method cnn takes weights")
-        load_weights(args.weights)  # a missing, corrupt or foreign file is refused before any work
+        for weights in args.weights:  # a missing, corrupt or foreign file is refused before any work
+            load_weights(weights)
     destination, keep, layout = bids.destination(
         args.input, args.out, args.method, args.bids, args.subject, args.session
     )
     formats = ["nifti", *([] if args.no_report else ["report"]), *(["dicom"] if args.dicom else [])]
-    inputs = ("brain_mask", "aif_mask", "vof_mask", "adc", "weights")
-    protect = [args.input, *(getattr(args, m) for m in inputs)]
+    inputs = ("brain_mask", "aif_mask", "vof_mask", "adc")
+    protect = [args.input, *(getattr(args, m) for m in inputs), *(args.weights or [])]
     with OutputFolder(
         destination, overwrite=args.overwrite, command="analyze", protect=protect, keep=keep
     ) as output:

@@ -8,7 +8,7 @@ count and frame timing (the series is resampled to the model's time grid, see
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,23 +107,19 @@ def _physical(values: np.ndarray, name: str, config: dict[str, Any]) -> np.ndarr
     return from_model(values * sd + mean, name, config.get("log_offsets", {}))
 
 
-def _shift_consistency(
+def _shifted_tmax(
     model: torch.nn.Module,
     config: dict[str, Any],
-    prepared: Preprocessed,
     inp: ModelInput,
-    tmax: np.ndarray,
     shape: tuple[int, int, int],
     size: tuple[int, int],
     dev: torch.device,
     batch_slices: int,
-) -> dict[str, Any]:
+) -> dict[float, np.ndarray]:
     """Tmax predicted again from the model input delayed and advanced by
     :data:`~perfnet.inference.consistency.SHIFT_S` (the grid started that much earlier / later;
-    reflect-padded at the ends, as the networks' shift augmentation pads; one view each) and
-    compared with ``tmax``."""
-    from perfnet.lesions import voxel_volume_ml
-
+    reflect-padded at the ends, as the networks' shift augmentation pads; one view each), keyed by
+    how many seconds later the grid starts."""
     i = config["maps"].index("tmax")
     lo, hi = MAP_LIMITS.get("tmax", (-np.inf, np.inf))
     frames = round(SHIFT_S / float(config["frame_interval"]))
@@ -133,12 +129,106 @@ def _shift_consistency(
         other = replace(inp, curves=inp.curves[..., idx], bolus=inp.bolus[idx])
         values, _ = _network(model, config, other, shape, size, dev, False, batch_slices)
         shifted[later] = np.clip(_physical(values[i], "tmax", config), lo, hi)
-    return shift_consistency(tmax, shifted, inp.brain, voxel_volume_ml(prepared.series.affine))
+    return shifted
+
+
+def _member_maps(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    prepared: Preprocessed,
+    flips: bool,
+    batch_slices: int,
+    dev: torch.device,
+    progress: Progress | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], ModelInput, tuple[int, int]]:
+    """One network's maps and Laplace scales (map units; before masking) and its model input."""
+    series = prepared.series
+    if progress:
+        progress("model input", 0.0)
+    inp: ModelInput = input_of(prepared, config)
+    if progress:
+        progress("model input", 1.0)
+    nx, ny, nz = series.spatial_shape
+    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
+    values, uncert = _network(model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress)
+    maps: dict[str, np.ndarray] = {}
+    scales: dict[str, np.ndarray] = {}
+    log_offsets = config.get("log_offsets", {})
+    for i, name in enumerate(config["maps"]):
+        v = _physical(values[i], name, config)
+        if name == "ttp":  # the network's TTP is relative to the grid start
+            v = v + inp.offset_s + prepared.offset_s
+        lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
+        maps[name] = np.clip(v, lo, hi)
+        if uncert is not None:
+            b = uncert[i] * np.float32(config["target_sd"][name])
+            if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
+                b = b * (v + float(log_offsets[name]))
+            scales[name] = b
+    return maps, scales, inp, size
+
+
+def _combine(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The members' maps averaged (one member: its maps)."""
+    if len(members) == 1:
+        return members[0]
+    return {k: np.mean([m[k] for m in members], axis=0, dtype=np.float32) for k in members[0]}
+
+
+def _combine_scales(
+    scales: list[dict[str, np.ndarray]], maps: list[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The Laplace scale of the members' mixture: variance 2b² = the members' mean 2b_i² plus the
+    spread of their means (one member: its scales; none where a member has none)."""
+    if len(scales) == 1 or not all(scales):
+        return scales[0] if len(scales) == 1 else {}
+    out = {}
+    for k in scales[0]:
+        b2 = np.mean([sc[k].astype(np.float64) ** 2 for sc in scales], axis=0)
+        spread = np.var([m[k].astype(np.float64) for m in maps], axis=0)
+        out[k] = np.sqrt(b2 + spread / 2.0).astype(np.float32)
+    return out
+
+
+def _members(
+    weights: str | Path | Sequence[str | Path] | None, modality: str, dev: torch.device
+) -> list[tuple[Path, torch.nn.Module, dict[str, Any]]]:
+    """The weights of a prediction: one file or an ensemble (every file of the same modality and
+    maps, and the same core calibration: their maps are averaged and read with one rule)."""
+    if weights is None:
+        paths = [bundled_weights(modality)]
+    elif isinstance(weights, str | Path):
+        paths = [Path(weights)]
+    else:
+        paths = [Path(w) for w in weights]
+        if not paths:
+            raise PerfnetInputError("--weights", "no weights files given")
+    members = []
+    for path in paths:
+        model, config = load_weights(path, dev)
+        if config.get("modality") and config["modality"] != modality:
+            raise PerfnetInputError(
+                path, f"weights were trained on {config['modality']}, the series is {modality}"
+            )
+        members.append((path, model, config))
+    first = members[0][2]
+    for path, _, config in members[1:]:
+        if config["maps"] != first["maps"]:
+            raise PerfnetInputError(
+                path, f"maps {config['maps']} differ from {members[0][0].name}'s {first['maps']}"
+            )
+        if (config.get("core_calibration") or {}).get("factor") != (first.get("core_calibration") or {}).get(
+            "factor"
+        ):
+            raise PerfnetInputError(
+                path, f"core calibration differs from {members[0][0].name}'s: one rule reads the mean"
+            )
+    return members
 
 
 def predict(
     series: PerfusionSeries,
-    weights: str | Path | None = None,
+    weights: str | Path | Sequence[str | Path] | None = None,
     *,
     device: str | None = None,
     brain: np.ndarray | None = None,
@@ -160,7 +250,11 @@ def predict(
     brain mask, bolus timing and the input QC of every method).
     ``consistency``: the shift-consistency self-check (:mod:`perfnet.inference.consistency`; two
     more passes without flips, with the time grid started 3 s earlier and later) and its
-    ``cnn_inconsistent`` flag."""
+    ``cnn_inconsistent`` flag.
+    ``weights``: one file, or several (an ensemble, e.g. the k fold models of one ``perfnet train``
+    run, nnU-Net style): every map is the members' mean, its uncertainty the Laplace scale of their
+    mixture (the members' scales and their spread), the shift check runs on the mean, and the
+    study is outside the training domain when it is outside any member's."""
     from perfnet import qc
     from perfnet.preprocess.shared import preprocess
 
@@ -168,47 +262,44 @@ def predict(
     if prepared is None:
         prepared = preprocess(series, skip_frames=skip_frames, motion_correction=False, brain_mask=brain)
     series = prepared.series
-    path = Path(weights) if weights is not None else bundled_weights(series.modality)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, config = load_weights(path, dev)
-    if config.get("modality") and config["modality"] != series.modality:
-        raise PerfnetInputError(
-            path, f"weights were trained on {config['modality']}, the series is {series.modality}"
-        )
-    if progress:
-        progress("model input", 0.0)
-    inp: ModelInput = input_of(prepared, config)
-    if progress:
-        progress("model input", 1.0)
+    members = _members(weights, series.modality, dev)
+    path, _, config = members[0]
+    results = [  # progress of the first member (the others take as long)
+        _member_maps(model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None)
+        for i, (_, model, cfg) in enumerate(members)
+    ]
     maps = config["maps"]
+    inp = results[0][2]
     nx, ny, nz = series.spatial_shape
-    size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
-    values, uncert = _network(model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress)
+    mean = _combine([r[0] for r in results])
+    scales = _combine_scales([r[1] for r in results], [r[0] for r in results])
     out: dict[str, np.ndarray] = {}
-    log_offsets = config.get("log_offsets", {})
-    for i, name in enumerate(maps):
-        v = _physical(values[i], name, config)
-        if name == "ttp":  # the network's TTP is relative to the grid start
-            v = v + inp.offset_s + prepared.offset_s
-        lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
-        out[name] = np.where(inp.brain, np.clip(v, lo, hi), 0.0).astype(np.float32)
-        if uncert is not None:
-            b = uncert[i] * np.float32(config["target_sd"][name])
-            if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
-                b = b * (v + float(log_offsets[name]))
-            out[f"{name}_uncertainty"] = np.where(inp.brain, b, 0.0).astype(np.float32)
+    for name in maps:
+        out[name] = np.where(inp.brain, mean[name], 0.0).astype(np.float32)
+        if name in scales:
+            out[f"{name}_uncertainty"] = np.where(inp.brain, scales[name], 0.0).astype(np.float32)
     checked = None
     if consistency and config.get("align_lead_s") is not None and "tmax" in maps:
-        checked = _shift_consistency(
-            model, config, prepared, inp, out["tmax"], (nx, ny, nz), size, dev, batch_slices
-        )
+        from perfnet.lesions import voxel_volume_ml
+
+        shifted = [
+            _shifted_tmax(model, cfg, r[2], (nx, ny, nz), r[3], dev, batch_slices)
+            for (_, model, cfg), r in zip(members, results, strict=True)
+        ]
+        averaged = {k: np.mean([sh[k] for sh in shifted], axis=0) for k in shifted[0]}
+        checked = shift_consistency(out["tmax"], averaged, inp.brain, voxel_volume_ml(series.affine))
     described = domain.describe(prepared)
-    flags = list(prepared.qc_flags) + domain.domain_flags(described, config.get("domain"))
+    flags = list(prepared.qc_flags)
+    for _, _, cfg in members:  # outside any member's training domain: flagged once
+        flags += [f for f in domain.domain_flags(described, cfg.get("domain")) if f not in flags]
     flags += consistency_flags(checked)
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",
-        "weights": str(path),
+        "weights": str(path) if len(members) == 1 else [str(m[0]) for m in members],
+        # more than one weights file: the maps are the members' mean (predict's docstring)
+        **({"ensemble": {"members": len(members), "combine": "mean"}} if len(members) > 1 else {}),
         "model": config["model"],
         "model_kwargs": config["model_kwargs"],
         "maps": maps,
@@ -244,7 +335,7 @@ def predict(
 
 def analyze_cnn(
     series: PerfusionSeries,
-    weights: str | Path | None = None,
+    weights: str | Path | Sequence[str | Path] | None = None,
     *,
     motion_correction: bool = True,
     device: str | None = None,
@@ -274,7 +365,7 @@ def analyze_cnn(
 def run_method(
     series: PerfusionSeries,
     *,
-    weights: str | Path | None = None,
+    weights: str | Path | Sequence[str | Path] | None = None,
     motion_correction: bool = True,
     device: str | None = None,
     brain_mask: np.ndarray | None = None,
