@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from perfnet.cli import main
+from perfnet.errors import PerfnetInputError
 from perfnet.runner import discover, run_cohort
 
 pytestmark = pytest.mark.slow
@@ -122,3 +123,35 @@ def test_dicom_series_folders_are_studies_labelled_by_hash(tmp_path: Path) -> No
     assert len(studies) == 2 and all(s.subject.startswith("dcm") for s in studies)
     assert all("Doe" not in s.name for s in studies)  # folder names can be patient names
     shutil.rmtree(tmp_path / "root")
+
+
+def test_find_adc_takes_each_studys_diffusion_core(tmp_path: Path) -> None:
+    """``perfnet cohort --find-adc``: a study with an ADC map in its session folder gets the core
+    from it (its truth core here), one without keeps the perfusion core; two ADC maps for one study
+    stop the run before any work, naming the study."""
+    root = tmp_path / "data"
+    args = "--modality mr --cases 2 --seed 91 --size 48 --slices 3 --frames 30 --no-motion --lesion core"
+    assert main(["simulate", str(root), *args.split()]) == 0
+    session = root / "sub-0001" / "ses-01"
+    truth = nib.load(session / "truth" / "core.nii.gz")
+    core = np.asarray(truth.dataobj) > 0
+    (session / "dwi").mkdir()
+    adc = np.where(core, 450, 800).astype(np.int16)
+    nib.save(nib.Nifti1Image(adc, truth.affine), str(session / "dwi" / "sub-0001_ses-01_ADC.nii.gz"))
+    deriv = tmp_path / "deriv"
+    assert main(["cohort", str(root), "--out", str(deriv), "--no-report", "--find-adc"]) == 0
+    rows = _rows(deriv)
+    assert rows["sub-0001_ses-01"]["core_source"] == "adc"
+    assert rows["sub-0002_ses-01"]["core_source"] == "perfusion"
+    found = nib.load(
+        deriv / "sub-0001" / "ses-01" / "perf" / "sub-0001_ses-01_label-core_desc-osvd_mask.nii.gz"
+    )
+    found_core = np.asarray(found.dataobj) > 0
+    assert 2 * (found_core & core).sum() / (found_core.sum() + core.sum()) > 0.8
+
+    extra = root / "sub-0002" / "ses-01" / "sub-0002_ses-01_adc.nii.gz"
+    nib.save(nib.Nifti1Image(adc, truth.affine), str(extra))
+    nib.save(nib.Nifti1Image(adc, truth.affine), str(extra.with_name("ADC_copy.nii.gz")))
+    with pytest.raises(PerfnetInputError, match="several ADC maps"):
+        run_cohort(root, tmp_path / "deriv2", "osvd", find_adc_maps=True)
+    assert not (tmp_path / "deriv2").exists()

@@ -53,6 +53,7 @@ COLUMNS = [
     "core_ml",
     "hypoperfused_ml",
     "penumbra_ml",
+    "core_source",
     "mismatch_ratio",
     "seconds",
     "peak_memory_gb",
@@ -117,6 +118,34 @@ def discover(root: str | Path) -> list[Study]:
     return sorted(studies, key=lambda s: s.name)
 
 
+#: BIDS datatype folders: a series in one of them belongs to the session folder above it.
+DATATYPES = ("perf", "func", "anat", "dwi")
+
+
+def find_adc(study: Study) -> Path | None:
+    """The ADC map of a NIfTI study (``perfnet cohort --find-adc``): the one NIfTI file under its
+    session folder (the series' folder, or the one above a BIDS datatype folder) whose name holds
+    "adc" in any case, e.g. ``dwi/sub-01_ses-01_ADC.nii.gz``; None when there is none (or for a
+    DICOM study); several are refused, naming the study."""
+    if not study.path.is_file():
+        return None
+    folder = study.path.parent
+    if folder.name in DATATYPES:
+        folder = folder.parent
+    found = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p != study.path
+        and "adc" in p.name.lower()
+        and p.name.endswith((".nii", ".nii.gz"))
+    )
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(folder)) for p in found)
+        raise PerfnetInputError(study.path, f"several ADC maps in its session folder ({names}): keep one")
+    return found[0] if found else None
+
+
 def _has_dicom_files(folder: Path) -> bool:
     for path in folder.iterdir():
         if path.is_file():
@@ -157,11 +186,15 @@ def is_complete(deriv: Path, study: Study, method: str) -> bool:
     return f"{stem}_desc-{bids.desc_of(method)}_provenance.json" in manifest.get("files", [])
 
 
-def study_command(study: Study, deriv: Path, method: str, options: list[str]) -> list[str]:
+def study_command(
+    study: Study, deriv: Path, method: str, options: list[str], adc: Path | None = None
+) -> list[str]:
     command = [sys.executable, "-m", "perfnet.cli", "analyze", str(study.path), "--bids", "--out", str(deriv)]
     command += ["--method", method, "--subject", study.subject, "--overwrite"]
     if study.session:
         command += ["--session", study.session]
+    if adc is not None:
+        command += ["--adc", str(adc)]
     return command + list(options)
 
 
@@ -311,6 +344,7 @@ def _row(deriv: Path, study: Study, method: str) -> dict[str, Any]:
         row["verdict"] = provenance.get("qc_verdict", "review" if flags else "ok")
         v = lesions["volumes_ml"]
         row |= {"core_ml": v["core"], "hypoperfused_ml": v["hypoperfused"], "penumbra_ml": v["penumbra"]}
+        row["core_source"] = lesions.get("core_source", "perfusion")
         row["mismatch_ratio"] = "" if lesions.get("mismatch_ratio") is None else lesions["mismatch_ratio"]
     return row
 
@@ -356,10 +390,13 @@ def run_cohort(
     options: list[str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     studies: list[Study] | None = None,
+    find_adc_maps: bool = False,
 ) -> dict[str, Any]:
     """Analyse every (missing) study of ``root`` into ``deriv``; returns cohort.json's content.
     ``studies``: these instead of :func:`discover`'s (``perfnet train``'s target step hands over
-    the studies it trains on)."""
+    the studies it trains on). ``find_adc_maps``: each study's ADC map (:func:`find_adc`) is
+    handed to ``analyze --adc`` (the core from diffusion); a study without one keeps the perfusion
+    core (cohort.tsv ``core_source``)."""
     started = time.perf_counter()
     studies = discover(root) if studies is None else sorted(studies, key=lambda s: s.name)
     deriv = Path(deriv).absolute()
@@ -367,6 +404,7 @@ def run_cohort(
         raise PerfnetInputError(deriv, "exists and is not a folder")
     mine = select_part(studies, part)
     todo = [s for s in mine if overwrite or not is_complete(deriv, s, method)]
+    adc = {s: find_adc(s) for s in todo} if find_adc_maps else {}  # every ADC found before any work
     if jobs < 1:
         raise PerfnetInputError("--jobs", "must be at least 1")
     cores = os.cpu_count() or 1
@@ -388,7 +426,7 @@ def run_cohort(
         if progress is not None:
             progress(state | {"study": study.name, "record": record})
 
-    tasks = [(s, study_command(s, deriv, method, options or [])) for s in todo]
+    tasks = [(s, study_command(s, deriv, method, options or [], adc.get(s))) for s in todo]
     if tasks:
         engine.run(tasks, finished)
     return write_summary(deriv, studies, method, started) | {

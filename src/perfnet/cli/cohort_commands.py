@@ -106,6 +106,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         options=options,
         progress=progress,
+        find_adc_maps=args.find_adc,
     )
     run = summary["this_run"]
     print(

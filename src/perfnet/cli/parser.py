@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CNN weights (--method cnn; repeated: ensemble)",
     )
+    p.add_argument(
+        "--find-adc",
+        action="store_true",
+        help="the core from each study's ADC map: the one *adc*.nii[.gz] file in its session folder",
+    )
     p.add_argument("--jobs", type=positive_int, default=1, help="studies analysed at once on this machine")
     p.add_argument("--threads", type=positive_int, help="threads per study (default: cores / jobs)")
     p.add_argument(
