@@ -23,7 +23,8 @@ each method (style B − style A).
         [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
         [--slices 8] [--json OUT]
 
-``--weights`` (repeatable, one file per modality; the modality is read from the file) scores
+``--weights`` (repeatable, one file per modality, or ``a.pt,b.pt`` for an ensemble of files;
+the modality is read from the file) scores
 candidate CNN weights instead of the bundled ones: e.g. a model trained on style B, tested on
 style A ("trained on B, tested on A"). ``--candidate`` (same form) adds the method ``candidate``:
 a second CNN scored beside ``cnn`` on the very same studies (old against new weights in one run;
@@ -98,7 +99,7 @@ def preprocessed(series: Any) -> tuple[Any, float]:
 
 
 def analyse(
-    method: str, series: Any, weights: str | None, out: Path, offset_s: float = 0.0
+    method: str, series: Any, weights: str | list[str] | None, out: Path, offset_s: float = 0.0
 ) -> dict[str, Any]:
     """``perfnet analyze`` (cmd_analyze's path, no report) on a preprocessed series (its first
     frame ``offset_s`` after the acquisition's): maps, lesions, the outputs written to ``out``."""
@@ -299,9 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         (args.weights, args.weights_by_modality),
         (args.candidate, args.candidate_by_modality),
     ):
-        for path in paths:
-            _, config = load_weights(path)
-            by_modality[str(config.get("modality", "CT")).upper()] = path
+        for path in paths:  # "a.pt,b.pt": an ensemble of those files (their maps averaged)
+            files = [f for f in path.split(",") if f]
+            _, config = load_weights(files[0])
+            by_modality[str(config.get("modality", "CT")).upper()] = files if len(files) > 1 else files[0]
     if args.candidate and "candidate" not in args.methods:
         args.methods.append("candidate")
     if "cnn" in args.methods:
