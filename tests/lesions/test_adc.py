@@ -200,3 +200,24 @@ def test_adc_from_a_dicom_folder_beside_other_series(tmp_path: Path) -> None:
     write_volume_series(several, np.stack([data, data], -1), affine, np.arange(2.0), "MR", "ADC", "c")
     with pytest.raises(PerfnetInputError, match="2 images at one slice position"):
         load_adc(several, GRID, brain)
+
+
+def test_one_dicom_study_folder_gives_both_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An exported study folder with the DSC series and the ADC series: ``analyze STUDY --adc
+    STUDY`` reads the 4D series as the perfusion input and the ADC series as the core."""
+    from dicom_factory import write_volume_series
+
+    study = small_study(5252, "MR", matrix=48, slices=3, frames=30, lesion="core", motion=False)
+    folder = tmp_path / "study"
+    series = study.series
+    write_volume_series(folder, series.data, series.affine, series.times, "MR", "ep2d_perf", "dsc")
+    core = study.truth.masks["core"]
+    adc = np.where(core, 480.0, 820.0)[..., None]
+    write_volume_series(folder, adc, series.affine, np.zeros(1), "MR", "ep2d_diff_ADC", "adc")
+    out = tmp_path / "out"
+    code = main(["analyze", str(folder), "--out", str(out), "--adc", str(folder), "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    lesions = json.loads((out / "lesions.json").read_text())
+    assert lesions["core_source"] == "adc"
+    found = np.asarray(nib.load(out / "core.nii.gz").dataobj) > 0
+    assert _dice(found, core & study.truth.masks["brain"]) > 0.8
