@@ -334,7 +334,11 @@ def segment_map_set(
         "excluded_csf_ml": csf_ml,
         "core_rule": core_rule(settings, calibration),
         "core_source": "adc" if adc is not None else "perfusion",
-        **({"core_note": MR_PERFUSION_CORE_NOTE} if adc is None and series.modality == "MR" else {}),
+        **(
+            {"core_note": MR_PERFUSION_CORE_NOTE}
+            if adc is None and getattr(series, "modality", None) == "MR"
+            else {}
+        ),
         **({"adc": adc.to_json(settings.adc_core_mm2_s or ADC_CORE_MM2_S)} if adc is not None else {}),
     }
 
