@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
-from perfnet.lesions.adc import ADC_CORE_MM2_S, AdcMap, load_adc
+from perfnet.lesions.adc import ADC_CORE_MM2_S, AdcMap, below, load_adc
 
 REFERENCES = ("contralateral", "brain", "tmax4")
 DEFUSE3 = {"core_max_ml": 70.0, "ratio_min": 1.8, "mismatch_min_ml": 15.0}
@@ -234,7 +234,7 @@ def segment_lesions(
     if settings.adc_core_mm2_s is not None:
         if adc is None or adc.shape != brain.shape:
             raise PerfnetInputError("--adc", "an ADC map on the maps' grid is needed for an ADC core")
-        raw_core = brain & (np.nan_to_num(adc, nan=np.inf) < settings.adc_core_mm2_s)
+        raw_core = brain & below(adc, settings.adc_core_mm2_s)
         core = clean_mask(raw_core, voxel_size, settings) & brain
     else:
         raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
@@ -339,7 +339,7 @@ def segment_map_set(
             if adc is None and getattr(series, "modality", None) == "MR"
             else {}
         ),
-        **({"adc": adc.to_json(settings.adc_core_mm2_s or ADC_CORE_MM2_S)} if adc is not None else {}),
+        **({"adc": adc.to_json(settings.adc_core_mm2_s)} if adc is not None else {}),
     }
 
 

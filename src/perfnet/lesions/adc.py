@@ -49,7 +49,7 @@ class AdcMap:
     coverage: float
 
     def core(self, threshold: float = ADC_CORE_MM2_S) -> np.ndarray:
-        return np.nan_to_num(self.values, nan=np.inf) < threshold
+        return below(self.values, threshold)
 
     def to_json(self, threshold: float = ADC_CORE_MM2_S) -> dict[str, Any]:
         return {
@@ -58,6 +58,11 @@ class AdcMap:
             "brain_coverage": round(self.coverage, 3),
             "resampled": "trilinear, by the files' affines (no registration)",
         }
+
+
+def below(adc: np.ndarray, threshold: float = ADC_CORE_MM2_S) -> np.ndarray:
+    """Voxels whose ADC (mm²/s) is below ``threshold``; NaN (no data) is never core."""
+    return np.nan_to_num(adc, nan=np.inf) < threshold
 
 
 def resample_to(
@@ -128,4 +133,4 @@ def load_adc(
     )
 
 
-__all__ = ["ADC_CORE_MM2_S", "AdcMap", "load_adc", "resample_to"]
+__all__ = ["ADC_CORE_MM2_S", "AdcMap", "below", "load_adc", "resample_to"]
