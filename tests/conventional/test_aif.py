@@ -164,6 +164,26 @@ def test_motion_edges_peaking_before_the_bolus_are_rejected() -> None:
     assert masks["veins"][tuple(result.vof_voxels.T)].all()
 
 
+def test_curves_falling_far_below_baseline_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through-plane motion on thick slices steps a voxel's signal: a bright curve whose
+    "concentration" then falls far below its baseline (a bolus riding on a partial-volume step) can
+    be earlier and higher than any artery. Concentration is never negative, so it is rejected
+    (on moving benchmark studies such a voxel made oSVD call the whole brain hypoperfused)."""
+    conc, times, masks = _synthetic()
+    stepped = np.zeros((14, 14, 1), dtype=bool)
+    stepped[6:8, 10:13] = True
+    curve = _gamma(times, 7.5, 3.0, 1.5, 450.0) - 200.0 * (times > 20.0)
+    rng = np.random.default_rng(5)
+    conc[stepped] = curve + rng.normal(0.0, 2.0, (int(stepped.sum()), times.size))
+    brain = np.ones((14, 14, 1), dtype=bool)
+    result = arterial_input(conc, times, brain, (1.0, 1.0, 1.0))
+    assert masks["arteries"][_chosen(result)].all() and "aif_implausible" not in result.flags
+    assert result.details["aif_rejected"]["not_negative"] == int(stepped.sum())
+    # without the check the stepped voxels win: the test is about the check
+    monkeypatch.setattr("perfnet.conventional.aif.MAX_ARTERIAL_DIP", np.inf)
+    assert stepped[_chosen(arterial_input(conc, times, brain, (1.0, 1.0, 1.0)))].all()
+
+
 def test_venous_only_candidates_are_implausible() -> None:
     """A slice with a sinus but no artery (a cerebellar slice): the sinus arrives and peaks after
     the tissue; the AIF is still computed from it but flagged, with the reason."""

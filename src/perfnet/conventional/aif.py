@@ -104,6 +104,7 @@ class CurveFeatures:
     peak_time: np.ndarray  # s, sub-frame (parabola through the peak frame and its neighbours)
     arrival: np.ndarray  # s, where the rise last crosses ARRIVAL_FRACTION of the peak (interpolated)
     fwhm: np.ndarray  # s, between the half-maximum crossings around the peak; inf: no fall below half
+    lowest: np.ndarray  # the curve's minimum
 
     @classmethod
     def of(cls, curves: np.ndarray, times: np.ndarray) -> CurveFeatures:
@@ -136,6 +137,7 @@ class CurveFeatures:
             peak_time=parabolic_peak_times(curves, times, peak_index),
             arrival=arrival,
             fwhm=fall_half - rise_half,
+            lowest=curves.min(axis=1) if curves.shape[1] else np.zeros(curves.shape[0]),
         )
 
     @classmethod
@@ -276,6 +278,11 @@ MIN_PEAK_OVER_TISSUE = 2.0
 #: Shortest FWHM (s) of an arterial bolus: an injection of 4–10 s gives 4–10 s in the arteries
 #: (the phantom's 4–10 s); shorter is a noise spike or an artefact.
 MIN_ARTERIAL_FWHM_S = 2.0
+#: Deepest dip below baseline (fraction of the peak) of an arterial curve. Concentration is never
+#: negative: noise on an artery's high peak dips a few %, while a curve that falls far below its
+#: baseline is a voxel whose signal steps with motion (through-plane partial volume on thick
+#: slices), the bolus only riding on it.
+MAX_ARTERIAL_DIP = 0.25
 
 #: What each check says when it fails (the aif_implausible flag's message lists them).
 CHECK_MESSAGES = {
@@ -286,6 +293,7 @@ CHECK_MESSAGES = {
     "returns": "does not fall below half its peak (a step, not a bolus)",
     "not_a_spike": f"is narrower than {MIN_ARTERIAL_FWHM_S:g} s (a spike, not a bolus)",
     "above_tissue": f"peaks below {MIN_PEAK_OVER_TISSUE:g}× the tissue curve",
+    "not_negative": f"falls more than {MAX_ARTERIAL_DIP:.0%} of its peak below its baseline (motion)",
 }
 
 
@@ -304,6 +312,7 @@ def arterial_checks(
         "inside": np.ones(n, dtype=bool) if inside is None else np.asarray(inside, dtype=bool),
         "returns": np.isfinite(feats.fwhm),
         "not_a_spike": feats.fwhm >= MIN_ARTERIAL_FWHM_S,
+        "not_negative": feats.lowest >= -MAX_ARTERIAL_DIP * np.maximum(feats.peak, 0.0),
     }
     if reference is not None:
         checks["arrives_before_tissue"] = (
