@@ -46,6 +46,9 @@ _MESSAGES = {
     "({value:.0%} of its peak): CBV and MTT are underestimated",
     "truncated_aif": "the arterial curve is cut off by the end of the acquisition",
     "large_motion": "head motion above {value:.1f} mm was corrected; check the maps for artefacts",
+    "through_plane_steps": "the head moved through the thick slices at {frames} (up to {value:.1f} mm): "
+    "the signal steps this left were levelled in {fraction:.0%} of the brain voxels; read the edge "
+    "slices with care",
     "motion_unrecoverable": "{value:.0f} frame(s) cannot be aligned (through-plane motion) and cannot "
     "be replaced from their neighbours in time: the maps are unreliable",
     "weak_aif": "the arterial input is weak relative to the noise",
@@ -110,7 +113,7 @@ def end_fraction(curve: np.ndarray) -> float:
 
 # --- input checks (no arterial input needed) -------------------------------------------------------
 def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The ``large_motion`` and ``motion_unrecoverable`` flags of a motion summary
+    """The ``large_motion``, ``through_plane_steps`` and ``motion_unrecoverable`` flags of a motion summary
     (:func:`perfnet.preprocess.shared.motion_provenance`), if raised."""
     flags: list[dict[str, Any]] = []
     # how far the head moved (its estimate where accepted), also where only part of it was applied
@@ -119,6 +122,17 @@ def motion_flags(motion: dict[str, Any] | None) -> list[dict[str, Any]]:
     )
     if moved is not None and moved > LARGE_MOTION_MM:
         flags.append(flag("large_motion", moved))
+    steps = None if motion is None else motion.get("through_plane_steps")
+    if steps and steps.get("frames"):
+        at = ", ".join(f"{t:.0f} s" for t in steps["times_s"])
+        flags.append(
+            flag(
+                "through_plane_steps",
+                max(steps["jump_mm"]),
+                frames=f"{len(steps['frames'])} frame(s) ({at})",
+                fraction=steps.get("levelled_brain_fraction", 0.0),
+            )
+        )
     if motion is not None and motion.get("motion_unrecoverable"):
         flags.append(flag("motion_unrecoverable", len(motion.get("excluded_frames", []))))
     return flags

@@ -1,7 +1,9 @@
 """The preprocessing every method shares, run once before the method branch.
 
     acquired series ─► non-steady-state leading frames removed ─► rigid motion correction (frames
-    no pose aligns replaced in time) ─► brain mask ─► bolus timing ─► input QC (:mod:`perfnet.qc`)
+    no pose aligns replaced in time) ─► brain mask ─► bolus timing ─► signal steps of through-plane
+    motion levelled (:mod:`perfnet.preprocess.levels`; then mask and timing again) ─► input QC
+    (:mod:`perfnet.qc`)
 
 :func:`preprocess` returns one :class:`Preprocessed` that the conventional pipeline
 (:func:`perfnet.conventional.pipeline.analyze`) and the CNN (:func:`perfnet.inference.cnn.analyze_cnn`)
@@ -144,6 +146,7 @@ def preprocess(
     frames. Bad input raises :class:`perfnet.errors.PerfnetInputError`."""
     from perfnet import qc
     from perfnet.preprocess.bolus import detect_bolus
+    from perfnet.preprocess.levels import level_steps, through_plane_displacement, through_plane_events
     from perfnet.preprocess.mask import brain_mask as auto_brain_mask
     from perfnet.preprocess.motion import interpolate_frames, motion_correct
     from perfnet.preprocess.nonsteady import remove_non_steady_state
@@ -163,6 +166,7 @@ def preprocess(
     data, times = steady.data, steady.times
     motion: dict[str, Any] | None = None
     outside = None
+    events, jumps = np.zeros(0, dtype=int), np.zeros(0)
     if motion_correction:
         moved = steps.run(
             "motion correction", lambda: motion_correct(data, steady.affine, reference=0, times=times)
@@ -171,6 +175,12 @@ def preprocess(
         data = interpolate_frames(moved.data, times, moved.excluded_frames, in_place=moved.data is not data)
         motion = motion_provenance(moved)
         outside = getattr(moved, "outside", None)  # voxels filled from outside the slab in some frame
+        if moved.status:  # the checks ran: which estimates are trusted is known
+            trusted = np.isin(moved.status, ("reference", "accepted", "in_plane"))
+            track = through_plane_displacement(
+                moved.estimated, moved.parameters, trusted, steady.affine, moved.centre
+            )
+            events, jumps = through_plane_events(track)
         del moved  # `data` holds the corrected frames; nothing else may keep them alive
     corrected = steady if data is steady.data else steady.with_data(data)
     if brain_mask is None:
@@ -181,10 +191,33 @@ def preprocess(
         raise PerfnetInputError(
             series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
         )
-    bolus = steps.run(
-        "bolus timing (shared)",
-        lambda: detect_bolus(corrected.data, corrected.times, mask, corrected.modality, corrected.voxel_size),
-    )
+
+    def timing() -> BolusTiming:
+        return steps.run(
+            "bolus timing (shared)",
+            lambda: detect_bolus(
+                corrected.data, corrected.times, mask, corrected.modality, corrected.voxel_size
+            ),
+        )
+
+    bolus = timing()
+    if events.size and motion is not None:
+        # the frames are the motion correction's copy: levelled in place
+        levelled = steps.run(
+            "through-plane steps",
+            lambda: level_steps(
+                corrected.data, corrected.times, events, jumps, bolus.arrival_index, corrected.modality
+            ),
+        )
+        if brain_mask is None:  # the mask and timing of the levelled series, as every method sees it
+            mask = np.asarray(steps.run("brain mask", lambda: auto_brain_mask(corrected)), dtype=bool)
+            if mask.sum() < MIN_BRAIN_VOXELS:
+                raise PerfnetInputError(
+                    series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
+                )
+        bolus = timing()
+        outside = levelled.unsure if outside is None else outside | levelled.unsure
+        motion["through_plane_steps"] = levelled.to_dict(corrected.times, mask)
     measures = steps.run(
         "input QC", lambda: qc.input_measures(corrected, mask, bolus.baseline_end, acquired_data=steady.data)
     )
