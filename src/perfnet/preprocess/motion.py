@@ -42,7 +42,9 @@ determined. On 6 mm phantom slices, tz picks up a bias of up to ~0.6 mm when the
 in-plane (the resampled frame is blurred, the reference is not) and up to ~1 mm from the DSC
 bolus signal drop without motion (hence the similarity test of the through-plane parts); in-plane
 displacements stay within ~0.2 voxel. Through-plane motion that lasts (the head settles half a
-slice lower) is not undone and not excluded: ``large_motion`` reports it.
+slice lower) is not undone and not excluded here: the signal steps it leaves are levelled
+afterwards (:mod:`perfnet.preprocess.levels`, from ``estimated`` against the applied poses), and
+``large_motion`` reports it.
 
 Source: Baker & Matthews, "Lucas-Kanade 20 years on: a unifying framework", IJCV 2004 (inverse
 compositional algorithm with a linear appearance gain/bias).
