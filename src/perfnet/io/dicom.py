@@ -105,12 +105,18 @@ def _frames_per_slice(images: list[DicomImage]) -> int:
     return int(np.bincount(_cluster_positions(positions @ normal)).max())
 
 
-def _choose_series(
-    path: Path, headers: list[tuple[Path, Dataset]], series_uid: str | None
-) -> list[DicomImage]:
+def _by_series(headers: list[tuple[Path, Dataset]]) -> dict[str, list[tuple[Path, Dataset]]]:
+    """The (file, header) pairs grouped by SeriesInstanceUID, in the order first seen."""
     by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for file, ds in headers:
         by_uid[str(ds.get("SeriesInstanceUID", ""))].append((file, ds))
+    return by_uid
+
+
+def _choose_series(
+    path: Path, headers: list[tuple[Path, Dataset]], series_uid: str | None
+) -> list[DicomImage]:
+    by_uid = _by_series(headers)
     if series_uid is not None:
         if series_uid not in by_uid:
             raise PerfnetInputError(
@@ -181,9 +187,7 @@ def _lps_affine(
 def _named_series(path: Path, headers: list[tuple[Path, Dataset]], name: str) -> list[DicomImage]:
     """The images of the one series whose SeriesDescription or ImageType holds ``name`` (any case),
     or of the only series; a one-line error when none or several do."""
-    by_uid: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
-    for file, ds in headers:
-        by_uid[str(ds.get("SeriesInstanceUID", ""))].append((file, ds))
+    by_uid = _by_series(headers)
 
     def label(ds: Dataset) -> str:
         kinds = ds.get("ImageType") or []
