@@ -168,26 +168,59 @@ def _member_maps(
     return maps, scales, inp, size
 
 
-def _combine(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The members' maps averaged (one member: its maps)."""
-    if len(members) == 1:
-        return members[0]
-    return {k: np.mean([m[k] for m in members], axis=0, dtype=np.float32) for k in members[0]}
+class _Mixture:
+    """Running sums of the members' maps and Laplace scales (float64), so that an ensemble holds
+    three accumulators per map instead of every member's maps: the maps' mean, and the Laplace
+    scale of the mixture, variance 2b² = the members' mean 2b_i² plus the spread of their means.
+    One member: its own maps and scales, untouched."""
 
+    def __init__(self) -> None:
+        self.n = 0
+        self.first: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self.total: dict[str, np.ndarray] = {}
+        self.squares: dict[str, np.ndarray] = {}
+        self.b2: dict[str, np.ndarray] | None = {}
 
-def _combine_scales(
-    scales: list[dict[str, np.ndarray]], maps: list[dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """The Laplace scale of the members' mixture: variance 2b² = the members' mean 2b_i² plus the
-    spread of their means (one member: its scales; none where a member has none)."""
-    if len(scales) == 1 or not all(scales):
-        return scales[0] if len(scales) == 1 else {}
-    out = {}
-    for k in scales[0]:
-        b2 = np.mean([sc[k].astype(np.float64) ** 2 for sc in scales], axis=0)
-        spread = np.var([m[k].astype(np.float64) for m in maps], axis=0)
-        out[k] = np.sqrt(b2 + spread / 2.0).astype(np.float32)
-    return out
+    def add(self, maps: dict[str, np.ndarray], scales: dict[str, np.ndarray]) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.first = (maps, scales)
+            return
+        if self.n == 2:  # from now on, sums (the first member's maps folded in)
+            assert self.first is not None
+            first_maps, first_scales = self.first
+            self.first = None
+            self._fold(first_maps, first_scales)
+        self._fold(maps, scales)
+
+    def _fold(self, maps: dict[str, np.ndarray], scales: dict[str, np.ndarray]) -> None:
+        for k, v in maps.items():
+            x = v.astype(np.float64)
+            self.total[k] = self.total[k] + x if k in self.total else x
+            self.squares[k] = self.squares[k] + x * x if k in self.squares else x * x
+        if self.b2 is not None and scales:
+            for k, b in scales.items():
+                x = b.astype(np.float64) ** 2
+                self.b2[k] = self.b2[k] + x if k in self.b2 else x
+        else:  # a member without scales: the mixture has none
+            self.b2 = None
+
+    def maps(self) -> dict[str, np.ndarray]:
+        if self.first is not None:
+            return self.first[0]
+        return {k: (t / self.n).astype(np.float32) for k, t in self.total.items()}
+
+    def scales(self) -> dict[str, np.ndarray]:
+        if self.first is not None:
+            return self.first[1]
+        if not self.b2:
+            return {}
+        out = {}
+        for k, b2 in self.b2.items():
+            mean = self.total[k] / self.n
+            spread = np.maximum(self.squares[k] / self.n - mean * mean, 0.0)
+            out[k] = np.sqrt(b2 / self.n + spread / 2.0).astype(np.float32)
+        return out
 
 
 def _members(
@@ -265,29 +298,35 @@ def predict(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     members = _members(weights, series.modality, dev)
     path, _, config = members[0]
-    results = [  # progress of the first member (the others take as long)
-        _member_maps(model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None)
-        for i, (_, model, cfg) in enumerate(members)
-    ]
     maps = config["maps"]
-    inp = results[0][2]
     nx, ny, nz = series.spatial_shape
-    mean = _combine([r[0] for r in results])
-    scales = _combine_scales([r[1] for r in results], [r[0] for r in results])
+    check = consistency and config.get("align_lead_s") is not None and "tmax" in maps
+    mixture = _Mixture()
+    shifted: dict[float, np.ndarray] = {}
+    inp: ModelInput | None = None
+    for i, (_, model, cfg) in enumerate(members):  # one member's model input alive at a time
+        member_maps, member_scales, member_inp, size = _member_maps(
+            model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None
+        )  # progress of the first member (the others take as long)
+        mixture.add(member_maps, member_scales)
+        if check:  # the shift check runs on the members' mean shifted Tmax
+            for k, v in _shifted_tmax(model, cfg, member_inp, (nx, ny, nz), size, dev, batch_slices).items():
+                shifted[k] = shifted[k] + v.astype(np.float64) if k in shifted else v.astype(np.float64)
+        if inp is None:
+            inp = member_inp  # the first member's input: brain mask and grid
+        del member_inp, member_maps, member_scales
+    assert inp is not None
+    mean, scales = mixture.maps(), mixture.scales()
     out: dict[str, np.ndarray] = {}
     for name in maps:
         out[name] = np.where(inp.brain, mean[name], 0.0).astype(np.float32)
         if name in scales:
             out[f"{name}_uncertainty"] = np.where(inp.brain, scales[name], 0.0).astype(np.float32)
     checked = None
-    if consistency and config.get("align_lead_s") is not None and "tmax" in maps:
+    if check:
         from perfnet.lesions import voxel_volume_ml
 
-        shifted = [
-            _shifted_tmax(model, cfg, r[2], (nx, ny, nz), r[3], dev, batch_slices)
-            for (_, model, cfg), r in zip(members, results, strict=True)
-        ]
-        averaged = {k: np.mean([sh[k] for sh in shifted], axis=0) for k in shifted[0]}
+        averaged = {k: v / len(members) for k, v in shifted.items()}
         checked = shift_consistency(out["tmax"], averaged, inp.brain, voxel_volume_ml(series.affine))
     described = domain.describe(prepared)
     flags = list(prepared.qc_flags)
