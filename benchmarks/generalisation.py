@@ -10,8 +10,9 @@ other parameters drawn as the style draws them, motion included) and analysed as
 analyze`` does (motion correction, the method, lesions with the default ``rapid`` preset and
 contralateral reference, the outputs written and read back by ``evaluate_study``; the
 preprocessing every method starts with -- non-steady-state frames dropped, motion correction,
-unalignable frames interpolated: :func:`perfnet.inference.series.prepare_series`, the calls of
-``analyze`` and ``analyze_cnn`` -- runs once per study and is shared). Per study
+unalignable frames interpolated, through-plane steps levelled, mask, timing and input QC:
+:func:`perfnet.inference.series.prepare_series` -- runs once per study and every method is handed
+it, as ``perfnet analyze`` does, flags and arterial-search exclusions included). Per study
 and per method it prints Tmax MAEC (s, clipped to [0, 20]), hypoperfused Dice, core Dice (studies
 with a true core), rCBF Pearson r (CBF / the median CBF of the contralateral non-hypoperfused
 brain, over the truth brain), the core volume found and the QC flags raised (the CNN's
@@ -87,38 +88,37 @@ def relative_cbf_r(pred_cbf: np.ndarray, reference_cbf: float, truth: Any, affin
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def preprocessed(series: Any) -> tuple[Any, float]:
+def preprocessed(series: Any) -> Any:
     """The preprocessing every method starts with (non-steady-state frames, motion correction,
-    unalignable frames interpolated; the same calls as ``analyze``'s and ``analyze_cnn``'s), done
-    once per study and shared by the methods; returns the series and the time of its first frame
-    on the acquisition's clock."""
+    unalignable frames interpolated, through-plane steps levelled, brain mask, bolus timing and
+    input QC: :func:`perfnet.preprocess.shared.preprocess`, what ``perfnet analyze`` runs before
+    the method), done once per study and shared by the methods."""
     from perfnet.inference.series import prepare_series
 
-    prepared = prepare_series(series)
-    return prepared.series, prepared.offset_s
+    return prepare_series(series)
 
 
-def analyse(
-    method: str, series: Any, weights: str | list[str] | None, out: Path, offset_s: float = 0.0
-) -> dict[str, Any]:
-    """``perfnet analyze`` (cmd_analyze's path, no report) on a preprocessed series (its first
-    frame ``offset_s`` after the acquisition's): maps, lesions, the outputs written to ``out``."""
+def analyse(method: str, prepared: Any, weights: str | list[str] | None, out: Path) -> dict[str, Any]:
+    """``perfnet analyze`` (cmd_analyze's path, no report) from the shared preprocessing
+    ``prepared`` (each method gets its own shallow copy: the conventional pipeline releases the
+    frames it has copied): maps (TTP from the first acquired frame), lesions, the outputs written
+    to ``out``; the input QC flags and the voxels kept out of the arterial search are the shared
+    step's, as in ``perfnet analyze``."""
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.inference import analyze_cnn
     from perfnet.io.outputs import write_output_set
     from perfnet.lesions import PRESETS, segment_map_set
 
     started = time.perf_counter()
+    series = prepared.series
     json_files: dict[str, Any] = {}
     if method in ("cnn", "candidate"):
-        maps, _ = analyze_cnn(series, weights, motion_correction=False, device="cpu", skip_frames=0)
+        maps, _ = analyze_cnn(series, weights, device="cpu", prepared=replace(prepared))
     else:
-        options = AnalysisOptions(method=method, motion_correction=False, device="cpu", skip_frames=0)
-        result = analyze(series, options)
+        options = AnalysisOptions(method=method, device="cpu")
+        result = analyze(series, options, prepared=replace(prepared))
         maps = result.maps
         json_files["aif"] = result.aif.to_json(result.times)
-    if offset_s and "ttp" in maps:  # TTP from the first acquired frame, as analyze reports it
-        maps["ttp"][maps.brain_mask] += np.float32(offset_s)
     lesions = segment_map_set(maps, series, replace(PRESETS["rapid"], reference="contralateral"))
     seconds = time.perf_counter() - started
     write_output_set(maps, out, json_files | {"lesions": lesions, "provenance": maps.provenance})
@@ -140,13 +140,13 @@ def run_study(
     truth = study.truth
     true_core = truth.parameters["volumes_ml"]["core"]
     started = time.perf_counter()
-    corrected, offset_s = preprocessed(study.series)
+    prepared = preprocessed(study.series)
     motion_seconds = time.perf_counter() - started
     rows = []
     for method in args.methods:
         out = work / f"{style}-{modality}-{index}" / method
         weights = {"cnn": args.weights_by_modality, "candidate": args.candidate_by_modality}
-        result = analyse(method, corrected, weights.get(method, {}).get(modality), out, offset_s)
+        result = analyse(method, prepared, weights.get(method, {}).get(modality), out)
         metrics = evaluate_study(out, truth_dir / "truth")
         found_core = float(result["lesions"]["volumes_ml"]["core"])
         rows.append(

@@ -183,24 +183,27 @@ def preprocess(
             events, jumps = through_plane_events(track)
         del moved  # `data` holds the corrected frames; nothing else may keep them alive
     corrected = steady if data is steady.data else steady.with_data(data)
-    if brain_mask is None:
-        mask = np.asarray(steps.run("brain mask", lambda: auto_brain_mask(corrected)), dtype=bool)
-    else:
-        mask = brain_mask
-    if mask.sum() < MIN_BRAIN_VOXELS:
-        raise PerfnetInputError(
-            series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
-        )
 
-    def timing() -> BolusTiming:
+    def masked(name: str) -> np.ndarray:
+        found = brain_mask
+        if found is None:
+            found = np.asarray(steps.run(name, lambda: auto_brain_mask(corrected)), dtype=bool)
+        if found.sum() < MIN_BRAIN_VOXELS:
+            raise PerfnetInputError(
+                series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
+            )
+        return found
+
+    def timing(name: str) -> BolusTiming:
         return steps.run(
-            "bolus timing (shared)",
+            name,
             lambda: detect_bolus(
                 corrected.data, corrected.times, mask, corrected.modality, corrected.voxel_size
             ),
         )
 
-    bolus = timing()
+    mask = masked("brain mask")
+    bolus = timing("bolus timing (shared)")
     if events.size and motion is not None:
         # the frames are the motion correction's copy: levelled in place
         levelled = steps.run(
@@ -209,13 +212,9 @@ def preprocess(
                 corrected.data, corrected.times, events, jumps, bolus.arrival_index, corrected.modality
             ),
         )
-        if brain_mask is None:  # the mask and timing of the levelled series, as every method sees it
-            mask = np.asarray(steps.run("brain mask", lambda: auto_brain_mask(corrected)), dtype=bool)
-            if mask.sum() < MIN_BRAIN_VOXELS:
-                raise PerfnetInputError(
-                    series.meta.get("source"), "brain mask is empty: is this a head perfusion series?"
-                )
-        bolus = timing()
+        # the mask and timing of the levelled series, the one every method sees
+        mask = masked("brain mask (levelled series)")
+        bolus = timing("bolus timing (levelled series)")
         outside = levelled.unsure if outside is None else outside | levelled.unsure
         motion["through_plane_steps"] = levelled.to_dict(corrected.times, mask)
     measures = steps.run(
