@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 
 from perfnet.conventional.pipeline import AnalysisOptions, analyze
-from perfnet.evaluation.metrics import maec
 from perfnet.phantom import PhantomConfig, PhantomStudy, simulate_study
-from perfnet.phantom.signal import add_noise, apply_motion
 from perfnet.preprocess.mask import brain_mask
 from perfnet.preprocess.motion import motion_correct
+from phantoms import MOVING, jerked_study, moving_score
 
-#: small moving studies with 6 mm slices: 2–4 mm and 2–3° of smooth 6-DOF motion (+ a jerk at times)
-MOVING = {"matrix": 80, "slices": 8, "coverage_mm": 48.0, "frames": 40, "frame_interval_s": 1.0}
-MOVING |= {"timing": "uniform", "arrival_s": 6.0, "lesion": "core", "territory": "MCA"}
-MOVING |= {"lesion_radius_mm": 40.0, "motion": True, "motion_translation_mm": 3.5, "motion_rotation_deg": 3.0}
 #: how much worse the corrected study may score (Dice of Tmax > 6 s; Tmax MAEC in s)
 DICE_TOLERANCE = 0.03
 MAEC_TOLERANCE_S = 0.4
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,12 +36,6 @@ def artery_mask(study: PhantomStudy) -> np.ndarray:
     raise AssertionError("no artery in the phantom")
 
 
-def score(study: PhantomStudy, result) -> tuple[float, float]:
-    truth = study.truth
-    brain, tmax = truth.masks["brain"], result.maps["tmax"]
-    return _dice((tmax > 6) & brain, truth.masks["hypoperfused"]), maec(tmax, truth.maps["tmax"], brain)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("modality", ["CT", "MR"])
 def test_motion_correction_is_never_worse_than_none_on_thick_slices(modality: str) -> None:
@@ -62,7 +47,10 @@ def test_motion_correction_is_never_worse_than_none_on_thick_slices(modality: st
         aif = artery_mask(study)
         plain = analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False), aif_mask=aif)
         moved = analyze(study.series, AnalysisOptions(method="osvd"), aif_mask=aif)
-        (dice_plain, maec_plain), (dice_moved, maec_moved) = score(study, plain), score(study, moved)
+        (dice_plain, maec_plain), (dice_moved, maec_moved) = (
+            moving_score(study, plain),
+            moving_score(study, moved),
+        )
         assert dice_moved >= dice_plain - DICE_TOLERANCE, (seed, dice_plain, dice_moved)
         assert maec_moved <= maec_plain + MAEC_TOLERANCE_S, (seed, maec_plain, maec_moved)
         codes = {f["code"] for f in moved.provenance["qc_flags"]}
@@ -86,7 +74,10 @@ def test_thick_slice_ct_with_motion_keeps_its_aif_off_the_slab_edge() -> None:
     search = brain_mask(series.with_data(moved.data)) & ~moved.outside
     corrected = analyze(series, AnalysisOptions(method="osvd"), aif_mask=search)
     assert not moved.outside[tuple(corrected.aif.aif_voxels.T)].any()
-    (dice_plain, maec_plain), (dice_moved, maec_moved) = score(study, plain), score(study, corrected)
+    (dice_plain, maec_plain), (dice_moved, maec_moved) = (
+        moving_score(study, plain),
+        moving_score(study, corrected),
+    )
     assert dice_moved >= dice_plain - DICE_TOLERANCE and maec_moved <= maec_plain + MAEC_TOLERANCE_S, (
         dice_plain,
         maec_plain,
@@ -95,32 +86,16 @@ def test_thick_slice_ct_with_motion_keeps_its_aif_off_the_slab_edge() -> None:
     )
 
 
-def _jerked(modality: str, jerks: dict[tuple[int, ...], list[float]]) -> PhantomStudy:
-    """A motion-free small study whose head jumps to ``jerks`` poses before the noise is added."""
-    cfg = PhantomConfig.draw(5, modality, **(MOVING | {"motion": False, "frames": 36}))
-    study = simulate_study(cfg, noise=False)
-    params = np.zeros((study.series.n_frames, 6))
-    for frames, pose in jerks.items():
-        params[list(frames)] = pose
-    centre = np.array([cfg.head_offset_mm[0], cfg.head_offset_mm[1], 0.0])
-    data = apply_motion(
-        study.series.data, params, study.series.affine, centre, -1000.0 if modality == "CT" else 0.0
-    )
-    add_noise(data, cfg, np.random.default_rng(11))
-    study.series = study.series.with_data(data)
-    return study
-
-
 @pytest.mark.slow
 def test_unalignable_frames_are_replaced_and_reported() -> None:
     through = [0.0, 0.0, 3.0, 2.0, 0.0, 0.0]  # half a 6 mm slice and 2°: no rigid pose undoes it
-    study = _jerked("CT", {(12, 13): through, (25,): through})
+    study = jerked_study("CT", {(12, 13): through, (25,): through})
     result = analyze(study.series, AnalysisOptions(method="osvd"))
     motion = result.provenance["motion"]
     assert motion["excluded_frames"] == [12, 13, 25] and motion["motion_unrecoverable"] is False
     assert "motion_unrecoverable" not in {f["code"] for f in result.provenance["qc_flags"]}
     # the same jerk in two of every five frames: more than a third cannot be aligned
-    study = _jerked("CT", {tuple(t for t in range(2, 36) if t % 5 in (2, 3)): through})
+    study = jerked_study("CT", {tuple(t for t in range(2, 36) if t % 5 in (2, 3)): through})
     result = analyze(study.series, AnalysisOptions(method="osvd"))
     motion = result.provenance["motion"]
     assert len(motion["excluded_frames"]) > 36 / 3 and motion["motion_unrecoverable"] is True

@@ -9,6 +9,7 @@ import pytest
 
 from perfnet.preprocess import levels
 from perfnet.preprocess.levels import level_steps, through_plane_displacement, through_plane_events
+from phantoms import jerked_study, moving_score
 
 
 def _bolus(times: np.ndarray, onset: float, peak: float, width: float = 3.0) -> np.ndarray:
@@ -109,7 +110,6 @@ def test_settling_head_on_thick_slices_is_levelled_in_the_pipeline(
     """A lesion study whose head settles twice through its 6 mm slices (2 mm down in the baseline,
     a 2° tilt after the peak) and stays there: the steps are found at those frames, levelled and
     flagged, and oSVD's hypoperfused region is at least as good as without the levelling."""
-    from conventional.test_motion_pipeline import _jerked, score
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
 
     frames = 36
@@ -117,7 +117,7 @@ def test_settling_head_on_thick_slices_is_levelled_in_the_pipeline(
         tuple(range(3, 20)): [0.5, 0.0, -2.0, 0.0, 0.0, 0.5],
         tuple(range(20, frames)): [0.5, 0.0, -2.0, 2.0, 0.0, 0.5],
     }
-    study = _jerked(modality, poses)
+    study = jerked_study(modality, poses)
     result = analyze(study.series, AnalysisOptions(method="osvd"))
     steps = result.provenance["motion"]["through_plane_steps"]
     assert steps["frames"] == [3, 20], steps
@@ -126,6 +126,9 @@ def test_settling_head_on_thick_slices_is_levelled_in_the_pipeline(
     monkeypatch.setattr(levels, "EVENT_MM", np.inf)
     plain = analyze(study.series, AnalysisOptions(method="osvd"))
     assert "through_plane_steps" not in plain.provenance["motion"]
-    (dice_plain, maec_plain), (dice_levelled, maec_levelled) = score(study, plain), score(study, result)
+    (dice_plain, maec_plain), (dice_levelled, maec_levelled) = (
+        moving_score(study, plain),
+        moving_score(study, result),
+    )
     assert dice_levelled >= dice_plain - 0.03, (dice_plain, dice_levelled)
     assert maec_levelled <= maec_plain + 0.4, (maec_plain, maec_levelled)
