@@ -155,3 +155,34 @@ def test_find_adc_takes_each_studys_diffusion_core(tmp_path: Path) -> None:
     with pytest.raises(PerfnetInputError, match="several ADC maps"):
         run_cohort(root, tmp_path / "deriv2", "osvd", find_adc_maps=True)
     assert not (tmp_path / "deriv2").exists()
+
+
+def test_find_adc_in_dicom_study_folders(tmp_path: Path) -> None:
+    """``--find-adc`` on DICOM studies: a study folder that also holds a series named ADC takes its
+    core from it (the 4D reader reads the DSC series, the ADC reader the ADC series); a folder
+    without one keeps the perfusion core; two ADC series in one folder stop the run before any
+    work."""
+    from dicom_factory import write_volume_series
+    from phantoms import small_study
+
+    study = small_study(5252, "MR", matrix=48, slices=3, frames=30, lesion="core", motion=False)
+    series, core = study.series, study.truth.masks["core"]
+    adc = np.where(core, 480.0, 820.0)[..., None]
+    root = tmp_path / "dicom"
+    for name, with_adc in (("case-a", True), ("case-b", False)):
+        folder = root / name
+        write_volume_series(folder, series.data, series.affine, series.times, "MR", "ep2d_perf", "dsc")
+        if with_adc:
+            write_volume_series(folder, adc, series.affine, np.zeros(1), "MR", "ep2d_diff_ADC", "adc")
+    studies = {s.path.name: s for s in discover(root)}
+    deriv = tmp_path / "deriv"
+    run_cohort(root, deriv, "osvd", find_adc_maps=True, options=["--no-report"])
+    rows = _rows(deriv)
+    assert rows[studies["case-a"].name]["core_source"] == "adc"
+    assert rows[studies["case-b"].name]["core_source"] == "perfusion"
+    assert float(rows[studies["case-a"].name]["core_ml"]) > 0
+    write_volume_series(root / "case-b", adc, series.affine, np.zeros(1), "MR", "ADC", "adc1")
+    write_volume_series(root / "case-b", adc, series.affine, np.zeros(1), "MR", "ADC copy", "adc2")
+    with pytest.raises(PerfnetInputError, match="2 series named ADC"):
+        run_cohort(root, tmp_path / "deriv2", "osvd", find_adc_maps=True, overwrite=True)
+    assert not (tmp_path / "deriv2").exists()

@@ -123,10 +123,23 @@ DATATYPES = ("perf", "func", "anat", "dwi")
 
 
 def find_adc(study: Study) -> Path | None:
-    """The ADC map of a NIfTI study (``perfnet cohort --find-adc``): the one NIfTI file under its
-    session folder (the series' folder, or the one above a BIDS datatype folder) whose name holds
-    "adc" in any case, e.g. ``dwi/sub-01_ses-01_ADC.nii.gz``; None when there is none (or for a
-    DICOM study); several are refused, naming the study."""
+    """The ADC map of a study (``perfnet cohort --find-adc``); None when there is none.
+
+    - NIfTI study: the one NIfTI file under its session folder (the series' folder, or the one
+      above a BIDS datatype folder) whose name holds "adc" in any case, e.g.
+      ``dwi/sub-01_ses-01_ADC.nii.gz``;
+    - DICOM study folder: the folder itself when one of its series is named ADC (SeriesDescription
+      or ImageType; an exported study with the DSC and the ADC series side by side): the 4D reader
+      takes the DSC series from it, the ADC reader the ADC series.
+
+    Several are refused, naming the study."""
+    if study.path.is_dir():
+        from perfnet.io.dicom import named_series_count
+
+        count = named_series_count(study.path, "ADC")
+        if count > 1:
+            raise PerfnetInputError(study.path, f"{count} series named ADC in its folder: keep one")
+        return study.path if count == 1 else None
     if not study.path.is_file():
         return None
     folder = study.path.parent

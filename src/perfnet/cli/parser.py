@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--find-adc",
         action="store_true",
-        help="the core from each study's ADC map: the one *adc*.nii[.gz] file in its session folder",
+        help="the core from each study's ADC map: the one *adc*.nii[.gz] file in its session folder, "
+        "or for a DICOM study folder its one series named ADC",
     )
     p.add_argument("--jobs", type=positive_int, default=1, help="studies analysed at once on this machine")
     p.add_argument("--threads", type=positive_int, help="threads per study (default: cores / jobs)")

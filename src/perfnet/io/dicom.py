@@ -184,20 +184,28 @@ def _lps_affine(
     return lps, slice_spacing, pixel_spacing
 
 
+def _label(ds: Dataset) -> str:
+    """A series' SeriesDescription and ImageType values, one line (what a series is named by)."""
+    kinds = ds.get("ImageType") or []
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    return " ".join([one_line(ds.get("SeriesDescription", "")), *map(str, kinds)])
+
+
+def named_series_count(path: str | Path, name: str = "ADC") -> int:
+    """How many series in a DICOM folder are named ``name`` (any case) in their SeriesDescription
+    or ImageType, from the headers alone (``perfnet cohort --find-adc`` on DICOM studies)."""
+    headers, _ = collect_headers(Path(path))
+    return sum(name.lower() in _label(m[0][1]).lower() for m in _by_series(headers).values())
+
+
 def _named_series(path: Path, headers: list[tuple[Path, Dataset]], name: str) -> list[DicomImage]:
     """The images of the one series whose SeriesDescription or ImageType holds ``name`` (any case),
     or of the only series; a one-line error when none or several do."""
     by_uid = _by_series(headers)
-
-    def label(ds: Dataset) -> str:
-        kinds = ds.get("ImageType") or []
-        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-        return " ".join([one_line(ds.get("SeriesDescription", "")), *map(str, kinds)])
-
     if len(by_uid) == 1:
         chosen = next(iter(by_uid.values()))
     else:
-        named = [m for m in by_uid.values() if name.lower() in label(m[0][1]).lower()]
+        named = [m for m in by_uid.values() if name.lower() in _label(m[0][1]).lower()]
         if len(named) != 1:
             found = ", ".join(
                 repr(one_line(m[0][1].get("SeriesDescription", "")) or "?") for m in by_uid.values()
