@@ -191,11 +191,16 @@ def _label(ds: Dataset) -> str:
     return " ".join([one_line(ds.get("SeriesDescription", "")), *map(str, kinds)])
 
 
+def _named(by_uid: dict[str, list[tuple[Path, Dataset]]], name: str) -> list[list[tuple[Path, Dataset]]]:
+    """The series whose SeriesDescription or ImageType holds ``name`` (any case)."""
+    return [m for m in by_uid.values() if name.lower() in _label(m[0][1]).lower()]
+
+
 def named_series_count(path: str | Path, name: str = "ADC") -> int:
     """How many series in a DICOM folder are named ``name`` (any case) in their SeriesDescription
     or ImageType, from the headers alone (``perfnet cohort --find-adc`` on DICOM studies)."""
     headers, _ = collect_headers(Path(path))
-    return sum(name.lower() in _label(m[0][1]).lower() for m in _by_series(headers).values())
+    return len(_named(_by_series(headers), name))
 
 
 def _named_series(path: Path, headers: list[tuple[Path, Dataset]], name: str) -> list[DicomImage]:
@@ -205,7 +210,7 @@ def _named_series(path: Path, headers: list[tuple[Path, Dataset]], name: str) ->
     if len(by_uid) == 1:
         chosen = next(iter(by_uid.values()))
     else:
-        named = [m for m in by_uid.values() if name.lower() in _label(m[0][1]).lower()]
+        named = _named(by_uid, name)
         if len(named) != 1:
             found = ", ".join(
                 repr(one_line(m[0][1].get("SeriesDescription", "")) or "?") for m in by_uid.values()

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from perfnet.qc import temporal_noise_sd
 from perfnet.spatial import rigid_matrix
 
 #: Jump (mm) of the unapplied through-plane displacement between consecutive frames that makes an
@@ -172,8 +173,7 @@ def level_steps(
         else:
             usable = np.ones(block.shape[:2], dtype=bool)
             curve = block
-        second = curve[..., 2:] - 2.0 * curve[..., 1:-1] + curve[..., :-2]
-        noise = np.median(np.abs(second), axis=-1) / 0.6745 / np.sqrt(6.0)
+        noise = temporal_noise_sd(curve.reshape(-1, curve.shape[-1])).reshape(curve.shape[:2])
         largest = np.zeros(block.shape[:2])
         for k, frames, weights in filters:
             step = curve[..., frames] @ weights

@@ -127,6 +127,8 @@ CONTENT_OUTSIDE_FRACTION = 0.05
 
 #: Frame status values of :attr:`MotionResult.status`.
 STATUSES = ("reference", "accepted", "in_plane", "interpolated", "identity")
+#: The statuses whose estimated pose the checks trusted (the others were rejected).
+TRUSTED_STATUSES = ("reference", "accepted", "in_plane")
 #: Why an estimated pose was rejected (:attr:`MotionResult.rejected`).
 REJECTIONS = ("out_of_bounds", "no_anatomy", "less_similar", "jump")
 
@@ -1108,7 +1110,7 @@ def motion_correct(
         result.parameters = applied
         result.displacement_mm = sphere_displacement(applied)
         result.status, result.rejected = status, rejected
-        trusted = np.isin(status, ("reference", "accepted", "in_plane"))
+        trusted = np.isin(status, TRUSTED_STATUSES)
         result.head_displacement_mm = np.where(
             trusted, sphere_displacement(estimated), result.displacement_mm
         )
@@ -1136,7 +1138,7 @@ def motion_correct(
         )
         # (c) corrected voxels drawing on frame voxels whose anatomy (by the estimated pose) lay
         # beyond the slab: the reverse of (a), at the opposite edge of a through-plane move
-        trusted = np.isin(result.status, ("reference", "accepted", "in_plane"))[:, None]
+        trusted = np.isin(result.status, TRUSTED_STATUSES)[:, None]
         poses = np.where(trusted, estimated, result.parameters)  # a rejected estimate says nothing
         origins = np.stack([voxel_map(rigid_matrix(p, centre), affine) for p in poses])
         # a through-plane estimate left unapplied is uncertain (the bolus alone moves tz by up to

@@ -148,7 +148,7 @@ def preprocess(
     from perfnet.preprocess.bolus import detect_bolus
     from perfnet.preprocess.levels import level_steps, through_plane_displacement, through_plane_events
     from perfnet.preprocess.mask import brain_mask as auto_brain_mask
-    from perfnet.preprocess.motion import interpolate_frames, motion_correct
+    from perfnet.preprocess.motion import TRUSTED_STATUSES, interpolate_frames, motion_correct
     from perfnet.preprocess.nonsteady import remove_non_steady_state
 
     steps = steps or Steps(progress)
@@ -176,7 +176,7 @@ def preprocess(
         motion = motion_provenance(moved)
         outside = getattr(moved, "outside", None)  # voxels filled from outside the slab in some frame
         if moved.status:  # the checks ran: which estimates are trusted is known
-            trusted = np.isin(moved.status, ("reference", "accepted", "in_plane"))
+            trusted = np.isin(moved.status, TRUSTED_STATUSES)
             track = through_plane_displacement(
                 moved.estimated, moved.parameters, trusted, steady.affine, moved.centre
             )
