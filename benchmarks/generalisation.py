@@ -174,7 +174,11 @@ def run_study(
                 "true_hypoperfused_ml": float(truth.parameters["volumes_ml"]["hypoperfused"]),
                 "false_core_ml": found_core if true_core == 0 else None,
                 "seconds": round(result["seconds"] + motion_seconds, 2),
-                "flags": [f["code"] for f in result["maps"].provenance.get("qc_flags", [])],
+                # the study's flags: the method's and the lesion checks', as perfnet analyze merges them
+                "flags": [
+                    f["code"]
+                    for f in result["maps"].provenance.get("qc_flags", []) + result["lesions"]["qc_flags"]
+                ],
             }
         )
         r = rows[-1]

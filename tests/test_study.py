@@ -90,3 +90,22 @@ def test_a_new_method_and_writer_are_one_registration_line(
 def test_unknown_method_is_an_input_error(series: PerfusionSeries) -> None:
     with pytest.raises(perfnet.errors.PerfnetInputError, match="unknown method 'magic'"):
         perfnet.analyze(series, "magic")
+
+
+def test_hypoperfusion_on_both_sides_joins_the_study_qc(series: PerfusionSeries, tmp_path: Path) -> None:
+    """The lesion check (perfnet.qc.lesion_flags) is merged into the study's flags and verdict: the
+    one-sided core lesion of the phantom raises nothing; a Tmax threshold of 2 s, which most healthy
+    tissue of this phantom exceeds (median Tmax 3.2 s), puts hypoperfusion on both sides."""
+    one_sided = perfnet.analyze(series, "osvd", motion_correction=False)
+    sides = one_sided.lesions["hypoperfused_by_side_ml"]
+    assert sides["contralateral"] < 10.0 < sides["affected"]
+    assert "bilateral_hypoperfusion" not in {f["code"] for f in one_sided.qc_flags}
+    both = perfnet.analyze(series, "osvd", motion_correction=False, tmax_threshold_s=2.0)
+    sides = both.lesions["hypoperfused_by_side_ml"]
+    assert sides["contralateral"] > 0.5 * sides["affected"] > 100.0
+    assert [f["code"] for f in both.lesions["qc_flags"]] == ["bilateral_hypoperfusion"]
+    assert "bilateral_hypoperfusion" in {f["code"] for f in both.qc_flags}
+    assert both.verdict != "ok" and both.provenance["qc"]["verdict"] == both.verdict
+    both.save(tmp_path / "out", formats=("nifti",))
+    saved = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert "bilateral_hypoperfusion" in saved["qc"]["flags"]

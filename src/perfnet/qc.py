@@ -7,14 +7,16 @@ and the value that raised it) and the flags give the study's *verdict*:
 - ``review``: a warning was raised: the maps are computed as usual, read them with the flag;
 - ``unreliable``: a flag of :data:`UNRELIABLE_FLAGS` was raised: the maps are shown, not trusted.
 
-Two groups of checks, both emitted through this module:
+Three groups of checks, all emitted through this module:
 
 * input checks (:func:`input_flags`), which need no arterial input and run once in the shared
   preprocessing (:mod:`perfnet.preprocess.shared`) before the method branch: truncated
   acquisition, no pre-contrast baseline, low SNR, head motion (large / unrecoverable) and
   non-steady-state frames removed;
 * arterial-input checks (:func:`aif_flags`) of the methods that select an AIF (the conventional
-  ones): the venous curve's truncation and the AIF/VOF selection's own flags.
+  ones): the venous curve's truncation and the AIF/VOF selection's own flags;
+* lesion checks (:func:`lesion_flags`) on the segmented lesions, the same for every method:
+  hypoperfusion in both hemispheres (``bilateral_hypoperfusion``).
 
 The thresholds and where they come from are in the README (``perfnet analyze`` → QC).
 """
@@ -35,6 +37,13 @@ LARGE_MOTION_MM = 2.0
 #: peak of the brain's mean enhancement curve over the typical voxel's temporal noise SD (see
 #: :func:`input_measures`).
 MIN_TISSUE_CNR = 0.65
+#: ``bilateral_hypoperfusion``: the hypoperfused volume (Tmax > 6 s, cleaned) on the side without
+#: the lesion is at least this many mL and this fraction of the affected side's. An ischaemic stroke
+#: is one-sided; hypoperfusion on both sides is far more often an artefact (head motion left at the
+#: brain's edges, a mistimed or misplaced arterial input) than a bilateral lesion (e.g. the basilar
+#: artery's two posterior territories, bilateral carotid disease), so it is a warning, not a verdict.
+BILATERAL_MIN_ML = 10.0
+BILATERAL_FRACTION = 0.25
 #: At most this many brain voxels (an evenly strided subset) enter the input measures.
 MAX_VOXELS = 50_000
 # motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
@@ -64,6 +73,10 @@ _MESSAGES = {
     "cnn_inconsistent": "the network's Tmax > 6 s region changes by {value:.0f} mL when its input "
     "starts 3 s earlier or later (it follows its time grid, not only the bolus): compare its maps "
     "with a conventional method's",
+    "bilateral_hypoperfusion": "hypoperfusion on both sides of the brain: {value:.0f} mL on the side "
+    "without the lesion ({fraction:.0%} of the affected side's {affected:.0f} mL); a stroke is "
+    "one-sided, so check head motion, the arterial input and the timing before reading the volumes "
+    "(a bilateral lesion, e.g. of both posterior territories, also looks like this)",
     "non_steady_state_frames_removed": "{value:.0f} leading non-steady-state frame(s) left out of the "
     "baseline and the fit; TTP is still timed from the first acquired frame",
 }
@@ -249,6 +262,18 @@ def aif_flags(aif: Any, flags: list[dict[str, Any]], times: np.ndarray | None = 
     return out
 
 
+def lesion_flags(lesions: dict[str, Any]) -> list[dict[str, Any]]:
+    """The lesion checks of a lesions.json content (:func:`perfnet.lesions.segment_map_set`):
+    ``bilateral_hypoperfusion`` when the side without the lesion holds at least
+    :data:`BILATERAL_MIN_ML` of hypoperfused tissue and at least :data:`BILATERAL_FRACTION` of the
+    affected side's."""
+    sides = lesions.get("hypoperfused_by_side_ml") or {}
+    affected, other = float(sides.get("affected", 0.0)), float(sides.get("contralateral", 0.0))
+    if other >= BILATERAL_MIN_ML and other >= BILATERAL_FRACTION * affected:
+        return [flag("bilateral_hypoperfusion", other, fraction=other / affected, affected=affected)]
+    return []
+
+
 def summary(flags: list[dict[str, Any]], measures: dict[str, Any] | None = None) -> dict[str, Any]:
     """provenance.json's ``qc``: verdict, flag codes, the measures judged and the thresholds."""
     return {
@@ -259,5 +284,7 @@ def summary(flags: list[dict[str, Any]], measures: dict[str, Any] | None = None)
             "truncation_fraction": TRUNCATION_FRACTION,
             "large_motion_mm": LARGE_MOTION_MM,
             "min_tissue_cnr": MIN_TISSUE_CNR,
+            "bilateral_min_ml": BILATERAL_MIN_ML,
+            "bilateral_fraction": BILATERAL_FRACTION,
         },
     }

@@ -265,7 +265,8 @@ def analyze(
     # every method's result carries the shared input QC (a method may add its own flags)
     from perfnet import qc
 
-    flags = _merge_flags(prepared.qc_flags, provenance.get("qc_flags", []))
+    # ... and the lesion checks (perfnet.qc.lesion_flags: hypoperfusion on both sides)
+    flags = _merge_flags(prepared.qc_flags, provenance.get("qc_flags", []), lesions.get("qc_flags", []))
     provenance["qc_flags"] = flags
     provenance["qc"] = qc.summary(flags, prepared.qc_measures)
     provenance["verdict"] = provenance["qc_verdict"] = qc_verdict(flags)

@@ -154,3 +154,35 @@ def test_cbf_calibration_multiplies_every_core_threshold(monkeypatch: pytest.Mon
     assert out["volumes_ml"]["core"] == pytest.approx(48.0) and out["settings"]["cbf_calibration"] == 1.4
     assert "42.0 %" in out["core_rule"] and "a test" in out["core_rule"]
     assert core_rule(RAW) == "hypoperfused and CBF < 30 % of the reference"
+
+
+def test_hypoperfusion_on_both_sides_is_flagged() -> None:
+    """A stroke is one-sided: hypoperfused tissue on the side without the lesion is measured per
+    side and flagged (``bilateral_hypoperfusion``) from 10 mL and a quarter of the affected side."""
+    from perfnet.qc import BILATERAL_FRACTION, BILATERAL_MIN_ML, lesion_flags
+
+    cbf, tmax, brain, affine = _box_study()
+    one_sided = segment_lesions(cbf, tmax, brain, affine, RAW)
+    assert one_sided.hypoperfused_by_side_ml == {"affected": 72.0, "contralateral": 0.0}
+    assert lesion_flags(one_sided.to_json()) == []
+    # the midline is x = 29.5: a 10 × 40 × 6 block at x 14–23 lies on the left, 48 mL
+    both = tmax.copy()
+    both[14:24, 20:60, 2:8] = 9.0
+    r = segment_lesions(cbf, both, brain, affine, RAW)
+    assert r.affected_side == "right"
+    assert r.hypoperfused_by_side_ml == {"affected": 72.0, "contralateral": 48.0}
+    assert r.volumes_ml["hypoperfused"] == pytest.approx(120.0)
+    (raised,) = lesion_flags(r.to_json())
+    assert raised["code"] == "bilateral_hypoperfusion" and raised["value"] == 48.0
+    assert "48 mL on the side without the lesion (67% of the affected side's 72 mL)" in raised["message"]
+    # below either threshold, nothing: 5 mL (< 10 mL), and 12 mL (≥ 10 mL, but 17 % < 25 % of 72)
+    assert BILATERAL_MIN_ML == 10.0 and BILATERAL_FRACTION == 0.25
+    for rows, slabs, expected in ((slice(20, 45), slice(2, 3), 5.0), (slice(20, 50), slice(2, 4), 12.0)):
+        small = tmax.copy()
+        small[14:24, rows, slabs] = 9.0
+        r = segment_lesions(cbf, small, brain, affine, RAW)
+        assert r.hypoperfused_by_side_ml == {"affected": 72.0, "contralateral": expected}
+        assert lesion_flags(r.to_json()) == []
+    # nothing hypoperfused: no side, no flag
+    r = segment_lesions(cbf, np.where(brain, 2.0, 0.0), brain, affine, RAW)
+    assert r.hypoperfused_by_side_ml is None and lesion_flags(r.to_json()) == []

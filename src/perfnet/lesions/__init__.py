@@ -115,6 +115,9 @@ class LesionResult:
     affected_side: str | None
     settings: LesionSettings
     profile: dict[str, Any] | None = None
+    #: the cleaned hypoperfused volume on the affected side and on the other (None: none found);
+    #: a stroke is one-sided, so much on both sides is a QC flag (:func:`perfnet.qc.lesion_flags`)
+    hypoperfused_by_side_ml: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         profile = {} if self.profile is None else self.profile | {"definitions": PROFILE_DEFINITIONS}
@@ -125,6 +128,7 @@ class LesionResult:
             "defuse3_criteria": DEFUSE3,
             "reference_cbf": round(self.reference_cbf, 3),
             "affected_side": self.affected_side,
+            "hypoperfused_by_side_ml": self.hypoperfused_by_side_ml,
             "settings": asdict(self.settings),
         }
 
@@ -242,6 +246,12 @@ def segment_lesions(
     penumbra = hypo & ~core
 
     voxel_ml = voxel_volume_ml(affine)
+    by_side = None
+    if affected is not None:
+        by_side = {
+            "affected": round(float((hypo & (sides == affected)).sum() * voxel_ml), 2),
+            "contralateral": round(float((hypo & (sides == -affected)).sum() * voxel_ml), 2),
+        }
     core_ml = float(core.sum() * voxel_ml)
     hypo_ml = float(hypo.sum() * voxel_ml)
     mismatch_ml = hypo_ml - core_ml
@@ -290,6 +300,7 @@ def segment_lesions(
         affected_side=side_name(affected) if affected is not None else None,
         settings=settings,
         profile=profile,
+        hypoperfused_by_side_ml=by_side,
     )
 
 
@@ -309,6 +320,7 @@ def segment_map_set(
     and lesions.json says so (``core_rule``). ``adc`` (:func:`perfnet.lesions.adc.load_adc`): the
     core from diffusion (lesions.json ``core_source``, ``adc``)."""
     from perfnet.preprocess.mask import csf_mask
+    from perfnet.qc import lesion_flags
 
     calibration = maps.provenance.get("core_calibration") or {}
     if calibration.get("factor"):
@@ -329,7 +341,10 @@ def segment_map_set(
     )
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
     csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
-    return result.to_json() | {
+    content = result.to_json()
+    return content | {
+        # the lesion checks (perfnet.qc.lesion_flags); the study merges them into its QC flags
+        "qc_flags": lesion_flags(content),
         "method": maps.method,
         "excluded_csf_ml": csf_ml,
         "core_rule": core_rule(settings, calibration),
