@@ -169,12 +169,11 @@ def _enhancement(values: np.ndarray, baseline_end: int, modality: str, echo_time
 
 
 def temporal_noise_sd(curves: np.ndarray) -> np.ndarray:
-    """Per-curve white-noise SD from second differences, 1.4826·median|Δ²c|/√6 (Var Δ²ε = 6σ²;
-    the smooth bolus barely moves the median): the baseline noise, measured on every frame so that
-    a study without a baseline gets one too."""
-    if curves.shape[1] < 3:
-        return np.zeros(curves.shape[0])
-    return 1.4826 * np.median(np.abs(np.diff(curves, n=2, axis=1)), axis=1) / np.sqrt(6.0)
+    """(V, T) → per-curve white-noise SD from second differences, 1.4826·median|Δ²c|/√6, measured on
+    every frame (:func:`perfnet.preprocess.bolus.noise_sd_per_curve`, the one implementation)."""
+    from perfnet.preprocess.bolus import noise_sd_per_curve
+
+    return noise_sd_per_curve(curves)
 
 
 def _brain_values(data4d: np.ndarray, mask: np.ndarray, max_voxels: int) -> np.ndarray:

@@ -159,11 +159,21 @@ def arterial_curve(values: np.ndarray, modality: str, window: slice) -> np.ndarr
     return values[top].mean(axis=0, dtype=np.float64)
 
 
+def noise_sd_per_curve(curves: np.ndarray) -> np.ndarray:
+    """Per-curve white-noise SD of curves (..., T) from second differences, 1.4826·median|Δ²c|/√6
+    (Var Δ²ε = 6σ²; 1.4826·median|x| estimates a Gaussian's σ; the smooth bolus barely moves the
+    median): the noise measured on every frame, so a curve without a baseline gets one too. Zeros
+    with fewer than three frames. The one implementation of this rule (:func:`noise_sd`,
+    :func:`perfnet.qc.temporal_noise_sd`, :mod:`perfnet.preprocess.levels`)."""
+    curves = np.asarray(curves)
+    if curves.shape[-1] < 3:
+        return np.zeros(curves.shape[:-1])
+    return 1.4826 * np.median(np.abs(np.diff(curves, n=2, axis=-1)), axis=-1) / np.sqrt(6.0)
+
+
 def noise_sd(curve: np.ndarray) -> float:
-    """Robust white-noise SD from second differences: 1.4826 · median|Δ²c| / √6."""
-    if curve.size < 3:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(np.diff(curve, n=2))) / np.sqrt(6.0))
+    """:func:`noise_sd_per_curve` of one curve."""
+    return float(noise_sd_per_curve(np.ravel(curve)))
 
 
 def smooth3(curve: np.ndarray) -> np.ndarray:

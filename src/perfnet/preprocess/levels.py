@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from perfnet.qc import temporal_noise_sd
+from perfnet.preprocess.bolus import noise_sd_per_curve
 from perfnet.spatial import rigid_matrix
 
 #: Jump (mm) of the unapplied through-plane displacement between consecutive frames that makes an
@@ -173,7 +173,7 @@ def level_steps(
         else:
             usable = np.ones(block.shape[:2], dtype=bool)
             curve = block
-        noise = temporal_noise_sd(curve.reshape(-1, curve.shape[-1])).reshape(curve.shape[:2])
+        noise = noise_sd_per_curve(curve)
         largest = np.zeros(block.shape[:2])
         for k, frames, weights in filters:
             step = curve[..., frames] @ weights
