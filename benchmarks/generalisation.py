@@ -22,7 +22,7 @@ peaking late, which MAEC alone mixes with noise), the core volume found and the 
 (mL found on lesion-free and penumbra-only studies, mean and max); then the cross-style gap of
 each method (style B − style A).
 
-    python benchmarks/generalisation.py [--studies 6] [--modality ct,mr] [--styles geometric,mni]
+    python benchmarks/generalisation.py [--studies 6] [--first 0] [--modality ct,mr] [--styles geometric,mni]
         [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
         [--slices 8] [--json OUT]
 
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--studies", type=int, default=6, help="studies per style and modality")
+    parser.add_argument("--first", type=int, default=0, help="index of the first study (6: a check set)")
     parser.add_argument("--modality", default="ct,mr", help="ct, mr or ct,mr")
     parser.add_argument("--styles", default="geometric,mni")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="perfnet-generalisation-") as tmp:
         for modality in modalities:
             for style in styles:
-                for index in range(args.studies):
+                for index in range(args.first, args.first + args.studies):
                     rows += run_study(style, modality, index, args, Path(tmp))
     table = summarise(rows)
     print_tables(table)
