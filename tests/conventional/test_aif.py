@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from perfnet.conventional.aif import CurveFeatures, arterial_input, venous_checks
+from perfnet.conventional.aif import arterial_input, venous_checks
+from perfnet.conventional.curves import CurveFeatures
 from perfnet.conventional.pipeline import AnalysisOptions, analyze
 from perfnet.errors import PerfnetInputError
 from perfnet.phantom.anatomy import CSF
