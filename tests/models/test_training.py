@@ -401,3 +401,37 @@ def test_a_new_network_is_one_registration(cohort: Path, tmp_path: Path) -> None
         assert np.isfinite(maps["tmax"]).all()
     finally:
         NETWORKS.pop("toy1x1", None)
+
+
+def test_low_flow_weight_counts_the_core_more() -> None:
+    """``--low-flow-weight W``: voxels whose target CBF is below 40 % of their slice's brain median
+    weigh 1 + W in the MSE (log-domain targets read back in mL/100 g/min); the rest of the brain
+    1, outside it 0; a slice without brain has no low-flow voxel."""
+    from perfnet.inference.targets import to_model
+    from perfnet.training.task import LOW_FLOW_FRACTION, PerfusionTask
+
+    assert LOW_FLOW_FRACTION == 0.4
+    kwargs = {"in_channels": 6, "out_channels": 2, "width": 4, "stages": 2}
+    mean, sd, offsets = {"cbf": 3.0, "tmax": 2.0}, {"cbf": 0.5, "tmax": 3.0}, {"cbf": 1.0}
+    cbf = torch.full((3, 8, 8), 50.0)
+    cbf[0, :2, :2] = 10.0  # 20 % of the slice's median 50: low flow
+    cbf[0, 2, 2] = 25.0  # 50 %: not
+    cbf[1, :, :2] = 19.0  # a quarter of the slice at 38 % of the median: low flow
+    cbf[2] = 5.0  # no brain on this slice
+    mask = torch.ones(3, 8, 8, dtype=torch.bool)
+    mask[0, 7, 7] = False
+    mask[2] = False
+    y = torch.stack([(to_model(cbf, "cbf", offsets) - mean["cbf"]) / sd["cbf"], torch.zeros(3, 8, 8)], dim=1)
+    m = mask[:, None].float()
+    plain = PerfusionTask("unet", kwargs, ["cbf", "tmax"], mean, sd, list(range(6)), log_offsets=offsets)
+    assert torch.equal(plain._low_flow_weighted(y, m), m)  # no weight: the plain mask
+    task = PerfusionTask(
+        "unet", kwargs, ["cbf", "tmax"], mean, sd, list(range(6)), log_offsets=offsets, low_flow_weight=4.0
+    )
+    w = task._low_flow_weighted(y, m)[:, 0]
+    assert (w[0, :2, :2] == 5.0).all() and w[0, 2, 2] == 1.0 and w[0, 7, 7] == 0.0
+    assert float(w[0].sum()) == 4 * 5 + (64 - 4 - 1)
+    assert (w[1, :, :2] == 5.0).all() and (w[1, :, 2:] == 1.0).all()
+    assert (w[2] == 0.0).all()
+    batch = {"x": torch.randn(3, 6, 8, 8), "y": y, "mask": mask}
+    assert torch.isfinite(task._loss(batch)[0])

@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=None if args.init is None else str(args.init),
         thin=_int_list(args.thin, "--thin"),
         freeze_norm=args.freeze_norm,
+        low_flow_weight=args.low_flow_weight,
         seed=args.seed,
         accelerator=args.accelerator,
         devices=int(args.devices) if str(args.devices).isdigit() else args.devices,

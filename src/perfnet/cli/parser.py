@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the batch-norm running statistics of --init (fine-tuning on a small cohort)",
     )
+    p.add_argument(
+        "--low-flow-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="MSE weight 1 + W on voxels whose target CBF is below 40 %% of their slice's median"
+        " (the core and its margin; default 0: every voxel weighs the same)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (a count or auto)")

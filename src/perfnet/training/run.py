@@ -119,6 +119,8 @@ class TrainConfig:
     noise: float = 0.5
     thin: list[int] = field(default_factory=lambda: [1])  # frame-thinning factors (fewer-frames training)
     freeze_norm: bool = False  # batch-norm running statistics kept from --init (fine-tuning)
+    # extra loss weight of low-flow voxels (target CBF < LOW_FLOW_FRACTION of the slice's median)
+    low_flow_weight: float = 0.0
     seed: int = 0
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -436,6 +438,7 @@ def _train_fold(
         lr_gamma=cfg.lr_gamma,
         log_offsets=norm.log_offsets,
         freeze_norm=cfg.freeze_norm,
+        low_flow_weight=cfg.low_flow_weight,
     )
     if start is not None:
         task.model.load_state_dict(start.state_dict)

@@ -15,6 +15,8 @@ from perfnet.models.losses import laplace_nll_parts, masked_mse_parts
 
 #: Clinically relevant window per map for Hess's importance weighting (Tmax [0, 40] s as in the paper).
 WINDOWS = {"tmax": (0.0, 40.0), "ttp": (0.0, 60.0), "mtt": (0.0, 20.0), "cbf": (0.0, 80.0), "cbv": (0.0, 8.0)}
+#: Low-flow voxels of ``--low-flow-weight``: target CBF below this fraction of the slice's median.
+LOW_FLOW_FRACTION = 0.4
 
 
 class PerfusionTask(L.LightningModule):
@@ -33,6 +35,7 @@ class PerfusionTask(L.LightningModule):
         windows: dict[str, list[float]] | None = None,
         log_offsets: dict[str, float] | None = None,
         freeze_norm: bool = False,
+        low_flow_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,7 +91,7 @@ class PerfusionTask(L.LightningModule):
             total, weight = laplace_nll_parts(value, scale, batch["y"], mask, self.windows)
             floor = 1e-12
         else:
-            total, weight = masked_mse_parts(value, batch["y"], mask)
+            total, weight = masked_mse_parts(value, batch["y"], self._low_flow_weighted(batch["y"], mask))
             if scale is not None:  # a scale head beside the MSE regression (the U-Net's): its Laplace
                 # NLL on the *detached* maps, so the maps train exactly as without it; same weights
                 nll, _ = laplace_nll_parts(value.detach(), scale, batch["y"], mask)
@@ -100,6 +103,23 @@ class PerfusionTask(L.LightningModule):
             torch.distributed.all_reduce(weight)
             return total * world / weight.clamp_min(floor), value
         return total / weight.clamp_min(floor), value
+
+    def _low_flow_weighted(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss mask (B, 1, H, W) with weight 1 + ``low_flow_weight`` where the target CBF is
+        below :data:`LOW_FLOW_FRACTION` of the median target CBF of the slice's brain: the core
+        (rCBF < 30 %) and a margin, which a mean squared error over all voxels pulls towards the
+        population mean (issue 12.3). Unchanged without a weight or a CBF map."""
+        w = float(self.hparams.get("low_flow_weight", 0.0) or 0.0)
+        if w <= 0 or "cbf" not in self.maps:
+            return mask
+        i = self.maps.index("cbf")
+        raw = y[:, i] * self.sd[0, i].to(y) + self.mean[0, i].to(y)
+        cbf = from_model(raw, "cbf", self.log_offsets)  # (B, H, W) in mL/100 g/min
+        inside = mask[:, 0] > 0
+        none = cbf.new_tensor(float("inf"))  # a slice without brain: no voxel is low-flow
+        ref = torch.stack([c[m].median() if m.any() else none for c, m in zip(cbf, inside, strict=True)])
+        low = (cbf < LOW_FLOW_FRACTION * ref.view(-1, 1, 1)) & inside
+        return mask * (1.0 + w * low[:, None].to(mask.dtype))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch, across_ranks=True)
