@@ -216,7 +216,8 @@ SETTINGS = {
     # by itself). Measured at stop 24 (12 min each, 10 and 8 epochs on the shared 2-core machine; the
     # numbers: README "The CNN's core"), weighted vs control, plain 30 % rule: 7 static test studies
     # core Dice 0.61 vs 0.54 (bundled calibrated 0.59); generalisation style B core Dice 0.49 vs
-    # 0.31, style A false core on 70004 48.8 vs 23.2 mL. Not bundled: it needs a full rebuild, the
+    # 0.31, style A false core on 70004 48.8 vs 23.2 mL; check set 6–11 core Dice A 0.48 vs 0.38,
+    # B 0.56 vs 0.43, hypoperfused Dice B 0.76 vs 0.64. Not bundled: it needs a full rebuild, the
     # scale head refitted and the core rule calibrated again (tools/fit_scale_head.py,
     # tools/calibrate_core.py), and the penumbra-only false core addressed.
     "ct-lowflow": {
