@@ -114,8 +114,9 @@ CT_REPLAY_COHORT = [
 #: ``ct-lowflow`` cohort: the first 48 studies of the bundled model's own first cohort (same
 #: `perfnet simulate` arguments and seeds 10000–10047: static studies it trained on).
 CT_LOWFLOW_COHORT = _cohort("ct", 48, 10000, "--size", "128")
-#: ``ct-lowflow``'s stage: stage-3 settings at lr 5e-5 with the batch-norm statistics of the init kept.
-LOWFLOW_STAGE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
+#: The stage of ``ct-replay`` and ``ct-lowflow``: stage-3 settings at lr 5e-5 with the batch-norm
+#: statistics of the init kept.
+FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
 
 #: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``; a cohort is one `perfnet
 #: simulate` argument list, or a list of them merged into one cohort) and the training stages,
@@ -204,7 +205,7 @@ SETTINGS = {
             {
                 "cohort": 0,
                 "init": CT_INIT_COMMIT,
-                "train": [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"],
+                "train": FROZEN_NORM_FINE_TUNE,
                 "minutes": 18,
             },
         ],
@@ -227,7 +228,7 @@ SETTINGS = {
             {
                 "cohort": 0,
                 "init": CT_INIT_COMMIT,
-                "train": [*LOWFLOW_STAGE, "--low-flow-weight", "4"],
+                "train": [*FROZEN_NORM_FINE_TUNE, "--low-flow-weight", "4"],
                 "minutes": 12,
             },
         ],
@@ -235,7 +236,7 @@ SETTINGS = {
     "ct-lowflow-control": {
         "bundle": False,
         "cohorts": [CT_LOWFLOW_COHORT],
-        "stages": [{"cohort": 0, "init": CT_INIT_COMMIT, "train": LOWFLOW_STAGE, "minutes": 12}],
+        "stages": [{"cohort": 0, "init": CT_INIT_COMMIT, "train": FROZEN_NORM_FINE_TUNE, "minutes": 12}],
     },
     # candidate, not bundled (written to --work): the `mr` recipe from scratch with Hess et al.'s
     # shift range (-5..30 frames) and edge padding instead of -3..8 reflect (the grid-dependence
