@@ -80,6 +80,7 @@ def test_tiny_training_run_loss_falls_and_writes_run_folder(cohort: Path, tmp_pa
     assert len({d["shift"] for d in draws}) > 3  # drawn, not constant
     _, config = load_weights(run / "weights.pt")
     assert config["model"] == "unet" and config["frames"] == 24 and config["modality"] == "CT"
+    assert config["bolus_rule"] == "early-peak"  # TrainConfig's default, recorded for inference
     assert config["training"]["validation"]["val_tmax_maec"] == pytest.approx(
         plan["folds"]["0"]["validation"]["val_tmax_maec"]
     )

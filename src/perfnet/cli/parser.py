@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="MSE weight 1 + W on voxels whose target CBF is below 40 %% of their slice's median"
         " (the core and its margin; default 0: every voxel weighs the same)",
     )
+    p.add_argument(
+        "--bolus-rule",
+        choices=("early-peak", "arterial"),  # perfnet.inference.inputs.BOLUS_RULES (tested)
+        default="early-peak",
+        help="where the temporal network's arterial bolus patch is placed: early-peak (the highest"
+        " early peak, mostly the venous sinus) or arterial (the highest peak among the voxels that"
+        " arrive first)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", default="auto", help="Lightning devices (a count or auto)")

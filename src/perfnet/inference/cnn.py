@@ -349,6 +349,7 @@ def predict(
         },
         "model_pixel_mm": config.get("pixel_mm"),
         "bolus_patch_centre": list(inp.bolus_centre),
+        "bolus_rule": config.get("bolus_rule", "early-peak"),
         "training": config.get("training", {}),
         # the study against the network's training domain (perfnet.inference.domain)
         "training_domain": config.get("domain"),

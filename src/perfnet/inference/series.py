@@ -101,4 +101,5 @@ def input_of(prepared: Preprocessed, config: dict[str, Any]) -> ModelInput:
         config.get("align_lead_s"),
         config.get("pixel_mm"),
         bolus=prepared.bolus,
+        bolus_rule=config.get("bolus_rule", "early-peak"),
     )

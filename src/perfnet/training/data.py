@@ -243,6 +243,7 @@ def load_study(
     align_lead_s: float | None = None,
     store: bool = True,
     input_cache: Path | None = None,
+    bolus_rule: str = "early-peak",
 ) -> StudySlices:
     """One study on the model's time grid and pixel size, its input made as inference makes it
     (:func:`study_input`); TTP targets relative to the grid start. The loss mask is the targets'
@@ -260,6 +261,7 @@ def load_study(
         "frames": frames,
         "align_lead_s": align_lead_s,
         "pixel_mm": pixel_mm,
+        "bolus_rule": bolus_rule,
     }
     inp, offset_s, descriptors = study_input(study, config, input_cache, store)
     if "ttp" in target_maps:  # truth TTP is timed from the first acquired frame

@@ -255,6 +255,7 @@ class SliceRecipe:
     pixel_mm: float | None
     align_lead_s: float | None
     log_offsets: dict[str, float]
+    bolus_rule: str = "early-peak"
 
     def input_config(self) -> dict[str, object]:
         return {
@@ -262,6 +263,7 @@ class SliceRecipe:
             "frames": self.frames,
             "align_lead_s": self.align_lead_s,
             "pixel_mm": self.pixel_mm,
+            "bolus_rule": self.bolus_rule,
         }
 
 
@@ -310,6 +312,7 @@ def prepare_slices(
             tree,
             recipe.pixel_mm,
             recipe.align_lead_s,
+            bolus_rule=recipe.bolus_rule,
         )
         moments = study_moments(slices.inputs, slices.targets, slices.brain, recipe.maps, recipe.log_offsets)
         write_prepared(slices, root / study.name, keys[study.name], moments)

@@ -112,6 +112,8 @@ class TrainConfig:
     frames: int = FRAMES
     pixel_mm: float | None = None
     align_lead_s: float | None = 6.0
+    # how the temporal network's bolus patch is placed (perfnet.inference.inputs.BOLUS_RULES)
+    bolus_rule: str = "early-peak"
     shift: tuple[int, int] = (-5, 30)
     shift_pad: str = "reflect"  # padding of shifted series: reflect | edge (training.dataset.Augmentation)
     flips: bool = True
@@ -256,6 +258,7 @@ def _prepare(
         cfg.pixel_mm,
         cfg.align_lead_s,
         log_offsets_for(cfg.log_maps),
+        cfg.bolus_rule,
     )
     return prepare_cohort(
         studies, Path(cohort), out, recipe, writer, cfg.jobs, cfg.scheduler, progress=cfg.progress
@@ -511,6 +514,7 @@ def _train_fold(
         "frames": cfg.frames,
         "pixel_mm": cfg.pixel_mm,
         "align_lead_s": cfg.align_lead_s,
+        "bolus_rule": cfg.bolus_rule,
         "input_scale": norm.input_scale,
         "target_mean": norm.target_mean,
         "target_sd": norm.target_sd,
