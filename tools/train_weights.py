@@ -254,7 +254,12 @@ SETTINGS = {
     # and on an artery in some (style A 12 of 12 on the sinus or next to it; style B 8 of 12), so the
     # network's timing reference changes between studies; `arterial` lands on an artery in 19 of
     # the 24 generalisation studies (the other 5: 3 slabs without an artery, 2 moving studies).
-    # ``mr-arterial-control`` is the same fine-tune with the early-peak patch.
+    # ``mr-arterial-control`` is the same fine-tune with the early-peak patch. Measured at stop 25
+    # (12 epochs each, both at once on the shared 2-core machine; README "Where the bolus patch
+    # sits"), arterial / control / bundled on the 12 + 12 MR studies of benchmarks/generalisation.py:
+    # style B Tmax MAEC 1.80 / 3.16 / 2.12 s, hypoperfused Dice 0.71 / 0.55 / 0.59; style A 1.34 /
+    # 1.45 / 1.25 s, 0.84 / 0.82 / 0.90. Not bundled (the fine-tune itself costs style A); next: the
+    # `mr` recipe from scratch with --bolus-rule arterial.
     "mr-arterial": {
         "bundle": False,
         "cohorts": [MR_ARTERIAL_COHORT],
