@@ -69,8 +69,9 @@ def _part(modality: str, cases: int, seed: int, *extra: str) -> list[str]:
     return ["--modality", modality, "--cases", str(cases), "--seed", str(seed), *extra]
 
 
-#: The commit whose bundled MR weights (2 stages on style A, --no-motion, 46 min) the MR recipe
-#: fine-tunes; read with `git show` (sha256 recorded in the new weights' training provenance).
+#: The commit whose bundled MR weights (2 stages on style A, --no-motion, 46 min; the tensors
+#: bundled today, whose later commits added only the training domain) the MR candidates
+#: fine-tune; read with `git show` (sha256 recorded in the new weights' training provenance).
 INIT_COMMIT = "f8e4265"
 
 
@@ -80,8 +81,9 @@ INIT_COMMIT = "f8e4265"
 #: the inputs pass through inference's own preprocessing (non-steady-state frames dropped, motion
 #: correction, unalignable frames interpolated). Seeds 22000–22011 and 23000–23011: disjoint from the tests
 #: (< 10000), the older bundled cohorts and benchmarks/generalisation.py (70000–71105).
-MR_COHORTS = [
-    [_part("mr", 12, 22000, "--slices", "10"), _part("mr", 12, 23000, "--slices", "10", "--style", "mni")],
+MR_MIXED_COHORT = [
+    _part("mr", 12, 22000, "--slices", "10"),
+    _part("mr", 12, 23000, "--slices", "10", "--style", "mni"),
 ]
 
 #: The commit whose bundled CT weights (3 stages on style A, --no-motion, 90 min; ct.md there) the
@@ -118,15 +120,20 @@ CT_LOWFLOW_COHORT = _cohort("ct", 48, 10000, "--size", "128")
 #: statistics of the init kept.
 FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
 
-#: The commit whose bundled MR weights (tensors as built by the `mr` recipe) ``mr-arterial`` and its
-#: control fine-tune.
-MR_BUNDLED_COMMIT = "4d87998"
 #: ``mr-arterial`` cohort: the first 48 studies of the bundled MR model's own second cohort (same
 #: `perfnet simulate` arguments, seeds 21000–21047: static style-A studies it trained on).
 MR_ARTERIAL_COHORT = _cohort("mr", 48, 21000, "--slices", "10")
 #: Its stage: the bundled stage 2's settings for a fixed 12 epochs (the time cap only a guard), so
 #: that the run and its control train equally whatever else shares the machine.
 MR_REFINE = [*TEMPORAL, *FINE_TUNE, "--epochs", "12"]
+
+
+def _fine_tune(cohort: list, init: str, train: list[str], minutes: float) -> dict:
+    """A candidate (written to ``--work``, not bundled): one stage fine-tuning the weights bundled
+    at commit ``init`` on ``cohort`` with ``train``'s options."""
+    stage = {"cohort": 0, "init": init, "train": train, "minutes": minutes}
+    return {"bundle": False, "cohorts": [cohort], "stages": [stage]}
+
 
 #: Per modality: the phantom cohorts (folder ``<modality>-cohort[-N]``; a cohort is one `perfnet
 #: simulate` argument list, or a list of them merged into one cohort) and the training stages,
@@ -177,18 +184,7 @@ SETTINGS = {
     # Dice 0.92 -> 0.89, core Dice 0.49 -> 0.25 (that test fails), static generalisation studies
     # hypo Dice 0.72 -> 0.71 (A) and 0.90 -> 0.83 (B), core Dice 0.23 -> 0.00 (A), 0.42 -> 0.24 (B);
     # nuisance low_dose_ct Dice 0.79 -> 0.67, truncated_ct 0.14 -> 0.77
-    "ct-motion": {
-        "bundle": False,
-        "cohorts": [CT_MOTION_COHORT],
-        "stages": [
-            {
-                "cohort": 0,
-                "init": CT_INIT_COMMIT,
-                "train": [*UNET, *FEWER_FRAMES, "--lr", "5e-5"],
-                "minutes": 15,
-            },
-        ],
-    },
+    "ct-motion": _fine_tune(CT_MOTION_COHORT, CT_INIT_COMMIT, [*UNET, *FEWER_FRAMES, "--lr", "5e-5"], 15),
     # candidate, not bundled (written to --work): as ct-motion (same init, stage-3 settings, lr 5e-5)
     # but on CT_REPLAY_COHORT (half replay of the bundled model's own static training studies, half
     # moving studies drawn like them) and with the batch-norm running statistics kept from the init
@@ -208,18 +204,7 @@ SETTINGS = {
     # rule): moving 71004 (style B) hypo Dice 0.13 -> 0.87, 70003 Tmax MAEC 0.90 -> 0.51 s; static
     # hypo Dice A 0.72 -> 0.74, B 0.90 -> 0.88; core Dice A 0.43 -> 0.24, B 0.56 -> 0.38; false
     # core on 70004 41.8 -> 4.0 mL (plain rule: calibrate_core.py not run for this candidate).
-    "ct-replay": {
-        "bundle": False,
-        "cohorts": [CT_REPLAY_COHORT],
-        "stages": [
-            {
-                "cohort": 0,
-                "init": CT_INIT_COMMIT,
-                "train": FROZEN_NORM_FINE_TUNE,
-                "minutes": 18,
-            },
-        ],
-    },
+    "ct-replay": _fine_tune(CT_REPLAY_COHORT, CT_INIT_COMMIT, FROZEN_NORM_FINE_TUNE, 18),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned on 48 of its own
     # static training studies with low-flow voxels (target CBF < 40 % of the slice's median: the core
     # and its margin) weighing 5× in the MSE (--low-flow-weight 4; issue 12.3's "loss weighting of
@@ -231,23 +216,10 @@ SETTINGS = {
     # B 0.56 vs 0.43, hypoperfused Dice B 0.76 vs 0.64. Not bundled: it needs a full rebuild, the
     # scale head refitted and the core rule calibrated again (tools/fit_scale_head.py,
     # tools/calibrate_core.py), and the penumbra-only false core addressed.
-    "ct-lowflow": {
-        "bundle": False,
-        "cohorts": [CT_LOWFLOW_COHORT],
-        "stages": [
-            {
-                "cohort": 0,
-                "init": CT_INIT_COMMIT,
-                "train": [*FROZEN_NORM_FINE_TUNE, "--low-flow-weight", "4"],
-                "minutes": 12,
-            },
-        ],
-    },
-    "ct-lowflow-control": {
-        "bundle": False,
-        "cohorts": [CT_LOWFLOW_COHORT],
-        "stages": [{"cohort": 0, "init": CT_INIT_COMMIT, "train": FROZEN_NORM_FINE_TUNE, "minutes": 12}],
-    },
+    "ct-lowflow": _fine_tune(
+        CT_LOWFLOW_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--low-flow-weight", "4"], 12
+    ),
+    "ct-lowflow-control": _fine_tune(CT_LOWFLOW_COHORT, CT_INIT_COMMIT, FROZEN_NORM_FINE_TUNE, 12),
     # candidate, not bundled (written to --work): the bundled MR network fine-tuned with its bolus
     # patch placed by the `arterial` rule (perfnet.inference.inputs.BOLUS_RULES) instead of
     # `early-peak`, which on the phantoms of both styles lands on the venous sinus in most studies
@@ -260,23 +232,8 @@ SETTINGS = {
     # style B Tmax MAEC 1.80 / 3.16 / 2.12 s, hypoperfused Dice 0.71 / 0.55 / 0.59; style A 1.34 /
     # 1.45 / 1.25 s, 0.84 / 0.82 / 0.90. Not bundled (the fine-tune itself costs style A); next: the
     # `mr` recipe from scratch with --bolus-rule arterial.
-    "mr-arterial": {
-        "bundle": False,
-        "cohorts": [MR_ARTERIAL_COHORT],
-        "stages": [
-            {
-                "cohort": 0,
-                "init": MR_BUNDLED_COMMIT,
-                "train": [*MR_REFINE, "--bolus-rule", "arterial"],
-                "minutes": 40,
-            }
-        ],
-    },
-    "mr-arterial-control": {
-        "bundle": False,
-        "cohorts": [MR_ARTERIAL_COHORT],
-        "stages": [{"cohort": 0, "init": MR_BUNDLED_COMMIT, "train": MR_REFINE, "minutes": 40}],
-    },
+    "mr-arterial": _fine_tune(MR_ARTERIAL_COHORT, INIT_COMMIT, [*MR_REFINE, "--bolus-rule", "arterial"], 40),
+    "mr-arterial-control": _fine_tune(MR_ARTERIAL_COHORT, INIT_COMMIT, MR_REFINE, 40),
     # candidate, not bundled (written to --work): the `mr` recipe from scratch with Hess et al.'s
     # shift range (-5..30 frames) and edge padding instead of -3..8 reflect (the grid-dependence
     # experiment of issue 12: does a network trained on arrivals anywhere in its window read Tmax
@@ -302,21 +259,10 @@ SETTINGS = {
     # candidate, not bundled (written to --work): the bundled MR model fine-tuned on a mixed
     # cohort through inference's preprocessing; on the held-out fold it was not better than the
     # model it started from (see src/perfnet/weights/mr.md), so `mr` above stays the bundled recipe
-    "mr-mixed": {
-        "bundle": False,
-        "cohorts": MR_COHORTS,
-        # the 2-stage style-A model (20000–21089, --no-motion, 46 min; mr.md of commit f8e4265)
-        # fine-tuned on the mixed cohort through inference's preprocessing: the budget of one
-        # working session on a shared 2-core machine (motion correction of a study takes ~1 min)
-        "stages": [
-            {
-                "cohort": 0,
-                "init": INIT_COMMIT,
-                "train": [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"],
-                "minutes": 12,
-            },
-        ],
-    },
+    # the 2-stage style-A model (20000–21089, --no-motion, 46 min; mr.md of commit f8e4265)
+    # fine-tuned on the mixed cohort through inference's preprocessing: the budget of one working
+    # session on a shared 2-core machine (motion correction of a study takes ~1 min)
+    "mr-mixed": _fine_tune(MR_MIXED_COHORT, INIT_COMMIT, [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"], 12),
 }
 
 
