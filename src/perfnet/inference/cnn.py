@@ -21,7 +21,14 @@ from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import domain
 from perfnet.inference.consistency import SHIFT_S, consistency_flags, shift_consistency
-from perfnet.inference.inputs import ModelInput, model_size, prepare_input, reflect_index, resize_slices
+from perfnet.inference.inputs import (
+    ModelInput,
+    bolus_rule_of,
+    model_size,
+    prepare_input,
+    reflect_index,
+    resize_slices,
+)
 from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
 from perfnet.inference.weights import bundled_weights, load_weights, save_weights
@@ -349,7 +356,7 @@ def predict(
         },
         "model_pixel_mm": config.get("pixel_mm"),
         "bolus_patch_centre": list(inp.bolus_centre),
-        "bolus_rule": config.get("bolus_rule", "early-peak"),
+        "bolus_rule": bolus_rule_of(config),
         "training": config.get("training", {}),
         # the study against the network's training domain (perfnet.inference.domain)
         "training_domain": config.get("domain"),

@@ -97,6 +97,8 @@ def reflect_times(grid: np.ndarray, duration: float) -> np.ndarray:
 #: :func:`_arterial_centre`; a slab without an imaged artery gets the earliest strongly enhancing
 #: tissue).
 BOLUS_RULES = ("early-peak", "arterial")
+#: The rule of weights that record none (every network trained before the rules existed).
+LEGACY_BOLUS_RULE = "early-peak"
 #: Voxels per chunk when the arterial rule scans the brain (bounded memory on 512² × 32 studies).
 _CHUNK = 262_144
 #: The arterial rule: candidates are the brain voxels whose peak is in the top ``STRONG`` fraction
@@ -106,6 +108,11 @@ _CHUNK = 262_144
 #: before the bolus reaches the brain is an artefact: a moving edge, a spike); of those the highest
 #: peak. Without such a voxel (no artery imaged): the earliest ``EARLIEST`` fraction instead.
 STRONG, LEAD_S, EARLIEST, ONSET_MARGIN_S = 0.10, 2.5, 0.01, 2.0
+
+
+def bolus_rule_of(config: dict) -> str:
+    """The bolus rule of weights with ``config`` (:data:`LEGACY_BOLUS_RULE` when they record none)."""
+    return str(config.get("bolus_rule", LEGACY_BOLUS_RULE))
 
 
 def half_peak_arrival(smooth: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -138,7 +145,9 @@ def _arterial_centre(
     peak = np.empty(voxels.size, dtype=np.float32)
     arrival = np.empty(voxels.size, dtype=np.float64)
     for start in range(0, voxels.size, _CHUNK):
-        c = np.nan_to_num(flat[voxels[start : start + _CHUNK]][:, frames], nan=0.0, posinf=0.0, neginf=0.0)
+        c = np.nan_to_num(
+            flat[np.ix_(voxels[start : start + _CHUNK], frames)], nan=0.0, posinf=0.0, neginf=0.0
+        )
         smooth = (c[:, :-2] + c[:, 1:-1] + c[:, 2:]) / 3.0
         peak[start : start + _CHUNK] = smooth.max(axis=1)
         arrival[start : start + _CHUNK] = half_peak_arrival(smooth, mid)
@@ -157,7 +166,7 @@ def bolus_patch(
     sample_at: np.ndarray,
     brain: np.ndarray,
     size: tuple[int, int, int] = PATCH,
-    rule: str = "early-peak",
+    rule: str = LEGACY_BOLUS_RULE,
     onset_s: float = 0.0,
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The (T, D, P, P) patch of the native concentration (X, Y, Z, T_native) at ``times``, centred
@@ -166,10 +175,7 @@ def bolus_patch(
     edge-padded at the volume's borders."""
     if rule not in BOLUS_RULES:
         raise ValueError(f"unknown bolus rule {rule!r} (one of {', '.join(BOLUS_RULES)})")
-    if rule == "early-peak":
-        first = sample_at[: max(2, sample_at.size // 2)]
-    else:
-        first = sample_at
+    first = sample_at[: max(2, sample_at.size // 2)] if rule == "early-peak" else sample_at
     sel = (times >= first.min() - 1e-6) & (times <= first.max() + 1e-6)
     if not sel.any():
         sel[int(np.argmin(np.abs(times - first.min())))] = True
@@ -211,7 +217,7 @@ def prepare_input(
     align_lead_s: float | None = None,
     pixel_mm: float | None = None,
     bolus: BolusTiming | None = None,
-    bolus_rule: str = "early-peak",
+    bolus_rule: str = LEGACY_BOLUS_RULE,
 ) -> ModelInput:
     """Concentration on the model's time grid and, with ``pixel_mm``, its pixel size (see the module
     docstring). ``brain`` and the bolus patch stay on the series' own grid. ``bolus``: the bolus

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perfnet.inference.inputs import ModelInput, prepare_input
+from perfnet.inference.inputs import ModelInput, bolus_rule_of, prepare_input
 from perfnet.io.types import PerfusionSeries
 
 if TYPE_CHECKING:
@@ -101,5 +101,5 @@ def input_of(prepared: Preprocessed, config: dict[str, Any]) -> ModelInput:
         config.get("align_lead_s"),
         config.get("pixel_mm"),
         bolus=prepared.bolus,
-        bolus_rule=config.get("bolus_rule", "early-peak"),
+        bolus_rule=bolus_rule_of(config),
     )
