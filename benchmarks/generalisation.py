@@ -26,6 +26,10 @@ each method (style B − style A).
         [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
         [--slices 8] [--json OUT]
 
+``--methods`` takes ``cnn``, ``candidate``, ``osvd``, ``boxnlr`` and ``truth``: the phantom's
+true maps through the same lesion rule and contralateral reference, the rule's own ceiling (what
+any method's maps could give it; e.g. ``--methods truth`` alone, seconds per study).
+
 ``--weights`` (repeatable, one file per modality, or ``a.pt,b.pt`` for an ensemble of files;
 the modality is read from the file) scores
 candidate CNN weights instead of the bundled ones: e.g. a model trained on style B, tested on
@@ -45,6 +49,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -100,21 +105,28 @@ def preprocessed(series: Any) -> Any:
     return prepare_series(series)
 
 
-def analyse(method: str, prepared: Any, weights: str | list[str] | None, out: Path) -> dict[str, Any]:
+def analyse(
+    method: str, prepared: Any, weights: str | list[str] | None, out: Path, truth: Any = None
+) -> dict[str, Any]:
     """``perfnet analyze`` (cmd_analyze's path, no report) from the shared preprocessing
     ``prepared`` (each method gets its own shallow copy: the conventional pipeline releases the
     frames it has copied): maps (TTP from the first acquired frame), lesions, the outputs written
     to ``out``; the input QC flags and the voxels kept out of the arterial search are the shared
-    step's, as in ``perfnet analyze``."""
+    step's, as in ``perfnet analyze``. Method ``truth``: the phantom's true maps and brain
+    (``truth``) through the same lesion rule, what the rule gives on perfect maps."""
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.inference import analyze_cnn
     from perfnet.io.outputs import write_output_set
+    from perfnet.io.types import PerfusionMaps
     from perfnet.lesions import PRESETS, segment_map_set
 
     started = time.perf_counter()
     series = prepared.series
     json_files: dict[str, Any] = {}
-    if method in ("cnn", "candidate"):
+    if method == "truth":
+        true_maps = {k: v for k, v in truth.maps.items() if k in ("cbf", "cbv", "mtt", "ttp", "tmax")}
+        maps = PerfusionMaps(true_maps, series.affine, truth.masks["brain"], "truth", {"method": "truth"})
+    elif method in ("cnn", "candidate"):
         maps, _ = analyze_cnn(series, weights, device="cpu", prepared=replace(prepared))
     else:
         options = AnalysisOptions(method=method, device="cpu")
@@ -142,13 +154,15 @@ def run_study(
     truth = study.truth
     true_core = truth.parameters["volumes_ml"]["core"]
     started = time.perf_counter()
-    prepared = preprocessed(study.series)
+    # the truth row alone needs no preprocessing (only the series' grid)
+    needs_series = set(args.methods) - {"truth"}
+    prepared = preprocessed(study.series) if needs_series else SimpleNamespace(series=study.series)
     motion_seconds = time.perf_counter() - started
     rows = []
     for method in args.methods:
         out = work / f"{style}-{modality}-{index}" / method
         weights = {"cnn": args.weights_by_modality, "candidate": args.candidate_by_modality}
-        result = analyse(method, prepared, weights.get(method, {}).get(modality), out)
+        result = analyse(method, prepared, weights.get(method, {}).get(modality), out, truth)
         metrics = evaluate_study(out, truth_dir / "truth")
         found_core = float(result["lesions"]["volumes_ml"]["core"])
         rows.append(
