@@ -39,6 +39,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,22 +365,6 @@ def backbone(blob: bytes) -> bytes:
     return out.getvalue()
 
 
-def share_inputs(source: Path, target: Path) -> None:
-    """Hard-link (else copy) a finished stage's cached network inputs into the next stage's run
-    folder: same cohort and input settings, so the motion correction is not redone (each file
-    carries the key of what it was made from; a stale one is made again)."""
-    if not source.is_dir():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for f in source.glob("*.npz"):
-        dest = target / f.name
-        if not dest.exists():
-            try:
-                dest.hardlink_to(f)
-            except OSError:
-                shutil.copyfile(f, dest)
-
-
 def _numbered(stem: str, i: int) -> str:
     return stem if i == 0 else f"{stem}-{i + 1}"
 
@@ -391,6 +376,31 @@ def perfnet(*args: str) -> None:
     cmd = [sys.executable, "-m", "perfnet.cli", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+class Ahead(threading.Thread):
+    """The next stage's cohort simulated and prepared (``perfnet train --prepare-only``, one core)
+    while this stage trains, so that the next stage starts training at once; its error, if any,
+    is raised by :meth:`wait`."""
+
+    def __init__(self, cohort: Path, cohort_args: list, run: Path, train: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.cohort, self.cohort_args, self.run_dir, self.train = cohort, cohort_args, run, train
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            if not self.cohort.is_dir():
+                simulate_cohort(self.cohort, self.cohort_args)
+            perfnet("train", str(self.cohort), "--out", str(self.run_dir), *self.train, "--prepare-only")
+        except BaseException as exc:
+            self.error = exc
+
+    def wait(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _stage_lines(
@@ -522,12 +532,25 @@ def main() -> int:
     settings = SETTINGS[args.modality]
     plans: list[dict] = []
     previous: Path | None = None
-    for i, stage in enumerate(settings["stages"]):
+    ahead: Ahead | None = None
+    stages = settings["stages"]
+    for i, stage in enumerate(stages):
         cohort = args.work / _numbered(f"{args.modality}-cohort", stage["cohort"])
         run = args.work / _numbered(f"{args.modality}-run", i)
         if not args.bundle_only:
+            if ahead is not None:
+                ahead.wait()
+                ahead = None
             if not cohort.is_dir():
                 simulate_cohort(cohort, settings["cohorts"][stage["cohort"]])
+            if i + 1 < len(stages) and stages[i + 1]["cohort"] != stage["cohort"]:
+                following = stages[i + 1]["cohort"]  # its slices do not depend on --init
+                ahead = Ahead(
+                    args.work / _numbered(f"{args.modality}-cohort", following),
+                    settings["cohorts"][following],
+                    args.work / _numbered(f"{args.modality}-run", i + 1),
+                    stages[i + 1]["train"],
+                )
             minutes = args.minutes or stage["minutes"]
             start = previous
             if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
@@ -535,8 +558,6 @@ def main() -> int:
                 if not start.is_file():
                     start.write_bytes(backbone(bundled_at(stage["init"], args.modality.split("-")[0])))
             init = [] if start is None else ["--init", str(start)]
-            if previous is not None and settings["stages"][i - 1]["cohort"] == stage["cohort"]:
-                share_inputs(previous.parent / "inputs", run / "inputs")
             limit = ["--max-minutes", str(minutes)]
             perfnet("train", str(cohort), "--out", str(run), *stage["train"], *init, *limit)
         plans.append(json.loads((run / "plan.json").read_text()))

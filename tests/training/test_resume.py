@@ -148,6 +148,28 @@ def test_rerunning_a_finished_run_keeps_its_results(
     assert (uninterrupted / "weights.pt").read_bytes() == weights
 
 
+def test_prepared_ahead_slices_are_trained_on_without_preparing_again(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """``perfnet train --prepare-only`` (e.g. the next stage's cohort while this one trains, or on
+    a CPU node before a GPU run): slices only, no plan and no fold; the run started afterwards in
+    the same folder (with another schedule, as a fine-tune's would be) prepares nothing again and
+    trains exactly as a run that prepared its own."""
+    from perfnet.cli import main
+
+    run = tmp_path / "run"
+    assert (
+        main(["train", str(cohort), "--out", str(run), "--model", "unet", "--frames", "20", "--prepare-only"])
+        == 0
+    )
+    assert sorted(p.name for p in (run / "slices").iterdir()) == [f"sub-{i:04d}_ses-01" for i in range(4)]
+    assert not (run / "plan.json").exists() and not (run / "fold-0").exists()
+    written = {p: p.stat().st_mtime_ns for p in (run / "slices").glob("*/meta.json")}
+    train(cohort, run, TrainConfig(**CONFIG), resume=True)
+    assert {p: p.stat().st_mtime_ns for p in (run / "slices").glob("*/meta.json")} == written
+    _assert_same_weights(run, uninterrupted)
+
+
 def test_loader_worker_processes_train_the_main_process_run(
     cohort: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:

@@ -81,6 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         loader_workers=args.loader_workers,
     )
+    if args.prepare_only:
+        print(json.dumps(train(args.cohort, args.out, cfg, prepare_only=True)))
+        return 0
     plan = train(args.cohort, args.out, cfg, resume=not args.restart)
     cv = plan.get("cross_validation", {})
     print(json.dumps({"out": str(args.out), "weights": str(Path(args.out) / "weights.pt"), "validation": cv}))

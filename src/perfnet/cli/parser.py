@@ -247,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DataLoader worker processes per rank (default: 0 up to 256 training slices, else ≤ 2)",
     )
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="prepare the cohort's targets and slices in --out and stop; a later run with the same"
+        " --out and input settings trains without preparing again (e.g. on another node)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

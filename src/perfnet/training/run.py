@@ -265,12 +265,17 @@ def _prepare(
     )
 
 
-def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = True) -> dict[str, Any]:
+def train(
+    cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = True, prepare_only: bool = False
+) -> dict[str, Any]:
     """Train (and cross-validate) a model; returns the plan with every fold's validation metrics.
 
     Started again with the same ``out`` (``resume``), a run continues where it stopped: finished
     folds are kept as they are, an interrupted fold continues after its last completed epoch.
-    Under DDP only rank 0 writes files and holds the run folder's lock."""
+    Under DDP only rank 0 writes files and holds the run folder's lock. ``prepare_only``: the
+    cohort's targets and slices are prepared in ``out`` and nothing else is written (no plan, no
+    fold); a later run with the same ``out`` and input settings trains on them without preparing
+    again (their keys do not depend on the schedule or ``init``). Returns ``{"prepared": n}``."""
     cfg = cfg.resolved()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -290,6 +295,8 @@ def train(cohort: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = 
         out.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     try:
+        if prepare_only:
+            return {"prepared": len(_prepare(studies, cohort, out, cfg, writer)), "out": str(out)}
         return _train(cohort, out, cfg, resume, studies, subjects, splits, folds, start, writer)
     finally:
         lock.release()
