@@ -275,7 +275,7 @@ def train(
     Under DDP only rank 0 writes files and holds the run folder's lock. ``prepare_only``: the
     cohort's targets and slices are prepared in ``out`` and nothing else is written (no plan, no
     fold); a later run with the same ``out`` and input settings trains on them without preparing
-    again (their keys do not depend on the schedule or ``init``). Returns ``{"prepared": n}``."""
+    again (their keys do not depend on the schedule or ``init``). Returns ``{"prepared": n, "out": …}``."""
     cfg = cfg.resolved()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
