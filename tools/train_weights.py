@@ -373,6 +373,17 @@ def _numbered(stem: str, i: int) -> str:
     return stem if i == 0 else f"{stem}-{i + 1}"
 
 
+def folders(work: Path, recipe: str, stage_index: int, cohort_index: int) -> tuple[Path, Path]:
+    """A stage's cohort folder and run folder under ``work``."""
+    return work / _numbered(f"{recipe}-cohort", cohort_index), work / _numbered(f"{recipe}-run", stage_index)
+
+
+def ensure_cohort(folder: Path, cohort_args: list) -> None:
+    """Simulate the cohort unless its folder exists (``perfnet simulate`` writes it whole)."""
+    if not folder.is_dir():
+        simulate_cohort(folder, cohort_args)
+
+
 PAPERS = {"unet": "Gava et al. 2022 U-Net", "temporal": "Hess et al. 2018 temporal network"}
 
 
@@ -395,8 +406,7 @@ class Ahead(threading.Thread):
 
     def run(self) -> None:
         try:
-            if not self.cohort.is_dir():
-                simulate_cohort(self.cohort, self.cohort_args)
+            ensure_cohort(self.cohort, self.cohort_args)
             perfnet("train", str(self.cohort), "--out", str(self.run_dir), *self.train, "--prepare-only")
         except BaseException as exc:
             self.error = exc
@@ -539,22 +549,16 @@ def main() -> int:
     ahead: Ahead | None = None
     stages = settings["stages"]
     for i, stage in enumerate(stages):
-        cohort = args.work / _numbered(f"{args.modality}-cohort", stage["cohort"])
-        run = args.work / _numbered(f"{args.modality}-run", i)
+        cohort, run = folders(args.work, args.modality, i, stage["cohort"])
         if not args.bundle_only:
             if ahead is not None:
                 ahead.wait()
                 ahead = None
-            if not cohort.is_dir():
-                simulate_cohort(cohort, settings["cohorts"][stage["cohort"]])
+            ensure_cohort(cohort, settings["cohorts"][stage["cohort"]])
             if i + 1 < len(stages) and stages[i + 1]["cohort"] != stage["cohort"]:
                 following = stages[i + 1]["cohort"]  # its slices do not depend on --init
-                ahead = Ahead(
-                    args.work / _numbered(f"{args.modality}-cohort", following),
-                    settings["cohorts"][following],
-                    args.work / _numbered(f"{args.modality}-run", i + 1),
-                    stages[i + 1]["train"],
-                )
+                next_cohort, next_run = folders(args.work, args.modality, i + 1, following)
+                ahead = Ahead(next_cohort, settings["cohorts"][following], next_run, stages[i + 1]["train"])
             minutes = args.minutes or stage["minutes"]
             start = previous
             if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
