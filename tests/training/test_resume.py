@@ -254,3 +254,61 @@ def test_a_run_planned_before_a_new_setting_resumes_unless_it_is_changed(
     assert _epochs(run) == [0, 1]
     with pytest.raises(PerfnetInputError, match="other settings"):
         train(cohort, run, TrainConfig(**(CONFIG | {"epochs": 3, "shift_pad": "edge"})), resume=True)
+
+
+def _maec_by_epoch(run: Path) -> dict[int, float]:
+    with (run / "fold-0" / "metrics.csv").open() as f:
+        return {int(r["epoch"]): float(r["val_tmax_maec"]) for r in csv.DictReader(f) if r["val_tmax_maec"]}
+
+
+def test_keep_best_writes_the_lowest_validation_error_epoch_and_survives_a_kill(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """``--keep best``: every epoch runs and is logged as before, and the fold's weights are the
+    validated epoch's with the lowest Tmax MAEC (the temporal network's likelihood overfits long
+    before its last epoch). A run killed after an epoch and resumed keeps the same best epoch."""
+    config = CONFIG | {"keep": "best"}
+    whole = tmp_path / "whole"
+    plan = train(cohort, whole, TrainConfig(**config), resume=True)
+    maec = _maec_by_epoch(whole)
+    assert sorted(maec) == [0, 1, 2, 3, 4] and maec == _maec_by_epoch(uninterrupted)  # same training
+    epoch = min(maec, key=lambda e: maec[e])
+    kept = plan["folds"]["0"]["kept"]
+    assert kept == {
+        "rule": "best",
+        "epoch": epoch,
+        "metric": "val_tmax_maec",
+        "value": pytest.approx(maec[epoch]),
+    }
+    assert plan["cross_validation"]["val_tmax_maec"] == pytest.approx(maec[epoch], abs=1e-5)
+    best = torch.load(whole / "fold-0" / "best.pt", weights_only=True)
+    assert best["epoch"] == epoch
+    state = _state(whole)
+    assert all(torch.equal(state[k], best["state_dict"][k]) for k in state)
+    if epoch != 4:  # the last epoch's weights are not the ones kept
+        assert any(not torch.equal(state[k], _state(uninterrupted)[k]) for k in state)
+    meta = torch.load(whole / "fold-0" / "weights.pt", weights_only=True)["config"]
+    assert meta["training"]["kept"]["epoch"] == epoch
+    assert plan["folds"]["0"]["epochs"] == 5
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AFTER_EPOCH)
+    proc = subprocess.run(
+        [sys.executable, str(script), "3", str(cohort), str(killed), repr(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    again = train(cohort, killed, TrainConfig(**config), resume=True)
+    assert again["folds"]["0"]["kept"]["epoch"] == epoch
+    _assert_same_weights(killed, whole)
+
+
+def test_keep_and_select_are_checked() -> None:
+    with pytest.raises(Exception, match="--keep"):
+        TrainConfig(**CONFIG | {"keep": "first"}).resolved()
+    with pytest.raises(Exception, match="--select"):
+        TrainConfig(**CONFIG | {"select": "val_dice_hypoperfused"}).resolved()  # not an error to minimise
+    assert TrainConfig(**CONFIG | {"maps": ["cbf", "cbv"]}).resolved().select == "val_loss"

@@ -76,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         max_minutes=args.max_minutes,
         val_every=args.val_every,
+        keep=args.keep,
+        select=args.select,
         progress=sys.stderr.isatty(),
         jobs=args.jobs,
         scheduler=args.scheduler,

@@ -232,6 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=positive_float, help="stop each fold after this long")
     p.add_argument("--val-every", type=positive_int, default=1, help="validate every N epochs")
     p.add_argument(
+        "--keep",
+        choices=("last", "best"),
+        default="last",
+        help="each fold's weights: the last epoch's, or the validated epoch's with the lowest --select"
+        " error (early stopping without stopping: every epoch still runs and is logged)",
+    )
+    p.add_argument(
+        "--select",
+        metavar="METRIC",
+        help="the validation error --keep best minimises: val_tmax_maec (default when tmax is trained),"
+        " val_loss (default otherwise) or val_mae_<map>",
+    )
+    p.add_argument(
         "--jobs",
         type=positive_int,
         default=1,

@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 LAST = "last.ckpt"
 PREVIOUS = "previous.ckpt"
+BEST = "best.pt"
 LOGS = ("metrics.csv", "augmentations.csv")
 
 
@@ -52,6 +53,69 @@ class EpochCheckpoint(Callback):
             _fsync(tmp)
             os.replace(tmp, last)
         trainer.strategy.barrier("perfnet-epoch-checkpoint")
+
+
+class BestEpoch(Callback):
+    """Keeps the weights of the validated epoch with the lowest ``metric`` (a validation error:
+    ``val_tmax_maec``, ``val_loss``, ``val_mae_<map>``) as ``best.pt``: the model's state dict, the
+    epoch and its validation metrics, replaced atomically, before the epoch's ``last.ckpt`` is
+    written (so a run killed in between keeps it). A resumed fold starts from the saved best: the
+    epochs it runs again are deterministic and give the same weights. Only rank 0 writes."""
+
+    def __init__(self, fold_dir: Path, metric: str, val_every: int) -> None:
+        self.fold_dir, self.metric, self.val_every = fold_dir, metric, max(1, val_every)
+        best = read_best(fold_dir)
+        self.value = float("inf") if best is None or best.get("metric") != metric else float(best["value"])
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.val_every:
+            return
+        logged = trainer.callback_metrics
+        value = logged.get(self.metric)
+        if value is None or not torch.is_tensor(value) or not torch.isfinite(value).all():
+            return
+        value = float(value)
+        if value >= self.value:
+            return
+        self.value = value
+        if not trainer.is_global_zero:
+            return
+        metrics = {
+            k: float(v)
+            for k, v in logged.items()
+            if k.startswith("val_") and torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v).all()
+        }
+        state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
+        blob = {
+            "epoch": epoch,
+            "metric": self.metric,
+            "value": value,
+            "validation": metrics,
+            "state_dict": state,
+        }
+        tmp = self.fold_dir / f".{BEST}.tmp"
+        torch.save(blob, tmp)
+        _fsync(tmp)
+        os.replace(tmp, self.fold_dir / BEST)
+
+
+def read_best(fold_dir: Path) -> dict[str, Any] | None:
+    """The fold's ``best.pt`` (weights-only load), or None when there is none or it is unreadable."""
+    path = fold_dir / BEST
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob.get("state_dict"), dict):
+            raise TypeError("no state_dict")
+        return blob
+    except Exception as exc:
+        print(
+            f"perfnet: warning: {path}: unreadable best-epoch weights ({type(exc).__name__}); ignored",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _fsync(path: Path) -> None:
@@ -108,6 +172,6 @@ def truncate_logs(fold_dir: Path, last_epoch: int) -> None:
 
 
 def remove_checkpoints(fold_dir: Path) -> None:
-    for name in (LAST, PREVIOUS):
+    for name in (LAST, PREVIOUS, BEST):
         with contextlib.suppress(FileNotFoundError):
             (fold_dir / name).unlink()

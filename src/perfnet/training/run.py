@@ -54,8 +54,10 @@ from perfnet.inference.weights import load_weights, save_weights
 from perfnet.io.output import FolderLock, check_writable_destination
 from perfnet.models import NETWORKS
 from perfnet.training.checkpoints import (
+    BestEpoch,
     EpochCheckpoint,
     is_rank_zero,
+    read_best,
     remove_checkpoints,
     resume_point,
     truncate_logs,
@@ -83,6 +85,8 @@ RESUMABLE = {
     "jobs",
     "scheduler",
     "loader_workers",
+    "keep",
+    "select",  # a changed metric starts the best-epoch record again
 }
 
 
@@ -130,6 +134,9 @@ class TrainConfig:
     num_nodes: int = 1
     max_minutes: float | None = None
     val_every: int = 1  # validate every N epochs (full-slice validation of `temporal` is slow on a CPU)
+    # the fold's weights: the last epoch's, or the validated epoch's with the lowest `select` error
+    keep: str = "last"
+    select: str | None = None  # val_tmax_maec when tmax is trained, else val_loss; or val_mae_<map>
     limit_train_batches: int | float | None = None
     progress: bool = True
     jobs: int = 1  # conventional targets: studies computed at a time (the cohort runner's --jobs)
@@ -166,6 +173,19 @@ class TrainConfig:
             raise PerfnetInputError("--loader-workers", "must be 0 or more")
         if c.jobs < 1:
             raise PerfnetInputError("--jobs", "must be at least 1")
+        if c.keep not in ("last", "best"):
+            raise PerfnetInputError("--keep", f"must be last or best, got {c.keep!r}")
+        if c.select is None:
+            c.select = "val_tmax_maec" if "tmax" in c.maps else "val_loss"
+        errors = [
+            "val_loss",
+            *(f"val_mae_{m}" for m in c.maps),
+            *(["val_tmax_maec"] if "tmax" in c.maps else []),
+        ]
+        if c.select not in errors:
+            raise PerfnetInputError(
+                "--select", f"{c.select!r} is not a validation error here ({', '.join(errors)})"
+            )
         return c
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -476,6 +496,7 @@ def _train_fold(
         enable_checkpointing=False,
         callbacks=[
             Schedule(train_ds, sampler, cfg, fold_dir, cfg.seed + 1000 * k),
+            BestEpoch(fold_dir, str(cfg.select), cfg.val_every),  # before last.ckpt: see BestEpoch
             EpochCheckpoint(fold_dir),
         ],
         use_distributed_sampler=False,  # GlobalBatchSampler splits batches across ranks itself
@@ -509,9 +530,21 @@ def _train_fold(
 
     val_metrics = validation()
     last_validated = trainer.current_epoch % max(1, cfg.val_every) == 0
-    if val_loader is not None and (not val_metrics or not last_validated or cfg.max_minutes):
-        trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
-        val_metrics = validation()
+    best = read_best(fold_dir) if cfg.keep == "best" else None
+    if best is not None and best.get("metric") == cfg.select:
+        task.model.load_state_dict(best["state_dict"])  # the best validated epoch's weights and metrics
+        val_metrics = {k2: float(v) for k2, v in best["validation"].items()}
+        kept = {
+            "rule": "best",
+            "epoch": int(best["epoch"]),
+            "metric": cfg.select,
+            "value": float(best["value"]),
+        }
+    else:
+        if val_loader is not None and (not val_metrics or not last_validated or cfg.max_minutes):
+            trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
+            val_metrics = validation()
+        kept = {"rule": "last", "epoch": trainer.current_epoch - 1}
     weights_config = {
         "model": cfg.model,
         "model_kwargs": model_kwargs,
@@ -537,6 +570,7 @@ def _train_fold(
             "training_studies": len(train_set),
             "validation_studies": len(val_set),
             "validation": val_metrics,
+            "kept": kept,
             "seed": cfg.seed,
             "perfnet_version": __version__,
             "init": None if start is None else start.provenance,
@@ -551,6 +585,7 @@ def _train_fold(
         "epochs": trainer.current_epoch,
         "seconds": round(seconds, 1),
         "validation": val_metrics,
+        "kept": kept,
         "training_slices": len(train_ds),
         "loader_workers": workers,
         "samples_per_second": round(trainer.current_epoch * len(train_ds) / max(seconds, 1e-9), 2),
