@@ -243,8 +243,12 @@ SETTINGS = {
     # training whatever else shares the machine. Stage 1 measured at stop 26 (same 12 held-out
     # patients as the bundled stage 1): Tmax MAEC 1.65 vs 1.61 s, hypoperfused Dice 0.85 vs 0.86
     # after 27 epochs; its best validation was epoch 5 (1.17 s, 0.92), the Laplace likelihood
-    # overfitting after (validation loss 1.3 -> 5.8). Stage 2: 1.46 vs 1.44 s, 0.83 vs 0.86. The
-    # generalisation run (both styles): next stop
+    # overfitting after (validation loss 1.3 -> 5.8). Stage 2: 1.46 vs 1.44 s, 0.83 vs 0.86.
+    # NOT better across styles (stop 27, benchmarks/generalisation.py --modality mr, 12 + 12 studies,
+    # this / bundled): style B Tmax MAEC 2.49 / 2.12 s, hypoperfused Dice 0.56 / 0.59, core Dice
+    # 0.46 / 0.42, false core 39 / 27 mL (max 106 / 132); style A 1.27 / 1.25 s, 0.79 / 0.90, core
+    # 0.49 / 0.55. Most of its style-B error is a whole-brain Tmax offset (healthy-tissue median
+    # error +4.9 s on 71110, +3.2 s on 71100, -2.1 s on 71104), as the bundled network's is
     "mr-arterial-scratch": {
         "bundle": False,
         "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
