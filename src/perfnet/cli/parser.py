@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         " (the core and its margin; default 0: every voxel weighs the same)",
     )
     p.add_argument(
+        "--nll-beta",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="Laplace loss (temporal): each voxel's NLL times its detached scale^B (beta-NLL,"
+        " Seitzer et al. 2022); 0 (default) Hess's NLL, where hard voxels (large scale) barely"
+        " train their value; 1: values train as under an L1 loss, scales as before",
+    )
+    p.add_argument(
         "--bolus-rule",
         choices=("early-peak", "arterial"),  # perfnet.inference.inputs.BOLUS_RULES (tested)
         default="early-peak",

@@ -54,13 +54,14 @@ def laplace_nll(
     mask: torch.Tensor,
     windows: Sequence[tuple[float, float]] | None = None,
     low_weight: float = 0.1,
+    beta: float = 0.0,
 ) -> torch.Tensor:
     """Weighted mean of log b + |p − p̂| / b over masked voxels (Hess et al. 2018).
 
     The weights (see :func:`importance_weights`) are constants: they select which errors count,
-    they are not differentiated.
+    they are not differentiated. ``beta``: β-NLL (:func:`laplace_nll_parts`).
     """
-    total, weight = laplace_nll_parts(pred, scale, target, mask, windows, low_weight)
+    total, weight = laplace_nll_parts(pred, scale, target, mask, windows, low_weight, beta)
     return total / weight.clamp_min(1e-12)
 
 
@@ -71,9 +72,19 @@ def laplace_nll_parts(
     mask: torch.Tensor,
     windows: Sequence[tuple[float, float]] | None = None,
     low_weight: float = 0.1,
+    beta: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted sum of :func:`laplace_nll` and the sum of its weights."""
+    """The weighted sum of :func:`laplace_nll` and the sum of its weights.
+
+    ``beta`` > 0: β-NLL (Seitzer et al. 2022, "On the pitfalls of heteroscedastic uncertainty
+    estimation"): each voxel's NLL is multiplied by its *detached* scale to the power β. Under the
+    plain NLL (β = 0) the gradient on a voxel's value is sign(error) / b, so the voxels the network
+    finds hard (large b: the low-flow, late-arriving hypoperfused tissue) barely train their
+    value; at β = 1 every voxel's value trains as under an L1 loss, while the scale still goes
+    to the expected absolute error (the same stationary point)."""
     loss = torch.log(scale) + (pred - target).abs() / scale
+    if beta:
+        loss = loss * scale.detach() ** beta
     weight = mask.expand_as(pred).to(pred.dtype)
     if windows is not None:
         weight = weight * importance_weights(pred.detach(), target, windows, low_weight)

@@ -127,6 +127,8 @@ class TrainConfig:
     freeze_norm: bool = False  # batch-norm running statistics kept from --init (fine-tuning)
     # extra loss weight of low-flow voxels (target CBF < LOW_FLOW_FRACTION of the slice's median)
     low_flow_weight: float = 0.0
+    # β-NLL for the Laplace loss (models.losses.laplace_nll_parts): 0 Hess's NLL, 1 values train as under L1
+    nll_beta: float = 0.0
     seed: int = 0
     accelerator: str = "auto"
     devices: str | int = "auto"
@@ -173,6 +175,8 @@ class TrainConfig:
             raise PerfnetInputError("--loader-workers", "must be 0 or more")
         if c.jobs < 1:
             raise PerfnetInputError("--jobs", "must be at least 1")
+        if not 0.0 <= c.nll_beta <= 1.0:
+            raise PerfnetInputError("--nll-beta", f"must be in [0, 1], got {c.nll_beta}")
         if c.keep not in ("last", "best"):
             raise PerfnetInputError("--keep", f"must be last or best, got {c.keep!r}")
         if c.select is None:
@@ -469,6 +473,7 @@ def _train_fold(
         log_offsets=norm.log_offsets,
         freeze_norm=cfg.freeze_norm,
         low_flow_weight=cfg.low_flow_weight,
+        nll_beta=cfg.nll_beta,
     )
     if start is not None:
         task.model.load_state_dict(start.state_dict)

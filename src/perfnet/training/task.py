@@ -36,6 +36,7 @@ class PerfusionTask(L.LightningModule):
         log_offsets: dict[str, float] | None = None,
         freeze_norm: bool = False,
         low_flow_weight: float = 0.0,
+        nll_beta: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,7 +89,8 @@ class PerfusionTask(L.LightningModule):
         value, scale = self(batch)
         mask = batch["mask"][:, None]
         if self.hparams.loss == "laplace" and scale is not None:
-            total, weight = laplace_nll_parts(value, scale, batch["y"], mask, self.windows)
+            beta = float(self.hparams.get("nll_beta", 0.0) or 0.0)  # β-NLL (losses.laplace_nll_parts)
+            total, weight = laplace_nll_parts(value, scale, batch["y"], mask, self.windows, beta=beta)
             floor = 1e-12
         else:
             total, weight = masked_mse_parts(value, batch["y"], self._low_flow_weighted(batch["y"], mask))
