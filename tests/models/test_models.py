@@ -121,3 +121,22 @@ def test_beta_nll_trains_every_value_as_l1_and_keeps_the_scale_optimum() -> None
     (g,) = torch.autograd.grad(loss, scales)
     crossing = scales[:-1][(g[:-1] < 0) & (g[1:] >= 0)]
     assert crossing.item() == pytest.approx(3.0, abs=0.05)  # the scale still goes to the error
+
+
+def test_temporal_dropout_is_evaluated_as_its_training_expectation() -> None:
+    """The temporal network's alpha dropout (p = 0.5) scales a given activation by 0.443 on average
+    in training; evaluated as the identity (nn.AlphaDropout's eval mode) the last layer saw
+    activations 2.26x larger than those it was trained on. Its eval mode is now that expectation,
+    the mean of many training-mode passes."""
+    from perfnet.models.temporal import ExpectedAlphaDropout
+
+    torch.manual_seed(0)
+    x = torch.linspace(-3.0, 3.0, 13)
+    drop = ExpectedAlphaDropout(0.5)
+    sampled = drop.train()(x.repeat(100_000, 1)).mean(0)
+    expected = drop.eval()(x)
+    assert torch.allclose(expected, sampled, atol=0.02)
+    assert expected[-1].item() == pytest.approx(0.4432 * 3.0, abs=1e-3)
+    # no parameters: weights trained with nn.AlphaDropout load unchanged
+    model = TemporalNet(out_maps=2, code=8, width=4, bolus_code=0)
+    assert not list(drop.parameters()) and any(isinstance(m, ExpectedAlphaDropout) for m in model.modules())
