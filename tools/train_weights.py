@@ -267,11 +267,13 @@ SETTINGS = {
             },
         ],
     },
-    # candidate, not bundled (written to --work): mr-arterial-scratch with beta-NLL (--nll-beta 1) and
-    # each stage's best validated epoch (--keep best). Under Hess's NLL the temporal network's
-    # Laplace scales in hypoperfused tissue are 30-60x its healthy ones (4-9 s against 0.1-0.2 s on
-    # its own training studies), so the values there barely train: it reads hypoperfused Tmax 6-10 s
-    # too high on studies it trained on. Measured at stop 27: README "The temporal network's loss"
+    # candidate, not bundled (written to --work), NOT yet trained: mr-arterial-scratch with beta-NLL
+    # (--nll-beta 1) and each stage's best validated epoch (--keep best). Under Hess's NLL a voxel's
+    # value trains with weight 1/b: the arterial candidate's Laplace scales as trained (its dropout
+    # evaluated as its expectation, stop 27) are 3.95 s in hypoperfused tissue against 0.59 s in
+    # healthy tissue on 12 of its training studies, so hypoperfused values train ~7x slower (the
+    # 30-60x measured first was the old dropout evaluation's stretch). A stage 1 started at stop 27
+    # was stopped after 8 epochs when that evaluation was found; its validation had used it
     "mr-beta": {
         "bundle": False,
         "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],

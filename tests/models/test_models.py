@@ -103,7 +103,7 @@ def test_laplace_nll_is_minimised_at_b_equal_to_the_error() -> None:
 def test_beta_nll_trains_every_value_as_l1_and_keeps_the_scale_optimum() -> None:
     """β-NLL (Seitzer et al. 2022): under Hess's NLL a voxel's value gets the gradient
     sign(error) / b, so the voxels with a large scale (hard ones: hypoperfused tissue, where the
-    bundled MR network's scales are 30-60x its healthy ones) barely train; at β = 1 every value
+    MR network's scales are ~7x its healthy ones) barely train; at β = 1 every value
     gets sign(error), as under L1, and the scale's optimum stays at the absolute error."""
     target = torch.tensor([[[[0.0, 0.0]]]])
     scale = torch.tensor([[[[0.1, 5.0]]]])
