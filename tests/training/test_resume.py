@@ -234,7 +234,7 @@ def test_two_process_ddp_gives_the_single_process_weights(cohort: Path, tmp_path
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-3), key
     assert _epochs(runs[2]) == [0, 1]
     assert sorted(p.name for p in (runs[2] / "fold-0").iterdir()) == sorted(
-        ["augmentations.csv", "last.ckpt", "metrics.csv", "previous.ckpt", "weights.pt"]
+        ["augmentations.csv", "best.pt", "last.ckpt", "metrics.csv", "previous.ckpt", "weights.pt"]
     )
 
 
