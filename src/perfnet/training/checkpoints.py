@@ -81,11 +81,7 @@ class BestEpoch(Callback):
         self.value = value
         if not trainer.is_global_zero:
             return
-        metrics = {
-            k: float(v)
-            for k, v in logged.items()
-            if k.startswith("val_") and torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v).all()
-        }
+        metrics = validation_scalars(logged)
         state = {k: v.detach().cpu().clone() for k, v in module.model.state_dict().items()}
         blob = {
             "epoch": epoch,
@@ -98,6 +94,15 @@ class BestEpoch(Callback):
         torch.save(blob, tmp)
         _fsync(tmp)
         os.replace(tmp, self.fold_dir / BEST)
+
+
+def validation_scalars(logged: dict[str, Any]) -> dict[str, float]:
+    """The finite scalar ``val_*`` metrics of a trainer's ``callback_metrics``."""
+    return {
+        k: float(v)
+        for k, v in logged.items()
+        if k.startswith("val_") and torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v).all()
+    }
 
 
 def read_best(fold_dir: Path) -> dict[str, Any] | None:

@@ -31,7 +31,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -61,6 +60,7 @@ from perfnet.training.checkpoints import (
     remove_checkpoints,
     resume_point,
     truncate_logs,
+    validation_scalars,
 )
 from perfnet.training.data import CohortStudy, discover, kfold_split
 from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
@@ -181,11 +181,7 @@ class TrainConfig:
             raise PerfnetInputError("--keep", f"must be last or best, got {c.keep!r}")
         if c.select is None:
             c.select = "val_tmax_maec" if "tmax" in c.maps else "val_loss"
-        errors = [
-            "val_loss",
-            *(f"val_mae_{m}" for m in c.maps),
-            *(["val_tmax_maec"] if "tmax" in c.maps else []),
-        ]
+        errors = [n for n in validation_metric_names(c.maps) if n != "val_dice_hypoperfused"]
         if c.select not in errors:
             raise PerfnetInputError(
                 "--select", f"{c.select!r} is not a validation error here ({', '.join(errors)})"
@@ -195,6 +191,13 @@ class TrainConfig:
     def build_kwargs(self) -> dict[str, Any]:
         spec = NETWORKS[self.model]
         return spec.kwargs(self.frames, len(self.maps), self.width) | dict(self.model_kwargs)
+
+
+def validation_metric_names(maps: list[str]) -> list[str]:
+    """The validation metrics a run logs (:meth:`PerfusionTask.on_validation_epoch_end`): the loss, each
+    map's MAE, and with Tmax its MAEC and the Tmax > 6 s Dice (the only one higher-is-better)."""
+    names = ["val_loss", *(f"val_mae_{m}" for m in maps)]
+    return names + (["val_tmax_maec", "val_dice_hypoperfused"] if "tmax" in maps else [])
 
 
 def auto_loader_workers(slices: int, world: int) -> int:
@@ -242,10 +245,7 @@ class Schedule(Callback):
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan"),
             "resolution": "pretrain" if epoch < self.cfg.pretrain_epochs else "fine-tune",
         } | {k: round(v, 6) for k, v in sorted(metrics.items())}
-        maps = self.cfg.maps
-        names = ["train_loss", "val_loss", *(f"val_mae_{m}" for m in maps)]
-        if "tmax" in maps:
-            names += ["val_tmax_maec", "val_dice_hypoperfused"]
+        names = ["train_loss", *validation_metric_names(self.cfg.maps)]
         fields = [*list(row)[:5], *names]  # fixed: epochs without validation leave those empty
         _append_csv(self.fold_dir / "metrics.csv", [row], fields, restval="")
         if self.dataset.augment.enabled:
@@ -526,12 +526,7 @@ def _train_fold(
     seconds = time.perf_counter() - fold_start
 
     def validation() -> dict[str, float]:
-        found = {
-            k2: float(v)
-            for k2, v in trainer.callback_metrics.items()
-            if k2.startswith("val_") and v.numel() == 1
-        }
-        return {k2: v for k2, v in found.items() if math.isfinite(v)}
+        return validation_scalars(trainer.callback_metrics)
 
     val_metrics = validation()
     last_validated = trainer.current_epoch % max(1, cfg.val_every) == 0
