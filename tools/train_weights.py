@@ -124,6 +124,8 @@ FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
 #: ``mr-arterial`` cohort: the first 48 studies of the bundled MR model's own second cohort (same
 #: `perfnet simulate` arguments, seeds 21000–21047: static style-A studies it trained on).
 MR_ARTERIAL_COHORT = _cohort("mr", 48, 21000, "--slices", "10")
+#: The bundled MR recipe's two style-A cohorts (stage 1, stage 2), shared by its from-scratch candidates.
+MR_COHORTS = [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")]
 #: Its stage: the bundled stage 2's settings for a fixed 12 epochs (the time cap only a guard), so
 #: that the run and its control train equally whatever else shares the machine.
 MR_REFINE = [*TEMPORAL, *FINE_TUNE, "--epochs", "12"]
@@ -172,7 +174,7 @@ SETTINGS = {
         ],
     },
     "mr": {
-        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "cohorts": MR_COHORTS,
         "stages": [
             {"cohort": 0, "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8"], "minutes": 25},
             {"cohort": 1, "train": [*TEMPORAL, *FINE_TUNE], "minutes": 20},
@@ -259,7 +261,7 @@ SETTINGS = {
     # flagged MR failure (71105) reads 0.67 with it, the nuisance corpus's MR cnn xfails may pass)
     "mr-arterial-scratch": {
         "bundle": False,
-        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "cohorts": MR_COHORTS,
         "stages": [
             {
                 "cohort": 0,
@@ -282,7 +284,7 @@ SETTINGS = {
     # was stopped after 8 epochs when that evaluation was found; its validation had used it
     "mr-beta": {
         "bundle": False,
-        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "cohorts": MR_COHORTS,
         "stages": [
             {
                 "cohort": 0,
@@ -306,7 +308,7 @@ SETTINGS = {
     # 6.5 vs 54.2 mL, core Dice 0.65 vs 0.50); `mr` stays the bundled recipe
     "mr-wide": {
         "bundle": False,
-        "cohorts": [_cohort("mr", 60, 20000, "--slices", "10"), _cohort("mr", 90, 21000, "--slices", "10")],
+        "cohorts": MR_COHORTS,
         "stages": [
             # the epochs the bundled `mr` stages reached in their 25 + 20 minutes (mr.md), so that
             # the comparison is at equal training, whatever else shares the machine
