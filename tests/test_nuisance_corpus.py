@@ -33,12 +33,6 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {
     ("venous_only_mr", "osvd"): "AIF from early tissue, not flagged: Dice 0.75",
     ("venous_only_mr", "tikhonov"): "AIF from early tissue, not flagged: Dice 0.72",
     ("venous_only_mr", "boxnlr"): "AIF from early tissue, not flagged: Dice 0.08",
-    # the MR network evaluated as trained (stop 27, models.temporal.ExpectedAlphaDropout) reads
-    # lesion Tmax towards the mean and under-calls the hypoperfused region (README "MR re-measured
-    # at stop 27"); the old evaluation's 2.26x stretch had passed these
-    ("clean_mr", "cnn"): "MR network as trained under-calls the hypoperfused region: Dice 0.78",
-    ("non_steady_state_mr", "cnn"): "frames removed; as on the clean study: Dice 0.78",
-    ("venous_only_mr", "cnn"): "no artery in the slab; under-called, not flagged: Dice 0.68",
 }
 
 

@@ -69,9 +69,11 @@ def test_bundled_ct_is_consistent_on_an_unseen_study() -> None:
 
 
 def test_bundled_mr_failure_on_a_foreign_style_is_flagged() -> None:
-    """A style-B (MNI template) DSC study of benchmarks/generalisation.py on which the MR network
-    fails (71105: moving, truncated bolus; hypoperfused Dice 0.17 with 112 mL of core): its
-    Tmax > 6 s region moves with the grid's start, and the check says so."""
+    """A style-B (MNI template) DSC study of benchmarks/generalisation.py that the MR network reads
+    worse than oSVD (71105: moving, truncated bolus, 112 mL of core; hypoperfused Dice 0.69 against
+    oSVD's 0.77): the map is not delivered as trustworthy. Its head motion is outside the network's
+    training domain (verdict unreliable); the network bundled until stop 27 (0.17 there) was
+    caught by the shift-consistency check instead."""
     from generalisation import lesion_of, study_seed
 
     from perfnet.phantom.styles import draw_config, simulate
@@ -81,19 +83,21 @@ def test_bundled_mr_failure_on_a_foreign_style_is_flagged() -> None:
     prepared = prepare_series(study.series)
     maps = predict(prepared.series, device="cpu", prepared=prepared)
     brain = study.truth.masks["brain"]
-    assert dice(maps["tmax"][brain] > 6, study.truth.maps["tmax"][brain] > 6) < 0.4
+    assert dice(maps["tmax"][brain] > 6, study.truth.maps["tmax"][brain] > 6) < 0.75
     flags = {f["code"]: f for f in maps.provenance["qc_flags"]}
-    assert "cnn_inconsistent" in flags
-    assert maps.provenance["verdict"] in ("review", "unreliable")
+    assert "outside_training_domain" in flags
+    assert maps.provenance["verdict"] == "unreliable"
+    assert maps.provenance["shift_consistency"] is not None  # checked, and recorded
 
 
 def test_bundled_mr_reads_a_study_it_failed_once_its_dropout_is_evaluated_as_trained(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """71110 (style B): with its alpha dropout evaluated as the identity (nn.AlphaDropout's eval
-    mode, perfnet before stop 27) the MR network's outputs came out 2.26x too far from their
-    means and its hypoperfused region covered 5x the truth's (Dice 0.18); evaluated as its
-    training expectation (models.temporal.ExpectedAlphaDropout) it reads it (Dice 0.89)."""
+    mode, perfnet before stop 27) the MR network's outputs come out 2.26x too far from their
+    means (the network bundled until stop 27: a hypoperfused region 5x the truth's, Dice 0.18);
+    evaluated as its training expectation (models.temporal.ExpectedAlphaDropout) the bundled
+    network reads it (Dice 0.82; the one bundled until stop 27: 0.84)."""
     from generalisation import lesion_of, study_seed
 
     from perfnet.models.temporal import ExpectedAlphaDropout
