@@ -148,7 +148,7 @@ def _fine_tune(cohort: list, init: str, train: list[str], minutes: float) -> dic
 SETTINGS = {
     "ct": {
         # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged),
-        # then the core rule calibrated for its CBF (tools/calibrate_core.py; not for MR: README)
+        # then the core rule calibrated for its CBF (tools/calibrate_core.py)
         "scale_head": True,
         "core_calibration": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
@@ -177,6 +177,8 @@ SETTINGS = {
     # recipe of ``mr-early-peak`` with the arterial bolus patch, at the epochs that recipe reached
     # (27 + 16); the time caps only guards (measured 16 + 53 min on the shared 2-core machine)
     "mr": {
+        # after the stages: the core rule calibrated for its CBF (tools/calibrate_core.py; stop 28)
+        "core_calibration": True,
         "cohorts": MR_COHORTS,
         "stages": [
             {

@@ -4,6 +4,7 @@ see src/perfnet/weights/*.md)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -33,9 +34,9 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
         BUNDLED / f"{modality.lower()}-plan.json"
     ).is_file()
     assert sum(p.stat().st_size for p in BUNDLED.glob("*.pt")) <= 20e6
-    if modality == "CT":  # the core rule calibrated for its CBF (tools/calibrate_core.py)
-        calibration = config["core_calibration"]
-        assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
+    # both networks: the core rule calibrated for their CBF (tools/calibrate_core.py; MR since stop 28)
+    calibration = config["core_calibration"]
+    assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
 
 
 #: Unseen noisy CT studies (randomised timing, dose, residue, arrival; a core with its penumbra).
@@ -84,6 +85,69 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
     assert cnn[:, 2].mean() > osvd[:, 2].mean() + 0.1, report
     assert (cnn[cnn[:, 4] >= 10, 3] > 0.25 * cnn[cnn[:, 4] >= 10, 4]).all(), report
     assert cnn[:, 3].sum() <= 1.05 * cnn[:, 4].sum(), report
+
+
+@functools.lru_cache(maxsize=1)
+def _mr_rows() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled MR network (with the core calibration its weights carry, if any) and oSVD on
+    seven unseen DSC studies drawn like the CT ones above (same seeds, a core with its penumbra):
+    per study and method Tmax MAEC, hypoperfused Dice, core Dice, core mL, true core mL."""
+    rows = {"cnn": [], "osvd": []}
+    for seed in SEEDS:
+        cfg = PhantomConfig.draw(
+            seed, "MR", matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+        )
+        study = simulate_study(cfg)
+        truth, brain = study.truth.maps, study.truth.masks["brain"]
+        affine, true_core = study.series.affine, study.truth.masks["core"]
+        for name, maps in (
+            ("cnn", predict(study.series, device="cpu", consistency=False)),
+            ("osvd", analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps),
+        ):
+            factor = maps.provenance.get("core_calibration", {}).get("factor", 1.0)
+            settings = replace(PRESETS["rapid"], cbf_calibration=factor)
+            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, settings).core
+            rows[name].append(
+                (
+                    _maec(maps["tmax"][brain], truth["tmax"][brain]),
+                    dice(maps["tmax"][brain] > 6, truth["tmax"][brain] > 6),
+                    dice(core, true_core),
+                    float(core.sum() * voxel_volume_ml(affine)),
+                    float(true_core.sum() * voxel_volume_ml(affine)),
+                )
+            )
+    return np.array(rows["cnn"]), np.array(rows["osvd"])
+
+
+@pytest.mark.slow
+def test_bundled_mr_beats_osvd_on_tmax_on_unseen_phantoms() -> None:
+    """Seven unseen DSC studies, CNN against oSVD on each (measured at stop 28, CNN / oSVD): Tmax
+    MAEC 0.99 / 1.20 s on average, better on 4 of 7; hypoperfused Dice 0.91 / 0.92 on average,
+    above 0.75 on every study; no more core than twice the truth in all. Its core is the weak
+    output (core Dice 0.50 / 0.63 with its calibrated rule, 0.34 with the plain one: the next
+    test)."""
+    cnn, osvd = _mr_rows()
+    report = {"seeds": SEEDS, "cnn": cnn.round(3).tolist(), "osvd": osvd.round(3).tolist()}
+    assert cnn[:, 0].mean() < osvd[:, 0].mean() - 0.1 and (cnn[:, 0] < osvd[:, 0]).sum() >= 4, report
+    assert cnn[:, 0].max() < 1.6, report
+    assert cnn[:, 1].mean() > osvd[:, 1].mean() - 0.02 and cnn[:, 1].min() > 0.75, report
+    assert cnn[:, 3].sum() <= 2.0 * cnn[:, 4].sum(), report
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12's goal for the MR network, not met (stop 28): hypoperfused Dice 0.86 vs oSVD 0.96"
+    " on seed 4444; core Dice 0.50 vs 0.63 on average, 2.5 of 15 mL found on 4646",
+)
+def test_bundled_mr_meets_the_goal_on_unseen_phantoms() -> None:
+    """Issue 12's bar, as for the CT network: on every study a hypoperfused Dice no more than 0.05
+    below oSVD's, a core found on every study with >= 10 mL of it, a core Dice above oSVD's."""
+    cnn, osvd = _mr_rows()
+    report = {"seeds": SEEDS, "cnn": cnn.round(3).tolist(), "osvd": osvd.round(3).tolist()}
+    assert (cnn[:, 1] >= osvd[:, 1] - 0.05).all(), report
+    assert (cnn[cnn[:, 4] >= 10, 3] > 0.25 * cnn[cnn[:, 4] >= 10, 4]).all(), report
+    assert cnn[:, 2].mean() >= osvd[:, 2].mean(), report
 
 
 def test_bundled_mr_uncertainty_tracks_its_error() -> None:
