@@ -73,6 +73,9 @@ _MESSAGES = {
     "cnn_inconsistent": "the network's Tmax > 6 s region changes by {value:.0f} mL when its input "
     "starts 3 s earlier or later (it follows its time grid, not only the bolus): compare its maps "
     "with a conventional method's",
+    "cnn_unenhanced_normal": "{value:.0f} mL of brain tissue barely enhances (peak below {low:.0%} of "
+    "the tissue's median) yet the network reads it as Tmax < 6 s: a core it may have missed; compare "
+    "a conventional method's maps or the diffusion core",
     "bilateral_hypoperfusion": "hypoperfusion on both sides of the brain: {value:.0f} mL on the side "
     "without the lesion ({fraction:.0%} of the affected side's {affected:.0f} mL); a stroke is "
     "one-sided, so check head motion, the arterial input and the timing before reading the volumes "
@@ -84,7 +87,8 @@ _MESSAGES = {
 _AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_rejected"}
 #: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
 #: ``outside_training_domain`` is raised by a CNN only (:mod:`perfnet.inference.domain`; so is
-#: ``cnn_inconsistent``, :mod:`perfnet.inference.consistency`, a warning: verdict ``review``).
+#: ``cnn_inconsistent``, :mod:`perfnet.inference.consistency`, and ``cnn_unenhanced_normal``,
+#: :mod:`perfnet.inference.enhancement`, warnings: verdict ``review``).
 UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable", "outside_training_domain"})
 #: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
 INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})

@@ -59,9 +59,12 @@ def test_margins_decide_what_is_outside() -> None:
 def test_bundled_weights_carry_their_static_training_domain(modality: str) -> None:
     _, config = load_weights(bundled_weights(modality))
     dom = config["domain"]
-    assert dom["studies"] >= 12 and "tools/weights_domain.py" in dom["source"]
+    # measured afterwards on re-drawn training studies (CT) or by perfnet train on all of them (MR,
+    # since stop 28: the 120 studies of its two stages, jittered frame intervals included)
+    assert dom["studies"] >= 12
+    assert "tools/weights_domain.py" in dom["source"] or "training studies" in dom["source"]
     assert dom["head_motion_mm"][1] < 1.0  # --no-motion cohorts (what the correction reads on them)
-    assert dom["max_frame_interval_s"][1] == 2.0  # the phantom generator's longest interval
+    assert dom["max_frame_interval_s"][1] >= 2.0  # at least the phantom generator's nominal longest
     assert dom["after_arrival_s"][0] > 25.0  # every training acquisition covered the first pass
     assert 0 < dom["tissue_cnr"][0] < dom["tissue_cnr"][1]
 

@@ -14,7 +14,7 @@ import torch
 import perfnet.inference.cnn as cnn
 import perfnet.inference.series as series_module
 from perfnet.inference import analyze_cnn
-from perfnet.inference.inputs import resize_slices
+from perfnet.inference.inputs import bolus_rule_of, resize_slices
 from perfnet.inference.weights import bundled_weights, load_weights
 from perfnet.io import load_series
 from perfnet.phantom import PhantomConfig, simulate_study
@@ -49,7 +49,7 @@ def test_training_input_equals_inference_input(moving_study: tuple[Path, Any], t
     cache = tmp_path / "run" / "inputs"
     train = load_study(
         entry, MAPS, "truth", config["frame_interval"], config["frames"], None,
-        config["pixel_mm"], config["align_lead_s"], input_cache=cache,
+        config["pixel_mm"], config["align_lead_s"], input_cache=cache, bolus_rule=bolus_rule_of(config),
     )  # fmt: skip
     assert (cache / "sub-0001_ses-01.npz").is_file()
 
@@ -87,7 +87,7 @@ def test_training_input_equals_inference_input(moving_study: tuple[Path, Any], t
     monkeypatch.setattr(series_module, "model_input", fail)
     again = load_study(
         entry, MAPS, "truth", config["frame_interval"], config["frames"], None,
-        config["pixel_mm"], config["align_lead_s"], input_cache=cache,
+        config["pixel_mm"], config["align_lead_s"], input_cache=cache, bolus_rule=bolus_rule_of(config),
     )  # fmt: skip
     assert torch.equal(again.inputs, train.inputs) and again.offset_s == train.offset_s
     # other settings: the cache entry does not match and the input is made anew

@@ -19,7 +19,7 @@ import torch
 from perfnet import __version__
 from perfnet.constants import MAP_LIMITS
 from perfnet.errors import PerfnetInputError
-from perfnet.inference import domain
+from perfnet.inference import domain, enhancement
 from perfnet.inference.consistency import SHIFT_S, consistency_flags, shift_consistency
 from perfnet.inference.inputs import (
     ModelInput,
@@ -340,6 +340,16 @@ def predict(
     for _, _, cfg in members:  # outside any member's training domain: flagged once
         flags += [f for f in domain.domain_flags(described, cfg.get("domain")) if f not in flags]
     flags += consistency_flags(checked)
+    unenhanced = None
+    if series.modality in enhancement.MODALITIES and "tmax" in out:
+        from perfnet.lesions import voxel_volume_ml
+        from perfnet.preprocess.mask import csf_mask
+
+        tissue = inp.brain & ~csf_mask(series, inp.brain)
+        relative = enhancement.peak_enhancement(series, prepared.bolus.baseline_end, tissue)
+        voxel_ml = voxel_volume_ml(series.affine)
+        unenhanced = enhancement.unenhanced_normal(relative, out["tmax"], tissue, voxel_ml)
+        flags += enhancement.unenhanced_flags(unenhanced)
     provenance = {
         "perfnet_version": __version__,
         "method": "cnn",
@@ -363,6 +373,8 @@ def predict(
         "study_descriptors": described,
         # the Tmax > 6 s region with the time grid started 3 s earlier / later (perfnet.inference.consistency)
         "shift_consistency": checked,
+        # barely enhancing tissue the network reads as normal (perfnet.inference.enhancement)
+        "unenhanced_normal": unenhanced,
         # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
         **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
         "device": str(dev),
