@@ -60,7 +60,8 @@ def unenhanced_normal(
     relative_peak: np.ndarray, tmax: np.ndarray, tissue: np.ndarray, voxel_ml: float
 ) -> dict[str, Any]:
     """The tissue below :data:`LOW_PEAK` that the network reads as Tmax < 6 s, opened in-plane
-    (3 × 3): its volume (mL) and its share of all the tissue below :data:`LOW_PEAK`."""
+    (3 × 3): its volume (mL, ``region_ml``) beside that of all the tissue below :data:`LOW_PEAK`
+    (``low_enhancing_ml``)."""
     low = tissue & (relative_peak < LOW_PEAK)
     called = ndimage.binary_opening(low & (tmax < NORMAL_TMAX_S), structure=np.ones((3, 3, 1), bool))
     low_ml = float(low.sum() * voxel_ml)
