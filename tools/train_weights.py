@@ -1,7 +1,8 @@
 """Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 70).
 
     python tools/train_weights.py ct|mr|ct-motion|ct-replay|ct-lowflow[-control]|mr-mixed|mr-wide
-        |mr-early-peak|mr-arterial[-control]|mr-beta [--work DIR] [--minutes M] [--bundle-only]
+        |mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow [--work DIR]
+        [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only]
 
 Each modality trains in stages on two phantom cohorts (seeds below; never used by the tests,
 which draw seeds < 10000; MR: stages 1 and 2 below):
@@ -133,6 +134,8 @@ MR_REFINE = [*TEMPORAL, *FINE_TUNE, "--epochs", "12"]
 ARTERIAL = ["--bolus-rule", "arterial"]
 #: beta-NLL (values train as under L1; models.losses.laplace_nll_parts) and the best validated epoch
 BETA_BEST = ["--nll-beta", "1", "--keep", "best"]
+#: low-flow voxels (the core and its margin) weighing 5x in the loss (training.task.LOW_FLOW_FRACTION)
+LOW_FLOW = ["--low-flow-weight", "4"]
 
 
 def _fine_tune(cohort: list, init: str, train: list[str], minutes: float) -> dict:
@@ -310,6 +313,52 @@ SETTINGS = {
             },
         ],
     },
+    # candidates, not bundled (written to --work): the `mr` and `mr-beta` recipes with low-flow
+    # voxels (target CBF < 40 % of the slice's median: the core and its margin) weighing 5x in the
+    # Laplace loss (--low-flow-weight 4, as `ct-lowflow` in the U-Net's MSE): does weighting the
+    # core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)?
+    "mr-lowflow": {
+        "bundle": False,
+        "cohorts": MR_COHORTS,
+        "stages": [
+            {
+                "cohort": 0,
+                "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8", "--epochs", "27", *ARTERIAL, *LOW_FLOW],
+                "minutes": 75,
+            },
+            {
+                "cohort": 1,
+                "train": [*TEMPORAL, *FINE_TUNE, "--epochs", "16", *ARTERIAL, *LOW_FLOW],
+                "minutes": 60,
+            },
+        ],
+    },
+    "mr-beta-lowflow": {
+        "bundle": False,
+        "cohorts": MR_COHORTS,
+        "stages": [
+            {
+                "cohort": 0,
+                "train": [
+                    *TEMPORAL,
+                    *SCRATCH,
+                    "--lr-step",
+                    "8",
+                    "--epochs",
+                    "27",
+                    *ARTERIAL,
+                    *BETA_BEST,
+                    *LOW_FLOW,
+                ],
+                "minutes": 75,
+            },
+            {
+                "cohort": 1,
+                "train": [*TEMPORAL, *FINE_TUNE, "--epochs", "16", *ARTERIAL, *BETA_BEST, *LOW_FLOW],
+                "minutes": 60,
+            },
+        ],
+    },
     # candidate, not bundled (written to --work): the `mr` recipe from scratch with Hess et al.'s
     # shift range (-5..30 frames) and edge padding instead of -3..8 reflect (the grid-dependence
     # experiment of issue 12: does a network trained on arrivals anywhere in its window read Tmax
@@ -355,12 +404,20 @@ def _renumbered(name: str, part: int) -> str:
     return f"sub-{1000 * part + int(name.split('-')[1]):04d}"
 
 
+#: Studies simulated and prepared at a time (``--jobs``).
+JOBS = 1
+
+
+def _jobs() -> list[str]:
+    return ["--jobs", str(JOBS)] if JOBS > 1 else []
+
+
 def simulate_cohort(folder: Path, cohort_args: list) -> None:
     """Simulate a cohort; a mixed one part by part, merged with part k's subjects renumbered from
     1000·k + 1 (sub-0001…, sub-1001…), so that the split by patient spans every part."""
     parts = _parts(cohort_args)
     if len(parts) == 1:
-        perfnet("simulate", str(folder), *parts[0])
+        perfnet("simulate", str(folder), *parts[0], *_jobs())
         return
     staging = folder.with_name(folder.name + ".parts")
     if staging.exists():
@@ -370,7 +427,7 @@ def simulate_cohort(folder: Path, cohort_args: list) -> None:
     rows: list[str] = []
     for k, args in enumerate(parts):
         part = staging / f"part-{k}"
-        perfnet("simulate", str(part), *args)
+        perfnet("simulate", str(part), *args, *_jobs())
         header, *lines = (part / "participants.tsv").read_text().splitlines()
         rows = rows or [header]
         for row in lines:
@@ -456,7 +513,9 @@ class Ahead(threading.Thread):
     def run(self) -> None:
         try:
             ensure_cohort(self.cohort, self.cohort_args)
-            perfnet("train", str(self.cohort), "--out", str(self.run_dir), *self.train, "--prepare-only")
+            perfnet(
+                "train", str(self.cohort), "--out", str(self.run_dir), *self.train, "--prepare-only", *_jobs()
+            )
         except BaseException as exc:
             self.error = exc
 
@@ -591,8 +650,35 @@ def main() -> int:
     parser.add_argument(
         "--bundle-only", action="store_true", help="package the existing run folders without training"
     )
+    parser.add_argument(
+        "--candidate",
+        action="store_true",
+        help="train a bundled recipe as a candidate: weights and card written to --work, the core rule"
+        " not calibrated and no scale head fitted (an experiment, e.g. on a lent GPU)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="studies simulated and prepared at a time (worker processes; the same data for any count)",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="simulate every stage's cohort and prepare its slices, then stop (e.g. before a GPU run)",
+    )
     args = parser.parse_args()
     settings = SETTINGS[args.modality]
+    if args.candidate:
+        settings = {**settings, "bundle": False, "scale_head": False, "core_calibration": False}
+    global JOBS
+    JOBS = max(1, args.jobs)
+    if args.prepare_only:
+        for i, stage in enumerate(settings["stages"]):
+            cohort, run = folders(args.work, args.modality, i, stage["cohort"])
+            ensure_cohort(cohort, settings["cohorts"][stage["cohort"]])
+            perfnet("train", str(cohort), "--out", str(run), *stage["train"], "--prepare-only", *_jobs())
+        return 0
     plans: list[dict] = []
     previous: Path | None = None
     ahead: Ahead | None = None
@@ -616,7 +702,7 @@ def main() -> int:
                     start.write_bytes(backbone(bundled_at(stage["init"], args.modality.split("-")[0])))
             init = [] if start is None else ["--init", str(start)]
             limit = ["--max-minutes", str(minutes)]
-            perfnet("train", str(cohort), "--out", str(run), *stage["train"], *init, *limit)
+            perfnet("train", str(cohort), "--out", str(run), *stage["train"], *init, *limit, *_jobs())
         plans.append(json.loads((run / "plan.json").read_text()))
         previous = run / "weights.pt"
     target = WEIGHTS if settings.get("bundle", True) else args.work  # a candidate stays in --work

@@ -73,6 +73,7 @@ def test_tiny_training_run_loss_falls_and_writes_run_folder(cohort: Path, tmp_pa
     assert set(saved["splits"][0]["validation_subjects"]).isdisjoint(saved["splits"][0]["training_subjects"])
     assert saved["config"]["loss"] == "mse" and saved["folds"]["0"]["epochs"] == 6
     assert 0 <= plan["cross_validation"]["val_tmax_maec"] < 20
+    assert 0 <= plan["cross_validation"]["val_dice_core"] <= 1  # the slice-wise rCBF < 30 % core
     with (run / "fold-0" / "augmentations.csv").open() as f:
         draws = list(csv.DictReader(f))
     assert len(draws) == 6 * saved["folds"]["0"]["training_slices"]
@@ -436,3 +437,50 @@ def test_low_flow_weight_counts_the_core_more() -> None:
     assert (w[2] == 0.0).all()
     batch = {"x": torch.randn(3, 6, 8, 8), "y": y, "mask": mask}
     assert torch.isfinite(task._loss(batch)[0])
+
+
+def test_low_flow_weight_also_weighs_the_laplace_loss() -> None:
+    """Under the temporal network's Laplace NLL (β-NLL too) the low-flow weight multiplies each
+    voxel's likelihood term as it does the MSE's: the loss is the weighted mean."""
+    from perfnet.inference.targets import to_model
+    from perfnet.models.losses import laplace_nll_parts
+    from perfnet.training.task import PerfusionTask
+
+    kwargs = {"in_channels": 6, "out_channels": 2, "width": 4, "stages": 2}
+    mean, sd, offsets = {"cbf": 3.0, "tmax": 2.0}, {"cbf": 0.5, "tmax": 3.0}, {"cbf": 1.0}
+    cbf = torch.full((2, 8, 8), 50.0)
+    cbf[0, :3, :3] = 8.0  # low flow
+    mask = torch.ones(2, 8, 8, dtype=torch.bool)
+    y = torch.stack([(to_model(cbf, "cbf", offsets) - mean["cbf"]) / sd["cbf"], torch.zeros(2, 8, 8)], dim=1)
+    value, scale = torch.randn(2, 2, 8, 8), torch.rand(2, 2, 8, 8) + 0.5
+    batch = {"x": torch.randn(2, 6, 8, 8), "y": y, "mask": mask}
+    for beta in (0.0, 1.0):
+        losses = []
+        for w in (0.0, 4.0):
+            task = PerfusionTask(
+                "unet", kwargs, ["cbf", "tmax"], mean, sd, list(range(6)), loss="laplace",
+                log_offsets=offsets, low_flow_weight=w, nll_beta=beta,
+            )  # fmt: skip
+            task.forward = lambda b: (value, scale)  # type: ignore[method-assign]
+            weighted = task._low_flow_weighted(y, mask[:, None].float())
+            total, weight = laplace_nll_parts(value, scale, y, weighted, task.windows, beta=beta)
+            losses.append(float(task._loss(batch)[0]))
+            assert losses[-1] == pytest.approx(float(total / weight), rel=1e-6)
+        assert losses[0] != pytest.approx(losses[1])  # the weight changes the loss
+
+
+def test_slice_core_is_the_slice_wise_rcbf_rule() -> None:
+    """``val_dice_core``'s core: CBF below 30 % of the median CBF inside the slice's brain; none on a
+    slice without brain."""
+    from perfnet.training.task import CORE_FRACTION, slice_core
+
+    assert CORE_FRACTION == 0.3
+    cbf = torch.full((2, 6, 6), 40.0)
+    cbf[0, :2, :2] = 11.0  # 27.5 % of 40: core
+    cbf[0, 2, 2] = 13.0  # 32.5 %: not
+    cbf[0, 5, 5] = 1.0  # outside the brain: not
+    inside = torch.ones(2, 6, 6, dtype=torch.bool)
+    inside[0, 5, 5] = False
+    inside[1] = False
+    core = slice_core(cbf, inside)
+    assert int(core[0].sum()) == 4 and core[0, :2, :2].all() and not core[1].any()

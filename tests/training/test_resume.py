@@ -170,6 +170,28 @@ def test_prepared_ahead_slices_are_trained_on_without_preparing_again(
     _assert_same_weights(run, uninterrupted)
 
 
+def test_slices_prepared_by_worker_processes_train_as_one_process_run(
+    cohort: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """``perfnet train --prepare-only --jobs 2``: the studies prepared by two worker processes are
+    the arrays one process prepares, bit for bit, and the run trained on them gives its weights."""
+    import numpy as np
+
+    from perfnet.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", str(cohort), "--out", str(run), "--model", "unet", "--frames", "20", "--prepare-only"]
+    assert main([*args, "--jobs", "2"]) == 0
+    for study in sorted((uninterrupted / "slices").iterdir()):
+        for array in ("inputs", "targets", "brain", "bolus"):
+            a, b = study / f"{array}.npy", run / "slices" / study.name / f"{array}.npy"
+            assert a.exists() == b.exists()
+            if a.exists():
+                assert np.array_equal(np.load(a), np.load(b)), (study.name, array)
+    train(cohort, run, TrainConfig(**CONFIG), resume=True)
+    _assert_same_weights(run, uninterrupted)
+
+
 def test_loader_worker_processes_train_the_main_process_run(
     cohort: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:

@@ -193,6 +193,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         on_study=report,
         overwrite=args.overwrite,
         style=args.style,
+        jobs=args.jobs,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0

@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=positive_int,
         default=1,
-        help="conventional --targets: studies computed at a time (the cohort runner's local pool)",
+        help="studies prepared at a time (worker processes): the slices, and conventional --targets"
+        " (the cohort runner's local pool)",
     )
     p.add_argument(
         "--scheduler", metavar="ADDRESS", help="conventional --targets: compute them on this Dask scheduler"
@@ -332,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", type=str.upper, choices=["CT", "MR"], default="CT")
     p.add_argument("--cases", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0, help="case i uses seed + i")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="studies simulated at a time (worker processes; the cohort is the same for any count)",
+    )
     p.add_argument(
         "--style",
         choices=["geometric", "mni"],

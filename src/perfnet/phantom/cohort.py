@@ -7,13 +7,14 @@
     OUT/sub-0001/ses-01/truth/{brain,core,hypoperfused,penumbra,labels}.nii.gz
     OUT/sub-0001/ses-01/truth/aif.json  parameters.json  motion.json
 
-Case i of a cohort drawn with ``--seed S`` uses seed S + i, so any case can be regenerated alone.
+Case i of a cohort drawn with ``--seed S`` uses seed S + i, so any case can be regenerated alone,
+and ``jobs`` worker processes (``perfnet simulate --jobs``) write the same cohort as one process.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,31 @@ def write_study(study: PhantomStudy, folder: Path, name: str) -> Path:
     return series_path
 
 
+def _simulate_and_write(config: Any, folder: Path, name: str) -> tuple[PhantomStudy, Path]:
+    """One case, simulated and written (a worker process's task under ``jobs`` > 1)."""
+    study = simulate(config)
+    return study, write_study(study, folder, name)
+
+
+def _cases(configs: list[Any], staging: Path, jobs: int) -> Iterator[tuple[PhantomStudy, Path]]:
+    """Each case simulated and written into ``staging``, in case order; ``jobs`` > 1: that many
+    worker processes (spawned, one thread each), so the cohort is the one a single process writes."""
+    names = [study_name(i + 1) for i in range(len(configs))]
+    if jobs <= 1 or len(configs) <= 1:
+        for config, name in zip(configs, names, strict=True):
+            yield _simulate_and_write(config, staging / name / "ses-01", name)
+        return
+    from perfnet.parallel import worker_pool
+
+    with worker_pool(min(jobs, len(configs))) as pool:
+        futures = [
+            pool.submit(_simulate_and_write, config, staging / name / "ses-01", name)
+            for config, name in zip(configs, names, strict=True)
+        ]
+        for future in futures:
+            yield future.result()
+
+
 def participant_row(name: str, study: PhantomStudy) -> dict[str, Any]:
     cfg, vol = study.config, study.truth.parameters["volumes_ml"]
     return {
@@ -111,9 +137,11 @@ def write_cohort(
     on_study: Callable[[str, PhantomStudy, Path], None] | None = None,
     overwrite: bool = False,
     style: str = DEFAULT_STYLE,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
-    or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``.
+    or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
+    time (worker processes; the same cohort whatever ``jobs``).
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -127,10 +155,9 @@ def write_cohort(
     if progress is not None:
         indices = progress(indices)
     with atomic_output_dir(out, overwrite=overwrite, command="simulate") as staging:
-        for i in indices:
+        done = _cases(configs, staging, jobs)
+        for (study, series_path), i in zip(done, indices, strict=True):
             name = study_name(i + 1)
-            study = simulate(configs[i])
-            series_path = write_study(study, staging / name / "ses-01", name)
             rows.append(participant_row(name, study))
             if on_study is not None:
                 on_study(name, study, out / series_path.relative_to(staging))

@@ -290,6 +290,24 @@ def _current_key(folder: Path) -> str | None:
         return None
 
 
+def _prepare_one(study: CohortStudy, recipe: SliceRecipe, folder: Path, tree: Path | None, key: str) -> str:
+    """One study's slices written to ``folder`` (a worker process's task under ``jobs`` > 1)."""
+    slices = load_study(
+        study,
+        recipe.maps,
+        recipe.targets,
+        recipe.frame_interval,
+        recipe.frames,
+        tree,
+        recipe.pixel_mm,
+        recipe.align_lead_s,
+        bolus_rule=recipe.bolus_rule,
+    )
+    moments = study_moments(slices.inputs, slices.targets, slices.brain, recipe.maps, recipe.log_offsets)
+    write_prepared(slices, folder, key, moments)
+    return study.name
+
+
 def prepare_slices(
     studies: list[CohortStudy],
     recipe: SliceRecipe,
@@ -297,26 +315,29 @@ def prepare_slices(
     tree: Path | None,
     keys: dict[str, str],
     progress: bool = False,
+    jobs: int = 1,
 ) -> int:
-    """Every study whose ``root/<study>`` does not hold its key's slices, prepared; the count."""
+    """Every study whose ``root/<study>`` does not hold its key's slices, prepared (``jobs`` at a
+    time in worker processes, each study written whole by its own staging rename); the count."""
     from tqdm import tqdm
 
     todo = [s for s in studies if _current_key(root / s.name) != keys[s.name]]
-    for study in tqdm(todo, desc="preparing studies", disable=not progress, leave=False):
-        slices = load_study(
-            study,
-            recipe.maps,
-            recipe.targets,
-            recipe.frame_interval,
-            recipe.frames,
-            tree,
-            recipe.pixel_mm,
-            recipe.align_lead_s,
-            bolus_rule=recipe.bolus_rule,
-        )
-        moments = study_moments(slices.inputs, slices.targets, slices.brain, recipe.maps, recipe.log_offsets)
-        write_prepared(slices, root / study.name, keys[study.name], moments)
-        del slices
+    bar = tqdm(total=len(todo), desc="preparing studies", disable=not progress, leave=False)
+    if jobs <= 1 or len(todo) <= 1:
+        for study in todo:
+            _prepare_one(study, recipe, root / study.name, tree, keys[study.name])
+            bar.update()
+    else:
+        from concurrent.futures import as_completed
+
+        from perfnet.parallel import worker_pool
+
+        with worker_pool(min(jobs, len(todo))) as pool:
+            futures = [pool.submit(_prepare_one, s, recipe, root / s.name, tree, keys[s.name]) for s in todo]
+            for future in as_completed(futures):
+                future.result()  # a failed study raises here (the others already written stay)
+                bar.update()
+    bar.close()
     return len(todo)
 
 
@@ -392,7 +413,7 @@ def prepare_cohort(
 
     def slices() -> dict[str, Any]:
         keys = {s.name: slice_key(s, recipe, tree) for s in studies}
-        prepare_slices(studies, recipe, root, tree, keys, progress)
+        prepare_slices(studies, recipe, root, tree, keys, progress, jobs)
         return {"keys": keys}
 
     if writer:

@@ -141,7 +141,7 @@ class TrainConfig:
     select: str | None = None  # val_tmax_maec when tmax is trained, else val_loss; or val_mae_<map>
     limit_train_batches: int | float | None = None
     progress: bool = True
-    jobs: int = 1  # conventional targets: studies computed at a time (the cohort runner's --jobs)
+    jobs: int = 1  # studies prepared at a time: slices (worker processes), conventional targets (runner)
     scheduler: str | None = None  # … or on this Dask scheduler
     loader_workers: int | None = None  # DataLoader processes per rank (None: auto_loader_workers)
 
@@ -181,7 +181,7 @@ class TrainConfig:
             raise PerfnetInputError("--keep", f"must be last or best, got {c.keep!r}")
         if c.select is None:
             c.select = "val_tmax_maec" if "tmax" in c.maps else "val_loss"
-        errors = [n for n in validation_metric_names(c.maps) if n != "val_dice_hypoperfused"]
+        errors = [n for n in validation_metric_names(c.maps) if not n.startswith("val_dice_")]
         if c.select not in errors:
             raise PerfnetInputError(
                 "--select", f"{c.select!r} is not a validation error here ({', '.join(errors)})"
@@ -195,9 +195,11 @@ class TrainConfig:
 
 def validation_metric_names(maps: list[str]) -> list[str]:
     """The validation metrics a run logs (:meth:`PerfusionTask.on_validation_epoch_end`): the loss, each
-    map's MAE, and with Tmax its MAEC and the Tmax > 6 s Dice (the only one higher-is-better)."""
+    map's MAE, with Tmax its MAEC and the Tmax > 6 s Dice, with CBF the Dice of the slice-wise
+    rCBF < 30 % core (the Dice scores the only higher-is-better ones)."""
     names = ["val_loss", *(f"val_mae_{m}" for m in maps)]
-    return names + (["val_tmax_maec", "val_dice_hypoperfused"] if "tmax" in maps else [])
+    names += ["val_tmax_maec", "val_dice_hypoperfused"] if "tmax" in maps else []
+    return names + (["val_dice_core"] if "cbf" in maps else [])
 
 
 def auto_loader_workers(slices: int, world: int) -> int:
@@ -256,7 +258,12 @@ class Schedule(Callback):
 
 
 def _append_csv(path: Path, rows: list[dict[str, Any]], fields: list[str], restval: str = "") -> None:
+    """``rows`` appended under the file's own header (a run resumed by a newer perfnet that logs
+    more metrics keeps its columns aligned), or under ``fields`` in a new file."""
     new = not path.is_file()
+    if not new:
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f), None) or fields
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval=restval)
         if new:

@@ -17,6 +17,17 @@ from perfnet.models.losses import laplace_nll_parts, masked_mse_parts
 WINDOWS = {"tmax": (0.0, 40.0), "ttp": (0.0, 60.0), "mtt": (0.0, 20.0), "cbf": (0.0, 80.0), "cbv": (0.0, 8.0)}
 #: Low-flow voxels of ``--low-flow-weight``: target CBF below this fraction of the slice's median.
 LOW_FLOW_FRACTION = 0.4
+#: The validation's core (``val_dice_core``): CBF below this fraction of the slice's median brain
+#: CBF, in the predicted and the target map alike (the clinical rCBF < 30 % rule, slice-wise).
+CORE_FRACTION = 0.3
+
+
+def slice_core(cbf: torch.Tensor, inside: torch.Tensor, fraction: float = CORE_FRACTION) -> torch.Tensor:
+    """(B, H, W) bool: voxels of ``inside`` whose ``cbf`` is below ``fraction`` of the median CBF
+    inside their slice (none in a slice without brain)."""
+    none = cbf.new_tensor(float("-inf"))
+    ref = torch.stack([c[m].median() if m.any() else none for c, m in zip(cbf, inside, strict=True)])
+    return (cbf < fraction * ref.view(-1, 1, 1)) & inside
 
 
 class PerfusionTask(L.LightningModule):
@@ -90,7 +101,8 @@ class PerfusionTask(L.LightningModule):
         mask = batch["mask"][:, None]
         if self.hparams.loss == "laplace" and scale is not None:
             beta = float(self.hparams.get("nll_beta", 0.0) or 0.0)  # β-NLL (losses.laplace_nll_parts)
-            total, weight = laplace_nll_parts(value, scale, batch["y"], mask, self.windows, beta=beta)
+            weighted = self._low_flow_weighted(batch["y"], mask)
+            total, weight = laplace_nll_parts(value, scale, batch["y"], weighted, self.windows, beta=beta)
             floor = 1e-12
         else:
             total, weight = masked_mse_parts(value, batch["y"], self._low_flow_weighted(batch["y"], mask))
@@ -117,10 +129,7 @@ class PerfusionTask(L.LightningModule):
         i = self.maps.index("cbf")
         raw = y[:, i] * self.sd[0, i].to(y) + self.mean[0, i].to(y)
         cbf = from_model(raw, "cbf", self.log_offsets)  # (B, H, W) in mL/100 g/min
-        inside = mask[:, 0] > 0
-        none = cbf.new_tensor(float("inf"))  # a slice without brain: no voxel is low-flow
-        ref = torch.stack([c[m].median() if m.any() else none for c, m in zip(cbf, inside, strict=True)])
-        low = (cbf < LOW_FLOW_FRACTION * ref.view(-1, 1, 1)) & inside
+        low = slice_core(cbf, mask[:, 0] > 0, LOW_FLOW_FRACTION)
         return mask * (1.0 + w * low[:, None].to(mask.dtype))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -139,6 +148,7 @@ class PerfusionTask(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val = {"n": 0.0, "inter": 0.0, "pred": 0.0, "true": 0.0} | {f"abs_{m}": 0.0 for m in self.maps}
         self._val |= {"maec": 0.0, "loss": 0.0, "slices": 0.0}
+        self._val |= {"core_inter": 0.0, "core_pred": 0.0, "core_true": 0.0}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Sums over the rank's validation shard (padding samples count nothing); reduced over
@@ -166,6 +176,12 @@ class PerfusionTask(L.LightningModule):
         self._val["n"] += n
         for i, m in enumerate(self.maps):
             self._val[f"abs_{m}"] += float((pred[:, i] - true[:, i]).abs()[mask].sum())
+        if "cbf" in self.maps:  # the core by the slice-wise rCBF rule, in both maps
+            i = self.maps.index("cbf")
+            p, t = slice_core(pred[:, i], mask), slice_core(true[:, i], mask)
+            self._val["core_inter"] += float((p & t).sum())
+            self._val["core_pred"] += float(p.sum())
+            self._val["core_true"] += float(t.sum())
         if "tmax" in self.maps:
             i = self.maps.index("tmax")
             p, t = pred[:, i][mask], true[:, i][mask]
@@ -186,6 +202,10 @@ class PerfusionTask(L.LightningModule):
         self.log("val_loss", v["loss"] / max(v["slices"], 1.0), prog_bar=True, sync_dist=True)
         for m in self.maps:
             self.log(f"val_mae_{m}", v[f"abs_{m}"] / n, sync_dist=True)
+        if "cbf" in self.maps:
+            denom = v["core_pred"] + v["core_true"]
+            dice = 2 * v["core_inter"] / denom if denom else float("nan")
+            self.log("val_dice_core", dice, sync_dist=True)
         if "tmax" in self.maps:
             self.log("val_tmax_maec", v["maec"] / n, sync_dist=True)
             denom = v["pred"] + v["true"]
