@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Several MR candidate recipes of tools/train_weights.py trained at once on one GPU machine (an
+# exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
+# prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
+# `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
+# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."]
+set -u
+TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}
+export PYTHONUNBUFFERED=1
+W=$(mktemp -d); mkdir -p $O
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+python3 -c "import perfnet.cli, lightning, nibabel, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__)" || exit 3
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+stamp "prepare"
+python3 $TW mr --work $W/mr --prepare-only --jobs $JOBS > $O/prepare.log 2>&1 || { tail -30 $O/prepare.log; exit 4; }
+stamp "prepared"; du -sh $W/mr/*
+
+for v in $VARIANTS; do
+  if [ $v != mr ]; then
+    mkdir -p $W/$v/$v-run $W/$v/$v-run-2
+    ln -s $W/mr/mr-cohort $W/$v/$v-cohort; ln -s $W/mr/mr-cohort-2 $W/$v/$v-cohort-2
+    cp -al $W/mr/mr-run/slices $W/$v/$v-run/; cp -al $W/mr/mr-run-2/slices $W/$v/$v-run-2/
+  fi
+done
+for v in $VARIANTS; do
+  OMP_NUM_THREADS=2 python3 $TW $v --work $W/$v --candidate --minutes $MIN > $O/$v.log 2>&1 &
+done
+wait
+stamp "trained"
+for v in $VARIANTS; do
+  cp $W/$v/$v.pt $O/$v.pt 2>/dev/null || echo "$v: no weights"; tail -3 $O/$v.log
+  for r in $W/$v/$v-run $W/$v/$v-run-2; do
+    echo "== $r"; awk -F, 'NR==1 || $7!=""' $r/fold-0/metrics.csv 2>/dev/null | cut -d, -f1,3,7- | tail -6
+  done
+done
+mkdir -p $O/logs
+for v in $VARIANTS; do
+  cp $W/$v/$v.md $O/logs/ 2>/dev/null
+  for r in $W/$v/$v-run $W/$v/$v-run-2; do cp $r/fold-0/metrics.csv $O/logs/$(basename $r).metrics.csv 2>/dev/null; done
+  mv $O/$v.log $O/logs/
+done
+mv $O/prepare.log $O/logs/
+tar czf $O/logs.tgz -C $O logs && rm -rf $O/logs
+stamp "done"
