@@ -1,0 +1,70 @@
+"""tools/train_weights.py's options for experiments: ``--prepare-only`` simulates every stage's
+cohort and prepares its slices (with ``--jobs``) and trains nothing; ``--candidate`` keeps a bundled
+recipe out of the package."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tool(monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location("train_weights_tool", ROOT / "tools" / "train_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    small = ["--slices", "4", "--size", "64", "--frames", "40"]
+    tiny = {
+        "bundle": True,
+        "core_calibration": True,
+        "cohorts": [module._cohort("mr", 5, 20000, *small), module._cohort("mr", 5, 21000, *small)],
+        "stages": [
+            {"cohort": 0, "train": [*module.TEMPORAL, *module.SCRATCH, *module.ARTERIAL], "minutes": 1},
+            {"cohort": 1, "train": [*module.TEMPORAL, *module.FINE_TUNE, *module.ARTERIAL], "minutes": 1},
+        ],
+    }
+    monkeypatch.setitem(module.SETTINGS, "mr", tiny)
+    return module
+
+
+@pytest.mark.slow
+def test_prepare_only_simulates_and_prepares_every_stage_and_trains_nothing(
+    tool, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(
+        sys, "argv", ["train_weights.py", "mr", "--work", str(tmp_path), "--prepare-only", "--jobs", "2"]
+    )
+    assert tool.main() == 0
+    for stage, cohort in ((0, "mr-cohort"), (1, "mr-cohort-2")):
+        run = tmp_path / ("mr-run" if stage == 0 else "mr-run-2")
+        assert len(list((tmp_path / cohort).glob("sub-*/ses-01/*_dsc.nii.gz"))) == 5
+        assert sorted(p.name for p in (run / "slices").iterdir()) == [
+            f"sub-{i:04d}_ses-01" for i in range(1, 6)
+        ]
+        assert not (run / "plan.json").exists() and not (run / "weights.pt").exists()
+    assert not list(tmp_path.glob("*.pt"))  # nothing trained, nothing bundled
+
+
+def test_candidate_keeps_a_bundled_recipe_out_of_the_package(tool, tmp_path, monkeypatch) -> None:
+    """``--candidate`` on a bundled recipe: trained into --work (here: the bundling step only, on
+    stand-in run folders), the package's weights untouched, no core calibration run."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(tool, "WEIGHTS", tmp_path / "package")
+    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
+    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
+    for run in ("mr-run", "mr-run-2"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "plan.json").write_text('{"config": {}}')
+        (tmp_path / run / "weights.pt").write_bytes(b"weights of " + run.encode())
+    argv = ["train_weights.py", "mr", "--work", str(tmp_path), "--candidate", "--bundle-only"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert tool.main() == 0
+    assert (tmp_path / "mr.pt").read_bytes() == b"weights of mr-run-2"
+    assert (tmp_path / "mr.md").read_text() == "card"
+    assert not (tmp_path / "package").exists() and calls == []  # not bundled, not calibrated
