@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=128, help="in-plane matrix")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--json", type=Path, help="write every row and the means here")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="studies at a time (worker processes, one thread each)"
+    )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     args.methods = [m for m in args.methods.split(",") if m]
     modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
@@ -354,11 +357,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    studies = [
+        (style, modality, index)
+        for modality in modalities
+        for style in styles
+        for index in range(args.first, args.first + args.studies)
+    ]
     with tempfile.TemporaryDirectory(prefix="perfnet-generalisation-") as tmp:
-        for modality in modalities:
-            for style in styles:
-                for index in range(args.first, args.first + args.studies):
-                    rows += run_study(style, modality, index, args, Path(tmp))
+        if args.jobs > 1:  # the same rows, in the same order, whatever the count
+            from perfnet.parallel import worker_pool
+
+            with worker_pool(min(args.jobs, len(studies))) as pool:
+                futures = [pool.submit(run_study, *study, args, Path(tmp)) for study in studies]
+                for future in futures:
+                    rows += future.result()
+        else:
+            for study in studies:
+                rows += run_study(*study, args, Path(tmp))
     table = summarise(rows)
     print_tables(table)
     print_worse_than_osvd(rows)
