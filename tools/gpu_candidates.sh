@@ -3,11 +3,21 @@
 # exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
 # prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
 # `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
-# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."]
+# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES]
+# EVAL_STUDIES > 0: each candidate's weights then scored on that many studies per style of
+# benchmarks/generalisation.py (--jobs JOBS, CNN only), the JSON written to OUTDIR.
+# The work folder is in /dev/shm when it has room (the stop-29 run spent ~200 s writing 3.4 GB of
+# slices to the machine's disk), else a temporary folder.
 set -u
-TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}
+TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}; EVAL=${6:-0}
 export PYTHONUNBUFFERED=1
-W=$(mktemp -d); mkdir -p $O
+if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 30000000 ] 2>/dev/null; then
+  W=$(mktemp -d /dev/shm/perfnet-gpu.XXXX)
+else
+  W=$(mktemp -d)
+fi
+trap 'rm -rf "$W"' EXIT
+mkdir -p $O
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 python3 -c "import perfnet.cli, lightning, nibabel, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__)" || exit 3
@@ -34,7 +44,16 @@ for v in $VARIANTS; do
     echo "== $r"; awk -F, 'NR==1 || $7!=""' $r/fold-0/metrics.csv 2>/dev/null | cut -d, -f1,3,7- | tail -6
   done
 done
+if [ "$EVAL" -gt 0 ]; then
+  for v in $VARIANTS; do
+    [ -f $W/$v/$v.pt ] || continue
+    python3 benchmarks/generalisation.py --modality mr --studies $EVAL --methods cnn --weights $W/$v/$v.pt \
+      --jobs $JOBS --json $O/$v-generalisation.json > $O/$v-generalisation.log 2>&1
+    stamp "scored $v"; grep -A4 "^means" $O/$v-generalisation.log | tail -3
+  done
+fi
 mkdir -p $O/logs
+mv $O/*-generalisation.* $O/logs/ 2>/dev/null  # at most 8 files come back: the weights and one archive
 for v in $VARIANTS; do
   cp $W/$v/$v.md $O/logs/ 2>/dev/null
   for r in $W/$v/$v-run $W/$v/$v-run-2; do cp $r/fold-0/metrics.csv $O/logs/$(basename $r).metrics.csv 2>/dev/null; done
