@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Several MR candidate recipes of tools/train_weights.py trained at once on one GPU machine (an
+# Several (MR or CT) candidate recipes of tools/train_weights.py trained at once on one GPU machine (an
 # exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
 # prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
 # `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
@@ -23,14 +23,18 @@ stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 python3 -c "import perfnet.cli, lightning, nibabel, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', lightning.__version__)" || exit 3
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 stamp "prepare"
-python3 $TW mr --work $W/mr --prepare-only --jobs $JOBS > $O/prepare.log 2>&1 || { tail -30 $O/prepare.log; exit 4; }
-stamp "prepared"; du -sh $W/mr/*
+# the cohorts of the modality's bundled recipe (ct or mr, from the first variant's name), shared
+B=${VARIANTS%%-*}; B=${B%% *}
+python3 $TW $B --work $W/$B --prepare-only --jobs $JOBS > $O/prepare.log 2>&1 || { tail -30 $O/prepare.log; exit 4; }
+stamp "prepared"; du -sh $W/$B/*
 
 for v in $VARIANTS; do
-  if [ $v != mr ]; then
-    mkdir -p $W/$v/$v-run $W/$v/$v-run-2
-    ln -s $W/mr/mr-cohort $W/$v/$v-cohort; ln -s $W/mr/mr-cohort-2 $W/$v/$v-cohort-2
-    cp -al $W/mr/mr-run/slices $W/$v/$v-run/; cp -al $W/mr/mr-run-2/slices $W/$v/$v-run-2/
+  if [ $v != $B ]; then
+    mkdir -p $W/$v; ln -s $W/$B/$B-cohort $W/$v/$v-cohort
+    ln -s $W/$B/$B-cohort-2 $W/$v/$v-cohort-2
+    for r in $W/$B/$B-run*; do  # each stage's prepared slices (a stage's key: its cohort and grid)
+      mkdir -p $W/$v/$v${r#$W/$B/$B}; cp -al $r/slices $W/$v/$v${r#$W/$B/$B}/
+    done
   fi
 done
 for v in $VARIANTS; do
@@ -40,14 +44,14 @@ wait
 stamp "trained"
 for v in $VARIANTS; do
   cp $W/$v/$v.pt $O/$v.pt 2>/dev/null || echo "$v: no weights"; tail -3 $O/$v.log
-  for r in $W/$v/$v-run $W/$v/$v-run-2; do
+  for r in $W/$v/$v-run*; do
     echo "== $r"; awk -F, 'NR==1 || $7!=""' $r/fold-0/metrics.csv 2>/dev/null | cut -d, -f1,3,7- | tail -6
   done
 done
 if [ "$EVAL" -gt 0 ]; then
   for v in $VARIANTS; do
     [ -f $W/$v/$v.pt ] || continue
-    python3 benchmarks/generalisation.py --modality mr --studies $EVAL --methods cnn --weights $W/$v/$v.pt \
+    python3 benchmarks/generalisation.py --modality $B --studies $EVAL --methods cnn --weights $W/$v/$v.pt \
       --jobs $JOBS --json $O/$v-generalisation.json > $O/$v-generalisation.log 2>&1
     stamp "scored $v"; grep -A4 "^means" $O/$v-generalisation.log | tail -3
   done
@@ -56,7 +60,7 @@ mkdir -p $O/logs
 mv $O/*-generalisation.* $O/logs/ 2>/dev/null  # at most 8 files come back: the weights and one archive
 for v in $VARIANTS; do
   cp $W/$v/$v.md $O/logs/ 2>/dev/null
-  for r in $W/$v/$v-run $W/$v/$v-run-2; do cp $r/fold-0/metrics.csv $O/logs/$(basename $r).metrics.csv 2>/dev/null; done
+  for r in $W/$v/$v-run*; do cp $r/fold-0/metrics.csv $O/logs/$(basename $r).metrics.csv 2>/dev/null; done
   mv $O/$v.log $O/logs/
 done
 mv $O/prepare.log $O/logs/
