@@ -14,6 +14,7 @@ and ``jobs`` worker processes (``perfnet simulate --jobs``) write the same cohor
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,12 @@ def _cases(configs: list[Any], staging: Path, jobs: int) -> Iterator[tuple[Phant
     from perfnet.parallel import worker_pool
 
     with worker_pool(min(jobs, len(configs))) as pool:
-        futures = [
+        pending = deque(
             pool.submit(_simulate_and_write, config, staging / name / "ses-01", name)
             for config, name in zip(configs, names, strict=True)
-        ]
-        for future in futures:
-            yield future.result()
+        )
+        while pending:  # each finished study's arrays held until it is consumed, not longer
+            yield pending.popleft().result()
 
 
 def participant_row(name: str, study: PhantomStudy) -> dict[str, Any]:
