@@ -345,7 +345,12 @@ SETTINGS = {
     # candidates, not bundled (written to --work): the `mr` and `mr-beta` recipes with low-flow
     # voxels (target CBF < 40 % of the slice's median: the core and its margin) weighing 5x in the
     # Laplace loss (--low-flow-weight 4, as `ct-lowflow` in the U-Net's MSE): does weighting the
-    # core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)?
+    # core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)? Stage 1 on a lent GPU
+    # (stop 29, 2.4 min each, README "GPU exploration"): held-out core Dice 0.64 (mr-lowflow) and 0.74
+    # (mr-beta-lowflow) against 0.65 (mr) and 0.70 (mr-beta). mr-beta-lowflow trained in full here
+    # (stop 29, 84 min): NOT bundled -- core Dice up (7 unseen studies 0.34 -> 0.50 at the plain
+    # rule; style A 0.19 -> 0.25, B 0.35 -> 0.42) but hypoperfused Dice down (A 0.90 -> 0.83, B 0.82
+    # -> 0.76) and an 11 mL false core on a moving penumbra-only study (70101)
     "mr-lowflow": {
         "bundle": False,
         "cohorts": MR_COHORTS,
