@@ -124,3 +124,17 @@ def test_cohort_written_by_worker_processes_is_the_one_process_cohort(tmp_path) 
         a = np.asarray(nib.load(tmp_path / "one" / rel).dataobj)
         b = np.asarray(nib.load(tmp_path / "two" / rel).dataobj)
         assert np.array_equal(a, b), rel
+
+
+def test_a_worker_that_dies_is_one_line_naming_the_remedy() -> None:
+    """A worker process killed under ``--jobs`` (e.g. by the kernel, out of memory) reaches the user
+    as a perfnet error that says to use fewer jobs, not as a process-pool traceback."""
+    import os
+
+    from perfnet.errors import PerfnetError
+    from perfnet.parallel import result, worker_pool
+
+    with worker_pool(1) as pool:
+        assert result(pool.submit(abs, -3)) == 3
+        with pytest.raises(PerfnetError, match="fewer --jobs"):
+            result(pool.submit(os._exit, 9))

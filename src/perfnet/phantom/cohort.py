@@ -96,7 +96,7 @@ def _cases(configs: list[Any], staging: Path, jobs: int) -> Iterator[tuple[Phant
         for config, name in zip(configs, names, strict=True):
             yield _simulate_and_write(config, staging / name / "ses-01", name)
         return
-    from perfnet.parallel import worker_pool
+    from perfnet.parallel import result, worker_pool
 
     with worker_pool(min(jobs, len(configs))) as pool:
         pending = deque(
@@ -104,7 +104,7 @@ def _cases(configs: list[Any], staging: Path, jobs: int) -> Iterator[tuple[Phant
             for config, name in zip(configs, names, strict=True)
         )
         while pending:  # each finished study's arrays held until it is consumed, not longer
-            yield pending.popleft().result()
+            yield result(pending.popleft())
 
 
 def participant_row(name: str, study: PhantomStudy) -> dict[str, Any]:

@@ -330,12 +330,12 @@ def prepare_slices(
     else:
         from concurrent.futures import as_completed
 
-        from perfnet.parallel import worker_pool
+        from perfnet.parallel import result, worker_pool
 
         with worker_pool(min(jobs, len(todo))) as pool:
             futures = [pool.submit(_prepare_one, s, recipe, root / s.name, tree, keys[s.name]) for s in todo]
             for future in as_completed(futures):
-                future.result()  # a failed study raises here (the others already written stay)
+                result(future)  # a failed study raises here (the others already written stay)
                 bar.update()
     bar.close()
     return len(todo)
