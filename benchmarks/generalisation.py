@@ -365,12 +365,12 @@ def main(argv: list[str] | None = None) -> None:
     ]
     with tempfile.TemporaryDirectory(prefix="perfnet-generalisation-") as tmp:
         if args.jobs > 1:  # the same rows, in the same order, whatever the count
-            from perfnet.parallel import worker_pool
+            from perfnet.parallel import result, worker_pool
 
             with worker_pool(min(args.jobs, len(studies))) as pool:
                 futures = [pool.submit(run_study, *study, args, Path(tmp)) for study in studies]
                 for future in futures:
-                    rows += future.result()
+                    rows += result(future)
         else:
             for study in studies:
                 rows += run_study(*study, args, Path(tmp))

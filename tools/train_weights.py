@@ -252,35 +252,6 @@ SETTINGS = {
     # B 0.56 vs 0.43, hypoperfused Dice B 0.76 vs 0.64. Not bundled: it needs a full rebuild, the
     # scale head refitted and the core rule calibrated again (tools/fit_scale_head.py,
     # tools/calibrate_core.py), and the penumbra-only false core addressed.
-    # candidate, not bundled (written to --work), NOT yet trained: the bundled `ct` recipe from scratch
-    # with the low-flow weight in every stage -- the full rebuild that `ct-lowflow` (a fine-tune)
-    # called for before it could be bundled (then: tools/fit_scale_head.py and
-    # tools/calibrate_core.py, as `make weights` does). The demo study is the case to watch: the
-    # bundled network reads its 11 mL core's CBF at 13 (truth 5.6; 44 % of its reference), so even
-    # the calibrated 36 % rule finds 0.5 mL (oSVD 7.9; stop 29)
-    "ct-lowflow-scratch": {
-        "bundle": False,
-        "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
-        "stages": [
-            {
-                "cohort": 0,
-                "train": [
-                    *UNET,
-                    "--pretrain-size",
-                    "128",
-                    "--pretrain-epochs",
-                    "4",
-                    *SCRATCH,
-                    "--lr-step",
-                    "12",
-                    *LOW_FLOW,
-                ],
-                "minutes": 48,
-            },
-            {"cohort": 1, "train": [*UNET, *FINE_TUNE, *LOW_FLOW], "minutes": 30},
-            {"cohort": 0, "train": [*UNET, *FEWER_FRAMES, *LOW_FLOW], "minutes": 12},
-        ],
-    },
     "ct-lowflow": _fine_tune(
         CT_LOWFLOW_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--low-flow-weight", "4"], 12
     ),
@@ -342,57 +313,6 @@ SETTINGS = {
             },
         ],
     },
-    # candidates, not bundled (written to --work): the `mr` and `mr-beta` recipes with low-flow
-    # voxels (target CBF < 40 % of the slice's median: the core and its margin) weighing 5x in the
-    # Laplace loss (--low-flow-weight 4, as `ct-lowflow` in the U-Net's MSE): does weighting the
-    # core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)? Stage 1 on a lent GPU
-    # (stop 29, 2.4 min each, README "GPU exploration"): held-out core Dice 0.64 (mr-lowflow) and 0.74
-    # (mr-beta-lowflow) against 0.65 (mr) and 0.70 (mr-beta). mr-beta-lowflow trained in full here
-    # (stop 29, 84 min): NOT bundled -- core Dice up (7 unseen studies 0.34 -> 0.50 at the plain
-    # rule; style A 0.19 -> 0.25, B 0.35 -> 0.42) but hypoperfused Dice down (A 0.90 -> 0.83, B 0.82
-    # -> 0.76) and an 11 mL false core on a moving penumbra-only study (70101)
-    "mr-lowflow": {
-        "bundle": False,
-        "cohorts": MR_COHORTS,
-        "stages": [
-            {
-                "cohort": 0,
-                "train": [*TEMPORAL, *SCRATCH, "--lr-step", "8", "--epochs", "27", *ARTERIAL, *LOW_FLOW],
-                "minutes": 75,
-            },
-            {
-                "cohort": 1,
-                "train": [*TEMPORAL, *FINE_TUNE, "--epochs", "16", *ARTERIAL, *LOW_FLOW],
-                "minutes": 60,
-            },
-        ],
-    },
-    "mr-beta-lowflow": {
-        "bundle": False,
-        "cohorts": MR_COHORTS,
-        "stages": [
-            {
-                "cohort": 0,
-                "train": [
-                    *TEMPORAL,
-                    *SCRATCH,
-                    "--lr-step",
-                    "8",
-                    "--epochs",
-                    "27",
-                    *ARTERIAL,
-                    *BETA_BEST,
-                    *LOW_FLOW,
-                ],
-                "minutes": 75,
-            },
-            {
-                "cohort": 1,
-                "train": [*TEMPORAL, *FINE_TUNE, "--epochs", "16", *ARTERIAL, *BETA_BEST, *LOW_FLOW],
-                "minutes": 60,
-            },
-        ],
-    },
     # candidate, not bundled (written to --work): the `mr` recipe from scratch with Hess et al.'s
     # shift range (-5..30 frames) and edge padding instead of -3..8 reflect (the grid-dependence
     # experiment of issue 12: does a network trained on arrivals anywhere in its window read Tmax
@@ -423,6 +343,33 @@ SETTINGS = {
     # session on a shared 2-core machine (motion correction of a study takes ~1 min)
     "mr-mixed": _fine_tune(MR_MIXED_COHORT, INIT_COMMIT, [*TEMPORAL, *FINE_TUNE, "--lr-step", "6"], 12),
 }
+
+
+def _variant(recipe: dict, *extra: str) -> dict:
+    """A candidate (written to ``--work``, not bundled): ``recipe``'s cohorts and stages, with
+    ``extra`` added to every stage's training options."""
+    stages = [{**stage, "train": [*stage["train"], *extra]} for stage in recipe["stages"]]
+    return {"bundle": False, "cohorts": recipe["cohorts"], "stages": stages}
+
+
+# candidates, not bundled (written to --work): the `mr` and `mr-beta` recipes with low-flow
+# voxels (target CBF < 40 % of the slice's median: the core and its margin) weighing 5x in the
+# Laplace loss (--low-flow-weight 4, as `ct-lowflow` in the U-Net's MSE): does weighting the
+# core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)? Stage 1 on a lent GPU
+# (stop 29, 2.4 min each, README "GPU exploration"): held-out core Dice 0.64 (mr-lowflow) and 0.74
+# (mr-beta-lowflow) against 0.65 (mr) and 0.70 (mr-beta). mr-beta-lowflow trained in full here
+# (stop 29, 84 min): NOT bundled -- core Dice up (7 unseen studies 0.34 -> 0.50 at the plain
+# rule; style A 0.19 -> 0.25, B 0.35 -> 0.42) but hypoperfused Dice down (A 0.90 -> 0.83, B 0.82
+# -> 0.76) and an 11 mL false core on a moving penumbra-only study (70101)
+SETTINGS["mr-lowflow"] = _variant(SETTINGS["mr"], *LOW_FLOW)
+SETTINGS["mr-beta-lowflow"] = _variant(SETTINGS["mr-beta"], *LOW_FLOW)
+# candidate, not bundled (written to --work), NOT yet trained: the bundled `ct` recipe from scratch
+# with the low-flow weight in every stage -- the full rebuild that `ct-lowflow` (a fine-tune)
+# called for before it could be bundled (then: tools/fit_scale_head.py and
+# tools/calibrate_core.py, as `make weights` does). The demo study is the case to watch: the
+# bundled network reads its 11 mL core's CBF at 13 (truth 5.6; 44 % of its reference), so even
+# the calibrated 36 % rule finds 0.5 mL (oSVD 7.9; stop 29)
+SETTINGS["ct-lowflow-scratch"] = _variant(SETTINGS["ct"], *LOW_FLOW)
 
 
 def _parts(cohort_args: list) -> list[list[str]]:
