@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from perfnet.cli import main
+from perfnet.inference.weights import bundled_weights
 
 
 def test_demo_writes_both_analyses_and_compares_them_with_truth(
@@ -25,4 +26,16 @@ def test_demo_writes_both_analyses_and_compares_them_with_truth(
         assert c["report"] in printed
         assert 0 <= c["tmax_maec_s"] < 5 and 0.3 < c["hypoperfused_dice"] <= 1
     assert comparison["cnn"]["tmax_maec_s"] < comparison["osvd"]["tmax_maec_s"]
+    assert comparison["weights"] == "bundled"
     assert "core mL" in printed and "penumbra mL" in printed
+
+
+def test_demo_takes_candidate_weights(tmp_path: Path) -> None:
+    """`perfnet demo --weights FILE`: a trained candidate compared with oSVD on the demo study."""
+    from perfnet.cli.parser import build_parser
+
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path), "--weights", "candidate.pt"])
+    assert args.weights == Path("candidate.pt")
+    assert main(["demo", "--out", str(tmp_path / "d"), "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert main(["demo", "--out", str(tmp_path / "d"), "--weights", str(bundled_weights("MR"))]) == 2
+    assert not (tmp_path / "d").exists()  # refused before anything is written

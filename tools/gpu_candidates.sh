@@ -3,13 +3,15 @@
 # exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
 # prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
 # `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
-# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES]
+# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES] [SCREEN]
 # EVAL_STUDIES > 0: each candidate's weights then scored on that many studies per style of
 # benchmarks/generalisation.py (--jobs JOBS, CNN only), the JSON written to OUTDIR.
+# SCREEN=1: first each candidate screened by benchmarks/candidate_core.py (the 7 unseen studies of
+# tests/models/test_bundled.py and, for CT, the demo study; all candidates at once, on the GPU).
 # The work folder is in /dev/shm when it has room (the stop-29 run spent ~200 s writing 3.4 GB of
 # slices to the machine's disk), else a temporary folder.
 set -u
-TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}; EVAL=${6:-0}
+TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}; EVAL=${6:-0}; SCREEN=${7:-0}
 export PYTHONUNBUFFERED=1
 if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 30000000 ] 2>/dev/null; then
   W=$(mktemp -d /dev/shm/perfnet-gpu.XXXX)
@@ -48,6 +50,17 @@ for v in $VARIANTS; do
     echo "== $r"; awk -F, 'NR==1 || $7!=""' $r/fold-0/metrics.csv 2>/dev/null | cut -d, -f1,3,7- | tail -6
   done
 done
+if [ "$SCREEN" = 1 ]; then
+  M=$(echo $B | tr a-z A-Z)
+  for v in $VARIANTS; do
+    [ -f $W/$v/$v.pt ] || continue
+    OMP_NUM_THREADS=2 python3 benchmarks/candidate_core.py $W/$v/$v.pt --modality $M --device ${SCREEN_DEVICE:-cuda} \
+      --json $O/$v-screen.json > $O/$v-screen.log 2>&1 &
+  done
+  wait
+  stamp "screened"
+  for v in $VARIANTS; do echo "== $v"; tail -5 $O/$v-screen.log 2>/dev/null; done
+fi
 if [ "$EVAL" -gt 0 ]; then
   for v in $VARIANTS; do
     [ -f $W/$v/$v.pt ] || continue
@@ -57,7 +70,7 @@ if [ "$EVAL" -gt 0 ]; then
   done
 fi
 mkdir -p $O/logs
-mv $O/*-generalisation.* $O/logs/ 2>/dev/null  # at most 8 files come back: the weights and one archive
+mv $O/*-generalisation.* $O/*-screen.* $O/logs/ 2>/dev/null  # at most 8 files come back: the weights and one archive
 for v in $VARIANTS; do
   cp $W/$v/$v.md $O/logs/ 2>/dev/null
   for r in $W/$v/$v-run*; do cp $r/fold-0/metrics.csv $O/logs/$(basename $r).metrics.csv 2>/dev/null; done

@@ -1,7 +1,7 @@
 """Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 70).
 
     python tools/train_weights.py ct|mr|ct-motion|ct-replay|ct-lowflow[-control]|mr-mixed|mr-wide
-        |mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow|ct-lowflow-scratch
+        |mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow|ct-lowflow[9]-scratch
         [--work DIR] [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only]
 
 Each modality trains in stages on two phantom cohorts (seeds below; never used by the tests,
@@ -151,9 +151,12 @@ def _fine_tune(cohort: list, init: str, train: list[str], minutes: float) -> dic
 SETTINGS = {
     "ct": {
         # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged),
-        # then the core rule calibrated for its CBF (tools/calibrate_core.py)
+        # then the core rule calibrated for its CBF (tools/calibrate_core.py), then the core head
+        # fitted on the frozen backbone (tools/fit_core_head.py; stop 30): `analyze --method cnn`
+        # takes its core from the head
         "scale_head": True,
         "core_calibration": True,
+        "core_head": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
         "stages": [
             {
@@ -370,6 +373,10 @@ SETTINGS["mr-beta-lowflow"] = _variant(SETTINGS["mr-beta"], *LOW_FLOW)
 # bundled network reads its 11 mL core's CBF at 13 (truth 5.6; 44 % of its reference), so even
 # the calibrated 36 % rule finds 0.5 mL (oSVD 7.9; stop 29)
 SETTINGS["ct-lowflow-scratch"] = _variant(SETTINGS["ct"], *LOW_FLOW)
+# candidate, not bundled (written to --work), for the GPU exploration of stop 30: as
+# ct-lowflow-scratch with low-flow voxels weighing 10x (does a stronger weight pull the demo core's
+# CBF down to its truth, and at what cost in false core?)
+SETTINGS["ct-lowflow9-scratch"] = _variant(SETTINGS["ct"], "--low-flow-weight", "9")
 
 
 def _parts(cohort_args: list) -> list[list[str]]:
@@ -437,19 +444,22 @@ def bundled_at(commit: str, modality: str) -> bytes:
 
 
 def backbone(blob: bytes) -> bytes:
-    """A weights file without its Laplace scale head (``tools/fit_scale_head.py``): the network
-    ``perfnet train --init`` fine-tunes (its maps are those of the file with the head)."""
+    """A weights file without its Laplace scale head (``tools/fit_scale_head.py``) and core head
+    (``tools/fit_core_head.py``): the network ``perfnet train --init`` fine-tunes (its maps are
+    those of the file with the heads)."""
     import io
 
     import torch
 
     weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     config = weights["config"]
-    if not config["model_kwargs"].get("scale_head"):
+    heads = ("scale_head", "core_head", "core_hidden")
+    if not any(config["model_kwargs"].get(k) for k in heads[:2]):
         return blob
-    config["model_kwargs"] = {k: v for k, v in config["model_kwargs"].items() if k != "scale_head"}
+    config["model_kwargs"] = {k: v for k, v in config["model_kwargs"].items() if k not in heads}
     config.pop("scale_head", None)
-    head = ("scale_head.", "scale_temp")
+    config.pop("core_head", None)
+    head = ("scale_head.", "scale_temp", "core_")
     weights["state_dict"] = {k: v for k, v in weights["state_dict"].items() if not k.startswith(head)}
     out = io.BytesIO()
     torch.save(weights, out)
@@ -546,6 +556,17 @@ SCALE_HEAD_CARD = [
 ]
 
 
+#: The model card's line on the core head (the weights' ``core_head`` record; stop 30).
+CORE_HEAD_CARD = [
+    "- core head: per-pixel 1×1 convolutions on the detached last decoder features, the maps and the"
+    " maps relative to their slice's brain median → the probability of ischaemic core, fitted"
+    " afterwards on the frozen backbone by `tools/fit_core_head.py` (soft Dice + cross-entropy against"
+    " the phantom's truth core on unseen style-A studies); `analyze --method cnn` takes the core from"
+    " it (hypoperfused and probability ≥ its threshold; lesions.json `core_source` `cnn core head`);"
+    " the maps are bit for bit those of the backbone alone",
+]
+
+
 #: The model card's line on the core rule's calibration (the weights' ``core_calibration``).
 CORE_CARD = [
     "- core: the 30 % rCBF rule calibrated for this model's CBF by `tools/calibrate_core.py` (the"
@@ -569,7 +590,12 @@ def domain_lines(domain: dict | None) -> list[str]:
 
 
 def model_card(
-    modality: str, plans: list[dict], settings: dict, core: dict | None = None, domain: dict | None = None
+    modality: str,
+    plans: list[dict],
+    settings: dict,
+    core: dict | None = None,
+    domain: dict | None = None,
+    head: dict | None = None,
 ) -> str:
     cfg = plans[-1]["config"]
     lines = [
@@ -601,6 +627,8 @@ def model_card(
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         *(CORE_CARD if core else []),
         *([f"  - {core['source']}; factor {core['factor']}"] if core else []),
+        *(CORE_HEAD_CARD if head else []),
+        *([f"  - {head['source']}"] if head else []),
         *domain_lines(domain),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
@@ -652,6 +680,7 @@ def main() -> int:
     settings = SETTINGS[args.modality]
     if args.candidate:
         settings = {**settings, "bundle": False, "scale_head": False, "core_calibration": False}
+        settings["core_head"] = False
     global JOBS
     JOBS = max(1, args.jobs)
     if args.prepare_only:
@@ -702,10 +731,22 @@ def main() -> int:
         calibrate.append(str(target / f"{args.modality}.pt"))
         print("+", " ".join(calibrate), flush=True)
         subprocess.run(calibrate, check=True)
+    if settings.get("core_head"):  # after the calibration: its validation compares with the rule
+        head = [sys.executable, str(ROOT / "tools" / "fit_core_head.py"), "--weights"]
+        head += [str(target / f"{args.modality}.pt"), "--work", str(args.work / "core-head")]
+        print("+", " ".join(head), flush=True)
+        subprocess.run(head, check=True)
     from perfnet.inference.weights import load_weights
 
     config = load_weights(target / f"{args.modality}.pt")[1]
-    card = model_card(args.modality, plans, settings, config.get("core_calibration"), config.get("domain"))
+    card = model_card(
+        args.modality,
+        plans,
+        settings,
+        config.get("core_calibration"),
+        config.get("domain"),
+        config.get("core_head"),
+    )
     (target / f"{args.modality}.md").write_text(card)
     print(card)
     return 0

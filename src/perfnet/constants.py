@@ -17,6 +17,9 @@ MAP_UNITS = {
     "ttp": "s",
     "tmax": "s",
 }
+#: The CNN's core probability map (a U-Net with a core head; ``core_probability.nii.gz``, 0–1):
+#: where it is present, :mod:`perfnet.lesions` takes the core from it instead of the rCBF rule.
+CORE_PROBABILITY = "core_probability"
 #: Plausible ranges every method's maps are clipped to (values outside are numerical failures).
 MAP_LIMITS = {
     "cbf": (0.0, 250.0),

@@ -23,34 +23,48 @@ OVERRIDES = {
 }
 
 
-def run_demo(out: str | Path, seed: int = 2024, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    seed: int = 2024,
+    say: Callable[[str], None] = print,
+    weights: str | Path | None = None,
+) -> dict[str, Any]:
     """Write ``out/phantom``, ``out/<method>/`` (a full output set each) and ``out/comparison.json``;
-    returns the comparison."""
+    returns the comparison. ``weights``: the CNN's (default: the bundled CT weights), e.g. a
+    candidate from ``perfnet train`` compared with oSVD on the demo study."""
     from perfnet.evaluation import evaluate_study
-    from perfnet.inference.weights import bundled_weights
+    from perfnet.inference.weights import bundled_weights, load_weights
     from perfnet.phantom import write_cohort
     from perfnet.study import analyze
 
     started = time.perf_counter()
+    if weights is not None:  # checked before anything is written
+        _, config = load_weights(weights)
+        if config.get("modality", "CT") != "CT":
+            raise PerfnetInputError(weights, f"the demo study is CT; these weights are {config['modality']}")
     out = Path(out)
     say("perfnet demo: simulating a CT stroke study with the digital phantom ...")
     row = write_cohort(out / "phantom", "CT", 1, seed, overrides=OVERRIDES, overwrite=True)[0]
     series = next((out / "phantom").rglob("*_ctp.nii.gz"))
     truth = series.parent / "truth"
     methods = [DEFAULT_METHOD]
-    try:
-        bundled_weights("CT")
+    if weights is not None:
         methods.insert(0, "cnn")
-    except PerfnetInputError as exc:
-        say(f"  (no CNN: {exc})")
+    else:
+        try:
+            bundled_weights("CT")
+            methods.insert(0, "cnn")
+        except PerfnetInputError as exc:
+            say(f"  (no CNN: {exc})")
     comparison: dict[str, Any] = {
         "study": str(series),
         "truth": {k: round(float(row[f"{k}_ml"]), 1) for k in ("core", "penumbra", "hypoperfused")},
         "lesion": f"{row['lesion']} ({row['territory']}, {row['hemisphere']})",
+        "weights": str(weights) if weights is not None else "bundled",
     }
     for method in methods:
         say(f"perfnet demo: analysing with {method} ...")
-        result = analyze(series, method)
+        result = analyze(series, method, weights=weights if method == "cnn" else None)
         result.save(out / method, overwrite=True)
         metrics = evaluate_study(out / method, truth)
         comparison[method] = {

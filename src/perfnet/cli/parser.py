@@ -370,5 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate a stroke study and summarise it")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--seed", type=int, default=2024)
+    p.add_argument(
+        "--weights", type=Path, metavar="FILE", help="CT CNN weights compared with oSVD (default: bundled)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser

@@ -162,6 +162,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from perfnet.demo import print_comparison, run_demo
 
-    comparison = run_demo(args.out, args.seed, say=lambda text: print(text, flush=True))
+    comparison = run_demo(args.out, args.seed, say=lambda text: print(text, flush=True), weights=args.weights)
     print_comparison(comparison, Path(args.out))
     return 0

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from perfnet import __version__
-from perfnet.constants import MAP_LIMITS
+from perfnet.constants import CORE_PROBABILITY, MAP_LIMITS
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import domain, enhancement
 from perfnet.inference.consistency import SHIFT_S, consistency_flags, shift_consistency
@@ -67,14 +67,18 @@ def _network(
     flips: bool,
     batch_slices: int,
     progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The network's standardised outputs (maps, X, Y, Z) at the series' ``shape`` for a model input
-    at the model's in-plane ``size``, and the Laplace scales when the model gives them; slice-batched,
-    averaged over the four in-plane flips if ``flips``."""
+    at the model's in-plane ``size``, the Laplace scales when the model gives them, and the core
+    probability (X, Y, Z) when it has a core head (:class:`perfnet.models.unet.UNet`: read from the
+    flip-averaged features and maps); slice-batched, averaged over the four in-plane flips if
+    ``flips``."""
     scale_in = float(config["input_scale"])
     nx, ny, nz = shape
     values = np.zeros((len(config["maps"]), nx, ny, nz), dtype=np.float32)
     uncert: np.ndarray | None = None  # allocated when the model returns a scale (weights with one)
+    core_head = getattr(model, "core_head", None) is not None
+    core = np.zeros((nx, ny, nz), dtype=np.float32) if core_head else None
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
     if progress:
         progress("network", 0.0)
@@ -85,10 +89,19 @@ def _network(
             x = resize_slices((x / scale_in).to(dev), size)  # (B, T, X', Y') at the model's pixels
             patches = bolus.expand(z1 - z0, *bolus.shape[1:])
             views = [(), (-1,), (-2,), (-2, -1)] if flips else [()]
-            value = scale = None
+            value = scale = features = None
             for dims in views:
                 xv = x.flip(dims) if dims else x
-                v, sc = run_model(model, config, xv, inp.grid, patches)
+                if core_head:  # the U-Net's own passes, keeping its features for the core head
+                    f = model.decode(xv)
+                    v, sc = model.head(f)[..., : xv.shape[-2], : xv.shape[-1]], None
+                    if model.scale_head is not None:
+                        sc = model.scale(f)[..., : xv.shape[-2], : xv.shape[-1]]
+                    f = f[..., : xv.shape[-2], : xv.shape[-1]]
+                    f = f.flip(dims) if dims else f
+                    features = f if features is None else features + f
+                else:
+                    v, sc = run_model(model, config, xv, inp.grid, patches)
                 v = v.flip(dims) if dims else v
                 value = v if value is None else value + v
                 if sc is not None:
@@ -96,6 +109,12 @@ def _network(
                     scale = sc if scale is None else scale + sc
             value = value / len(views)
             scale = None if scale is None else scale / len(views)
+            if core is not None and features is not None:
+                brain = torch.from_numpy(np.moveaxis(inp.brain[:, :, z0:z1], 2, 0).astype(np.float32))
+                brain = resize_slices(brain[:, None].to(dev), size)[:, 0] > 0.5
+                prob = model.core_probability(model.core_inputs(features / len(views), value, brain))
+                prob = resize_slices(prob[:, None].float(), (nx, ny))[:, 0]
+                core[:, :, z0:z1] = np.moveaxis(prob.cpu().numpy(), 0, -1)
             value = resize_slices(value.float(), (nx, ny))
             values[:, :, :, z0:z1] = np.moveaxis(value.cpu().numpy(), 0, -1)
             if scale is not None:
@@ -105,7 +124,7 @@ def _network(
                 uncert[:, :, :, z0:z1] = np.moveaxis(scale.cpu().numpy(), 0, -1)
             if progress:
                 progress("network", z1 / nz)
-    return values, uncert
+    return values, uncert, core
 
 
 def _physical(values: np.ndarray, name: str, config: dict[str, Any]) -> np.ndarray:
@@ -134,7 +153,7 @@ def _shifted_tmax(
     for later in (-SHIFT_S, SHIFT_S):
         idx = reflect_index(inp.curves.shape[-1], -frames if later > 0 else frames)
         other = replace(inp, curves=inp.curves[..., idx], bolus=inp.bolus[idx])
-        values, _ = _network(model, config, other, shape, size, dev, False, batch_slices)
+        values, _, _ = _network(model, config, other, shape, size, dev, False, batch_slices)
         shifted[later] = np.clip(_physical(values[i], "tmax", config), lo, hi)
     return shifted
 
@@ -157,8 +176,10 @@ def _member_maps(
         progress("model input", 1.0)
     nx, ny, nz = series.spatial_shape
     size = model_size((nx, ny), series.voxel_size[:2], config.get("pixel_mm"))  # = inp.curves' in-plane
-    values, uncert = _network(model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress)
-    maps: dict[str, np.ndarray] = {}
+    values, uncert, core = _network(
+        model, config, inp, (nx, ny, nz), size, dev, flips, batch_slices, progress
+    )
+    maps: dict[str, np.ndarray] = {} if core is None else {CORE_PROBABILITY: np.clip(core, 0.0, 1.0)}
     scales: dict[str, np.ndarray] = {}
     log_offsets = config.get("log_offsets", {})
     for i, name in enumerate(config["maps"]):
@@ -263,6 +284,8 @@ def _members(
             raise PerfnetInputError(
                 path, f"core calibration differs from {members[0][0].name}'s: one rule reads the mean"
             )
+        if bool(config.get("core_head")) != bool(first.get("core_head")):
+            raise PerfnetInputError(path, f"a core head in {members[0][0].name} or this file, not both")
     return members
 
 
@@ -329,6 +352,8 @@ def predict(
         out[name] = np.where(inp.brain, mean[name], 0.0).astype(np.float32)
         if name in scales:
             out[f"{name}_uncertainty"] = np.where(inp.brain, scales[name], 0.0).astype(np.float32)
+    if CORE_PROBABILITY in mean:  # the members' mean probability (all have a core head or none)
+        out[CORE_PROBABILITY] = np.where(inp.brain, mean[CORE_PROBABILITY], 0.0).astype(np.float32)
     checked = None
     if check:
         from perfnet.lesions import voxel_volume_ml
@@ -377,6 +402,8 @@ def predict(
         "unenhanced_normal": unenhanced,
         # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
         **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
+        # the core from the network's core head (perfnet.lesions reads core_probability.nii.gz)
+        **({"core_head": config["core_head"]} if config.get("core_head") else {}),
         "device": str(dev),
         "test_time_flips": bool(flips),
         "seconds": prepared.seconds | {"total": round(time.perf_counter() - started, 3)},

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from perfnet.constants import CORE_PROBABILITY
 from perfnet.errors import PerfnetInputError
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 from perfnet.lesions.adc import ADC_CORE_MM2_S, AdcMap, below, load_adc
@@ -199,13 +200,18 @@ def segment_lesions(
     exclude: np.ndarray | None = None,
     cbv: np.ndarray | None = None,
     adc: np.ndarray | None = None,
+    core_probability: np.ndarray | None = None,
+    core_threshold: float = 0.5,
 ) -> LesionResult:
     """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps, and the
     profile of the module docstring (rCBV only with ``cbv``).
 
     ``exclude`` (e.g. CSF) is left out of the lesions and of the reference; the midline is still
     taken from the whole brain mask. ``adc`` (mm²/s on the maps' grid, NaN where unknown; needs
-    ``settings.adc_core_mm2_s``): the core is the diffusion core (module docstring)."""
+    ``settings.adc_core_mm2_s``): the core is the diffusion core (module docstring).
+    ``core_probability`` (a CNN's core head, 0–1 on the maps' grid; without an ADC map): the core
+    is the hypoperfused tissue with a probability ≥ ``core_threshold`` instead of the rCBF rule
+    (same clean-up; the profile's rCBF core volumes stay the rule's)."""
     settings = (settings or PRESETS["rapid"]).check()
     brain = np.asarray(brain, dtype=bool)
     whole_brain = brain
@@ -241,7 +247,14 @@ def segment_lesions(
         raw_core = brain & below(adc, settings.adc_core_mm2_s)
         core = clean_mask(raw_core, voxel_size, settings) & brain
     else:
-        raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
+        if core_probability is not None:
+            if core_probability.shape != brain.shape:
+                raise PerfnetInputError(
+                    None, f"core probability {core_probability.shape} and brain mask {brain.shape} differ"
+                )
+            raw_core = raw_hypo & (np.nan_to_num(core_probability, nan=0.0) >= core_threshold)
+        else:
+            raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
         core = clean_mask(raw_core, voxel_size, settings) & hypo
     penumbra = hypo & ~core
 
@@ -323,6 +336,9 @@ def segment_map_set(
     from perfnet.qc import lesion_flags
 
     calibration = maps.provenance.get("core_calibration") or {}
+    head = maps.provenance.get("core_head") or {}
+    probability = maps.maps.get(CORE_PROBABILITY) if adc is None else None
+    source = "adc" if adc is not None else "cnn core head" if probability is not None else "perfusion"
     if calibration.get("factor"):
         settings = replace(settings, cbf_calibration=float(calibration["factor"])).check()
     if adc is not None and settings.adc_core_mm2_s is None:
@@ -338,6 +354,8 @@ def segment_map_set(
         exclude=csf,
         cbv=maps.maps.get("cbv"),
         adc=None if adc is None else adc.values,
+        core_probability=probability,
+        core_threshold=float(head.get("threshold", 0.5)),
     )
     maps.masks.update({"core": result.core, "hypoperfused": result.hypoperfused, "penumbra": result.penumbra})
     csf_ml = round(float(csf.sum() * voxel_volume_ml(maps.affine)), 2)
@@ -347,8 +365,8 @@ def segment_map_set(
         "qc_flags": lesion_flags(content),
         "method": maps.method,
         "excluded_csf_ml": csf_ml,
-        "core_rule": core_rule(settings, calibration),
-        "core_source": "adc" if adc is not None else "perfusion",
+        "core_rule": core_rule(settings, calibration, head if probability is not None else None),
+        "core_source": source,
         **(
             {"core_note": MR_PERFUSION_CORE_NOTE}
             if adc is None and getattr(series, "modality", None) == "MR"
@@ -358,10 +376,18 @@ def segment_map_set(
     }
 
 
-def core_rule(settings: LesionSettings, calibration: dict[str, Any] | None = None) -> str:
+def core_rule(
+    settings: LesionSettings, calibration: dict[str, Any] | None = None, head: dict[str, Any] | None = None
+) -> str:
     """The core rule as applied, in words (lesions.json ``core_rule``, the report)."""
     if settings.adc_core_mm2_s is not None:
         return f"ADC < {1e6 * settings.adc_core_mm2_s:g} × 10⁻⁶ mm²/s (diffusion core, from the ADC map)"
+    if head is not None:
+        source = head.get("source", "the weights' core head")
+        return (
+            f"hypoperfused and the CNN core head's probability ≥ {float(head.get('threshold', 0.5)):g}"
+            f" ({source}; not the rCBF rule)"
+        )
     rule = f"hypoperfused and CBF < {100 * settings.core_relative_cbf:g} % of the reference"
     if settings.cbf_calibration == 1.0:
         return rule

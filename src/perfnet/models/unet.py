@@ -11,6 +11,13 @@ features without sending gradients back, and it is trained on the detached mean
 the same backbone without the head: a head can be fitted afterwards on a frozen, trained U-Net
 (:mod:`perfnet.training.scale`). ``scale_temperature`` (a buffer, 1 by default) multiplies b per map:
 a post-hoc calibration factor (Guo et al. 2017's temperature scaling, for a Laplace scale).
+
+Optional core head (``core_head=True``; issue 12.3's lesion head): the probability that a voxel
+is ischaemic core, from the *detached* last decoder features, the (flip-averaged) maps and the maps
+relative to their slice's brain median (log-domain maps: log ratios, the form of the clinical rCBF
+rule), standardised by stored buffers, through per-pixel 1×1 convolutions. Like the scale head it
+reads without sending gradients back, so it is fitted on a frozen backbone
+(:mod:`perfnet.training.core_head`) and the maps stay those of the backbone.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class UNet(nn.Module):
         stages: int = 4,
         norm: bool = True,
         scale_head: bool = False,
+        core_head: bool = False,
+        core_hidden: int = 32,
     ) -> None:
         super().__init__()
         self.stages = stages
@@ -80,6 +89,15 @@ class UNet(nn.Module):
                 nn.Conv2d(widths[0], out_channels, kernel_size=1),
             )
             self.register_buffer("scale_temperature", torch.ones(out_channels))
+        self.core_head: nn.Module | None = None
+        if core_head:
+            inputs = widths[0] + 2 * out_channels
+            layers: list[nn.Module] = [nn.Conv2d(inputs, core_hidden or 1, kernel_size=1)]
+            if core_hidden:
+                layers += [nn.ReLU(), nn.Conv2d(core_hidden, 1, kernel_size=1)]
+            self.core_head = nn.Sequential(*layers)
+            self.register_buffer("core_input_mean", torch.zeros(inputs))
+            self.register_buffer("core_input_sd", torch.ones(inputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, H, W) → the maps (B, out_channels, H, W)."""
@@ -121,6 +139,37 @@ class UNet(nn.Module):
         shape = [1] * raw.dim()
         shape[channel_dim] = -1
         return (F.softplus(raw) + 1e-3) * self.scale_temperature.view(shape)
+
+    @staticmethod
+    def core_inputs(features: torch.Tensor, value: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """The core head's inputs (B, C + 2M, H, W): detached features, maps, and maps minus their
+        slice's median over ``brain`` (B, H, W; a slice without brain: minus 0)."""
+        medians = []
+        for b in range(value.shape[0]):
+            inside = value[b][:, brain[b]]
+            median = inside.median(dim=1).values if inside.shape[1] else value.new_zeros(value.shape[1])
+            medians.append(median)
+        relative = value - torch.stack(medians)[:, :, None, None]
+        return torch.cat([features.detach(), value.detach(), relative.detach()], dim=1)
+
+    def core_logit_of_vectors(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The core head on input vectors (N, C + 2M) → logits (N,): its 1×1 convolutions as
+        matrix products."""
+        if self.core_head is None:
+            raise ValueError("this U-Net has no core head")
+        z = (inputs - self.core_input_mean) / self.core_input_sd
+        for layer in self.core_head:
+            conv = isinstance(layer, nn.Conv2d)
+            z = F.linear(z, layer.weight[:, :, 0, 0], layer.bias) if conv else layer(z)
+        return z[:, 0]
+
+    def core_probability(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The core probability (B, H, W) of :meth:`core_inputs`' output."""
+        if self.core_head is None:
+            raise ValueError("this U-Net has no core head")
+        shape = (1, -1, 1, 1)
+        z = (inputs - self.core_input_mean.view(shape)) / self.core_input_sd.view(shape)
+        return torch.sigmoid(self.core_head(z)[:, 0])
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """The last decoder feature map (B, width, H', W') of x padded to a multiple of 2**stages."""

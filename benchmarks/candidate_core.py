@@ -1,0 +1,172 @@
+"""Candidate CNN weights against phantom truth, core first: per study Tmax MAEC, hypoperfused
+Dice, and the core's Dice and volume from the weights' core head (when they carry one) and from the
+rCBF < 30 % rule scaled by each calibration factor (the factor `tools/calibrate_core.py` would
+store in the weights). Study sets:
+
+- ``unseen`` (default): the seven unseen studies of tests/models/test_bundled.py (seeds
+  4242–4848: a core with its penumbra, no motion; `predict` as the test runs it) and, for CT, the
+  demo study (`perfnet demo`'s seed and overrides, analysed as the demo does);
+- ``A`` / ``B``: the studies of benchmarks/generalisation.py of style A (geometric) or B (MNI
+  template, never trained on): same seeds, lesion strata and size, motion drawn, analysed as
+  `analyze --method cnn` analyses them (motion correction, CSF left out of the lesions).
+
+    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|A|B]
+        [--studies 12] [--factors 1.0,1.2] [--json F]
+
+A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
+absolute figures per study and the means (no timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perfnet.constants import CORE_PROBABILITY
+from perfnet.evaluation import dice, maec
+from perfnet.inference import predict
+from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
+from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.training.core_calibration import MIN_CORE_ML
+
+#: tests/models/test_bundled.py's unseen studies
+SEEDS = tuple(range(4242, 4849, 101))
+
+
+def _row(
+    name: str,
+    maps: Any,
+    truth: dict,
+    masks: dict,
+    affine: np.ndarray,
+    factors: list[float],
+    exclude: np.ndarray | None = None,
+) -> dict:
+    brain, true_core = masks["brain"], masks["core"]
+    ml = voxel_volume_ml(affine)
+    row: dict = {
+        "study": name,
+        "tmax_maec": round(maec(maps["tmax"][brain], truth["tmax"][brain], None, (0.0, 20.0)), 3),
+        "hypo_dice": round(dice(maps["tmax"][brain] > 6, truth["tmax"][brain] > 6), 3),
+        "true_core_ml": round(float(true_core.sum() * ml), 1),
+    }
+    has_core = row["true_core_ml"] >= MIN_CORE_ML
+    args = (maps["cbf"], maps["tmax"], brain, affine)
+    cores = {}
+    if CORE_PROBABILITY in maps.maps:
+        head = maps.provenance.get("core_head") or {}
+        cores["head"] = segment_lesions(
+            *args,
+            PRESETS["rapid"],
+            exclude,
+            core_probability=maps[CORE_PROBABILITY],
+            core_threshold=float(head.get("threshold", 0.5)),
+        ).core
+    for f in factors:
+        cores[f"{f:g}"] = segment_lesions(*args, replace(PRESETS["rapid"], cbf_calibration=f), exclude).core
+    for key, core in cores.items():
+        volume = round(float(core.sum() * ml), 1)
+        row[f"core_{key}"] = [round(dice(core, true_core), 3) if has_core else None, volume]
+    return row
+
+
+def _demo_row(weights: str, factors: list[float], device: str) -> dict:
+    """The demo study through :func:`perfnet.analyze` (motion correction and all), as the demo runs it."""
+    from perfnet.demo import OVERRIDES
+    from perfnet.io import load_map
+    from perfnet.phantom import write_cohort
+    from perfnet.study import analyze
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_cohort(Path(tmp), "CT", 1, 2024, overrides=OVERRIDES, overwrite=True)
+        series = next(Path(tmp).rglob("*_ctp.nii.gz"))
+        result = analyze(series, "cnn", weights=weights, device=device)
+        t = series.parent / "truth"
+        truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax",)}
+        masks = {m: load_map(t / f"{m}.nii.gz")[0] > 0 for m in ("brain", "core")}
+        return _row("demo", result.maps, truth, masks, result.maps.affine, factors)
+
+
+def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
+    rows = []
+    if args.set == "unseen":
+        for seed in SEEDS:
+            cfg = PhantomConfig.draw(
+                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+            )
+            study = simulate_study(cfg)
+            maps = predict(study.series, args.weights, device=args.device, consistency=False)
+            t = study.truth
+            rows.append(_row(str(seed), maps, t.maps, t.masks, study.series.affine, factors))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.modality == "CT" and not args.no_demo:
+            rows.append(_demo_row(args.weights, factors, args.device))
+            print(json.dumps(rows[-1]), flush=True)
+        return rows
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from generalisation import lesion_of, study_seed
+
+    from perfnet.inference import analyze_cnn
+    from perfnet.phantom.styles import draw_config, simulate
+    from perfnet.preprocess.mask import csf_mask
+
+    style = {"A": "geometric", "B": "mni"}[args.set]
+    for i in range(args.first, args.first + args.studies):
+        seed = study_seed(style, args.modality, i)
+        cfg = draw_config(style, seed, args.modality, matrix=128, slices=8, lesion=lesion_of(i))
+        study = simulate(cfg)
+        maps, seen = analyze_cnn(study.series, args.weights, device=args.device)
+        exclude = csf_mask(seen, maps.brain_mask)
+        t = study.truth
+        rows.append(_row(f"{seed} {lesion_of(i)}", maps, t.maps, t.masks, maps.affine, factors, exclude))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("weights")
+    p.add_argument("--modality", choices=["CT", "MR"], default="CT")
+    p.add_argument("--factors", default="1.0,1.2,1.4", help="core-rule calibration factors")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-demo", action="store_true", help="CT: skip the demo study")
+    p.add_argument("--set", choices=["unseen", "A", "B"], default="unseen")
+    p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
+    p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    factors = [float(f) for f in args.factors.split(",")]
+    rows = _studies(args, factors)
+    scored = [r for r in rows if r["study"] != "demo"]
+    print(
+        f"means over {len(scored)} studies ({args.set}): Tmax MAEC"
+        f" {np.mean([r['tmax_maec'] for r in scored]):.3f} s,"
+        f" hypo Dice {np.mean([r['hypo_dice'] for r in scored]):.3f}"
+    )
+    cores = [r for r in scored if r["true_core_ml"] >= MIN_CORE_ML]
+    empty = [r for r in scored if r["true_core_ml"] < MIN_CORE_ML]
+    for key in [k.removeprefix("core_") for k in rows[0] if k.startswith("core_")]:
+        k = f"core_{key}"
+        big = [r[k][1] / r["true_core_ml"] for r in cores if r["true_core_ml"] >= 10]
+        name = "head" if key == "head" else f"rule x {key}"
+        true_ml = sum(r["true_core_ml"] for r in cores)
+        print(
+            f"  {name}: core Dice {np.mean([r[k][0] for r in cores]):.3f} ({len(cores)} with a core),"
+            f" core mL in all {sum(r[k][1] for r in cores):.1f} of {true_ml:.1f},"
+            f" smallest found fraction of a core >= 10 mL {min(big, default=float('nan')):.2f},"
+            f" false core max {max((r[k][1] for r in empty), default=0.0):.1f} mL ({len(empty)} without)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
