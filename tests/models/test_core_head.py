@@ -4,6 +4,7 @@ cnn` takes the core from it and says so."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,11 @@ def test_analyze_takes_the_core_from_the_head_and_says_so(headed: dict[str, Path
     volumes = everything.lesions["volumes_ml"]
     assert volumes["hypoperfused"] > 1 and volumes["core"] == pytest.approx(volumes["hypoperfused"])
     assert nothing.lesions["volumes_ml"]["core"] == 0
+    with tempfile.TemporaryDirectory() as tmp:  # the report shows the probability the core came from
+        everything.save(Path(tmp) / "out")
+        assert (Path(tmp) / "out" / "core_probability.nii.gz").is_file()
+        assert (Path(tmp) / "out" / "figures" / "core_probability.png").is_file()
+        assert 'alt="core_probability"' in (Path(tmp) / "out" / "report.html").read_text()
     rule = analyze(study.series, "cnn", motion_correction=False)  # the bundled weights: the rule
     assert rule.lesions["core_source"] == "perfusion" and "core head" not in rule.lesions["core_rule"]
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from perfnet import __version__
+from perfnet.constants import CORE_PROBABILITY
 
 UNITS = {
     "cbf": "mL/100 g/min",
@@ -119,6 +120,8 @@ def map_montage(
     volume, brain = volume[box], brain[box]
     if name.endswith("_uncertainty"):
         vmin = 0.0
+    if name == CORE_PROBABILITY:
+        vmin, vmax = 0.0, 1.0
     fig, axes = plt.subplots(1, len(slices), figsize=(1.9 * len(slices) + 0.9, 2.2), facecolor="black")
     axes = np.atleast_1d(axes)
     cmap = matplotlib.colormaps["magma" if name.endswith("_uncertainty") else "jet"].with_extremes(
@@ -260,6 +263,10 @@ def write_report(
                 lesion_overlay(mean_frame, brain, masks["core"], masks["penumbra"], modality),
             )
         )
+    if CORE_PROBABILITY in maps.maps:  # the CNN's core head, which the core above is taken from
+        label = "Core probability (CNN core head)"
+        montage = map_montage(CORE_PROBABILITY, maps[CORE_PROBABILITY], brain, modality, label=label)
+        images.append(("lesions", CORE_PROBABILITY, montage))
     for name in ("tmax", "cbf", "cbv", "mtt", "ttp"):
         if name in maps.maps:
             images.append(("maps", name, map_montage(name, maps[name], brain, modality)))
