@@ -160,6 +160,9 @@ def main() -> int:
     parser.add_argument("--validation-studies", type=int, default=24)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--hidden", type=int, default=32, help="hidden channels (0: a linear head)")
+    parser.add_argument(
+        "--inputs", choices=["all", "maps"], default="all", help="maps: without the decoder features"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -170,7 +173,7 @@ def main() -> int:
     print(
         f"fit set: {len(seeds)} studies, {samples.core.numel()} brain voxels, {int(samples.core.sum())} core"
     )
-    history = fit_core_head(model, samples, steps=args.steps)
+    history = fit_core_head(model, samples, steps=args.steps, maps_only=args.inputs == "maps")
     print("loss every 50 steps:", " ".join(f"{h:.3f}" for h in history))
     fit_dice = dice_per_study(model, samples, THRESHOLD)
     print(f"fit-set voxel Dice (studies with core in truth or head): {np.nanmean(fit_dice):.3f}", flush=True)
@@ -180,6 +183,7 @@ def main() -> int:
         "fit_seeds": [seeds[0], seeds[-1]],
         "fit_shape": SHAPE,
         "hidden": args.hidden,
+        "inputs": "maps and relative maps" if args.inputs == "maps" else "features, maps and relative maps",
         "steps": args.steps,
         "loss": [round(h, 4) for h in history],
     }

@@ -3,15 +3,17 @@
 # exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
 # prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
 # `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
-# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES] [SCREEN]
+# usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES] [SCREEN] [STAGES]
 # EVAL_STUDIES > 0: each candidate's weights then scored on that many studies per style of
 # benchmarks/generalisation.py (--jobs JOBS, CNN only), the JSON written to OUTDIR.
 # SCREEN=1: first each candidate screened by benchmarks/candidate_core.py (the 7 unseen studies of
 # tests/models/test_bundled.py and, for CT, the demo study; all candidates at once, on the GPU).
+# STAGES=N: the first N stages of each recipe only (CT: preparing all three stages' slices took
+# 523 s of a 600-s call on the 16-core machine at stop 30, leaving no time to train).
 # The work folder is in /dev/shm when it has room (the stop-29 run spent ~200 s writing 3.4 GB of
 # slices to the machine's disk), else a temporary folder.
 set -u
-TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}; EVAL=${6:-0}; SCREEN=${7:-0}
+TW=$1; MIN=$2; JOBS=$3; O=$4; VARIANTS=${5:-"mr mr-beta mr-lowflow mr-beta-lowflow"}; EVAL=${6:-0}; SCREEN=${7:-0}; STAGES=${8:+--stages $8}
 export PYTHONUNBUFFERED=1
 if [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 30000000 ] 2>/dev/null; then
   W=$(mktemp -d /dev/shm/perfnet-gpu.XXXX)
@@ -27,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 stamp "prepare"
 # the cohorts of the modality's bundled recipe (ct or mr, from the first variant's name), shared
 B=${VARIANTS%%-*}; B=${B%% *}
-python3 $TW $B --work $W/$B --prepare-only --jobs $JOBS > $O/prepare.log 2>&1 || { tail -30 $O/prepare.log; exit 4; }
+python3 $TW $B --work $W/$B --prepare-only $STAGES --jobs $JOBS > $O/prepare.log 2>&1 || { tail -30 $O/prepare.log; exit 4; }
 stamp "prepared"; du -sh $W/$B/*
 
 for v in $VARIANTS; do
@@ -40,7 +42,7 @@ for v in $VARIANTS; do
   fi
 done
 for v in $VARIANTS; do
-  OMP_NUM_THREADS=2 python3 $TW $v --work $W/$v --candidate --minutes $MIN > $O/$v.log 2>&1 &
+  OMP_NUM_THREADS=2 python3 $TW $v --work $W/$v --candidate $STAGES --minutes $MIN > $O/$v.log 2>&1 &
 done
 wait
 stamp "trained"

@@ -2,7 +2,7 @@
 
     python tools/train_weights.py ct|mr|ct-motion|ct-replay|ct-lowflow[-control]|mr-mixed|mr-wide
         |mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow|ct-lowflow[9]-scratch
-        [--work DIR] [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only]
+        [--work DIR] [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only] [--stages N]
 
 Each modality trains in stages on two phantom cohorts (seeds below; never used by the tests,
 which draw seeds < 10000; MR: stages 1 and 2 below):
@@ -151,12 +151,11 @@ def _fine_tune(cohort: list, init: str, train: list[str], minutes: float) -> dic
 SETTINGS = {
     "ct": {
         # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged),
-        # then the core rule calibrated for its CBF (tools/calibrate_core.py), then the core head
-        # fitted on the frozen backbone (tools/fit_core_head.py; stop 30): `analyze --method cnn`
-        # takes its core from the head
+        # then the core rule calibrated for its CBF (tools/calibrate_core.py); a core head fitted
+        # on the frozen backbone (tools/fit_core_head.py) was measured at stop 30 and is not part
+        # of the recipe (README "The CNN's core")
         "scale_head": True,
         "core_calibration": True,
-        "core_head": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
         "stages": [
             {
@@ -556,17 +555,6 @@ SCALE_HEAD_CARD = [
 ]
 
 
-#: The model card's line on the core head (the weights' ``core_head`` record; stop 30).
-CORE_HEAD_CARD = [
-    "- core head: per-pixel 1×1 convolutions on the detached last decoder features, the maps and the"
-    " maps relative to their slice's brain median → the probability of ischaemic core, fitted"
-    " afterwards on the frozen backbone by `tools/fit_core_head.py` (soft Dice + cross-entropy against"
-    " the phantom's truth core on unseen style-A studies); `analyze --method cnn` takes the core from"
-    " it (hypoperfused and probability ≥ its threshold; lesions.json `core_source` `cnn core head`);"
-    " the maps are bit for bit those of the backbone alone",
-]
-
-
 #: The model card's line on the core rule's calibration (the weights' ``core_calibration``).
 CORE_CARD = [
     "- core: the 30 % rCBF rule calibrated for this model's CBF by `tools/calibrate_core.py` (the"
@@ -590,12 +578,7 @@ def domain_lines(domain: dict | None) -> list[str]:
 
 
 def model_card(
-    modality: str,
-    plans: list[dict],
-    settings: dict,
-    core: dict | None = None,
-    domain: dict | None = None,
-    head: dict | None = None,
+    modality: str, plans: list[dict], settings: dict, core: dict | None = None, domain: dict | None = None
 ) -> str:
     cfg = plans[-1]["config"]
     lines = [
@@ -627,8 +610,6 @@ def model_card(
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         *(CORE_CARD if core else []),
         *([f"  - {core['source']}; factor {core['factor']}"] if core else []),
-        *(CORE_HEAD_CARD if head else []),
-        *([f"  - {head['source']}"] if head else []),
         *domain_lines(domain),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"
@@ -676,11 +657,23 @@ def main() -> int:
         action="store_true",
         help="simulate every stage's cohort and prepare its slices, then stop (e.g. before a GPU run)",
     )
+    parser.add_argument(
+        "--stages",
+        type=int,
+        metavar="N",
+        help="a candidate of the first N stages only (implies --candidate; e.g. CT stage 1 on a lent GPU,"
+        " whose 10-minute call cannot also prepare the later stages' slices: ~9 min for all three)",
+    )
     args = parser.parse_args()
+    if args.stages is not None:
+        if not 1 <= args.stages <= len(SETTINGS[args.modality]["stages"]):
+            parser.error(f"--stages: 1 to {len(SETTINGS[args.modality]['stages'])} for {args.modality}")
+        args.candidate = True
     settings = SETTINGS[args.modality]
     if args.candidate:
         settings = {**settings, "bundle": False, "scale_head": False, "core_calibration": False}
-        settings["core_head"] = False
+    if args.stages is not None:
+        settings = {**settings, "stages": settings["stages"][: args.stages]}
     global JOBS
     JOBS = max(1, args.jobs)
     if args.prepare_only:
@@ -731,22 +724,10 @@ def main() -> int:
         calibrate.append(str(target / f"{args.modality}.pt"))
         print("+", " ".join(calibrate), flush=True)
         subprocess.run(calibrate, check=True)
-    if settings.get("core_head"):  # after the calibration: its validation compares with the rule
-        head = [sys.executable, str(ROOT / "tools" / "fit_core_head.py"), "--weights"]
-        head += [str(target / f"{args.modality}.pt"), "--work", str(args.work / "core-head")]
-        print("+", " ".join(head), flush=True)
-        subprocess.run(head, check=True)
     from perfnet.inference.weights import load_weights
 
     config = load_weights(target / f"{args.modality}.pt")[1]
-    card = model_card(
-        args.modality,
-        plans,
-        settings,
-        config.get("core_calibration"),
-        config.get("domain"),
-        config.get("core_head"),
-    )
+    card = model_card(args.modality, plans, settings, config.get("core_calibration"), config.get("domain"))
     (target / f"{args.modality}.md").write_text(card)
     print(card)
     return 0

@@ -68,3 +68,26 @@ def test_candidate_keeps_a_bundled_recipe_out_of_the_package(tool, tmp_path, mon
     assert (tmp_path / "mr.pt").read_bytes() == b"weights of mr-run-2"
     assert (tmp_path / "mr.md").read_text() == "card"
     assert not (tmp_path / "package").exists() and calls == []  # not bundled, not calibrated
+
+
+def test_stages_trains_a_candidate_of_the_first_stages(tool, tmp_path, monkeypatch) -> None:
+    """``--stages 1``: only stage 1, as a candidate (in --work, not bundled, nothing fitted after)."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(tool, "WEIGHTS", tmp_path / "package")
+    monkeypatch.setattr(
+        tool, "model_card", lambda modality, plans, settings, *a: f"{len(settings['stages'])}"
+    )
+    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
+    (tmp_path / "mr-run").mkdir()
+    (tmp_path / "mr-run" / "plan.json").write_text('{"config": {}}')
+    (tmp_path / "mr-run" / "weights.pt").write_bytes(b"stage 1")
+    monkeypatch.setattr(
+        sys, "argv", ["train_weights.py", "mr", "--work", str(tmp_path), "--stages", "1", "--bundle-only"]
+    )
+    assert tool.main() == 0
+    assert (tmp_path / "mr.pt").read_bytes() == b"stage 1" and (tmp_path / "mr.md").read_text() == "1"
+    assert not (tmp_path / "package").exists() and calls == []
+    monkeypatch.setattr(sys, "argv", ["train_weights.py", "mr", "--stages", "3"])
+    with pytest.raises(SystemExit):
+        tool.main()

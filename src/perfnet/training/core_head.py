@@ -24,6 +24,9 @@ from perfnet.inference.inputs import resize_slices
 from perfnet.models.unet import UNet
 from perfnet.training.scale import VIEWS
 
+#: The standardisation scale that switches an input off (``maps_only``): any feature / 1e30 is 0.
+FEATURES_OFF = 1e30
+
 
 @dataclass
 class CoreSamples:
@@ -99,10 +102,13 @@ def fit_core_head(
     batch: int = 65536,
     pos_weight: float = 3.0,
     seed: int = 0,
+    maps_only: bool = False,
 ) -> list[float]:
     """Train the core head only (the backbone frozen) on the samples: the input standardisation
     buffers set from them, then Adam on :func:`soft_dice_bce` with batches of random voxels;
-    returns the loss every 50 steps."""
+    returns the loss every 50 steps. ``maps_only``: the head reads the maps and the relative maps
+    alone, not the decoder features (their standardisation scale set so large that they enter as
+    0: quantities of the clinical rule's kind, which a change of data style moves less)."""
     if model.core_head is None:
         raise ValueError("the model has no core head to fit")
     gen = torch.Generator().manual_seed(seed)
@@ -114,6 +120,8 @@ def fit_core_head(
     with torch.no_grad():
         model.core_input_mean.copy_(x.mean(dim=0))
         model.core_input_sd.copy_(x.std(dim=0).clamp_min(1e-6))
+        if maps_only:
+            model.core_input_sd[: model.core_input_sd.numel() - 2 * model.head.out_channels] = FEATURES_OFF
     for p in model.parameters():
         p.requires_grad_(False)
     params = list(model.core_head.parameters())
