@@ -19,6 +19,10 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
   mean carries the factor fitted with its weights on held-out phantom studies
   (``tools/calibrate_core.py``, the weights' ``core_calibration`` record, applied by
   :func:`segment_map_set` from the maps' provenance);
+- a CNN whose weights carry a core head (``core_probability`` among its maps;
+  ``tools/fit_core_head.py``): core = hypoperfused voxels with a probability ≥ the head's threshold
+  instead of the rCBF rule (lesions.json ``core_source`` ``cnn core head``; the bundled weights
+  carry none: README "The core head");
 - clean-up per slice (slices are often thick): closing, opening (radii in mm), then islands under
   ``min_island_ml`` are removed (3D connectivity).
 
