@@ -27,6 +27,8 @@ def test_demo_writes_both_analyses_and_compares_them_with_truth(
         assert 0 <= c["tmax_maec_s"] < 5 and 0.3 < c["hypoperfused_dice"] <= 1
     assert comparison["cnn"]["tmax_maec_s"] < comparison["osvd"]["tmax_maec_s"]
     assert comparison["weights"] == "bundled"
+    # the CNN's core rule carries its weights' calibration factor, oSVD's is the plain rule
+    assert "×" in comparison["cnn"]["core_rule"] and "×" not in comparison["osvd"]["core_rule"]
     assert "core mL" in printed and "penumbra mL" in printed
 
 

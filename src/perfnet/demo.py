@@ -72,6 +72,8 @@ def run_demo(
             "tmax_maec_s": round(metrics["tmax_maec"], 3),
             "hypoperfused_dice": round(metrics["hypoperfused_dice"], 3),
             "core_dice": round(metrics["core_dice"], 3),
+            # how the core was read (the CNN's calibrated rule, its core head, or the plain rule)
+            "core_rule": result.lesions["core_rule"],
             "cbf_mae": round(metrics["cbf_mae"], 2),
             "seconds": result.provenance["seconds"].get("total"),
             "qc": result.verdict,
