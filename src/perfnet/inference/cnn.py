@@ -273,7 +273,8 @@ def _members(
             )
         members.append((path, model, config))
     first = members[0][2]
-    for path, _, config in members[1:]:
+    headed = getattr(members[0][1], "core_head", None) is not None
+    for path, model, config in members[1:]:
         if config["maps"] != first["maps"]:
             raise PerfnetInputError(
                 path, f"maps {config['maps']} differ from {members[0][0].name}'s {first['maps']}"
@@ -284,7 +285,7 @@ def _members(
             raise PerfnetInputError(
                 path, f"core calibration differs from {members[0][0].name}'s: one rule reads the mean"
             )
-        if bool(config.get("core_head")) != bool(first.get("core_head")):
+        if (getattr(model, "core_head", None) is not None) != headed:  # one core probability or none
             raise PerfnetInputError(path, f"a core head in {members[0][0].name} or this file, not both")
     return members
 
