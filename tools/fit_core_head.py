@@ -47,26 +47,18 @@ FIT_SEED = 17000
 VALIDATION_SEED = 16000  # tools/calibrate_core.py's CALIBRATION_SEED
 SHAPE = {"matrix": 128, "slices": 8}
 LESIONS = ("core", "core", "penumbra", "core", "none", "core")
-#: A study "has a core" from this volume on (perfnet.training.core_calibration.MIN_CORE_ML).
+#: The head's decision threshold on the core probability (stored in its ``core_head`` record).
 THRESHOLD = 0.5
 
 
 def with_core_head(path: Path, hidden: int) -> tuple[torch.nn.Module, dict]:
     """The network of a weights file (its scale head kept) with a new, unfitted core head."""
-    from perfnet.inference.weights import load_weights
-    from perfnet.models import build_model
+    from perfnet.training.scale import with_new_head
 
-    old, config = load_weights(path)
-    if config["model"] != "unet":
-        raise SystemExit(f"fit_core_head: {path} is not a U-Net")
-    config = json.loads(json.dumps(config))
-    config["model_kwargs"] = config["model_kwargs"] | {"core_head": True, "core_hidden": hidden}
-    model = build_model(config["model"], **config["model_kwargs"])
-    backbone = {k: v for k, v in old.state_dict().items() if not k.startswith("core_")}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
-    if unexpected or any(not k.startswith("core_") for k in missing):
-        raise SystemExit(f"fit_core_head: {path} does not fit a U-Net backbone ({missing}, {unexpected})")
-    return model.eval(), config
+    try:
+        return with_new_head(path, {"core_head": True, "core_hidden": hidden}, ("core_",))
+    except ValueError as exc:
+        raise SystemExit(f"fit_core_head: {exc}") from None
 
 
 def fit_samples(model: torch.nn.Module, config: dict, seeds: list[int], cache: Path) -> Any:

@@ -49,18 +49,12 @@ CALIBRATION_SHAPE = {"matrix": 128, "slices": 8}
 
 def with_head(path: Path) -> tuple[torch.nn.Module, dict]:
     """The backbone of a weights file with a new (unfitted) scale head."""
-    from perfnet.inference.weights import load_weights
-    from perfnet.models import build_model
+    from perfnet.training.scale import with_new_head
 
-    old, config = load_weights(path)
-    config = json.loads(json.dumps(config))
-    config["model_kwargs"] = config["model_kwargs"] | {"scale_head": True}
-    model = build_model(config["model"], **config["model_kwargs"])
-    backbone = {k: v for k, v in old.state_dict().items() if not k.startswith(("scale_head.", "scale_temp"))}
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
-    if unexpected or any(not k.startswith(("scale_head.", "scale_temp")) for k in missing):
-        raise SystemExit(f"fit_scale_head: {path} does not fit a U-Net backbone ({missing}, {unexpected})")
-    return model.eval(), config
+    try:
+        return with_new_head(path, {"scale_head": True}, ("scale_head.", "scale_temp"))
+    except ValueError as exc:
+        raise SystemExit(f"fit_scale_head: {exc}") from None
 
 
 def fit_seeds(count: int) -> list[int]:

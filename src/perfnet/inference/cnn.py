@@ -92,12 +92,8 @@ def _network(
             value = scale = features = None
             for dims in views:
                 xv = x.flip(dims) if dims else x
-                if core_head:  # the U-Net's own passes, keeping its features for the core head
-                    f = model.decode(xv)
-                    v, sc = model.head(f)[..., : xv.shape[-2], : xv.shape[-1]], None
-                    if model.scale_head is not None:
-                        sc = model.scale(f)[..., : xv.shape[-2], : xv.shape[-1]]
-                    f = f[..., : xv.shape[-2], : xv.shape[-1]]
+                if core_head:  # the U-Net's own pass, keeping its features for the core head
+                    v, sc, f = model.predict_with_features(xv)
                     f = f.flip(dims) if dims else f
                     features = f if features is None else features + f
                 else:

@@ -107,12 +107,19 @@ class UNet(nn.Module):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, T, H, W) → (maps, Laplace scale b > 0 or None without a scale head), each
         (B, out_channels, H, W); the maps are :meth:`forward`'s, bit for bit."""
+        value, scale, _ = self.predict_with_features(x)
+        return value, scale
+
+    def predict_with_features(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`predict`'s outputs and the last decoder features (B, width, H, W) they were read
+        from, all cropped to x's size (the core head's input)."""
         h, w = x.shape[-2:]
         features = self.decode(x)
         value = self.head(features)[..., :h, :w]
-        if self.scale_head is None:
-            return value, None
-        return value, self.scale(features)[..., :h, :w]
+        scale = None if self.scale_head is None else self.scale(features)[..., :h, :w]
+        return value, scale, features[..., :h, :w]
 
     def scale(self, features: torch.Tensor) -> torch.Tensor:
         """The Laplace scale b (B, M, H, W) of the last decoder features (detached: b never trains

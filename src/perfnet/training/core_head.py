@@ -22,7 +22,7 @@ import torch
 
 from perfnet.inference.inputs import resize_slices
 from perfnet.models.unet import UNet
-from perfnet.training.scale import VIEWS
+from perfnet.training.scale import train_frozen_head, view_features
 
 #: The standardisation scale that switches an input off (``maps_only``): any feature / 1e30 is 0.
 FEATURES_OFF = 1e30
@@ -61,17 +61,14 @@ def collect_core(
     truth = resize_slices(truth, size)[:, 0] > 0.5
     inputs = []
     for z0 in range(0, x.shape[0], batch_slices):
-        xb = x[z0 : z0 + batch_slices]
-        h, w = xb.shape[-2:]
+        views = view_features(model, x[z0 : z0 + batch_slices])
         features = value = None
-        for dims in VIEWS:
-            f = model.decode(xb.flip(dims) if dims else xb)[..., :h, :w]
+        for f in views:
             v = model.head(f)
-            f, v = (f.flip(dims), v.flip(dims)) if dims else (f, v)
             features = f if features is None else features + f
             value = v if value is None else value + v
         assert features is not None and value is not None
-        n = len(VIEWS)
+        n = len(views)
         inputs.append(model.core_inputs(features / n, value / n, mask[z0 : z0 + batch_slices]))
     stacked = torch.cat(inputs)  # (Z, K, H, W)
     z, i, j = mask.nonzero(as_tuple=True)
@@ -122,29 +119,14 @@ def fit_core_head(
         model.core_input_sd.copy_(x.std(dim=0).clamp_min(1e-6))
         if maps_only:
             model.core_input_sd[: model.core_input_sd.numel() - 2 * model.head.out_channels] = FEATURES_OFF
-    for p in model.parameters():
-        p.requires_grad_(False)
-    params = list(model.core_head.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     target = samples.core.float()
-    history: list[float] = []
+
+    def loss_of(pick: torch.Tensor) -> torch.Tensor:
+        return soft_dice_bce(model.core_logit_of_vectors(x[pick]), target[pick], pos_weight)
+
+    params = list(model.core_head.parameters())
     n = x.shape[0]
-    for step in range(steps):
-        pick = torch.randint(0, n, (min(batch, n),), generator=gen)
-        loss = soft_dice_bce(model.core_logit_of_vectors(x[pick]), target[pick], pos_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            history.append(float(loss.detach()))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return history
+    return train_frozen_head(model, params, loss_of, n, steps=steps, lr=lr, batch=batch, generator=gen)
 
 
 def dice_per_study(model: UNet, samples: CoreSamples, threshold: float = 0.5) -> np.ndarray:

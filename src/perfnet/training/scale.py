@@ -12,11 +12,14 @@ scale fitted there would be too narrow.
 :func:`temperature` then gives one factor per map that brings the 90 % interval's coverage on a
 separate calibration set to 90 % (the scale's counterpart of Guo et al. 2017's temperature scaling);
 the U-Net stores it in its ``scale_temperature`` buffer.
+
+:func:`view_features`, :func:`with_new_head` and :func:`train_frozen_head` are the pieces every
+post-hoc head shares (also the core head, :mod:`perfnet.training.core_head`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +86,77 @@ def study_tensors(
     return x, y, mask
 
 
+def view_features(model: UNet, xb: torch.Tensor) -> list[torch.Tensor]:
+    """The last decoder features (B, C, H, W) of each in-plane flip of ``xb`` in :data:`VIEWS`,
+    cropped to ``xb``'s size and flipped back: the views inference averages."""
+    h, w = xb.shape[-2:]
+    views = []
+    for dims in VIEWS:
+        f = model.decode(xb.flip(dims) if dims else xb)[..., :h, :w]  # cropped, then flipped back
+        views.append(f.flip(dims) if dims else f)
+    return views
+
+
+def with_new_head(path: Any, head: dict[str, Any], prefixes: tuple[str, ...]) -> tuple[torch.nn.Module, dict]:
+    """The network of a weights file with an unfitted head: ``head`` added to its constructor
+    arguments, every tensor of the file whose name does not start with ``prefixes`` loaded (so a
+    head of the same kind in the file is replaced). ValueError if the file is not such a backbone."""
+    import json
+
+    from perfnet.inference.weights import load_weights
+    from perfnet.models import build_model
+
+    old, config = load_weights(path)
+    config = json.loads(json.dumps(config))
+    config["model_kwargs"] = config["model_kwargs"] | head
+    try:
+        model = build_model(config["model"], **config["model_kwargs"])
+    except TypeError:
+        raise ValueError(f"{path} holds a {config['model']} network, which takes no such head") from None
+    backbone = {k: v for k, v in old.state_dict().items() if not k.startswith(prefixes)}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith(prefixes) for k in missing):
+        raise ValueError(f"{path} does not fit a U-Net backbone ({missing}, {unexpected})")
+    return model.eval(), config
+
+
+def train_frozen_head(
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    *,
+    steps: int,
+    lr: float,
+    batch: int,
+    generator: torch.Generator,
+) -> list[float]:
+    """Adam (cosine schedule) on ``params`` alone, every other parameter of ``model`` frozen, with
+    ``loss_of(indices)`` on batches of ``batch`` random samples of ``n``; returns the loss every
+    50 steps (and the last). The shared loop of the post-hoc heads (scale head, core head)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    history: list[float] = []
+    model.train()
+    for step in range(steps):
+        pick = torch.randint(0, n, (min(batch, n),), generator=generator)
+        loss = loss_of(pick)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            history.append(float(loss.detach()))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return history
+
+
 @torch.no_grad()
 def collect(
     model: UNet,
@@ -99,12 +173,7 @@ def collect(
     model.eval()
     feats, means = [], []
     for z0 in range(0, x.shape[0], batch_slices):
-        xb = x[z0 : z0 + batch_slices]
-        h, w = xb.shape[-2:]
-        view_feats = []
-        for dims in VIEWS:
-            f = model.decode(xb.flip(dims) if dims else xb)[..., :h, :w]  # cropped, then flipped back
-            view_feats.append(f.flip(dims) if dims else f)
+        view_feats = view_features(model, x[z0 : z0 + batch_slices])
         stacked = torch.stack(view_feats, dim=1)  # (B, V, C, H, W)
         feats.append(stacked)
         means.append(torch.stack([model.head(f) for f in view_feats]).mean(dim=0))
@@ -148,36 +217,21 @@ def fit_scale_head(
     if model.scale_head is None:
         raise ValueError("the model has no scale head to fit")
     gen = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
     head = model.scale_head
-    for p in head.parameters():
-        p.requires_grad_(True)
     last = head[-1]
     with torch.no_grad():
         mad = (samples.target - samples.mean).abs().mean(dim=0).clamp_min(1e-2)
         last.weight.mul_(0.1)
         last.bias.copy_(mad + torch.log(-torch.expm1(-mad)))  # softplus⁻¹(mad)
         model.scale_temperature.fill_(1.0)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    history: list[float] = []
-    n = samples.mean.shape[0]
-    model.train()
-    for step in range(steps):
-        pick = torch.randint(0, n, (min(batch, n),), generator=gen)
+
+    def loss_of(pick: torch.Tensor) -> torch.Tensor:
         scale = head_scale(model, samples.features[pick])
-        loss = laplace_nll(samples.mean[pick], scale, samples.target[pick])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            history.append(float(loss.detach()))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return history
+        return laplace_nll(samples.mean[pick], scale, samples.target[pick])
+
+    n = samples.mean.shape[0]
+    params = list(head.parameters())
+    return train_frozen_head(model, params, loss_of, n, steps=steps, lr=lr, batch=batch, generator=gen)
 
 
 def temperature(errors: np.ndarray, scales: np.ndarray, level: float = 0.9) -> float:
@@ -203,4 +257,7 @@ __all__ = [
     "laplace_nll",
     "study_tensors",
     "temperature",
+    "train_frozen_head",
+    "view_features",
+    "with_new_head",
 ]
