@@ -91,11 +91,13 @@ KILL_AFTER_EPOCH = textwrap.dedent(
 )
 
 
-def _train_and_kill(cohort: Path, run: Path, tmp_path: Path, after_epoch: int) -> None:
+def _train_and_kill(
+    cohort: Path, run: Path, tmp_path: Path, after_epoch: int, config: dict | None = None
+) -> None:
     script = tmp_path / "kill.py"
     script.write_text(KILL_AFTER_EPOCH)
     proc = subprocess.run(
-        [sys.executable, str(script), str(after_epoch), str(cohort), str(run), repr(CONFIG)],
+        [sys.executable, str(script), str(after_epoch), str(cohort), str(run), repr(config or CONFIG)],
         capture_output=True,
         text=True,
         check=False,
@@ -120,6 +122,24 @@ def test_killed_run_resumes_after_its_last_epoch_with_identical_weights(
     assert plan["cross_validation"]["val_tmax_maec"] == pytest.approx(
         json.loads((uninterrupted / "plan.json").read_text())["cross_validation"]["val_tmax_maec"], abs=1e-5
     )
+
+
+def test_a_resumed_run_counts_the_minutes_trained_before_the_kill(cohort: Path, tmp_path: Path) -> None:
+    """--max-minutes caps a fold's training time over all its sessions: the time trained up to the
+    last checkpoint is stored in it (Lightning's Timer state) and counted again on resume, so a
+    rebuild interrupted and continued stops where an uninterrupted one would."""
+    config = {**CONFIG, "max_minutes": 30.0}
+    run = tmp_path / "run"
+    _train_and_kill(cohort, run, tmp_path, after_epoch=1, config=config)
+    last = run / "fold-0" / "last.ckpt"
+    blob = torch.load(last, map_location="cpu", weights_only=True)
+    (timer,) = [v for k, v in blob["callbacks"].items() if k.startswith("Timer")]
+    assert 0 < timer["time_elapsed"]["train"] < 30 * 60
+    timer["time_elapsed"]["train"] = 31 * 60  # as if the killed session had trained 31 minutes
+    torch.save(blob, last)
+    train(cohort, run, TrainConfig(**config), resume=True)
+    assert _epochs(run) == [0, 1]  # the cap already spent: no further epoch (5 without the stored time)
+    assert (run / "fold-0" / "weights.pt").is_file()
 
 
 def test_corrupt_last_checkpoint_is_named_and_the_previous_one_used(
