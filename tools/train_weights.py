@@ -157,8 +157,8 @@ SETTINGS = {
         # The stages train the epochs the bundled model reached under time caps of 48 + 30 + 12 min
         # (57 + 30 + 12; the 90 minutes of training, ~50 s an epoch on the machine of its
         # build); since stop 31 the epochs are fixed and the caps (100 + 60 + 24 min) only guards:
-        # the same machine ran 125-600 s an epoch at stop 31 (a rebuild beside its own next-stage
-        # preparation), and a wall-time cap then trained a third of the epochs (19 + ~6 + ~5)
+        # the same machine ran 101-125 s an epoch at stop 31 (417-670 s beside the rebuild's own
+        # next-stage preparation), and the minute caps then trained 20 + 4 + 7 of the 99 epochs
         "scale_head": True,
         "core_calibration": True,
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],

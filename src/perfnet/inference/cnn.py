@@ -57,6 +57,11 @@ def run_model(
     return network_spec(config["model"]).forward(model, x, time_channel(grid).to(x.device), bolus)
 
 
+def _has_core_head(model: Any) -> bool:
+    """Whether a built network carries a core head (what inference runs, not its config record)."""
+    return getattr(model, "core_head", None) is not None
+
+
 def _network(
     model: torch.nn.Module,
     config: dict[str, Any],
@@ -77,7 +82,7 @@ def _network(
     nx, ny, nz = shape
     values = np.zeros((len(config["maps"]), nx, ny, nz), dtype=np.float32)
     uncert: np.ndarray | None = None  # allocated when the model returns a scale (weights with one)
-    core_head = getattr(model, "core_head", None) is not None
+    core_head = _has_core_head(model)
     core = np.zeros((nx, ny, nz), dtype=np.float32) if core_head else None
     bolus = torch.from_numpy(inp.bolus / scale_in)[None].to(dev)
     if progress:
@@ -269,7 +274,7 @@ def _members(
             )
         members.append((path, model, config))
     first = members[0][2]
-    headed = getattr(members[0][1], "core_head", None) is not None
+    headed = _has_core_head(members[0][1])
     for path, model, config in members[1:]:
         if config["maps"] != first["maps"]:
             raise PerfnetInputError(
@@ -281,7 +286,7 @@ def _members(
             raise PerfnetInputError(
                 path, f"core calibration differs from {members[0][0].name}'s: one rule reads the mean"
             )
-        if (getattr(model, "core_head", None) is not None) != headed:  # one core probability or none
+        if _has_core_head(model) != headed:  # one core probability or none
             raise PerfnetInputError(path, f"a core head in {members[0][0].name} or this file, not both")
     return members
 
