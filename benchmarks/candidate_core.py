@@ -6,15 +6,21 @@ store in the weights). Study sets:
 - ``unseen`` (default): the seven unseen studies of tests/models/test_bundled.py (seeds
   4242–4848: a core with its penumbra, no motion; `predict` as the test runs it) and, for CT, the
   demo study (`perfnet demo`'s seed and overrides, analysed as the demo does);
+- ``apart``: eight studies drawn as ``unseen``'s (seeds 5000–5007) with the lesion's delay drawn
+  apart from its flow (``PhantomConfig.draw``'s ``delay_power`` 0.3–2, ``delay_mix`` 0.3–1: the
+  core can sit at a moderate Tmax, as the demo's does); no trained phantom had such lesions
+  before the ``ct-decoupled`` candidate;
 - ``A`` / ``B``: the studies of benchmarks/generalisation.py of style A (geometric) or B (MNI
   template, never trained on): same seeds, lesion strata and size, motion drawn, analysed as
   `analyze --method cnn` analyses them (motion correction, CSF left out of the lesions).
 
-    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|A|B]
+    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|A|B]
         [--studies 12] [--factors 1.0,1.2] [--json F]
 
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
-absolute figures per study and the means (no timing).
+absolute figures per study and the means (no timing). ``core_read`` is the median CNN CBF in the
+true core over its median in healthy brain (Tmax ≤ 6 s), beside the same ratio of the truth: a
+network that reads a core's flow by its delay reads a core at a short Tmax too high.
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ from perfnet.training.core_calibration import MIN_CORE_ML
 
 #: tests/models/test_bundled.py's unseen studies
 SEEDS = tuple(range(4242, 4849, 101))
+#: the ``apart`` set: seeds and the ranges its lesion delays are drawn in
+APART_SEEDS = tuple(range(5000, 5008))
+APART = {"delay_power": (0.3, 2.0), "delay_mix": (0.3, 1.0)}
+
+
+def _core_read(cbf: np.ndarray, truth: dict, masks: dict) -> list[float]:
+    """Median CBF in the true core over its median in healthy brain, CNN and truth."""
+    healthy = masks["brain"] & (truth["tmax"] <= 6.0)
+    core = masks["core"]
+    return [
+        round(float(np.median(c[core]) / max(float(np.median(c[healthy])), 1e-6)), 3)
+        for c in (cbf, truth["cbf"])
+    ]
 
 
 def _row(
@@ -58,6 +77,9 @@ def _row(
         "true_core_ml": round(float(true_core.sum() * ml), 1),
     }
     has_core = row["true_core_ml"] >= MIN_CORE_ML
+    if has_core:
+        row["core_tmax_s"] = round(float(np.median(truth["tmax"][true_core])), 2)
+        row["core_read"] = _core_read(maps["cbf"], truth, masks)
     args = (maps["cbf"], maps["tmax"], brain, affine)
     cores = {}
     if CORE_PROBABILITY in maps.maps:
@@ -89,24 +111,32 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
         series = next(Path(tmp).rglob("*_ctp.nii.gz"))
         result = analyze(series, "cnn", weights=weights, device=device)
         t = series.parent / "truth"
-        truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax",)}
+        truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax", "cbf")}
         masks = {m: load_map(t / f"{m}.nii.gz")[0] > 0 for m in ("brain", "core")}
         return _row("demo", result.maps, truth, masks, result.maps.affine, factors)
 
 
 def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
     rows = []
-    if args.set == "unseen":
-        for seed in SEEDS:
+    if args.set in ("unseen", "apart"):
+        apart = args.set == "apart"
+        for seed in APART_SEEDS if apart else SEEDS:
             cfg = PhantomConfig.draw(
-                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+                seed,
+                args.modality,
+                matrix=128,
+                slices=8,
+                coverage_mm=64.0,
+                lesion="core",
+                motion=False,
+                **(APART if apart else {}),
             )
             study = simulate_study(cfg)
             maps = predict(study.series, args.weights, device=args.device, consistency=False)
             t = study.truth
             rows.append(_row(str(seed), maps, t.maps, t.masks, study.series.affine, factors))
             print(json.dumps(rows[-1]), flush=True)
-        if args.modality == "CT" and not args.no_demo:
+        if args.modality == "CT" and not args.no_demo and not apart:
             rows.append(_demo_row(args.weights, factors, args.device))
             print(json.dumps(rows[-1]), flush=True)
         return rows
@@ -137,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", default="1.0,1.2,1.4", help="core-rule calibration factors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-demo", action="store_true", help="CT: skip the demo study")
-    p.add_argument("--set", choices=["unseen", "A", "B"], default="unseen")
+    p.add_argument("--set", choices=["unseen", "apart", "A", "B"], default="unseen")
     p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
     p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
     p.add_argument("--json", type=Path)
@@ -162,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             f" core mL in all {sum(r[k][1] for r in cores):.1f} of {true_ml:.1f},"
             f" smallest found fraction of a core >= 10 mL {min(big, default=float('nan')):.2f},"
             f" false core max {max((r[k][1] for r in empty), default=0.0):.1f} mL ({len(empty)} without)"
+        )
+    read = [r["core_read"] for r in rows if "core_read" in r]
+    if read:
+        print(
+            f"  core read (CNN / truth, median CBF in the true core over healthy brain):"
+            f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
+            f" (medians of {len(read)})"
         )
     if args.json:
         args.json.write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1) + "\n")

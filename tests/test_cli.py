@@ -15,6 +15,7 @@ from dicom_factory import BASE_TIMES, N_FRAMES, N_SLICES, write_series
 from perfnet.cli import main
 from perfnet.io import load_map, load_series, save_series_nifti
 from perfnet.io.types import PerfusionSeries
+from perfnet.phantom import PhantomConfig
 
 
 def _nifti_series(path: Path) -> Path:
@@ -170,3 +171,27 @@ def test_simulate_rejects_bad_parameters_before_writing(
     code, _, err = _run(capsys, "simulate", out, "--size", "8")
     assert code == 2 and "matrix" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    code, _, err = _run(capsys, "simulate", out, "--style", "mni", "--delay-power", "0.3,2")
+    assert code == 2 and "--delay-power" in err and "style A" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    for bad in ("0.5,1.5", "0.8,0.2", "x"):
+        code, _, err = _run(capsys, "simulate", out, "--delay-mix", bad)
+        assert code == 2 and "--delay-mix" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_simulate_draws_a_lesion_delay_apart_from_its_flow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cohort"
+    args = ["--cases", "2", "--seed", "14000", "--size", "48", "--slices", "3", "--lesion", "core"]
+    code, _, _ = _run(capsys, "simulate", out, *args, "--delay-power", "0.3,2", "--delay-mix", "0,0.8")
+    assert code == 0
+    for i in (1, 2):
+        drawn = PhantomConfig.draw(13999 + i, "CT", delay_power=(0.3, 2.0), delay_mix=(0.0, 0.8))
+        truth = out / f"sub-{i:04d}" / "ses-01" / "truth"
+        config = json.loads((truth / "parameters.json").read_text())["config"]
+        assert config["lesion_delay_power"] == drawn.lesion_delay_power != 1.0
+        assert config["lesion_delay_mix"] == drawn.lesion_delay_mix != 0.0
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DelayPowerRange"] == [0.3, 2.0] and description["DelayMixRange"] == [0.0, 0.8]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from perfnet.errors import PerfnetInputError
 from perfnet.phantom import PhantomConfig, ct_noise_sd, simulate_study
 from phantoms import small_study
 
@@ -54,6 +55,26 @@ def test_override_keeps_other_draws() -> None:
     assert (other.matrix, other.frames) == (64, 40)
     for name in ("arrival_s", "cbf_gm", "lesion", "territory", "aif_peak", "snr", "anatomy_seed"):
         assert getattr(base, name) == getattr(other, name)
+
+
+def test_a_lesion_delay_drawn_apart_keeps_every_other_draw() -> None:
+    """``delay_power`` / ``delay_mix`` draw γ (log-uniform) and m from a stream of their own: every
+    other parameter is the plain draw's, and each range alone gives the same value."""
+    import dataclasses
+
+    apart = [PhantomConfig.draw(s, "CT", delay_power=(0.3, 2.0), delay_mix=(0.0, 0.8)) for s in range(9, 109)]
+    plain = PhantomConfig.draw(9, "CT")
+    assert (plain.lesion_delay_power, plain.lesion_delay_mix) == (1.0, 0.0)
+    assert dataclasses.replace(apart[0], lesion_delay_power=1.0, lesion_delay_mix=0.0) == plain
+    alone = PhantomConfig.draw(9, "CT", delay_power=(0.3, 2.0))
+    assert alone.lesion_delay_power == apart[0].lesion_delay_power and alone.lesion_delay_mix == 0.0
+    gamma = np.array([c.lesion_delay_power for c in apart])
+    mix = np.array([c.lesion_delay_mix for c in apart])
+    assert 0.3 <= gamma.min() < 0.36 and 1.7 < gamma.max() <= 2.0
+    assert 0.6 < np.median(gamma) < 1.0  # log-uniform: √(0.3 · 2) = 0.77
+    assert 0.0 <= mix.min() < 0.05 and 0.75 < mix.max() <= 0.8
+    with pytest.raises(PerfnetInputError, match="delay-mix"):
+        PhantomConfig.draw(9, "CT", delay_mix=(0.5, 1.5))
 
 
 def test_noise_does_not_change_truth() -> None:

@@ -112,3 +112,34 @@ def test_aif_shape() -> None:
     # the venous output comes later and has the same area (no partial volume in the truth)
     vof = study.truth.vof
     assert times[np.argmax(vof)] > times[np.argmax(aif)]
+
+
+def test_a_lesion_delay_drawn_apart_from_its_flow() -> None:
+    """delay = δ₀ + D·((1 − m)·w^γ + m·w₂): γ and m change the delay alone. By default (γ = 1,
+    m = 0) the core sits at the lesion's longest delay; at γ = 0.3 the full delay spreads over
+    twice the lesion; at m = 1 (a second weight centred elsewhere) the core sits at 40 % of it."""
+    from perfnet.phantom.anatomy import build_anatomy
+    from perfnet.phantom.perfusion import perfusion_parameters
+
+    base = {"matrix": 64, "slices": 4, "coverage_mm": 40.0, "lesion": "core", "lesion_radius_mm": 40.0}
+    base |= {"territory": "MCA", "motion": False, "lesion_delay_s": 10.0}
+    params = {}
+    for gamma, mix in ((1.0, 0.0), (0.3, 0.0), (1.0, 1.0)):
+        cfg = PhantomConfig.draw(34, "CT", lesion_delay_power=gamma, lesion_delay_mix=mix, **base)
+        params[gamma, mix] = perfusion_parameters(cfg, build_anatomy(cfg))
+    ref = params[1.0, 0.0]
+    lesion, core = ref.lesion_weight > 0.05, ref.cbf / ref.cbf_healthy < 0.3
+    assert core.sum() > 40
+    for p in params.values():  # the same lesion's flow and transit time
+        np.testing.assert_array_equal(p.cbf, ref.cbf)
+        np.testing.assert_array_equal(p.mtt, ref.mtt)
+
+    def added(p):  # delay above the healthy tissue's: the core's median / the lesion's longest; spread
+        extra = p.delay - np.median(p.delay[~lesion])
+        top = extra[lesion].max()
+        return np.median(extra[core]) / top, float((extra[lesion] > 0.8 * top).mean())
+
+    coupled, spread, elsewhere = added(ref), added(params[0.3, 0.0]), added(params[1.0, 1.0])
+    assert coupled[0] > 0.95 and spread[0] > 0.95
+    assert spread[1] > 2 * coupled[1]
+    assert elsewhere[0] < 0.5

@@ -194,6 +194,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         style=args.style,
         jobs=args.jobs,
+        delay_power=args.delay_power,
+        delay_mix=args.delay_mix,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0

@@ -53,6 +53,36 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _range(text: str, number: Callable[[str], float]) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be LO,HI, got {text!r}")
+    lo, hi = (number(p.strip()) for p in parts)
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"LO must not exceed HI, got {text}")
+    return lo, hi
+
+
+def positive_range(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI``, two positive finite numbers with LO ≤ HI."""
+    return _range(text, positive_float)
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def unit_range(text: str) -> tuple[float, float]:
+    """argparse type: ``LO,HI``, two numbers in [0, 1] with LO ≤ HI."""
+    return _range(text, _unit)
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -15,7 +15,9 @@ from perfnet.cli.options import (
     non_negative_int,
     positive_float,
     positive_int,
+    positive_range,
     ranged,
+    unit_range,
 )
 from perfnet.cli.study_commands import cmd_analyze, cmd_convert, cmd_demo, cmd_evaluate, cmd_info
 from perfnet.registry import DEFAULT_METHOD, method_names
@@ -364,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hemisphere", choices=["left", "right"], type=str.lower)
     g.add_argument("--residue", choices=["exponential", "box", "gamma", "lognormal"])
     g.add_argument("--arrival", type=float, metavar="S", help="bolus arrival time (2–15 s)")
+    g.add_argument(
+        "--delay-power",
+        type=positive_range,
+        metavar="LO,HI",
+        help="style A: each lesion's delay exponent γ drawn log-uniformly in LO–HI"
+        " (delay = δ₀ + D·((1 − m)·w^γ + m·w₂); default γ = 1, the delay tied to the CBF drop)",
+    )
+    g.add_argument(
+        "--delay-mix",
+        type=unit_range,
+        metavar="LO,HI",
+        help="style A: the delay's share m of a second lesion weight w₂ (its own centre) drawn in LO–HI"
+        " (0–1; default 0)",
+    )
     add_overwrite(p, "OUT")
     p.set_defaults(func=cmd_simulate)
 

@@ -139,10 +139,15 @@ def write_cohort(
     overwrite: bool = False,
     style: str = DEFAULT_STYLE,
     jobs: int = 1,
+    delay_power: tuple[float, float] | None = None,
+    delay_mix: tuple[float, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
     or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
-    time (worker processes; the same cohort whatever ``jobs``).
+    time (worker processes; the same cohort whatever ``jobs``). ``delay_power`` / ``delay_mix``
+    (style A): each lesion's delay exponent and the delay's share of a second lesion weight drawn
+    in those ranges (:meth:`PhantomConfig.draw`), so that a lesion's delay no longer follows its
+    CBF drop.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -150,7 +155,9 @@ def write_cohort(
     out = Path(out)
     overrides = overrides or {}
     check_style(style)  # then validate every study's parameters before simulating any
-    configs = [draw_config(style, seed + i, modality, **overrides) for i in range(cases)]
+    configs = [
+        draw_config(style, seed + i, modality, delay_power, delay_mix, **overrides) for i in range(cases)
+    ]
     rows: list[dict[str, Any]] = []
     indices: Iterable[int] = range(cases)
     if progress is not None:
@@ -177,6 +184,8 @@ def write_cohort(
                     "PhantomStyle": style,
                     "Cases": cases,
                     "Overrides": overrides,
+                    **({"DelayPowerRange": list(delay_power)} if delay_power else {}),
+                    **({"DelayMixRange": list(delay_mix)} if delay_mix else {}),
                 }
             )
         )

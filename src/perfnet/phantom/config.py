@@ -101,6 +101,13 @@ class PhantomConfig:
     lesion_quantiles: tuple[float, float, float] = (0.5, 0.5, 0.5)  # where in those ranges (drawn)
     lesion_dispersion_s: float = 1.0  # 0–2.5 s added dispersion at the centre
     lesion_core_power: float = 3.0  # 1–6: larger → core smaller relative to the hypoperfused area
+    # delay = δ₀ + lesion_delay · ((1 − m)·w^γ + m·w₂) (perfnet.phantom.perfusion): γ = 1, m = 0
+    # (the defaults, what `draw` keeps) tie the delay to the CBF drop, so the lowest flow always has
+    # the longest delay; γ < 1 spreads the full delay over the lesion, γ > 1 keeps it to the
+    # centre, m > 0 moves part of it to a second smooth weight w₂ of its own centre (`draw`'s
+    # ``delay_power`` / ``delay_mix`` ranges; `perfnet simulate --delay-power/--delay-mix`)
+    lesion_delay_power: float = 1.0  # γ
+    lesion_delay_mix: float = 0.0  # m, 0–1
     occlusion_attenuation: float = 0.5  # 0.2–0.8 of the arterial signal distal to the occlusion
     occlusion_delay_s: float = 5.0  # 2–8 s delay of the collateral filling
 
@@ -200,8 +207,22 @@ class PhantomConfig:
         return validated(dataclasses.replace(self, **changes))
 
     @classmethod
-    def draw(cls, seed: int, modality: str = "CT", **overrides: Any) -> PhantomConfig:
-        """Draw every parameter from its documented range with ``seed``, then apply ``overrides``."""
+    def draw(
+        cls,
+        seed: int,
+        modality: str = "CT",
+        *,
+        delay_power: tuple[float, float] | None = None,
+        delay_mix: tuple[float, float] | None = None,
+        **overrides: Any,
+    ) -> PhantomConfig:
+        """Draw every parameter from its documented range with ``seed``, then apply ``overrides``.
+
+        ``delay_power`` (lo, hi): the lesion's delay exponent γ drawn log-uniformly in that range;
+        ``delay_mix`` (lo, hi): the delay's share m of a second lesion weight, uniformly. Both from
+        a stream of their own (every other parameter is the draw without them); None keeps γ = 1,
+        m = 0.
+        """
         modality = modality.upper()
         if modality not in ("CT", "MR"):
             raise PerfnetInputError("--modality", f"must be ct or mr, got {modality!r}")
@@ -278,6 +299,18 @@ class PhantomConfig:
         d["motion"] = bool(rng.uniform() < 0.3)
         d["motion_translation_mm"] = u(0.5, 4)
         d["motion_rotation_deg"] = u(0.5, 4)
+        own = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE1A]))
+        gamma, mix = own.uniform(size=2)  # drawn always, used only when asked: each range alone
+        if delay_power is not None:
+            lo, hi = (float(v) for v in delay_power)
+            if not 0 < lo <= hi <= 10:
+                raise PerfnetInputError("--delay-power", f"must be 0 < LO <= HI <= 10, got {lo:g},{hi:g}")
+            d["lesion_delay_power"] = float(np.exp(np.log(lo) + gamma * (np.log(hi) - np.log(lo))))
+        if delay_mix is not None:
+            lo, hi = (float(v) for v in delay_mix)
+            if not 0 <= lo <= hi <= 1:
+                raise PerfnetInputError("--delay-mix", f"must be 0 <= LO <= HI <= 1, got {lo:g},{hi:g}")
+            d["lesion_delay_mix"] = float(lo + mix * (hi - lo))
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise PerfnetInputError("phantom", f"unknown parameter(s): {', '.join(sorted(unknown))}")
@@ -305,6 +338,8 @@ def validated(cfg: PhantomConfig) -> PhantomConfig:
         ("arrival_s", 0 <= cfg.arrival_s <= 60, "must be 0–60 s"),
         ("aif_peak", cfg.aif_peak > 0, "must be positive"),
         ("fov_mm", 50 <= cfg.fov_mm <= 500, "must be 50–500 mm"),
+        ("lesion_delay_power", 0 < cfg.lesion_delay_power <= 10, "must be in (0, 10]"),
+        ("lesion_delay_mix", 0 <= cfg.lesion_delay_mix <= 1, "must be in [0, 1]"),
     ]
     for name, ok, problem in checks:
         if not ok:

@@ -26,15 +26,29 @@ def check_style(style: str) -> str:
     return style
 
 
-def draw_config(style: str, seed: int, modality: str, **overrides: Any) -> Any:
-    """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``)."""
+def draw_config(
+    style: str,
+    seed: int,
+    modality: str,
+    delay_power: tuple[float, float] | None = None,
+    delay_mix: tuple[float, float] | None = None,
+    **overrides: Any,
+) -> Any:
+    """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``);
+    ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop
+    (:meth:`PhantomConfig.draw`; style B draws its own delay exponent)."""
     if check_style(style) == "mni":
         from perfnet.phantom.mni import MniConfig
 
+        for option, given in (("--delay-power", delay_power), ("--delay-mix", delay_mix)):
+            if given is not None:
+                raise PerfnetInputError(
+                    option, "style A (geometric) only: style B draws its own delay exponent"
+                )
         return MniConfig.draw(seed, modality, **overrides)
     from perfnet.phantom.config import PhantomConfig
 
-    return PhantomConfig.draw(seed, modality, **overrides)
+    return PhantomConfig.draw(seed, modality, delay_power=delay_power, delay_mix=delay_mix, **overrides)
 
 
 def simulate(cfg: Any, noise: bool | None = None) -> Any:
