@@ -91,3 +91,12 @@ def test_stages_trains_a_candidate_of_the_first_stages(tool, tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["train_weights.py", "mr", "--stages", "3"])
     with pytest.raises(SystemExit):
         tool.main()
+
+
+def test_a_stage_on_an_earlier_stage_s_cohort_adopts_its_slices(tool, tmp_path) -> None:
+    """CT stage 3 trains on stage 1's cohort again: it adopts stage 1's prepared slices
+    (``perfnet train --reuse-slices``) instead of preparing the same studies again."""
+    stages = tool.SETTINGS["ct"]["stages"]
+    assert [s["cohort"] for s in stages] == [0, 1, 0]
+    assert tool._reuse(tmp_path, "ct", stages, 0) == [] and tool._reuse(tmp_path, "ct", stages, 1) == []
+    assert tool._reuse(tmp_path, "ct", stages, 2) == ["--reuse-slices", str(tmp_path / "ct-run")]

@@ -83,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         scheduler=args.scheduler,
         loader_workers=args.loader_workers,
+        reuse_slices=[str(r) for r in args.reuse_slices],
     )
     if args.prepare_only:
         print(json.dumps(train(args.cohort, args.out, cfg, prepare_only=True)))

@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="DataLoader worker processes per rank (default: 0 up to 256 training slices, else ≤ 2)",
     )
+    p.add_argument(
+        "--reuse-slices",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="another run's folder on the same cohort: its prepared studies are taken (hard-linked) where"
+        " their arrays are this run's (same series, grid, frames, targets; the log transform may differ)"
+        " instead of being prepared again; repeatable",
+    )
     p.add_argument("--restart", action="store_true", help="ignore checkpoints in --out (no resume)")
     p.add_argument(
         "--prepare-only",

@@ -16,7 +16,11 @@ marker), both resumable (a study already done is not done again):
    ``bolus`` float32) and ``meta.json`` (a key over the recipe, the series file, the settings and
    the target files, so changed inputs are prepared again; the arrays' byte offsets; the study's
    sums for the normalisation). Written one study at a time through a staging folder swapped in
-   with one rename.
+   with one rename. A study another run of the same cohort already prepared with the same arrays
+   (``--reuse-slices RUN``: same series, grid, frames and targets; only the log transform of the
+   targets may differ) is adopted instead: its arrays hard-linked (copied across file systems),
+   its sums computed again in this run's target domain, so a later stage on the same cohort does
+   not repeat the motion correction and resampling.
 
 A rank then holds only :class:`PreparedStudy` records (names, offsets, a few numbers) and reads
 one slice per sample from disk (:meth:`PreparedStudy.slice`: one positioned read per array, no
@@ -214,7 +218,7 @@ def _npy_layout(path: Path) -> dict[str, Any]:
 
 
 def write_prepared(
-    slices: StudySlices, folder: Path, key: str, moments: dict[str, list[float]]
+    slices: StudySlices, folder: Path, key: str, moments: dict[str, list[float]], arrays_key: str = ""
 ) -> PreparedStudy:
     """One study's arrays and meta.json into ``folder``, swapped in as a whole."""
     from perfnet.io.output import atomic_output_dir
@@ -232,6 +236,7 @@ def write_prepared(
             layout[kind] = _npy_layout(staging / f"{kind}.npy")
         meta = {
             "key": key,
+            "arrays_key": arrays_key,
             "name": slices.name,
             "subject": slices.subject,
             "grid": [float(t) for t in slices.grid],
@@ -267,12 +272,12 @@ class SliceRecipe:
         }
 
 
-def slice_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str:
+def _key_parts(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> dict[str, Any]:
     files = []
     for path in target_paths(study, recipe.maps, recipe.targets, tree):
         stat = path.stat()
-        files.append([path.name, stat.st_size, stat.st_mtime_ns])
-    key = {
+        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    return {
         "slices": SLICE_RECIPE,
         "input": _input_key(study, recipe.input_config()),
         "targets": recipe.targets,
@@ -280,7 +285,26 @@ def slice_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str
         "log_offsets": recipe.log_offsets,
         "files": files,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def slice_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str:
+    """The key of a study's prepared slices: everything they depend on."""
+    parts = _key_parts(study, recipe, tree)
+    parts["files"] = [[Path(f[0]).name, *f[1:]] for f in parts["files"]]  # the key of SLICE_RECIPE 2
+    return _digest(parts)
+
+
+def arrays_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str:
+    """The key of the arrays alone: the slice key without the targets' log transform (which
+    changes only the sums), with the target files' full paths (two runs' conventional targets
+    are different files)."""
+    parts = _key_parts(study, recipe, tree)
+    del parts["log_offsets"]
+    return _digest(parts)
 
 
 def _current_key(folder: Path) -> str | None:
@@ -290,7 +314,41 @@ def _current_key(folder: Path) -> str | None:
         return None
 
 
-def _prepare_one(study: CohortStudy, recipe: SliceRecipe, folder: Path, tree: Path | None, key: str) -> str:
+def _arrays_key_of(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "meta.json").read_text())["arrays_key"]) or None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def adopt_prepared(donor: Path, folder: Path, key: str, recipe: SliceRecipe) -> PreparedStudy:
+    """Another run's prepared study (``donor``, the same arrays) taken into ``folder``: the arrays
+    hard-linked (copied where links fail), the sums computed in ``recipe``'s target domain, the
+    meta written with ``key``; swapped in as a whole."""
+    import shutil
+
+    from perfnet.io.output import atomic_output_dir
+
+    source = PreparedStudy.open(donor)
+    meta = json.loads((donor / "meta.json").read_text())
+    arrays = {k: torch.from_numpy(source.read(k).copy()) for k in ("inputs", "targets", "brain")}
+    moments = study_moments(
+        arrays["inputs"], arrays["targets"], arrays["brain"], recipe.maps, recipe.log_offsets
+    )
+    with atomic_output_dir(folder, overwrite=True, command="train slices") as staging:
+        for kind in ARRAYS:
+            try:
+                os.link(donor / f"{kind}.npy", staging / f"{kind}.npy")
+            except OSError:
+                shutil.copyfile(donor / f"{kind}.npy", staging / f"{kind}.npy")
+        meta |= {"key": key, "moments": moments, "adopted_from": str(donor.resolve())}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return PreparedStudy.open(folder)
+
+
+def _prepare_one(
+    study: CohortStudy, recipe: SliceRecipe, folder: Path, tree: Path | None, key: str, arrays: str = ""
+) -> str:
     """One study's slices written to ``folder`` (a worker process's task under ``jobs`` > 1)."""
     slices = load_study(
         study,
@@ -304,7 +362,7 @@ def _prepare_one(study: CohortStudy, recipe: SliceRecipe, folder: Path, tree: Pa
         bolus_rule=recipe.bolus_rule,
     )
     moments = study_moments(slices.inputs, slices.targets, slices.brain, recipe.maps, recipe.log_offsets)
-    write_prepared(slices, folder, key, moments)
+    write_prepared(slices, folder, key, moments, arrays)
     return study.name
 
 
@@ -316,16 +374,31 @@ def prepare_slices(
     keys: dict[str, str],
     progress: bool = False,
     jobs: int = 1,
+    donors: list[Path] | None = None,
 ) -> int:
     """Every study whose ``root/<study>`` does not hold its key's slices, prepared (``jobs`` at a
-    time in worker processes, each study written whole by its own staging rename); the count."""
+    time in worker processes, each study written whole by its own staging rename), or adopted
+    from the first of ``donors`` (other runs' slice folders) that holds its arrays; the count."""
     from tqdm import tqdm
 
     todo = [s for s in studies if _current_key(root / s.name) != keys[s.name]]
     bar = tqdm(total=len(todo), desc="preparing studies", disable=not progress, leave=False)
+    arrays = {s.name: arrays_key(s, recipe, tree) for s in todo}
+    left = []
+    for study in todo:
+        donor = next(
+            (d / study.name for d in donors or [] if _arrays_key_of(d / study.name) == arrays[study.name]),
+            None,
+        )
+        if donor is None:
+            left.append(study)
+            continue
+        adopt_prepared(donor, root / study.name, keys[study.name], recipe)
+        bar.update()
+    todo = left
     if jobs <= 1 or len(todo) <= 1:
         for study in todo:
-            _prepare_one(study, recipe, root / study.name, tree, keys[study.name])
+            _prepare_one(study, recipe, root / study.name, tree, keys[study.name], arrays[study.name])
             bar.update()
     else:
         from concurrent.futures import as_completed
@@ -333,7 +406,10 @@ def prepare_slices(
         from perfnet.parallel import result, worker_pool
 
         with worker_pool(min(jobs, len(todo))) as pool:
-            futures = [pool.submit(_prepare_one, s, recipe, root / s.name, tree, keys[s.name]) for s in todo]
+            futures = [
+                pool.submit(_prepare_one, s, recipe, root / s.name, tree, keys[s.name], arrays[s.name])
+                for s in todo
+            ]
             for future in as_completed(futures):
                 result(future)  # a failed study raises here (the others already written stay)
                 bar.update()
@@ -390,9 +466,11 @@ def prepare_cohort(
     jobs: int = 1,
     scheduler: str | None = None,
     progress: bool = False,
+    reuse: list[Path] | None = None,
 ) -> list[PreparedStudy]:
     """Targets (conventional methods) and slices of every study, made by rank 0 (``writer``)
-    and waited for by the others; the prepared studies, in ``studies``' order."""
+    and waited for by the others; the prepared studies, in ``studies``' order. ``reuse``: other
+    run folders whose prepared slices are adopted where their arrays are these."""
     since = time.time()
     names = [s.name for s in studies]
     tree = out / "targets" / recipe.targets if is_conventional(recipe.targets) else None
@@ -413,7 +491,8 @@ def prepare_cohort(
 
     def slices() -> dict[str, Any]:
         keys = {s.name: slice_key(s, recipe, tree) for s in studies}
-        prepare_slices(studies, recipe, root, tree, keys, progress, jobs)
+        donors = [Path(r) / "slices" for r in reuse or [] if Path(r).resolve() != out.resolve()]
+        prepare_slices(studies, recipe, root, tree, keys, progress, jobs, donors)
         return {"keys": keys}
 
     if writer:

@@ -85,6 +85,7 @@ RESUMABLE = {
     "jobs",
     "scheduler",
     "loader_workers",
+    "reuse_slices",
     "keep",
     "select",  # a changed metric starts the best-epoch record again
 }
@@ -144,6 +145,8 @@ class TrainConfig:
     jobs: int = 1  # studies prepared at a time: slices (worker processes), conventional targets (runner)
     scheduler: str | None = None  # … or on this Dask scheduler
     loader_workers: int | None = None  # DataLoader processes per rank (None: auto_loader_workers)
+    # other runs on the same cohort whose prepared slices are adopted where the arrays match
+    reuse_slices: list[str] = field(default_factory=list)
 
     def resolved(self) -> TrainConfig:
         c = TrainConfig(**asdict(self))
@@ -292,7 +295,15 @@ def _prepare(
         cfg.bolus_rule,
     )
     return prepare_cohort(
-        studies, Path(cohort), out, recipe, writer, cfg.jobs, cfg.scheduler, progress=cfg.progress
+        studies,
+        Path(cohort),
+        out,
+        recipe,
+        writer,
+        cfg.jobs,
+        cfg.scheduler,
+        progress=cfg.progress,
+        reuse=[Path(r) for r in cfg.reuse_slices],
     )
 
 
