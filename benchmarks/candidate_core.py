@@ -18,7 +18,7 @@ store in the weights). Study sets:
         [--studies 12] [--factors 1.0,1.2] [--json F]
 
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
-absolute figures per study and the means (no timing). ``core_read`` is the median CNN CBF in the
+absolute figures per study and the means (no timing). ``read_core`` is the median CNN CBF in the
 true core over its median in healthy brain (Tmax ≤ 6 s), beside the same ratio of the truth: a
 network that reads a core's flow by its delay reads a core at a short Tmax too high.
 """
@@ -78,8 +78,8 @@ def _row(
     }
     has_core = row["true_core_ml"] >= MIN_CORE_ML
     if has_core:
-        row["core_tmax_s"] = round(float(np.median(truth["tmax"][true_core])), 2)
-        row["core_read"] = _core_read(maps["cbf"], truth, masks)
+        row["true_core_tmax_s"] = round(float(np.median(truth["tmax"][true_core])), 2)
+        row["read_core"] = _core_read(maps["cbf"], truth, masks)
     args = (maps["cbf"], maps["tmax"], brain, affine)
     cores = {}
     if CORE_PROBABILITY in maps.maps:
@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
     p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
     p.add_argument("--json", type=Path)
+    p.add_argument("--rows", type=Path, help="summarise the rows of an earlier --json (or of its log)")
     args = p.parse_args(argv)
     factors = [float(f) for f in args.factors.split(",")]
-    rows = _studies(args, factors)
+    rows = _studies(args, factors) if args.rows is None else json.loads(args.rows.read_text())["rows"]
     scored = [r for r in rows if r["study"] != "demo"]
     print(
         f"means over {len(scored)} studies ({args.set}): Tmax MAEC"
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             f" smallest found fraction of a core >= 10 mL {min(big, default=float('nan')):.2f},"
             f" false core max {max((r[k][1] for r in empty), default=0.0):.1f} mL ({len(empty)} without)"
         )
-    read = [r["core_read"] for r in rows if "core_read" in r]
+    read = [r["read_core"] for r in rows if "read_core" in r]
     if read:
         print(
             f"  core read (CNN / truth, median CBF in the true core over healthy brain):"

@@ -12,12 +12,21 @@ from perfnet.cli import main
 from perfnet.inference.weights import bundled_weights
 
 
-def test_demo_writes_both_analyses_and_compares_them_with_truth(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`perfnet demo` run once: its folder and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_demo_writes_both_analyses_and_compares_them_with_truth(demo: tuple[Path, str]) -> None:
+    out, printed = demo
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["truth"]["core"] > 1 and comparison["truth"]["penumbra"] > 1
     for method in ("cnn", "osvd"):
@@ -30,6 +39,20 @@ def test_demo_writes_both_analyses_and_compares_them_with_truth(
     # the CNN's core rule carries its weights' calibration factor, oSVD's is the plain rule
     assert "×" in comparison["cnn"]["core_rule"] and "×" not in comparison["osvd"]["core_rule"]
     assert "core mL" in printed and "penumbra mL" in printed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: the bundled CT network reads the demo core's CBF at ~45 % of healthy tissue (truth"
+    " 26 %): its core sits at a short delay (Tmax 8 s), and in its training lesions the lowest flow"
+    " always had the longest delay (README, section on the CNN's core, stop 31); 0.4 of 11 mL found",
+)
+def test_the_demo_s_cnn_finds_half_the_true_core(demo: tuple[Path, str]) -> None:
+    """The issue's Done criterion: the demo finds the demo study's core (here: at least half its
+    volume, with a Dice of 0.5). Strict: when a new network passes, this marker must go."""
+    comparison = json.loads((demo[0] / "comparison.json").read_text())
+    cnn, truth = comparison["cnn"], comparison["truth"]["core"]
+    assert cnn["volumes_ml"]["core"] >= 0.5 * truth and cnn["core_dice"] >= 0.5, cnn
 
 
 def test_demo_takes_candidate_weights(tmp_path: Path) -> None:

@@ -125,13 +125,13 @@ CT_LOWFLOW_COHORT = _cohort("ct", 48, 10000, "--size", "128")
 #: delayed at large γ; m uniform in 0–0.8, the share of a second weight centred elsewhere in the
 #: territory, so the core can sit at a moderate delay). Seeds 14000–14039:
 #: disjoint from the tests (< 10000), the other cohorts (10000–13031, 16000+) and the benchmarks
-#: (70000+).
-CT_DECOUPLED_COHORT = [
-    _cohort("ct", 24, 10000, "--size", "128"),
-    _cohort(
-        "ct", 40, 14000, "--size", "128", "--lesion", "core", "--delay-power", "0.3,2", "--delay-mix", "0,0.8"
-    ),
-]
+#: (70000+). The decoupled part's arguments, and the drawn decoupling itself:
+_CORE_STUDIES = ("ct", 40, 14000, "--size", "128", "--lesion", "core")
+_APART = ("--delay-power", "0.3,2", "--delay-mix", "0,0.8")
+CT_DECOUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_STUDIES, *_APART)]
+#: Its control: the same seeds and arguments without the decoupling (γ = 1, m = 0: every other
+#: parameter of each study the same, perfnet.phantom.config.PhantomConfig.draw).
+CT_COUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_STUDIES)]
 #: The stage of ``ct-replay`` and ``ct-lowflow``: stage-3 settings at lr 5e-5 with the batch-norm
 #: statistics of the init kept.
 FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
@@ -286,6 +286,9 @@ SETTINGS = {
     # teach it to read the CBF from the curve?
     "ct-decoupled": _fine_tune(
         CT_DECOUPLED_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--epochs", "12"], 40
+    ),
+    "ct-decoupled-control": _fine_tune(
+        CT_COUPLED_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--epochs", "12"], 40
     ),
     # candidate, not bundled (written to --work): the bundled MR network fine-tuned with its bolus
     # patch placed by the `arterial` rule (perfnet.inference.inputs.BOLUS_RULES) instead of
