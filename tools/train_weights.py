@@ -283,7 +283,11 @@ SETTINGS = {
     # question (issue 12.3, stop 31's finding): the network reads a core's CBF by its delay (the
     # demo's core, Tmax 8 s, at 45 % of healthy for a true 26 %), because in every training lesion
     # the lowest flow had the longest delay; do lesions whose delay is drawn apart from the CBF
-    # teach it to read the CBF from the curve?
+    # teach it to read the CBF from the curve? NOT at this scale (stop 32; README "The CNN's core"):
+    # it and ct-decoupled-control (the same seeds, delay tied to the flow) are the same within noise
+    # -- demo core read 0.42 / 0.41 (bundled 0.46; truth 0.26), found at 36 % 3.8 / 4.1 of 11 mL
+    # (bundled 0.4); 7 unseen Tmax MAEC 0.85 / 0.89 s (0.90), core Dice at 36 % 0.53 / 0.53 (0.59),
+    # the 73 mL core of 4343 found 24 / 26 mL (55); 8 `apart` studies core read 0.32 / 0.32 (0.34)
     "ct-decoupled": _fine_tune(
         CT_DECOUPLED_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--epochs", "12"], 40
     ),
