@@ -39,6 +39,14 @@ def test_demo_writes_both_analyses_and_compares_them_with_truth(demo: tuple[Path
     # the CNN's core rule carries its weights' calibration factor, oSVD's is the plain rule
     assert "×" in comparison["cnn"]["core_rule"] and "×" not in comparison["osvd"]["core_rule"]
     assert "core mL" in printed and "penumbra mL" in printed
+    # never silently wrong: the CNN finds half the true core, or its cross-check with oSVD flags it
+    cnn, truth = comparison["cnn"], comparison["truth"]["core"]
+    check = cnn["cross_check"]
+    assert check["method"] == "osvd" and check["cnn_core_ml"] == cnn["volumes_ml"]["core"]
+    assert check["core_ml"] == comparison["osvd"]["volumes_ml"]["core"]  # oSVD's own analysis, same core
+    assert cnn["volumes_ml"]["core"] >= 0.5 * truth or "cnn_core_disagrees" in cnn["qc_flags"], cnn
+    assert ("cnn_core_disagrees" in cnn["qc_flags"]) == check["disagrees"]
+    assert check["disagrees"] == ("cross-check:" in printed) and "cross_check" not in comparison["osvd"]
 
 
 @pytest.mark.xfail(

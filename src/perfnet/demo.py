@@ -64,7 +64,9 @@ def run_demo(
     }
     for method in methods:
         say(f"perfnet demo: analysing with {method} ...")
-        result = analyze(series, method, weights=weights if method == "cnn" else None)
+        # the CNN's core cross-checked against oSVD on the same series (perfnet.inference.crosscheck)
+        check = {"weights": weights, "cross_check": "osvd"} if method == "cnn" else {}
+        result = analyze(series, method, **check)
         result.save(out / method, overwrite=True)
         metrics = evaluate_study(out / method, truth)
         comparison[method] = {
@@ -77,6 +79,12 @@ def run_demo(
             "cbf_mae": round(metrics["cbf_mae"], 2),
             "seconds": result.provenance["seconds"].get("total"),
             "qc": result.verdict,
+            "qc_flags": [f["code"] for f in result.qc_flags],
+            **(
+                {"cross_check": result.provenance["cross_check"]}
+                if "cross_check" in result.provenance
+                else {}
+            ),
             "report": str(out / method / "report.html"),
         }
     comparison["seconds"] = round(time.perf_counter() - started, 1)
@@ -96,6 +104,15 @@ def print_comparison(comparison: dict[str, Any], out: Path) -> None:
         print(
             f"{method:10s} {v['core']:8.1f} {v['penumbra']:12.1f} {c['tmax_maec_s']:12.2f}"
             f" {c['hypoperfused_dice']:10.3f} {c['core_dice']:10.3f}"
+        )
+    for method in comparison["methods"]:
+        c = comparison[method]
+        print(f"QC ({method}): {c['qc']}" + (f" ({', '.join(c['qc_flags'])})" if c["qc_flags"] else ""))
+    check = comparison.get("cnn", {}).get("cross_check")
+    if check and check["disagrees"]:
+        print(
+            f"cross-check: oSVD calls {check['core_in_cnn_hypoperfused_ml']:.1f} mL of core inside the CNN's"
+            f" hypoperfused region, the CNN {check['cnn_core_ml']:.1f} mL: flagged (cnn_core_disagrees)"
         )
     for method in comparison["methods"]:
         print(f"report ({method}): {comparison[method]['report']}")

@@ -184,6 +184,7 @@ def analyze(
     progress: Progress | None = None,
     on_loaded: Callable[[PerfusionSeries], None] | None = None,
     record_input_path: bool = False,
+    cross_check: str | None = None,
 ) -> StudyResult:
     """Analyse one study (a NIfTI file, a DICOM folder or a :class:`PerfusionSeries`) with a
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
@@ -193,13 +194,24 @@ def analyze(
     grid): the core is then read from diffusion (ADC < 620 × 10⁻⁶ mm²/s; :mod:`perfnet.lesions.adc`).
     Bad input raises :class:`perfnet.errors.PerfnetInputError` naming the file and the problem.
     The input's path is recorded in the provenance only with ``record_input_path`` (exports are
-    often named after the patient)."""
-    from perfnet.registry import DEFAULT_METHOD, method_spec
+    often named after the patient).
+    ``cross_check`` (CNN methods): a conventional method run on the same preprocessed series whose
+    core the CNN's is compared with (:mod:`perfnet.inference.crosscheck`: flag ``cnn_core_disagrees``,
+    provenance ``cross_check``)."""
+    from perfnet.registry import DEFAULT_METHOD, method_names, method_spec
 
     started = time.perf_counter()
     spec = method_spec(method or DEFAULT_METHOD)
     if weights is not None and not spec.takes_weights:
         raise PerfnetInputError("--weights", f"method {spec.name} takes no weights")
+    if cross_check is not None:
+        if spec.kind != "cnn":
+            raise PerfnetInputError("--cross-check", f"checks a CNN's core; method {spec.name} is not a CNN")
+        if cross_check not in method_names("conventional"):
+            known = ", ".join(method_names("conventional"))
+            raise PerfnetInputError(
+                "--cross-check", f"must be a conventional method ({known}), got {cross_check!r}"
+            )
     for name, value, option in (
         ("hematocrit_factor", hematocrit_factor, "--hematocrit-factor"),
         ("tissue_density", tissue_density, "--tissue-density"),
@@ -256,6 +268,35 @@ def analyze(
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
+        checked = None
+        if cross_check is not None:
+            from perfnet.inference.crosscheck import compare_cores
+
+            check_started = time.perf_counter()
+            other, other_series, _ = method_spec(cross_check).run(
+                series,
+                motion_correction=motion_correction,
+                bilateral_filter=bilateral_filter,
+                temporal_smoothing_s=temporal_smoothing_s,
+                hematocrit_factor=hematocrit_factor,
+                tissue_density=tissue_density,
+                device=device,
+                skip_frames=skip_frames,
+                prepared=prepared,
+                **masks,
+            )
+            other_lesions = segment_map_set(other, other_series, settings)
+            from perfnet.lesions import voxel_volume_ml
+
+            checked = compare_cores(
+                lesions,
+                other_lesions,
+                maps.masks,
+                other.masks,
+                voxel_volume_ml(series.affine),
+                cross_check,
+                time.perf_counter() - check_started,
+            )
     provenance = maps.provenance
     if not record_input_path:  # exports are often named after the patient
         provenance.get("input", {}).pop("source", None)
@@ -266,7 +307,16 @@ def analyze(
     from perfnet import qc
 
     # ... and the lesion checks (perfnet.qc.lesion_flags: hypoperfusion on both sides)
-    flags = _merge_flags(prepared.qc_flags, provenance.get("qc_flags", []), lesions.get("qc_flags", []))
+    from perfnet.inference.crosscheck import cross_check_flags
+
+    flags = _merge_flags(
+        prepared.qc_flags,
+        provenance.get("qc_flags", []),
+        lesions.get("qc_flags", []),
+        cross_check_flags(checked),
+    )
+    if checked is not None:
+        provenance["cross_check"] = checked
     provenance["qc_flags"] = flags
     provenance["qc"] = qc.summary(flags, prepared.qc_measures)
     provenance["verdict"] = provenance["qc_verdict"] = qc_verdict(flags)

@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CNN weights (default: the bundled ones of the modality); repeated: an ensemble (maps averaged)",
     )
+    p.add_argument(
+        "--cross-check",
+        choices=method_names("conventional"),
+        metavar="METHOD",
+        help="--method cnn: run this conventional method (e.g. osvd) on the same preprocessed series and"
+        " flag a core it calls inside the CNN's hypoperfused region that the CNN misses"
+        " (cnn_core_disagrees; provenance cross_check)",
+    )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
     p.add_argument(

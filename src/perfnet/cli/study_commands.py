@@ -74,6 +74,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise PerfnetInputError("--weights", "only --method cnn takes weights")
         for weights in args.weights:  # a missing, corrupt or foreign file is refused before any work
             load_weights(weights)
+    if args.cross_check is not None and args.method != "cnn":
+        raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
     destination, keep, layout = bids.destination(
         args.input, args.out, args.method, args.bids, args.subject, args.session
     )
@@ -110,6 +112,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"perfnet analyze: {s.modality} {list(s.shape)}, method {args.method}", flush=True
             ),
             skip_frames=args.skip_frames,
+            cross_check=args.cross_check,
         )
         result.run_id = result.provenance["run_id"] = output.run_id
         written = result.write(output.staging, formats, layout=layout, anonymize=args.anonymize)
