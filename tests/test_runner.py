@@ -108,12 +108,33 @@ def test_bad_cohort_input_is_refused_before_any_work(cohort: Path, tmp_path: Pat
         ([str(empty)], "no studies found"),
         ([str(cohort), "--part", "5/4"], "K/N"),
         ([str(cohort), "--scheduler", "tcp://127.0.0.1:9"], "cannot reach"),
+        ([str(cohort), "--method", "osvd", "--cross-check", "osvd"], "--method cnn"),
     ]:
         out = tmp_path / "deriv"
         code = main(["cohort", *args, "--out", str(out)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], (args, err)
         assert not out.exists()
+
+
+def test_cohort_hands_the_cross_check_to_every_study(cohort: Path, tmp_path: Path, monkeypatch) -> None:
+    """`perfnet cohort --method cnn --cross-check osvd`: each study's `perfnet analyze` gets it."""
+    seen: dict = {}
+
+    def run_cohort(root, out, method, **kw):
+        seen.update(method=method, options=kw["options"])
+        return {k: 0 for k in ("studies", "done", "failed", "crashed", "pending")} | {
+            "this_run": {"done": 0, "failed": 0, "skipped": 0}
+        }
+
+    monkeypatch.setattr("perfnet.runner.run_cohort", run_cohort)
+    assert (
+        main(
+            ["cohort", str(cohort), "--out", str(tmp_path / "d"), "--method", "cnn", "--cross-check", "osvd"]
+        )
+        == 0
+    )
+    assert seen == {"method": "cnn", "options": ["--cross-check", "osvd"]}
 
 
 def test_dicom_series_folders_are_studies_labelled_by_hash(tmp_path: Path) -> None:

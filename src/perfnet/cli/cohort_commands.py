@@ -103,6 +103,10 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         options += ["--weights", str(Path(weights).absolute())]
     if args.dicom:
         options += ["--dicom"]
+    if args.cross_check is not None:
+        if args.method != "cnn":
+            raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
+        options += ["--cross-check", args.cross_check]
     progress = _cohort_progress()
     summary = run_cohort(
         args.root,

@@ -329,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CNN weights (--method cnn; repeated: ensemble)",
     )
     p.add_argument(
+        "--cross-check",
+        choices=method_names("conventional"),
+        metavar="METHOD",
+        help="--method cnn: each study's CNN core cross-checked against this conventional method"
+        " (analyze --cross-check)",
+    )
+    p.add_argument(
         "--find-adc",
         action="store_true",
         help="the core from each study's ADC map: the one *adc*.nii[.gz] file in its session folder, "
