@@ -251,20 +251,19 @@ def analyze(
             from perfnet.lesions.adc import load_adc
 
             adc_map = load_adc(adc, series.affine, prepared.brain)
-        maps, analysed, aif = spec.run(
-            series,
-            weights=weights,
-            motion_correction=motion_correction,
-            bilateral_filter=bilateral_filter,
-            temporal_smoothing_s=temporal_smoothing_s,
-            hematocrit_factor=hematocrit_factor,
-            tissue_density=tissue_density,
-            device=device,
-            skip_frames=skip_frames,
-            progress=progress,
-            prepared=prepared,
+        # every method's options, the shared preprocessing included (a cross-check method's too)
+        options = {
+            "motion_correction": motion_correction,
+            "bilateral_filter": bilateral_filter,
+            "temporal_smoothing_s": temporal_smoothing_s,
+            "hematocrit_factor": hematocrit_factor,
+            "tissue_density": tissue_density,
+            "device": device,
+            "skip_frames": skip_frames,
+            "prepared": prepared,
             **masks,
-        )
+        }
+        maps, analysed, aif = spec.run(series, weights=weights, progress=progress, **options)
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
@@ -273,20 +272,10 @@ def analyze(
             from perfnet.inference.crosscheck import compare_cores
 
             check_started = time.perf_counter()
-            other, other_series, _ = method_spec(cross_check).run(
-                series,
-                motion_correction=motion_correction,
-                bilateral_filter=bilateral_filter,
-                temporal_smoothing_s=temporal_smoothing_s,
-                hematocrit_factor=hematocrit_factor,
-                tissue_density=tissue_density,
-                device=device,
-                skip_frames=skip_frames,
-                prepared=prepared,
-                **masks,
-            )
-            other_lesions = segment_map_set(other, other_series, settings)
             from perfnet.lesions import voxel_volume_ml
+
+            other, other_series, _ = method_spec(cross_check).run(series, **options)
+            other_lesions = segment_map_set(other, other_series, settings)
 
             checked = compare_cores(
                 lesions,
