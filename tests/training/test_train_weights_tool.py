@@ -100,3 +100,33 @@ def test_a_stage_on_an_earlier_stage_s_cohort_adopts_its_slices(tool, tmp_path) 
     assert [s["cohort"] for s in stages] == [0, 1, 0]
     assert tool._reuse(tmp_path, "ct", stages, 0) == [] and tool._reuse(tmp_path, "ct", stages, 1) == []
     assert tool._reuse(tmp_path, "ct", stages, 2) == ["--reuse-slices", str(tmp_path / "ct-run")]
+
+
+def _seed_ranges(tool) -> list[tuple[str, int, int, tuple[str, ...]]]:
+    """Every `perfnet simulate` call of every recipe: (modality, first seed, end, the other arguments)."""
+    calls = []
+    for recipe in tool.SETTINGS.values():
+        for cohort in recipe["cohorts"]:
+            for args in cohort if isinstance(cohort[0], list) else [cohort]:
+                i = {k: args[args.index(k) + 1] for k in ("--modality", "--cases", "--seed")}
+                seed, rest = int(i["--seed"]), tuple(a for a in args if a not in i.values() and a not in i)
+                calls.append((i["--modality"], seed, seed + int(i["--cases"]), rest))
+    return calls
+
+
+def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other() -> None:
+    """Every recipe's studies are seeded in [10000, 70000): the tests draw seeds below 10000, the
+    benchmarks 70000 and above. Two calls whose seeds overlap use the same arguments (a replay of
+    the same studies) or differ only in the lesion-delay decoupling (a control on the same seeds)."""
+    spec = importlib.util.spec_from_file_location("train_weights_seeds", ROOT / "tools" / "train_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = _seed_ranges(module)
+    assert len(calls) > 10
+    decoupling = {"--delay-power", "--delay-mix", *module._APART[1::2]}
+    for modality, first, end, rest in calls:
+        assert 10000 <= first < end <= 70000, (modality, first, end)
+        for other in calls:
+            if other[0] == modality and other[1] < end and first < other[2]:
+                same = [{a for a in r if a not in decoupling} for r in (rest, other[3])]
+                assert same[0] == same[1], ((first, end, rest), other)
