@@ -20,7 +20,8 @@ store in the weights). Study sets:
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
 absolute figures per study and the means (no timing). ``read_core`` is the median CNN CBF in the
 true core over its median in healthy brain (Tmax ≤ 6 s), beside the same ratio of the truth: a
-network that reads a core's flow by its delay reads a core at a short Tmax too high.
+network that reads a core's flow by its delay reads a core at a short Tmax too high (``read_core_cbv``:
+the same for CBV).
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ APART_SEEDS = tuple(range(5000, 5008))
 APART = {"delay_power": (0.3, 2.0), "delay_mix": (0.3, 1.0)}
 
 
-def _core_read(cbf: np.ndarray, truth: dict, masks: dict) -> list[float]:
-    """Median CBF in the true core over its median in healthy brain, CNN and truth."""
+def _core_read(value: np.ndarray, truth: dict, masks: dict, name: str = "cbf") -> list[float]:
+    """Median ``name`` (CBF, CBV) in the true core over its median in healthy brain, CNN and truth."""
     healthy = masks["brain"] & (truth["tmax"] <= 6.0)
     core = masks["core"]
     return [
         round(float(np.median(c[core]) / max(float(np.median(c[healthy])), 1e-6)), 3)
-        for c in (cbf, truth["cbf"])
+        for c in (value, truth[name])
     ]
 
 
@@ -80,6 +81,8 @@ def _row(
     if has_core:
         row["true_core_tmax_s"] = round(float(np.median(truth["tmax"][true_core])), 2)
         row["read_core"] = _core_read(maps["cbf"], truth, masks)
+        if "cbv" in truth:
+            row["read_core_cbv"] = _core_read(maps["cbv"], truth, masks, "cbv")
     args = (maps["cbf"], maps["tmax"], brain, affine)
     cores = {}
     if CORE_PROBABILITY in maps.maps:
@@ -111,7 +114,7 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
         series = next(Path(tmp).rglob("*_ctp.nii.gz"))
         result = analyze(series, "cnn", weights=weights, device=device)
         t = series.parent / "truth"
-        truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax", "cbf")}
+        truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax", "cbf", "cbv")}
         masks = {m: load_map(t / f"{m}.nii.gz")[0] > 0 for m in ("brain", "core")}
         return _row("demo", result.maps, truth, masks, result.maps.affine, factors)
 
@@ -200,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  core read (CNN / truth, median CBF in the true core over healthy brain):"
             f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
             f" (medians of {len(read)})"
+        )
+    read = [r["read_core_cbv"] for r in rows if "read_core_cbv" in r]
+    if read:
+        print(
+            f"  CBV read likewise: {np.median([c for c, _ in read]):.3f}"
+            f" / {np.median([t for _, t in read]):.3f}"
         )
     if args.json:
         args.json.write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1) + "\n")
