@@ -10,11 +10,16 @@ store in the weights). Study sets:
   apart from its flow (``PhantomConfig.draw``'s ``delay_power`` 0.3–2, ``delay_mix`` 0.3–1: the
   core can sit at a moderate Tmax, as the demo's does); no trained phantom had such lesions
   before the ``ct-decoupled`` candidate;
+- ``delay``: the seven studies of ``unseen``, each simulated three times with only the delay at
+  the lesion's centre changed (7, 11.5, 16 s: the phantom's range for a core; its flow, volume,
+  noise and everything else the same, so the true core read is the same at every delay). A
+  network that reads the core's flow and not its delay reads it the same at each; the summary
+  gives the median read per delay;
 - ``A`` / ``B``: the studies of benchmarks/generalisation.py of style A (geometric) or B (MNI
   template, never trained on): same seeds, lesion strata and size, motion drawn, analysed as
   `analyze --method cnn` analyses them (motion correction, CSF left out of the lesions).
 
-    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|A|B]
+    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|delay|A|B]
         [--studies 12] [--factors 1.0,1.2] [--json F]
 
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
@@ -45,6 +50,8 @@ from perfnet.training.core_calibration import MIN_CORE_ML
 
 #: tests/models/test_bundled.py's unseen studies
 SEEDS = tuple(range(4242, 4849, 101))
+#: the ``delay`` set: the delays (s) at the lesion's centre each of :data:`SEEDS` is simulated with
+DELAYS = (7.0, 11.5, 16.0)
 #: the ``apart`` set: seeds and the ranges its lesion delays are drawn in
 APART_SEEDS = tuple(range(5000, 5008))
 APART = {"delay_power": (0.3, 2.0), "delay_mix": (0.3, 1.0)}
@@ -121,6 +128,19 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
 
 def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
     rows = []
+    if args.set == "delay":
+        for seed in SEEDS:
+            drawn = PhantomConfig.draw(
+                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+            )
+            for delay in DELAYS:
+                study = simulate_study(replace(drawn, lesion_delay_s=delay))
+                maps = predict(study.series, args.weights, device=args.device, consistency=False)
+                t = study.truth
+                rows.append(_row(f"{seed} {delay:g} s", maps, t.maps, t.masks, study.series.affine, factors))
+                rows[-1]["lesion_delay_s"] = delay
+                print(json.dumps(rows[-1]), flush=True)
+        return rows
     if args.set in ("unseen", "apart"):
         apart = args.set == "apart"
         for seed in APART_SEEDS if apart else SEEDS:
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", default="1.0,1.2,1.4", help="core-rule calibration factors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-demo", action="store_true", help="CT: skip the demo study")
-    p.add_argument("--set", choices=["unseen", "apart", "A", "B"], default="unseen")
+    p.add_argument("--set", choices=["unseen", "apart", "delay", "A", "B"], default="unseen")
     p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
     p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
     p.add_argument("--json", type=Path)
@@ -203,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  core read (CNN / truth, median CBF in the true core over healthy brain):"
             f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
             f" (medians of {len(read)})"
+        )
+    for delay in sorted({r["lesion_delay_s"] for r in rows if "lesion_delay_s" in r}):
+        read = [r["read_core"] for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
+        tmax = [r["true_core_tmax_s"] for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
+        print(
+            f"  delay {delay:g} s (true core Tmax {np.median(tmax):.1f} s): core read"
+            f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
         )
     read = [r["read_core_cbv"] for r in rows if "read_core_cbv" in r]
     if read:
