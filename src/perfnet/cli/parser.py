@@ -227,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
         " (the core and its margin; default 0: every voxel weighs the same)",
     )
     p.add_argument(
+        "--regional-delay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="augmentation: with probability 1/2 delay a smooth region of each training slice by up to N"
+        " frames, moving its Tmax and TTP targets and not its CBF, CBV or MTT (a delay is not a flow"
+        " drop; default 0: off)",
+    )
+    p.add_argument(
         "--nll-beta",
         type=float,
         default=0.0,

@@ -9,7 +9,14 @@ so a run is reproducible and every draw can be written out):
 - added Gaussian noise (another dose / SNR level), with probability ½, SD up to half the input scale;
 - frame thinning (Gava's fewer-frames motivation): keep every k-th grid frame (k drawn from
   ``thin``, random phase) and interpolate linearly between them, as inference does with a series
-  acquired at k times the interval.
+  acquired at k times the interval;
+- regional delay (``regional_delay`` > 0; off by default): with probability ½ a smooth region of
+  the slice (a Gaussian bump, random centre and width) is delayed by up to that many frames,
+  whole frames so the noise keeps its texture, and its Tmax and TTP targets move with it while
+  CBF, CBV and MTT do not: C(t) = CBF·(AIF ⊗ R)(t − δ), a delay alone changes no flow. Phantom
+  lesions tie a long delay to a low flow, and networks trained on them read a core's flow partly
+  by its delay (benchmarks/candidate_core.py ``--set delay``); this teaches them that a delay by
+  itself is not a flow drop, on every slice of every study.
 """
 
 from __future__ import annotations
@@ -97,6 +104,14 @@ class Augmentation:
     #: shift range; 2 in 12, and only the rise's first frames, at the bundled recipes' -3..8);
     #: "edge" pads with baseline.
     shift_pad: str = "reflect"
+    #: largest regional delay in frames (0: off); see the module docstring
+    regional_delay: int = 0
+
+
+#: The prepared grid starts ``align_lead`` (6 s) before the detected bolus arrival: its first 4 s
+#: are baseline, and a regionally delayed curve's first frames are filled from them in turn (their
+#: own noise, no repeated frame and no part of the bolus).
+BASELINE_S = 4.0
 
 
 class SlicedStudy(Protocol):
@@ -154,7 +169,7 @@ class SliceDataset(Dataset):
         """The augmentation of sample ``item`` in ``epoch`` (default: the current one)."""
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch, item])
         a = self.augment
-        return {
+        p = {
             "shift": int(rng.integers(a.shift[0], a.shift[1] + 1)),
             "flip_x": bool(a.flips and rng.uniform() < 0.5),
             "flip_y": bool(a.flips and rng.uniform() < 0.5),
@@ -165,6 +180,11 @@ class SliceDataset(Dataset):
             "thin": int(rng.choice(a.thin)) if len(a.thin) > 1 else int(a.thin[0]),
             "thin_phase": float(rng.uniform()),
         }
+        if a.regional_delay > 0:  # drawn last and only when on: other runs' draws stay as they were
+            p["delay_frames"] = int(rng.integers(1, a.regional_delay + 1)) if rng.uniform() < 0.5 else 0
+            p["delay_centre"] = (float(rng.uniform()), float(rng.uniform()))
+            p["delay_width"] = float(rng.uniform(0.08, 0.3))  # Gaussian SD, fraction of the slice
+        return p
 
     def log_row(self, item: int, epoch: int) -> dict[str, Any]:
         """augmentations.csv's row of sample ``item`` in ``epoch`` (drawn again from its seed in
@@ -190,6 +210,8 @@ class SliceDataset(Dataset):
         size, crop = self.stage(epoch)
         p = self.draw(item, epoch) if self.augment.enabled and not padding else None
         if p is not None:
+            if p.get("delay_frames"):
+                x, y = regional_delay(x, y, mask, p, self.maps, self.frame_interval)
             if p["shift"]:
                 pad = edge_index if self.augment.shift_pad == "edge" else reflect_index
                 idx = torch.from_numpy(pad(x.shape[0], p["shift"]))
@@ -223,6 +245,30 @@ class SliceDataset(Dataset):
             "bolus": bolus.float() / self.norm.input_scale,
             "count": torch.tensor(0.0 if padding else 1.0),
         }
+
+
+def regional_delay(
+    x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, p: dict[str, Any], maps: list[str], interval: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (T, H, W) with a smooth region delayed: d = round(``delay_frames`` · bump) whole frames
+    per pixel, the bump a Gaussian of SD ``delay_width`` (fraction of the slice) at ``delay_centre``;
+    frames before a pixel's start are taken in turn from the grid's first :data:`BASELINE_S` s. The
+    Tmax and TTP targets in ``y`` (M, H, W; not standardised) move by d·``interval`` inside ``mask``."""
+    n, h, w = x.shape
+    yy = (torch.arange(h, dtype=torch.float32) + 0.5) / h - p["delay_centre"][0]
+    xx = (torch.arange(w, dtype=torch.float32) + 0.5) / w - p["delay_centre"][1]
+    bump = torch.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / (2.0 * p["delay_width"] ** 2))
+    d = torch.round(p["delay_frames"] * bump).long()  # (H, W)
+    src = torch.arange(n)[:, None, None] - d[None]
+    base = max(1, int(BASELINE_S / interval))
+    src = torch.where(src >= 0, src, torch.remainder(src, base))
+    x = torch.gather(x, 0, src)
+    y = y.clone()
+    for name in ("tmax", "ttp"):
+        if name in maps:
+            k = maps.index(name)
+            y[k] = torch.where(mask > 0, y[k] + d * interval, y[k])
+    return x, y
 
 
 def edge_index(n: int, shift: int) -> np.ndarray:
