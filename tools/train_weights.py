@@ -294,6 +294,21 @@ SETTINGS = {
     "ct-decoupled-control": _fine_tune(
         CT_COUPLED_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--epochs", "12"], 40
     ),
+    # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
+    # ct-lowflow-control (48 of its own static training studies, batch-norm statistics kept, lr
+    # 5e-5, 12 epochs) with the regional-delay augmentation, delays only (perfnet train
+    # --regional-delay 0,10: a smooth region of half the slices delayed by 1-10 frames, Tmax and
+    # TTP targets moved, CBF, CBV and MTT not). The question (stop 33): does teaching that a delay
+    # alone is no flow drop flatten the core read across delays? NOT as a fine-tune (stop 33, 9
+    # min): benchmarks/candidate_core.py --set delay, median core read at 7 / 11.5 / 16 s 0.39 /
+    # 0.31 / 0.26, the same as the bundled network (0.40 / 0.32 / 0.25) and as ct-decoupled-control
+    # (0.40 / 0.31 / 0.25; truth 0.22 at each; oSVD 0.33 / 0.32 / 0.34)
+    "ct-regional-delay": _fine_tune(
+        CT_LOWFLOW_COHORT,
+        CT_INIT_COMMIT,
+        [*FROZEN_NORM_FINE_TUNE, "--epochs", "12", "--regional-delay", "0,10"],
+        40,
+    ),
     # candidate, not bundled (written to --work): the bundled MR network fine-tuned with its bolus
     # patch placed by the `arterial` rule (perfnet.inference.inputs.BOLUS_RULES) instead of
     # `early-peak`, which on the phantoms of both styles lands on the venous sinus in most studies
@@ -444,6 +459,16 @@ SETTINGS["mr-apart-scratch"] = {
     ],
     "stages": SETTINGS["mr"]["stages"],
 }
+
+
+# candidate, not bundled (written to --work), NOT yet trained: the bundled `ct` recipe from scratch
+# with the regional-delay augmentation both ways in every stage (--regional-delay=-10,10: half
+# the slices hold a smooth region delayed or advanced by up to 10 frames, an advance no further
+# than the tissue's Tmax, so lesions move earlier and healthy tissue later: cores at short delays
+# and delayed tissue at normal flow). The from-scratch test of stop 33's idea, after neither a
+# fine-tune with it nor half-decoupled cohorts (ct-apart-scratch, stage 1) flattened the core read
+# across delays (benchmarks/candidate_core.py --set delay).
+SETTINGS["ct-regional-delay-scratch"] = _variant(SETTINGS["ct"], "--regional-delay=-10,10")
 
 
 def _parts(cohort_args: list) -> list[list[str]]:

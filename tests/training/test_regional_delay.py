@@ -23,9 +23,9 @@ def _bolus() -> np.ndarray:
     return 100.0 * (t / 5.0) ** 2 * np.exp(2.0 - 2.0 * t / 5.0) + noise
 
 
-def _dataset(regional_delay: int) -> SliceDataset:
+def _dataset(regional_delay: tuple[int, int], tmax: float = 2.0) -> SliceDataset:
     curve = torch.from_numpy(_bolus().astype(np.float32))
-    targets = torch.stack([torch.full((SIZE, SIZE), v) for v in (50.0, 2.0, 12.0)])
+    targets = torch.stack([torch.full((SIZE, SIZE), v) for v in (50.0, tmax, tmax + 10.0)])
     study = StudySlices(
         "sub-0001_ses-01",
         "sub-0001",
@@ -43,7 +43,7 @@ def _dataset(regional_delay: int) -> SliceDataset:
 
 
 def test_a_delayed_region_moves_its_curves_tmax_and_ttp_and_keeps_its_flow() -> None:
-    ds = _dataset(8)
+    ds = _dataset((0, 8))
     item = next(i for i in range(50) if ds.draw(0, i)["delay_frames"] >= 5)
     ds.epoch = item
     p, sample = ds.draw(0), ds[0]
@@ -63,14 +63,36 @@ def test_a_delayed_region_moves_its_curves_tmax_and_ttp_and_keeps_its_flow() -> 
     assert np.abs(np.diff(d, axis=0)).max() <= 2 and np.abs(np.diff(d, axis=1)).max() <= 2
 
 
+def test_an_advanced_region_stops_at_its_arterial_input() -> None:
+    """Advanced (negative d): delayed tissue (Tmax 9 s) moves earlier by up to the drawn frames, its
+    last frames filled from the grid's last 4 s; healthy tissue (Tmax 2 s) by 2 frames at most."""
+    curve = torch.from_numpy(_bolus().astype(np.float32)).half().float().numpy()
+    for tmax, limit in ((9.0, 9), (2.0, 2)):
+        ds = _dataset((-8, -1), tmax)
+        ds.epoch = next(e for e in range(100) if ds.draw(0, e)["delay_frames"] <= -6)
+        p, sample = ds.draw(0), ds[0]
+        x, y = sample["x"].numpy(), sample["y"].numpy()
+        d = np.rint(y[1] - tmax).astype(int)
+        assert d.min() == max(p["delay_frames"], -limit) and d.max() == 0
+        assert (y[1] >= 0).all() and (y[0] == 50.0).all()
+        np.testing.assert_allclose(y[2] - (tmax + 10.0), d)
+        for i, j in zip(*np.nonzero(d < 0), strict=True):
+            k = -d[i, j]
+            np.testing.assert_array_equal(x[: FRAMES - k, i, j], curve[k:])
+            assert set(x[FRAMES - k :, i, j].tolist()) <= set(curve[-int(BASELINE_S) :].tolist())
+
+
 def test_off_by_default_and_other_runs_draws_unchanged() -> None:
     """Off, the draws hold no delay and are those of a run planned before the option existed."""
-    off, on = _dataset(0), _dataset(8)
+    off, on = _dataset((0, 0)), _dataset((0, 8))
     for item in range(5):
         a, b = off.draw(item), on.draw(item)
         assert "delay_frames" not in a
         assert {k: v for k, v in b.items() if not k.startswith("delay_")} == a
     assert sum(on.draw(0, e)["delay_frames"] > 0 for e in range(200)) in range(70, 131)  # about half
-    assert TrainConfig().resolved().regional_delay == 0
-    with pytest.raises(PerfnetInputError, match="regional-delay"):
-        TrainConfig(regional_delay=-1).resolved()
+    both = {_dataset((-3, 3)).draw(0, e)["delay_frames"] for e in range(200)}
+    assert both == {-3, -2, -1, 0, 1, 2, 3}  # 0: not applied (half the draws)
+    assert TrainConfig().resolved().regional_delay == (0, 0)
+    for bad in ((-31, 0), (3, 2)):
+        with pytest.raises(PerfnetInputError, match="regional-delay"):
+            TrainConfig(regional_delay=bad).resolved()

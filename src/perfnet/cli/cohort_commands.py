@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         thin=_int_list(args.thin, "--thin"),
         freeze_norm=args.freeze_norm,
         low_flow_weight=args.low_flow_weight,
-        regional_delay=args.regional_delay,
+        regional_delay=_int_pair(args.regional_delay, "--regional-delay"),
         nll_beta=args.nll_beta,
         bolus_rule=args.bolus_rule,
         seed=args.seed,

@@ -228,12 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--regional-delay",
-        type=int,
-        default=0,
-        metavar="N",
-        help="augmentation: with probability 1/2 delay a smooth region of each training slice by up to N"
-        " frames, moving its Tmax and TTP targets and not its CBF, CBV or MTT (a delay is not a flow"
-        " drop; default 0: off)",
+        default="0,0",
+        metavar="LO,HI",
+        help="augmentation: with probability 1/2 delay a smooth region of each training slice by d frames,"
+        " d drawn from the non-zero integers in [LO, HI] (negative: advanced, no further than the"
+        " tissue's Tmax), moving its Tmax and TTP targets and not its CBF, CBV or MTT (a delay is not a"
+        " flow drop; default 0,0: off)",
     )
     p.add_argument(
         "--nll-beta",

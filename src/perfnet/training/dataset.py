@@ -10,13 +10,16 @@ so a run is reproducible and every draw can be written out):
 - frame thinning (Gava's fewer-frames motivation): keep every k-th grid frame (k drawn from
   ``thin``, random phase) and interpolate linearly between them, as inference does with a series
   acquired at k times the interval;
-- regional delay (``regional_delay`` > 0; off by default): with probability ½ a smooth region of
-  the slice (a Gaussian bump, random centre and width) is delayed by up to that many frames,
-  whole frames so the noise keeps its texture, and its Tmax and TTP targets move with it while
-  CBF, CBV and MTT do not: C(t) = CBF·(AIF ⊗ R)(t − δ), a delay alone changes no flow. Phantom
-  lesions tie a long delay to a low flow, and networks trained on them read a core's flow partly
-  by its delay (benchmarks/candidate_core.py ``--set delay``); this teaches them that a delay by
-  itself is not a flow drop, on every slice of every study.
+- regional delay (``regional_delay`` = (lo, hi) frames; off by default): with probability ½ a
+  smooth region of the slice (a Gaussian bump, random centre and width) is delayed by d frames, d
+  drawn from the non-zero integers in [lo, hi] (negative: advanced), whole frames so the noise keeps
+  its texture; its Tmax and TTP targets move with it while CBF, CBV and MTT do not: C(t) =
+  CBF·(AIF ⊗ R)(t − δ), a delay alone changes no flow. An advance stops where a pixel's Tmax would
+  fall below zero (no tissue fills before its artery), so it moves delayed tissue (lesions)
+  earlier and leaves healthy tissue nearly in place. Phantom lesions tie a long delay to a low
+  flow, and networks trained on them read a core's flow partly by its delay
+  (benchmarks/candidate_core.py ``--set delay``); this shows them cores at short delays and
+  delayed tissue at normal flow, on every slice of every study.
 """
 
 from __future__ import annotations
@@ -104,13 +107,14 @@ class Augmentation:
     #: shift range; 2 in 12, and only the rise's first frames, at the bundled recipes' -3..8);
     #: "edge" pads with baseline.
     shift_pad: str = "reflect"
-    #: largest regional delay in frames (0: off); see the module docstring
-    regional_delay: int = 0
+    #: regional delays (lo, hi) in frames ((0, 0): off); see the module docstring
+    regional_delay: tuple[int, int] = (0, 0)
 
 
 #: The prepared grid starts ``align_lead`` (6 s) before the detected bolus arrival: its first 4 s
 #: are baseline, and a regionally delayed curve's first frames are filled from them in turn (their
-#: own noise, no repeated frame and no part of the bolus).
+#: own noise, no repeated frame and no part of the bolus); an advanced curve's last frames likewise
+#: from the grid's last 4 s (the slow washout).
 BASELINE_S = 4.0
 
 
@@ -180,8 +184,9 @@ class SliceDataset(Dataset):
             "thin": int(rng.choice(a.thin)) if len(a.thin) > 1 else int(a.thin[0]),
             "thin_phase": float(rng.uniform()),
         }
-        if a.regional_delay > 0:  # drawn last and only when on: other runs' draws stay as they were
-            p["delay_frames"] = int(rng.integers(1, a.regional_delay + 1)) if rng.uniform() < 0.5 else 0
+        delays = [v for v in range(a.regional_delay[0], a.regional_delay[1] + 1) if v]
+        if delays:  # drawn last and only when on: other runs' draws stay as they were
+            p["delay_frames"] = int(delays[rng.integers(len(delays))]) if rng.uniform() < 0.5 else 0
             p["delay_centre"] = (float(rng.uniform()), float(rng.uniform()))
             p["delay_width"] = float(rng.uniform(0.08, 0.3))  # Gaussian SD, fraction of the slice
         return p
@@ -250,18 +255,25 @@ class SliceDataset(Dataset):
 def regional_delay(
     x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, p: dict[str, Any], maps: list[str], interval: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (T, H, W) with a smooth region delayed: d = round(``delay_frames`` · bump) whole frames
-    per pixel, the bump a Gaussian of SD ``delay_width`` (fraction of the slice) at ``delay_centre``;
-    frames before a pixel's start are taken in turn from the grid's first :data:`BASELINE_S` s. The
-    Tmax and TTP targets in ``y`` (M, H, W; not standardised) move by d·``interval`` inside ``mask``."""
+    """``x`` (T, H, W) with a smooth region delayed (advanced when negative): d = round(``delay_frames``
+    · bump) whole frames per pixel, the bump a Gaussian of SD ``delay_width`` (fraction of the slice)
+    at ``delay_centre``; an advance is limited to the pixel's Tmax target (in ``y``: M, H, W, not
+    standardised; without a Tmax target nothing is advanced). Frames before a pixel's start
+    (after its end) are taken in turn from the grid's first (last) :data:`BASELINE_S` s. The Tmax
+    and TTP targets move by d·``interval`` inside ``mask``."""
     n, h, w = x.shape
     yy = (torch.arange(h, dtype=torch.float32) + 0.5) / h - p["delay_centre"][0]
     xx = (torch.arange(w, dtype=torch.float32) + 0.5) / w - p["delay_centre"][1]
     bump = torch.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / (2.0 * p["delay_width"] ** 2))
     d = torch.round(p["delay_frames"] * bump).long()  # (H, W)
+    if p["delay_frames"] < 0:
+        tmax = y[maps.index("tmax")] if "tmax" in maps else torch.zeros(h, w)
+        earliest = -torch.floor(torch.clamp(tmax, min=0.0) / interval).long()
+        d = torch.maximum(d, torch.where(mask > 0, earliest, torch.zeros_like(d)))
     src = torch.arange(n)[:, None, None] - d[None]
-    base = max(1, int(BASELINE_S / interval))
+    base = min(n, max(1, int(BASELINE_S / interval)))
     src = torch.where(src >= 0, src, torch.remainder(src, base))
+    src = torch.where(src < n, src, n - base + torch.remainder(src - n, base))
     x = torch.gather(x, 0, src)
     y = y.clone()
     for name in ("tmax", "ttp"):

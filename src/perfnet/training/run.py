@@ -128,8 +128,8 @@ class TrainConfig:
     freeze_norm: bool = False  # batch-norm running statistics kept from --init (fine-tuning)
     # extra loss weight of low-flow voxels (target CBF < LOW_FLOW_FRACTION of the slice's median)
     low_flow_weight: float = 0.0
-    # largest delay (frames) of the regional-delay augmentation (training.dataset; 0: off)
-    regional_delay: int = 0
+    # delays (lo, hi frames) of the regional-delay augmentation (training.dataset; (0, 0): off)
+    regional_delay: tuple[int, int] = (0, 0)
     # β-NLL for the Laplace loss (models.losses.laplace_nll_parts): 0 Hess's NLL, 1 values train as under L1
     nll_beta: float = 0.0
     seed: int = 0
@@ -176,9 +176,10 @@ class TrainConfig:
         if not c.thin or any(int(k) < 1 for k in c.thin):
             raise PerfnetInputError("--thin", "frame-thinning factors must be integers ≥ 1")
         c.thin = [int(k) for k in c.thin]
-        if not 0 <= int(c.regional_delay) <= 30:
-            raise PerfnetInputError("--regional-delay", f"must be 0 to 30 frames, got {c.regional_delay}")
-        c.regional_delay = int(c.regional_delay)
+        lo, hi = (int(v) for v in c.regional_delay)
+        if not -30 <= lo <= hi <= 30:
+            raise PerfnetInputError("--regional-delay", f"must be -30 <= LO <= HI <= 30, got {lo},{hi}")
+        c.regional_delay = (lo, hi)
         if c.loader_workers is not None and c.loader_workers < 0:
             raise PerfnetInputError("--loader-workers", "must be 0 or more")
         if c.jobs < 1:
