@@ -469,6 +469,10 @@ SETTINGS["mr-apart-scratch"] = {
 # fine-tune with it nor half-decoupled cohorts (ct-apart-scratch, stage 1) flattened the core read
 # across delays (benchmarks/candidate_core.py --set delay).
 SETTINGS["ct-regional-delay-scratch"] = _variant(SETTINGS["ct"], "--regional-delay=-10,10")
+# the same on ct-apart-scratch's cohorts (link its cohort folders into --work as
+# ct-apart-rd-scratch-cohort[-2] and its prepared slices are adopted): that run with the
+# augmentation added, nothing else changed
+SETTINGS["ct-apart-rd-scratch"] = _variant(SETTINGS["ct-apart-scratch"], "--regional-delay=-10,10")
 
 
 def _parts(cohort_args: list) -> list[list[str]]:
@@ -568,11 +572,26 @@ def folders(work: Path, recipe: str, stage_index: int, cohort_index: int) -> tup
 
 
 def _reuse(work: Path, recipe: str, stages: list[dict], i: int) -> list[str]:
-    """``--reuse-slices`` of every earlier stage on stage ``i``'s cohort: their prepared studies are
-    adopted where the arrays are the same (stage 3 of CT: stage 1's, ~20 min of preparation)."""
+    """``--reuse-slices`` of every earlier stage on stage ``i``'s cohort, and of any other run in
+    ``work`` on the same cohort folder (another recipe's, its cohort linked in: a variant on the
+    same studies): their prepared studies are adopted where the arrays are the same (stage 3 of CT:
+    stage 1's, ~20 min of preparation)."""
     cohort = stages[i]["cohort"]
     runs = [folders(work, recipe, j, cohort)[1] for j in range(i) if stages[j]["cohort"] == cohort]
+    mine, own = folders(work, recipe, i, cohort)
+    if mine.is_dir():
+        for plan in sorted(work.glob("*-run*/plan.json")):
+            other = plan.parent
+            if other not in runs and other != own and _cohort_of(plan) == mine.resolve():
+                runs.append(other)
     return [arg for run in runs for arg in ("--reuse-slices", str(run))]
+
+
+def _cohort_of(plan: Path) -> Path | None:
+    try:
+        return Path(json.loads(plan.read_text())["cohort"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def ensure_cohort(folder: Path, cohort_args: list) -> None:

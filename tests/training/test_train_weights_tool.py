@@ -102,6 +102,27 @@ def test_a_stage_on_an_earlier_stage_s_cohort_adopts_its_slices(tool, tmp_path) 
     assert tool._reuse(tmp_path, "ct", stages, 2) == ["--reuse-slices", str(tmp_path / "ct-run")]
 
 
+def test_a_variant_on_another_recipe_s_linked_cohort_adopts_its_slices(tool, tmp_path) -> None:
+    """A variant whose cohort folder links another recipe's (the same studies) is handed that
+    recipe's run on it; runs on other cohorts are not."""
+    import json
+
+    for name, cohort in (("ct-run", "ct-cohort"), ("ct-run-2", "ct-cohort-2")):
+        (tmp_path / cohort).mkdir()
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "plan.json").write_text(json.dumps({"cohort": str(tmp_path / cohort)}))
+    (tmp_path / "ct-x-cohort").symlink_to(tmp_path / "ct-cohort")
+    stages = tool.SETTINGS["ct"]["stages"]
+    assert tool._reuse(tmp_path, "ct-x", stages, 0) == ["--reuse-slices", str(tmp_path / "ct-run")]
+    assert tool._reuse(tmp_path, "ct-x", stages, 1) == []  # ct-x-cohort-2 not linked (nor simulated)
+    assert tool._reuse(tmp_path, "ct-x", stages, 2) == [
+        "--reuse-slices",
+        str(tmp_path / "ct-x-run"),
+        "--reuse-slices",
+        str(tmp_path / "ct-run"),
+    ]
+
+
 def _seed_ranges(tool) -> list[tuple[str, int, int, tuple[str, ...]]]:
     """Every `perfnet simulate` call of every recipe: (modality, first seed, end, the other arguments)."""
     calls = []
