@@ -614,9 +614,12 @@ class Ahead(threading.Thread):
     while this stage trains, so that the next stage starts training at once; its error, if any,
     is raised by :meth:`wait`."""
 
-    def __init__(self, cohort: Path, cohort_args: list, run: Path, train: list[str]) -> None:
+    def __init__(
+        self, cohort: Path, cohort_args: list, run: Path, train: list[str], reuse: list[str] | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.cohort, self.cohort_args, self.run_dir, self.train = cohort, cohort_args, run, train
+        self.reuse = reuse or []
         self.error: BaseException | None = None
         self.start()
 
@@ -624,7 +627,14 @@ class Ahead(threading.Thread):
         try:
             ensure_cohort(self.cohort, self.cohort_args)
             perfnet(
-                "train", str(self.cohort), "--out", str(self.run_dir), *self.train, "--prepare-only", *_jobs()
+                "train",
+                str(self.cohort),
+                "--out",
+                str(self.run_dir),
+                *self.train,
+                *self.reuse,
+                "--prepare-only",
+                *_jobs(),
             )
         except BaseException as exc:
             self.error = exc
@@ -819,7 +829,10 @@ def main() -> int:
             if i + 1 < len(stages) and stages[i + 1]["cohort"] != stage["cohort"]:
                 following = stages[i + 1]["cohort"]  # its slices do not depend on --init
                 next_cohort, next_run = folders(args.work, args.modality, i + 1, following)
-                ahead = Ahead(next_cohort, settings["cohorts"][following], next_run, stages[i + 1]["train"])
+                reuse_next = _reuse(args.work, args.modality, stages, i + 1)
+                ahead = Ahead(
+                    next_cohort, settings["cohorts"][following], next_run, stages[i + 1]["train"], reuse_next
+                )
             minutes = args.minutes or stage["minutes"]
             start = previous
             if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
