@@ -217,26 +217,21 @@ def main(argv: list[str] | None = None) -> int:
             f" smallest found fraction of a core >= 10 mL {min(big, default=float('nan')):.2f},"
             f" false core max {max((r[k][1] for r in empty), default=0.0):.1f} mL ({len(empty)} without)"
         )
-    read = [r["read_core"] for r in rows if "read_core" in r]
-    if read:
-        print(
-            f"  core read (CNN / truth, median CBF in the true core over healthy brain):"
-            f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
-            f" (medians of {len(read)})"
-        )
+
+    def medians(pairs: list, label: str) -> None:
+        if pairs:
+            cnn, truth = np.median([c for c, _ in pairs]), np.median([t for _, t in pairs])
+            print(f"  {label}: {cnn:.3f} / {truth:.3f} (medians of {len(pairs)})")
+
+    medians(
+        [r["read_core"] for r in rows if "read_core" in r],
+        "core read (CNN / truth, median CBF in the true core over healthy brain)",
+    )
     for delay in sorted({r["lesion_delay_s"] for r in rows if "lesion_delay_s" in r}):
-        read = [r["read_core"] for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
-        tmax = [r["true_core_tmax_s"] for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
-        print(
-            f"  delay {delay:g} s (true core Tmax {np.median(tmax):.1f} s): core read"
-            f" {np.median([c for c, _ in read]):.3f} / {np.median([t for _, t in read]):.3f}"
-        )
-    read = [r["read_core_cbv"] for r in rows if "read_core_cbv" in r]
-    if read:
-        print(
-            f"  CBV read likewise: {np.median([c for c, _ in read]):.3f}"
-            f" / {np.median([t for _, t in read]):.3f}"
-        )
+        at = [r for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
+        tmax = np.median([r["true_core_tmax_s"] for r in at])
+        medians([r["read_core"] for r in at], f"delay {delay:g} s (true core Tmax {tmax:.1f} s): core read")
+    medians([r["read_core_cbv"] for r in rows if "read_core_cbv" in r], "CBV read likewise")
     if args.json:
         args.json.write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1) + "\n")
     return 0
