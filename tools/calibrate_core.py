@@ -22,7 +22,9 @@ are scored by the mean core Dice against the truth core over the studies with a 
 thresholds that call no more core than there is in all (an over-called core can deny a patient
 thrombectomy) and put no more than ``FALSE_CORE_ML`` of core into any study without one
 (:mod:`perfnet.training.core_calibration`). ``--rows FILE`` keeps the per-study scores (JSON) and
-reuses them when the file exists, so the choice can be re-made without analysing again.
+reuses them when the file exists, so the choice can be re-made without analysing again. The
+record also keeps how firmly the studies fix the choice (``bootstrap``: the threshold chosen on
+200 resamples of them, 5th–95th percentile; the source line states it).
 """
 
 from __future__ import annotations
@@ -68,7 +70,13 @@ def main() -> int:
 
     from perfnet.inference.weights import load_weights, save_weights
     from perfnet.lesions import PRESETS
-    from perfnet.training.core_calibration import FALSE_CORE_ML, THRESHOLDS, VOLUME_RATIO_MAX, choose
+    from perfnet.training.core_calibration import (
+        FALSE_CORE_ML,
+        THRESHOLDS,
+        VOLUME_RATIO_MAX,
+        bootstrap,
+        choose,
+    )
 
     model, config = load_weights(args.weights)
     modality = str(config["modality"])
@@ -86,12 +94,15 @@ def main() -> int:
     rows = rows[: args.studies]
     threshold, curve = choose(rows, rule)
     factor = round(threshold / rule, 4)
+    spread = bootstrap(rows, rule)
     n_core = sum(r["has_core"] for r in rows)
     source = (
         f"tools/calibrate_core.py: {args.studies} style-A {modality} phantom studies"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
         f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {100 * threshold:.0f} % against"
-        f" {curve[f'{rule:.2f}']:.3f} at {100 * rule:.0f} %"
+        f" {curve[f'{rule:.2f}']:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
+        f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} % (5th–95th"
+        f" percentile)"
     )
     config = json.loads(json.dumps(config))
     config["core_calibration"] = {
@@ -102,6 +113,7 @@ def main() -> int:
         "mean_core_dice": curve,
         "false_core_ml_max": FALSE_CORE_ML,
         "volume_ratio_max": VOLUME_RATIO_MAX,
+        "bootstrap": spread,
         "studies": [
             {
                 "seed": r["seed"],

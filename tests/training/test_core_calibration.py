@@ -72,3 +72,58 @@ def test_choose_takes_the_least_over_calling_threshold_when_all_over_call() -> N
     rows = [_row(0.30) | {"volumes": volumes, "true_ml": 50.0}]
     threshold, _ = choose(rows)
     assert threshold == pytest.approx(THRESHOLDS[0])
+
+
+def test_bootstrap_says_how_firmly_the_studies_fix_the_threshold() -> None:
+    """Studies that agree (every Dice peak at 0.40) fix the choice on every resample; studies
+    that disagree (peaks at 0.32 and 0.50, one each) give an interval spanning both, and the
+    same rows give the same answer (seeded)."""
+    from perfnet.training.core_calibration import bootstrap
+
+    firm = bootstrap([_row(0.40) for _ in range(6)], resamples=50)
+    assert firm["threshold_p5"] == firm["threshold_p95"] == pytest.approx(0.40)
+    assert firm["share_choosing_it"] == 1.0 and firm["resamples"] == 50
+    rows = [_row(0.32), _row(0.50), _row(0.32), _row(0.50), _row(0.0, has_core=False, false_from=0.9)]
+    loose = bootstrap(rows, resamples=100)
+    assert loose["threshold_p5"] == pytest.approx(0.32) and loose["threshold_p95"] == pytest.approx(0.50)
+    assert 0.0 < loose["share_choosing_it"] < 1.0
+    assert bootstrap(rows, resamples=100) == loose
+
+
+def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch) -> None:
+    """tools/calibrate_core.py on stand-in scores (four cores peaking at 0.36, one without a core):
+    the weights it writes carry the factor, the per-study volumes and the bootstrap, and the
+    source line states the spread; the bundled file it read is untouched."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from perfnet.inference.weights import BUNDLED, load_weights
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("calibrate_core_tool", root / "tools" / "calibrate_core.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def stand_in(seed: int, lesion: str, weights: Path, modality: str) -> dict:
+        row = _row(0.36, has_core=lesion != "none")
+        return row | {
+            "seed": seed,
+            "lesion": lesion,
+            "true_ml": 10.0 if row["has_core"] else 0.0,
+            "volumes": list(np.where(THRESHOLDS > 0.36, 12.0, 9.0)),
+        }
+
+    monkeypatch.setattr(tool, "score_study", stand_in)
+    bundled = BUNDLED / "mr.pt"
+    before = bundled.read_bytes()
+    out = tmp_path / "calibrated.pt"
+    monkeypatch.setattr(
+        sys, "argv", ["calibrate_core.py", "--weights", str(bundled), "--studies", "5", "--out", str(out)]
+    )
+    assert tool.main() == 0
+    record = load_weights(out)[1]["core_calibration"]
+    assert record["threshold"] == pytest.approx(0.36) and record["factor"] == pytest.approx(1.2)
+    assert record["bootstrap"]["threshold_p5"] == record["bootstrap"]["threshold_p95"] == pytest.approx(0.36)
+    assert "36–36 % (5th–95th percentile)" in record["source"] and len(record["studies"]) == 5
+    assert bundled.read_bytes() == before

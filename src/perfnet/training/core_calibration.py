@@ -9,6 +9,8 @@ over-called core can deny a patient thrombectomy, DEFUSE-3's core < 70 mL) and p
 ``FALSE_CORE_ML`` into any study without one (a network reading the core too *low* over-calls at
 every threshold: then the least over-calling one); the weights store it as a factor over the rule,
 which :mod:`perfnet.lesions` applies to every core threshold of that model's maps.
+:func:`bootstrap` says how firmly the studies fix that choice: the threshold chosen on resamples
+of them (a handful of large cores or one over-called study can move it by several points).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ FALSE_CORE_ML = 5.0
 VOLUME_RATIO_MAX = 1.0
 #: a study "has a core" from this truth volume on (mL)
 MIN_CORE_ML = 1.0
+#: resamples of the calibration studies in :func:`bootstrap`
+RESAMPLES = 200
 
 
 def score_maps(maps: Any, truth_core: np.ndarray, exclude: np.ndarray | None = None) -> dict[str, Any]:
@@ -71,4 +75,35 @@ def choose(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float, dict[
     return float(THRESHOLDS[best]), curve
 
 
-__all__ = ["FALSE_CORE_ML", "MIN_CORE_ML", "THRESHOLDS", "VOLUME_RATIO_MAX", "choose", "score_maps"]
+def bootstrap(
+    rows: list[dict[str, Any]], rule: float = 0.30, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """The threshold :func:`choose` picks on ``resamples`` resamples of ``rows`` (as many studies
+    as there are, drawn with replacement; seeded, so the same rows give the same answer): its 5th,
+    50th and 95th percentiles and the share of resamples that pick the threshold chosen on all
+    rows. A wide interval says the calibration studies are too few to fix the factor."""
+    chosen, _ = choose(rows, rule)
+    rng = np.random.default_rng(seed)
+    picks = np.array(
+        [choose([rows[i] for i in rng.integers(0, len(rows), len(rows))], rule)[0] for _ in range(resamples)]
+    )
+    p5, p50, p95 = (round(float(v), 2) for v in np.percentile(picks, [5, 50, 95]))
+    return {
+        "resamples": resamples,
+        "threshold_p5": p5,
+        "threshold_median": p50,
+        "threshold_p95": p95,
+        "share_choosing_it": round(float(np.isclose(picks, chosen).mean()), 3),
+    }
+
+
+__all__ = [
+    "FALSE_CORE_ML",
+    "MIN_CORE_ML",
+    "RESAMPLES",
+    "THRESHOLDS",
+    "VOLUME_RATIO_MAX",
+    "bootstrap",
+    "choose",
+    "score_maps",
+]
