@@ -76,7 +76,7 @@ def test_choose_takes_the_least_over_calling_threshold_when_all_over_call() -> N
 
 def test_bootstrap_says_how_firmly_the_studies_fix_the_threshold() -> None:
     """Studies that agree (every Dice peak at 0.40) fix the choice on every resample; studies
-    that disagree (peaks at 0.32 and 0.50, one each) give an interval spanning both, and the
+    that disagree (peaks at 0.32 and 0.50, two each) give an interval spanning both, and the
     same rows give the same answer (seeded)."""
     from perfnet.training.core_calibration import bootstrap
 
@@ -94,16 +94,13 @@ def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch)
     """tools/calibrate_core.py on stand-in scores (four cores peaking at 0.36, one without a core):
     the weights it writes carry the factor, the per-study volumes and the bootstrap, and the
     source line states the spread; the bundled file it read is untouched."""
-    import importlib.util
     import sys
     from pathlib import Path
 
     from perfnet.inference.weights import BUNDLED, load_weights
+    from tool_modules import load_tool
 
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("calibrate_core_tool", root / "tools" / "calibrate_core.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("calibrate_core")
 
     def stand_in(seed: int, lesion: str, weights: Path, modality: str) -> dict:
         row = _row(0.36, has_core=lesion != "none")

@@ -4,20 +4,16 @@ recipe out of the package."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tool_modules import load_tool
 
 
 @pytest.fixture
 def tool(monkeypatch: pytest.MonkeyPatch):
-    spec = importlib.util.spec_from_file_location("train_weights_tool", ROOT / "tools" / "train_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("train_weights")
     small = ["--slices", "4", "--size", "64", "--frames", "40"]
     tiny = {
         "bundle": True,
@@ -139,9 +135,7 @@ def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other()
     """Every recipe's studies are seeded in [10000, 70000): the tests draw seeds below 10000, the
     benchmarks 70000 and above. Two calls whose seeds overlap use the same arguments (a replay of
     the same studies) or differ only in the lesion-delay decoupling (a control on the same seeds)."""
-    spec = importlib.util.spec_from_file_location("train_weights_seeds", ROOT / "tools" / "train_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("train_weights", "train_weights_seeds")
     calls = _seed_ranges(module)
     assert len(calls) > 10
     decoupling = {"--delay-power", "--delay-mix", *module._APART[1::2]}
