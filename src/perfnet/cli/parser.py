@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a perfusion CNN on a cohort with k-fold cross-validation")
     p.add_argument("cohort", type=Path, help="BIDS-like cohort folder (as perfnet simulate writes)")
     p.add_argument("--out", type=Path, required=True, help="run folder (plan, checkpoints, weights)")
-    p.add_argument("--model", default="unet", help="network of perfnet.models.NETWORKS (unet, temporal)")
+    p.add_argument(
+        "--model", default="unet", help="network of perfnet.models.NETWORKS (unet, temporal, shiftnet)"
+    )
     p.add_argument("--maps", default="cbf,cbv,mtt,tmax,ttp", help="comma-separated maps to regress")
     p.add_argument(
         "--targets",

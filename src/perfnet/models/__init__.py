@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from perfnet.models.losses import importance_weights, laplace_nll, masked_mse
+from perfnet.models.shiftnet import ShiftNet
 from perfnet.models.temporal import TemporalNet
 from perfnet.models.unet import UNet
 
@@ -34,7 +35,8 @@ class NetworkSpec:
     a Laplace scale per map (``*_uncertainty`` outputs): whether it does is a property of the built
     model and its weights (a U-Net with its scale head does, one without does not), not of the
     network's name. ``loss``/``crop``: training defaults; ``pretrain``: it takes Gava's
-    low-resolution pre-training stage."""
+    low-resolution pre-training stage; ``map_kwargs(maps)``: constructor arguments that depend on
+    the trained maps' names (e.g. which maps are times), merged after ``kwargs``."""
 
     name: str
     cls: type[nn.Module]
@@ -44,6 +46,7 @@ class NetworkSpec:
     crop: int
     pretrain: bool
     description: str = ""
+    map_kwargs: Callable[[list[str]], dict[str, Any]] | None = None
 
 
 NETWORKS: dict[str, NetworkSpec] = {}
@@ -88,6 +91,20 @@ register_network(
         description="Hess et al. 2018: per-voxel temporal encoder, bolus codes, Laplace scale (DSC-MRI)",
     )
 )
+register_network(
+    NetworkSpec(
+        "shiftnet",
+        ShiftNet,
+        kwargs=lambda frames, maps, width: {"frames": frames, "out_channels": maps, "width": width},
+        forward=lambda model, x, times, bolus: model(x, bolus),
+        loss="mse",
+        crop=256,
+        pretrain=True,
+        description="flow maps from a U-Net over time-pooled features of a per-voxel temporal front"
+        " (invariant to a voxel's delay), TTP/Tmax from a frames-as-channels U-Net (issue 12's core)",
+        map_kwargs=lambda maps: {"time_maps": [i for i, m in enumerate(maps) if m in ("ttp", "tmax")]},
+    )
+)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -98,6 +115,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 __all__ = [
     "NETWORKS",
     "NetworkSpec",
+    "ShiftNet",
     "TemporalNet",
     "UNet",
     "build_model",

@@ -199,7 +199,8 @@ class TrainConfig:
 
     def build_kwargs(self) -> dict[str, Any]:
         spec = NETWORKS[self.model]
-        return spec.kwargs(self.frames, len(self.maps), self.width) | dict(self.model_kwargs)
+        by_maps = spec.map_kwargs(list(self.maps)) if spec.map_kwargs else {}
+        return spec.kwargs(self.frames, len(self.maps), self.width) | by_maps | dict(self.model_kwargs)
 
 
 def validation_metric_names(maps: list[str]) -> list[str]:
