@@ -1,5 +1,6 @@
-"""The shift-invariant U-Net (perfnet.models.shiftnet): its flow maps cannot read a voxel's delay,
-by construction (random weights: no training needed for it to hold)."""
+"""The delay-invariant U-Net (perfnet.models.shiftnet): its flow maps read every region's curves
+aligned on their own bolus, so they cannot read its delay, by construction (random weights: no
+training needed for it to hold)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from perfnet.inference import predict
 from perfnet.models import build_model
-from perfnet.models.shiftnet import TemporalFront
+from perfnet.models.shiftnet import Aligner
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.phantom.cohort import write_study
 from perfnet.training.run import TrainConfig, train
@@ -34,57 +35,58 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return build_model("shiftnet", **kwargs).eval()
 
 
-def _study(lesion_start: float) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _curve(10)[None, :, None, None].repeat(1, 1, 32, 32)
-    x[0, :, 8:16, 8:16] = _curve(lesion_start, width=6.0, amplitude=1.0)[:, None, None]
-    bolus = (8 * _curve(6, width=2.0))[None, :, None, None, None].repeat(1, 1, 3, 9, 9)
-    return x, bolus
+def _study(lesion_start: float, size: int = 32, lesion: slice = slice(8, 16)) -> torch.Tensor:
+    x = _curve(10)[None, :, None, None].repeat(1, 1, size, size)
+    x[0, :, lesion, lesion] = _curve(lesion_start, width=6.0, amplitude=1.0)[:, None, None]
+    return x
 
 
 def test_the_maps_know_which_outputs_are_times() -> None:
     kwargs = TrainConfig(model="shiftnet", maps=MAPS, width=8, frames=T).build_kwargs()
     assert kwargs["time_maps"] == [3, 4] and kwargs["out_channels"] == 5 and kwargs["frames"] == T
     model = build_model("shiftnet", **kwargs)
-    assert model.flow_maps == [0, 1, 2] and model.timing.inc[0].conv.in_channels == T
+    assert model.flow_maps == [0, 1, 2]
+    assert model.flow.inc[0].conv.in_channels == T and model.timing.inc[0].conv.in_channels == T
     assert TrainConfig(model="shiftnet", maps=["cbf", "cbv"]).build_kwargs()["time_maps"] == []
     with pytest.raises(ValueError, match="time_maps"):
         build_model("shiftnet", frames=T, out_channels=5, time_maps=[3, 5])
 
 
-@pytest.mark.parametrize("delay", [4, 10, 16])
-def test_a_delayed_lesion_reads_the_same_flow(delay: int) -> None:
-    """The same lesion curve arriving ``delay`` frames later (even: the front reads 2-frame
-    means): CBF, CBV and MTT identical to float precision everywhere, in the lesion and around it
-    (the time maps come from the frames and are free to move)."""
-    model = _model()
-    with torch.no_grad():
-        early, _ = model(*_study(12))
-        late, _ = model(*_study(12 + delay))
-    np.testing.assert_allclose(late[:, :3].numpy(), early[:, :3].numpy(), atol=1e-5)
+@pytest.mark.parametrize("delay", [3, 10, 17])
+def test_a_delayed_region_is_aligned_where_it_was(delay: int) -> None:
+    """A lesion of 24 × 24 pixels whose curves arrive ``delay`` frames later: inside it, farther
+    than the smoothing's reach (3 σ = 6 pixels) from its edge, the aligned curves are the same
+    to the bit, and the shift is ``delay`` frames larger; outside its reach nothing changes."""
+    aligner = Aligner()
+    region = slice(12, 36)
+    early, early_shift = aligner(_study(12, size=48, lesion=region))
+    late, late_shift = aligner(_study(12 + delay, size=48, lesion=region))
+    inner = (0, slice(None), slice(18, 30), slice(18, 30))
+    assert torch.equal(late[inner], early[inner])
+    assert ((early_shift - late_shift)[0, 18:30, 18:30] == delay).all()
+    assert torch.equal(late[0, :, :6], early[0, :, :6]) and torch.equal(late_shift[0, :6], early_shift[0, :6])
+    assert (early_shift[0, 18:30, 18:30] != early_shift[0, 0, 0]).all()  # the lesion's own anchor
 
 
 def test_a_whole_study_shifted_keeps_the_flow() -> None:
-    """Everything (tissue and artery) 6 frames later: the flow maps do not change."""
-    model = _model(1)
-    x, bolus = _study(14)
+    """Every curve 6 frames later: the flow maps do not change (random weights, batch statistics:
+    the network responds to its input, yet not to the shift)."""
+    model = _model(1).train()
+    x = _study(14)
     with torch.no_grad():
-        before, _ = model(x, bolus)
-        after, _ = model(torch.roll(x, 6, dims=1), torch.roll(bolus, 6, dims=1))
+        before, _ = model(x)
+        after, _ = model(torch.roll(x, 6, dims=1))
+        halved, _ = model(x * torch.linspace(1.0, 0.5, 32).view(1, 1, 1, -1))
     np.testing.assert_allclose(after[:, :3].numpy(), before[:, :3].numpy(), atol=1e-5)
+    assert float((halved - before)[:, :3].abs().mean()) > 1e-2  # it does read the curves
 
 
-def test_the_front_ignores_when_a_curve_comes_and_reads_its_size() -> None:
-    """The front's pooled features: the same for a curve at any start, proportional to its
-    amplitude (bias-free, ReLU), zero for a flat zero curve."""
-    torch.manual_seed(2)
-    front = TemporalFront(8)
-    curves = torch.stack([_curve(s) for s in (5.0, 13.0, 25.0)] + [2 * _curve(5.0), torch.zeros(T)])
-    with torch.no_grad():
-        f = front(curves)
-    np.testing.assert_allclose(f[1].numpy(), f[0].numpy(), rtol=1e-5)
-    np.testing.assert_allclose(f[2].numpy(), f[0].numpy(), rtol=1e-5)
-    np.testing.assert_allclose(f[3].numpy(), 2 * f[0].numpy(), rtol=1e-5)
-    assert (f[4] == 0).all() and (f[0] > 0).any()
+def test_the_aligner_ignores_a_flat_curve() -> None:
+    """No bolus (a flat zero curve, outside the head): no mass, the curve is left where it is."""
+    aligner = Aligner(anchor=16)
+    x = torch.zeros(1, T, 20, 20)
+    aligned, shift = aligner(x)
+    assert torch.equal(aligned, x) and (shift == 0).all()
 
 
 def test_shiftnet_trains_and_predicts_by_name(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A U-Net whose flow maps cannot read a voxel's delay: shift-invariant by construction.
+"""A U-Net whose flow maps cannot read a region's delay: delay-invariant by construction.
 
 Why (issue 12's core): the bundled U-Net (frames as channels) reads a core's CBF higher the
 earlier its bolus arrives — the same lesion at delays 7 / 11.5 / 16 s reads 0.40 / 0.32 / 0.25 of
@@ -6,19 +6,20 @@ healthy CBF (truth 0.22 at each) — and training on lesions whose delay is unre
 does not teach that away (README, "Is the coupling in the training data at all?"): a first layer
 that mixes the frames by fixed weights sees a time-shifted curve as a different curve.
 
-Here the flow maps (CBF, CBV, MTT: every map that is not a time) come from a spatial U-Net
-(:class:`~perfnet.models.unet.UNet`, Gava's 2×2 kernels and average pooling) that reads only
-features invariant to a shift of a voxel's curve: each voxel's curve passes a temporal front, a
-bias-free 1-D convolution (the same for every voxel, so shifting a curve shifts its features), and
-each front channel's maximum and mean over time are kept; the same features of the arterial bolus
-patch's mean curve (one per study, broadcast) give the network the artery's size and shape. So
-CBF, CBV and MTT depend on the shape and size of the curves and on the artery's, never on when a
-curve arrives (exactly, for shifts by whole front frames that keep the curve inside the grid).
+Here the flow maps (CBF, CBV, MTT: every map that is not a time) come from a U-Net (Gava's, frames
+as channels) that reads every voxel's curve *aligned*: moved by whole frames so that the bolus of
+its neighbourhood peaks at the same frame (:class:`Aligner`). The delay is measured on curves
+smoothed in-plane and in time (a Gaussian of ``sigma_px``; a CT voxel's curve peaks a few HU above
+noise of the same size) as the centre of mass of the part above half the peak, which moves frame
+for frame with the curves. So a region whose curves all arrive δ frames later is read from the
+same aligned input, and its flow is the same (exactly for whole-frame δ; where the delay changes
+within the smoothing width the alignment follows it smoothly). The U-Net keeps what makes it
+work at CT noise: its first layer is linear in the frames and in space, so noise averages before
+any nonlinearity (a delay-invariant feature of a single voxel's curve, e.g. its maximum, reads
+noise: the core at 0.87 of healthy against 0.29 true in a first version of this network).
 
-The time maps (TTP, Tmax) *are* the shift, so they come from a second, ordinary U-Net on the frames
-as channels (Gava's network, ``in_channels`` = frames), whose delay reading is what they need.
-
-Any frame count works for the flow branch (pooling over time); the frame-time input is not used.
+The time maps (TTP, Tmax) *are* the delay, so they come from a second U-Net on the frames as they
+are.
 """
 
 from __future__ import annotations
@@ -30,33 +31,68 @@ from torch import nn
 from perfnet.models.unet import UNet
 
 
-class TemporalFront(nn.Module):
-    """A bias-free 1-D convolution over time (a flat zero curve gives zero features everywhere),
-    pooled over time. One layer: the front runs on every voxel of every frame (80× the pixels of
-    the U-Net's first layer), so its cost, not the U-Net's, sets the training time on a CPU."""
+def _gaussian(sigma: float) -> torch.Tensor:
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
 
-    def __init__(self, channels: int = 8, kernel: int = 5) -> None:
+
+class Aligner(nn.Module):
+    """Moves each voxel's curve by whole frames so that its neighbourhood's bolus sits at frame
+    ``anchor``; no parameters.
+
+    The delay of voxel v is the centre of mass over time of max(0, s_v(t) − ½ max_t s_v(t)), s the
+    curves smoothed by a Gaussian of ``sigma_px`` pixels in-plane and ``sigma_t`` frames in time
+    (both separable, the same at every frame and voxel, so s moves with the curves and the centre
+    moves frame for frame); the shift is anchor − round(centre). Frames moved in from beyond the
+    grid repeat its first / last frame.
+    """
+
+    def __init__(self, anchor: int = 16, sigma_px: float = 2.0, sigma_t: float = 1.0) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(1, channels, kernel, padding=kernel // 2, bias=False)
+        self.anchor = int(anchor)
+        self.register_buffer("space", _gaussian(sigma_px), persistent=False)
+        self.register_buffer("time", _gaussian(sigma_t), persistent=False)
 
-    def forward(self, curves: torch.Tensor) -> torch.Tensor:
-        """curves (N, T) → invariant features (N, 2·channels): each channel's maximum and mean."""
-        f = F.relu(self.conv(curves[:, None]))  # (N, C, T)
-        return torch.cat([f.max(dim=2).values, f.mean(dim=2)], dim=1)
+    def smooth(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H, W) smoothed in-plane and in time (replicate padding)."""
+        b, t, h, w = x.shape
+        r, q = self.space.numel() // 2, self.time.numel() // 2
+        y = F.pad(x, (r, r, r, r), mode="replicate")
+        y = F.conv2d(y.reshape(b * t, 1, h + 2 * r, w + 2 * r), self.space.view(1, 1, 1, -1))
+        y = F.conv2d(y, self.space.view(1, 1, -1, 1)).reshape(b, t, h, w)
+        y = y.permute(0, 2, 3, 1).reshape(b * h * w, 1, t)
+        y = F.conv1d(F.pad(y, (q, q), mode="replicate"), self.time.view(1, 1, -1))
+        return y.reshape(b, h, w, t).permute(0, 3, 1, 2)
+
+    def centre(self, x: torch.Tensor) -> torch.Tensor:
+        """The bolus centre (B, H, W) in frames of curves x (B, T, H, W)."""
+        s = self.smooth(x)
+        mass = (s - 0.5 * s.amax(dim=1, keepdim=True)).clamp_min(0)
+        t = torch.arange(x.shape[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        total = mass.sum(dim=1)
+        return torch.where(total > 0, (mass * t).sum(dim=1) / total.clamp_min(1e-12), float(self.anchor))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H, W) → (aligned curves (B, T, H, W), shift (B, H, W) in whole frames)."""
+        with torch.no_grad():
+            shift = self.anchor - torch.round(self.centre(x))
+            t = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+            index = (t - shift[:, None].long()).clamp(0, x.shape[1] - 1)
+        return torch.gather(x, 1, index), shift
 
 
 class ShiftNet(nn.Module):
-    """Shift-invariant flow maps beside a frames-as-channels U-Net for the time maps (module
+    """Delay-invariant flow maps beside a frames-as-channels U-Net for the time maps (module
     docstring).
 
     Args:
-        frames: input frames (the time maps' U-Net reads them as channels).
+        frames: input frames (both U-Nets read them as channels).
         out_channels: number of maps.
         width, stages, norm: the U-Nets'.
-        temporal: channels of the temporal front.
-        time_maps: indices of the maps that are times (TTP, Tmax), from the frames' U-Net.
-        time_pool: frames averaged before the front (2: the front reads 2 s frames of the 1 s
-            grid, halving its cost; invariance is then exact for even shifts and close for odd).
+        time_maps: indices of the maps that are times (TTP, Tmax), from the unaligned frames.
+        anchor, sigma_px, sigma_t: the :class:`Aligner`'s.
     """
 
     def __init__(
@@ -66,12 +102,12 @@ class ShiftNet(nn.Module):
         width: int = 16,
         stages: int = 4,
         norm: bool = True,
-        temporal: int = 8,
         time_maps: list[int] | None = None,
-        time_pool: int = 2,
+        anchor: int = 16,
+        sigma_px: float = 2.0,
+        sigma_t: float = 1.0,
     ) -> None:
         super().__init__()
-        self.time_pool = int(time_pool)
         self.time_maps = sorted(int(i) for i in time_maps or [])
         if any(not 0 <= i < out_channels for i in self.time_maps) or len(set(self.time_maps)) < len(
             self.time_maps
@@ -79,24 +115,16 @@ class ShiftNet(nn.Module):
             raise ValueError(f"time_maps must be distinct outputs 0…{out_channels - 1}, got {time_maps}")
         self.flow_maps = [i for i in range(out_channels) if i not in self.time_maps]
         self.out_channels = out_channels
-        self.front = TemporalFront(temporal)
-        self.flow = UNet(4 * temporal, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
+        self.align = Aligner(anchor, sigma_px, sigma_t)
+        self.flow = UNet(frames, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
         self.timing = UNet(frames, len(self.time_maps), width, stages, norm) if self.time_maps else None
 
-    def forward(self, x: torch.Tensor, bolus: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """x (B, T, H, W) curves, bolus (B, T, D, P, P) arterial patches → (maps (B, M, H, W), None)."""
+    def forward(self, x: torch.Tensor, bolus: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """x (B, T, H, W) curves → (maps (B, M, H, W), None); ``bolus`` is not read."""
         b, _, h, w = x.shape
         value = x.new_zeros(b, self.out_channels, h, w)
         if self.timing is not None:
             value[:, self.time_maps] = self.timing(x)
         if self.flow is not None:
-            artery = bolus.flatten(2).mean(dim=2)  # (B, T): the patch's mean curve
-            if self.time_pool > 1:
-                x = F.avg_pool3d(x[:, None], (self.time_pool, 1, 1))[:, 0]
-                artery = F.avg_pool1d(artery[:, None], self.time_pool)[:, 0]
-            t = x.shape[1]
-            inv = self.front(x.permute(0, 2, 3, 1).reshape(b * h * w, t))
-            inv = inv.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-            a_inv = self.front(artery)[:, :, None, None].expand(-1, -1, h, w)
-            value[:, self.flow_maps] = self.flow(torch.cat([inv, a_inv], dim=1))
+            value[:, self.flow_maps] = self.flow(self.align(x)[0])
         return value, None
