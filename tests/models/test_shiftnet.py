@@ -55,9 +55,10 @@ def test_the_maps_know_which_outputs_are_times() -> None:
 @pytest.mark.parametrize("delay", [3, 10, 17])
 def test_a_delayed_region_is_aligned_where_it_was(delay: int) -> None:
     """A lesion of 24 × 24 pixels whose curves arrive ``delay`` frames later: inside it, farther
-    than the smoothing's reach (3 σ = 6 pixels) from its edge, the aligned curves are the same
-    to the bit, and the shift is ``delay`` frames larger; outside its reach nothing changes."""
-    aligner = Aligner()
+    than the smoothing's reach (3 σ = 6 pixels at σ = 2; the default is 6) from its edge, the
+    aligned curves are the same to the bit, and the shift is ``delay`` frames larger; outside its
+    reach nothing changes."""
+    aligner = Aligner(sigma_px=2.0)
     region = slice(12, 36)
     early, early_shift = aligner(_study(12, size=48, lesion=region))
     late, late_shift = aligner(_study(12 + delay, size=48, lesion=region))
