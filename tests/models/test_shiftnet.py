@@ -17,6 +17,7 @@ from perfnet.models.shiftnet import Aligner
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.phantom.cohort import write_study
 from perfnet.training.run import TrainConfig, train
+from tiny_training import tiny_config
 
 MAPS = ["cbf", "cbv", "mtt", "ttp", "tmax"]
 T = 80
@@ -98,24 +99,7 @@ def test_shiftnet_trains_and_predicts_by_name(tmp_path: Path) -> None:
     for i in range(2):
         study = simulate_study(PhantomConfig.draw(760 + i, "CT", **tiny))
         write_study(study, root / f"sub-{i:04d}" / "ses-01", f"sub-{i:04d}")
-    cfg = TrainConfig(
-        model="shiftnet",
-        width=4,
-        frames=24,
-        epochs=4,
-        pretrain_epochs=1,
-        pretrain_size=32,
-        crop=32,
-        batch_size=2,
-        lr=3e-3,
-        lr_step_epochs=20,
-        folds=2,
-        fold=0,
-        seed=3,
-        accelerator="cpu",
-        devices=1,
-        progress=False,
-    )
+    cfg = tiny_config(model="shiftnet", epochs=4, pretrain_epochs=1, batch_size=2)
     run = tmp_path / "run"
     train(root, run, cfg, resume=False)
     with (run / "fold-0" / "metrics.csv").open() as f:

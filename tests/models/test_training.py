@@ -19,7 +19,8 @@ from perfnet.io.types import PerfusionSeries
 from perfnet.models import build_model
 from perfnet.phantom import PhantomConfig, simulate_study
 from perfnet.phantom.cohort import write_study
-from perfnet.training.run import TrainConfig, train
+from perfnet.training.run import train
+from tiny_training import tiny_config as _tiny_config
 
 TINY = {"matrix": 48, "slices": 3, "frames": 30, "coverage_mm": 30.0, "motion": False}
 
@@ -31,28 +32,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg = PhantomConfig.draw(700 + i, "CT", **TINY)
         write_study(simulate_study(cfg), root / f"sub-{i:04d}" / "ses-01", f"sub-{i:04d}")
     return root
-
-
-def _tiny_config(**kw) -> TrainConfig:
-    base = dict(
-        model="unet",
-        width=4,
-        frames=24,
-        epochs=6,
-        pretrain_epochs=2,
-        pretrain_size=32,
-        crop=32,
-        batch_size=4,
-        lr=3e-3,
-        lr_step_epochs=20,
-        folds=2,
-        fold=0,
-        seed=3,
-        accelerator="cpu",
-        devices=1,
-        progress=False,
-    )
-    return TrainConfig(**(base | kw))
 
 
 def _metrics(path: Path) -> list[dict[str, str]]:

@@ -96,12 +96,12 @@ register_network(
         "shiftnet",
         ShiftNet,
         kwargs=lambda frames, maps, width: {"frames": frames, "out_channels": maps, "width": width},
-        forward=lambda model, x, times, bolus: model(x, bolus),
+        forward=lambda model, x, times, bolus: model(x),
         loss="mse",
         crop=256,
         pretrain=True,
-        description="flow maps from a U-Net over time-pooled features of a per-voxel temporal front"
-        " (invariant to a voxel's delay), TTP/Tmax from a frames-as-channels U-Net (issue 12's core)",
+        description="flow maps from a U-Net on curves aligned on their neighbourhood's bolus (a region's"
+        " delay cannot reach them), TTP/Tmax from a frames-as-channels U-Net (issue 12's core)",
         map_kwargs=lambda maps: {"time_maps": [i for i, m in enumerate(maps) if m in ("ttp", "tmax")]},
     )
 )

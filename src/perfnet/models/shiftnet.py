@@ -122,8 +122,8 @@ class ShiftNet(nn.Module):
         self.flow = UNet(frames, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
         self.timing = UNet(frames, len(self.time_maps), width, stages, norm) if self.time_maps else None
 
-    def forward(self, x: torch.Tensor, bolus: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        """x (B, T, H, W) curves → (maps (B, M, H, W), None); ``bolus`` is not read."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """x (B, T, H, W) curves → (maps (B, M, H, W), None)."""
         b, _, h, w = x.shape
         value = x.new_zeros(b, self.out_channels, h, w)
         if self.timing is not None:
