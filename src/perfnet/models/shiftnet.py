@@ -49,7 +49,9 @@ class Aligner(nn.Module):
     curves smoothed by a Gaussian of ``sigma_px`` pixels in-plane and ``sigma_t`` frames in time
     (both separable, the same at every frame and voxel, so s moves with the curves and the centre
     moves frame for frame); the shift is anchor − round(centre). Frames moved in from beyond the
-    grid repeat its first / last frame.
+    grid repeat its first / last frame, which leaks the shift where a curve has not returned to
+    baseline by the grid's end (a plateau as long as the shift; README, "A delay-invariant flow
+    branch"): the flow U-Net should read only frames every aligned curve fills.
     """
 
     def __init__(self, anchor: int = 16, sigma_px: float = 6.0, sigma_t: float = 1.0) -> None:
