@@ -47,10 +47,12 @@ def test_the_maps_know_which_outputs_are_times() -> None:
     assert kwargs["time_maps"] == [3, 4] and kwargs["out_channels"] == 5 and kwargs["frames"] == T
     model = build_model("shiftnet", **kwargs)
     assert model.flow_maps == [0, 1, 2]
-    assert model.flow.inc[0].conv.in_channels == T and model.timing.inc[0].conv.in_channels == T
+    assert model.flow.inc[0].conv.in_channels == 48 and model.timing.inc[0].conv.in_channels == T
     assert TrainConfig(model="shiftnet", maps=["cbf", "cbv"]).build_kwargs()["time_maps"] == []
     with pytest.raises(ValueError, match="time_maps"):
         build_model("shiftnet", frames=T, out_channels=5, time_maps=[3, 5])
+    with pytest.raises(ValueError, match="window"):
+        build_model("shiftnet", frames=T, out_channels=5, window=12)  # not past the anchor (16)
 
 
 @pytest.mark.parametrize("delay", [3, 10, 17])
@@ -68,6 +70,30 @@ def test_a_delayed_region_is_aligned_where_it_was(delay: int) -> None:
     assert ((early_shift - late_shift)[0, 18:30, 18:30] == delay).all()
     assert torch.equal(late[0, :, :6], early[0, :, :6]) and torch.equal(late_shift[0, :6], early_shift[0, :6])
     assert (early_shift[0, 18:30, 18:30] != early_shift[0, 0, 0]).all()  # the lesion's own anchor
+
+
+@pytest.mark.parametrize("delay", [6, 20])
+def test_a_curve_cut_at_the_grid_end_reaches_the_flow_branch_unchanged(delay: int) -> None:
+    """A region whose curve is still raised at the grid's last frame (a delayed core's long tail),
+    delayed by ``delay`` frames and cut at the grid's end: the flow U-Net's input (the first 48
+    aligned frames) is the same to the bit inside it; the whole aligned series is not (its last
+    frames repeat the cut curve's last value for as many frames as it moved: a plateau whose
+    length is the shift)."""
+    model = build_model("shiftnet", frames=T, out_channels=3, width=4, sigma_px=2.0)
+    t = torch.arange(T, dtype=torch.float32)
+
+    def study(start: int) -> torch.Tensor:
+        s = (t - start).clamp_min(0)
+        tail = 0.2 * (1 - torch.exp(-s / 30))  # still rising at the grid's end
+        curve = torch.where(t >= start, torch.sin(np.pi * (s / 12).clamp(0, 1)) ** 2 + tail, t * 0)
+        x = torch.zeros(1, T, 48, 48)
+        x[0, :, 12:36, 12:36] = curve[:, None, None]
+        return x
+
+    early, late = study(14), study(14 + delay)
+    inner = (0, slice(None), slice(18, 30), slice(18, 30))
+    assert torch.equal(model.flow_input(late)[inner], model.flow_input(early)[inner])
+    assert not torch.equal(model.align(late)[0][inner], model.align(early)[0][inner])
 
 
 def test_a_whole_study_shifted_keeps_the_flow() -> None:

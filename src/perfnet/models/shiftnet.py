@@ -21,6 +21,12 @@ work at CT noise: its first layer is linear in the frames and in space, so noise
 any nonlinearity (a delay-invariant feature of a single voxel's curve, e.g. its maximum, reads
 noise: the core at 0.87 of healthy against 0.29 true in a first version of this network).
 
+The flow U-Net reads only the first ``window`` aligned frames (48 of 80 by default): moving a late
+curve earlier brings in frames from beyond the grid, and whatever fills them (the last frame,
+repeated) would tell the network how far it moved whenever the curve is not back to baseline by
+the grid's end, as a delayed core's long curve is not. With the window, every curve moved at most
+32 frames earlier is read from observed frames only.
+
 The time maps (TTP, Tmax) *are* the delay, so they come from a second U-Net on the frames as they
 are.
 """
@@ -51,7 +57,8 @@ class Aligner(nn.Module):
     moves frame for frame); the shift is anchor − round(centre). Frames moved in from beyond the
     grid repeat its first / last frame, which leaks the shift where a curve has not returned to
     baseline by the grid's end (a plateau as long as the shift; README, "A delay-invariant flow
-    branch"): the flow U-Net should read only frames every aligned curve fills.
+    branch"): :class:`ShiftNet`'s flow U-Net reads only the first ``window`` aligned frames, which
+    every curve moved at most T − window frames earlier fills with observed data.
     """
 
     def __init__(self, anchor: int = 16, sigma_px: float = 6.0, sigma_t: float = 1.0) -> None:
@@ -98,6 +105,10 @@ class ShiftNet(nn.Module):
         width, stages, norm: the U-Nets'.
         time_maps: indices of the maps that are times (TTP, Tmax), from the unaligned frames.
         anchor, sigma_px, sigma_t: the :class:`Aligner`'s.
+        window: aligned frames the flow U-Net reads (its ``in_channels``; at most ``frames``;
+            None: all): frames
+            0 … window − 1 hold observed data for every curve moved at most ``frames − window``
+            frames earlier, so no padding (whose length would be the shift) reaches the flow maps.
     """
 
     def __init__(
@@ -111,8 +122,12 @@ class ShiftNet(nn.Module):
         anchor: int = 16,
         sigma_px: float = 6.0,
         sigma_t: float = 1.0,
+        window: int | None = 48,
     ) -> None:
         super().__init__()
+        self.window = frames if window is None else min(int(window), frames)
+        if not anchor < self.window <= frames:
+            raise ValueError(f"window must be more than the anchor ({anchor}) and at most {frames}")
         self.time_maps = sorted(int(i) for i in time_maps or [])
         if any(not 0 <= i < out_channels for i in self.time_maps) or len(set(self.time_maps)) < len(
             self.time_maps
@@ -121,7 +136,7 @@ class ShiftNet(nn.Module):
         self.flow_maps = [i for i in range(out_channels) if i not in self.time_maps]
         self.out_channels = out_channels
         self.align = Aligner(anchor, sigma_px, sigma_t)
-        self.flow = UNet(frames, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
+        self.flow = UNet(self.window, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
         self.timing = UNet(frames, len(self.time_maps), width, stages, norm) if self.time_maps else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -131,5 +146,9 @@ class ShiftNet(nn.Module):
         if self.timing is not None:
             value[:, self.time_maps] = self.timing(x)
         if self.flow is not None:
-            value[:, self.flow_maps] = self.flow(self.align(x)[0])
+            value[:, self.flow_maps] = self.flow(self.flow_input(x))
         return value, None
+
+    def flow_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the flow U-Net reads: x (B, T, H, W) aligned, its first ``window`` frames."""
+        return self.align(x)[0][:, : self.window]
