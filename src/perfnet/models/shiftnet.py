@@ -106,9 +106,9 @@ class ShiftNet(nn.Module):
         time_maps: indices of the maps that are times (TTP, Tmax), from the unaligned frames.
         anchor, sigma_px, sigma_t: the :class:`Aligner`'s.
         window: aligned frames the flow U-Net reads (its ``in_channels``; at most ``frames``;
-            None: all): frames
-            0 … window − 1 hold observed data for every curve moved at most ``frames − window``
-            frames earlier, so no padding (whose length would be the shift) reaches the flow maps.
+            None: all): frames 0 … window − 1 hold observed data for every curve moved at most
+            ``frames − window`` frames earlier, so no padding (whose length would be the shift)
+            reaches the flow maps.
     """
 
     def __init__(
@@ -126,8 +126,8 @@ class ShiftNet(nn.Module):
     ) -> None:
         super().__init__()
         self.window = frames if window is None else min(int(window), frames)
-        if not anchor < self.window <= frames:
-            raise ValueError(f"window must be more than the anchor ({anchor}) and at most {frames}")
+        if self.window <= anchor:
+            raise ValueError(f"window must be more than the anchor ({anchor}), got {self.window}")
         self.time_maps = sorted(int(i) for i in time_maps or [])
         if any(not 0 <= i < out_channels for i in self.time_maps) or len(set(self.time_maps)) < len(
             self.time_maps
