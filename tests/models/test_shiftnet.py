@@ -135,3 +135,29 @@ def test_shiftnet_trains_and_predicts_by_name(tmp_path: Path) -> None:
     maps = predict(series, run / "weights.pt", device="cpu")
     for m in MAPS:
         assert np.isfinite(maps[m]).all() and maps[m].shape == series.spatial_shape
+
+
+def test_fractional_alignment_leaves_no_steps_where_the_delay_changes() -> None:
+    """A delay rising smoothly across the image (0 → 12 frames over 48 pixels, a lesion's rim):
+    aligned by whole frames, the image at the bolus peak steps wherever the rounded shift does
+    (seams whose count is the delay's change); aligned by the exact centre (``fractional``) it is
+    smooth, and every column's curve is the first column's to within the interpolation's error."""
+    t = torch.arange(T, dtype=torch.float64)
+    delay = torch.linspace(0, 12, 48, dtype=torch.float64)
+    s = ((t[:, None] - 12 - delay[None]) / 24).clamp(0, 1)
+    x = (3 * torch.sin(np.pi * s**0.6) ** 2).float()[None, :, None, :].repeat(1, 1, 16, 1)
+    whole, whole_shift = Aligner(sigma_px=1.0)(x)
+    exact, exact_shift = Aligner(sigma_px=1.0, fractional=True)(x)
+    moved = (exact_shift[0, 8] - exact_shift[0, 8, 0]).numpy()
+    np.testing.assert_allclose(moved[3:-3], -delay.numpy()[3:-3], atol=0.25)  # the threshold's frames
+    assert torch.equal(whole_shift, torch.round(whole_shift))
+    rows = (slice(None), slice(4, 12))  # away from the top and bottom edges' padding
+
+    def steps(aligned: torch.Tensor) -> float:
+        """The largest jump between neighbouring columns, over frames and rows, in the curves' peak units."""
+        return float(aligned[0][rows].diff(dim=-1).abs().amax()) / 3
+
+    assert steps(whole) > 0.12 and steps(exact) < 0.04  # the unaligned curves' own: 0.057
+    for aligned, most in ((exact, 0.05), (whole, None)):
+        spread = float((aligned[0, :, 8, 3:-3] - aligned[0, :, 8, 3:4]).abs().amax()) / 3
+        assert spread < most if most else spread > 0.1

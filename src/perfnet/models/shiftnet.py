@@ -34,7 +34,6 @@ are.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from perfnet.models.unet import UNet
@@ -45,6 +44,18 @@ def _gaussian(sigma: float) -> torch.Tensor:
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
+
+
+def _smoothing_matrix(kernel: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """M (n, n) with (v @ M)[j] = Σ_k kernel[k] · v[clamp(j + k − r, 0, n − 1)]: the kernel
+    (length 2r + 1) applied along a length-n axis with replicate padding."""
+    r = kernel.numel() // 2
+    j = torch.arange(n, device=like.device)
+    source = (j[None, :] + torch.arange(-r, r + 1, device=like.device)[:, None]).clamp(0, n - 1)
+    m = torch.zeros(n, n, dtype=like.dtype, device=like.device)
+    weights = kernel.to(like)[:, None].expand_as(source)
+    m.index_put_((source, j[None, :].expand_as(source)), weights, accumulate=True)
+    return m
 
 
 class Aligner(nn.Module):
@@ -61,22 +72,23 @@ class Aligner(nn.Module):
     every curve moved at most T − window frames earlier fills with observed data.
     """
 
-    def __init__(self, anchor: int = 16, sigma_px: float = 6.0, sigma_t: float = 1.0) -> None:
+    def __init__(
+        self, anchor: int = 16, sigma_px: float = 6.0, sigma_t: float = 1.0, fractional: bool = False
+    ) -> None:
         super().__init__()
         self.anchor = int(anchor)
+        self.fractional = bool(fractional)
         self.register_buffer("space", _gaussian(sigma_px), persistent=False)
         self.register_buffer("time", _gaussian(sigma_t), persistent=False)
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, H, W) smoothed in-plane and in time (replicate padding)."""
-        b, t, h, w = x.shape
-        r, q = self.space.numel() // 2, self.time.numel() // 2
-        y = F.pad(x, (r, r, r, r), mode="replicate")
-        y = F.conv2d(y.reshape(b * t, 1, h + 2 * r, w + 2 * r), self.space.view(1, 1, 1, -1))
-        y = F.conv2d(y, self.space.view(1, 1, -1, 1)).reshape(b, t, h, w)
-        y = y.permute(0, 2, 3, 1).reshape(b * h * w, 1, t)
-        y = F.conv1d(F.pad(y, (q, q), mode="replicate"), self.time.view(1, 1, -1))
-        return y.reshape(b, h, w, t).permute(0, 3, 1, 2)
+        """x (B, T, H, W) smoothed in-plane and in time (replicate padding), each axis as one
+        matrix product (a banded matrix per axis: ~10× faster on a CPU than a 1-channel convolution
+        with a 37-tap kernel)."""
+        t, h, w = x.shape[1:]
+        y = x @ _smoothing_matrix(self.space, w, x)
+        y = (y.transpose(-1, -2) @ _smoothing_matrix(self.space, h, x)).transpose(-1, -2)
+        return (y.permute(0, 2, 3, 1) @ _smoothing_matrix(self.time, t, x)).permute(0, 3, 1, 2)
 
     def centre(self, x: torch.Tensor) -> torch.Tensor:
         """The bolus centre (B, H, W) in frames of curves x (B, T, H, W)."""
@@ -87,12 +99,21 @@ class Aligner(nn.Module):
         return torch.where(total > 0, (mass * t).sum(dim=1) / total.clamp_min(1e-12), float(self.anchor))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, H, W) → (aligned curves (B, T, H, W), shift (B, H, W) in whole frames)."""
+        """x (B, T, H, W) → (aligned curves (B, T, H, W), shift (B, H, W) in frames: whole, or
+        with ``fractional`` the exact one, the curves then interpolated linearly in time)."""
         with torch.no_grad():
-            shift = self.anchor - torch.round(self.centre(x))
-            t = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-            index = (t - shift[:, None].long()).clamp(0, x.shape[1] - 1)
-        return torch.gather(x, 1, index), shift
+            centre = self.centre(x)
+            shift = self.anchor - (centre if self.fractional else torch.round(centre))
+            t = torch.arange(x.shape[1], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+            at = t - shift[:, None]
+            low = torch.floor(at)
+            frac = at - low
+            last = x.shape[1] - 1
+            i0 = low.long().clamp(0, last)
+            i1 = (low.long() + 1).clamp(0, last)
+        if not self.fractional:
+            return torch.gather(x, 1, i0), shift
+        return torch.lerp(torch.gather(x, 1, i0), torch.gather(x, 1, i1), frac), shift
 
 
 class ShiftNet(nn.Module):
@@ -109,6 +130,9 @@ class ShiftNet(nn.Module):
             None: all): frames 0 … window − 1 hold observed data for every curve moved at most
             ``frames − window`` frames earlier, so no padding (whose length would be the shift)
             reaches the flow maps.
+        fractional: align by the exact centre, interpolating the curves linearly in time, instead
+            of by whole frames (whose steps between neighbouring voxels mark where the delay
+            changes, and so how much it changes across a lesion).
     """
 
     def __init__(
@@ -123,6 +147,7 @@ class ShiftNet(nn.Module):
         sigma_px: float = 6.0,
         sigma_t: float = 1.0,
         window: int | None = 48,
+        fractional: bool = False,
     ) -> None:
         super().__init__()
         self.window = frames if window is None else min(int(window), frames)
@@ -135,7 +160,7 @@ class ShiftNet(nn.Module):
             raise ValueError(f"time_maps must be distinct outputs 0…{out_channels - 1}, got {time_maps}")
         self.flow_maps = [i for i in range(out_channels) if i not in self.time_maps]
         self.out_channels = out_channels
-        self.align = Aligner(anchor, sigma_px, sigma_t)
+        self.align = Aligner(anchor, sigma_px, sigma_t, fractional)
         self.flow = UNet(self.window, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
         self.timing = UNet(frames, len(self.time_maps), width, stages, norm) if self.time_maps else None
 
