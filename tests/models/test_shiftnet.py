@@ -125,9 +125,11 @@ def test_shiftnet_trains_and_predicts_by_name(tmp_path: Path) -> None:
     for i in range(2):
         study = simulate_study(PhantomConfig.draw(760 + i, "CT", **tiny))
         write_study(study, root / f"sub-{i:04d}" / "ses-01", f"sub-{i:04d}")
-    cfg = tiny_config(model="shiftnet", epochs=4, pretrain_epochs=1, batch_size=2)
+    jitter = {"jitter": 2.0}
+    cfg = tiny_config(model="shiftnet", epochs=4, pretrain_epochs=1, batch_size=2, model_kwargs=jitter)
     run = tmp_path / "run"
     train(root, run, cfg, resume=False)
+    assert torch.load(run / "weights.pt", weights_only=True)["config"]["model_kwargs"]["jitter"] == 2.0
     with (run / "fold-0" / "metrics.csv").open() as f:
         losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
     assert losses[-1] < losses[0], losses
@@ -135,6 +137,8 @@ def test_shiftnet_trains_and_predicts_by_name(tmp_path: Path) -> None:
     maps = predict(series, run / "weights.pt", device="cpu")
     for m in MAPS:
         assert np.isfinite(maps[m]).all() and maps[m].shape == series.spatial_shape
+    again = predict(series, run / "weights.pt", device="cpu")  # the jitter is off at inference
+    assert all(np.array_equal(again[m], maps[m]) for m in MAPS)
 
 
 def test_fractional_alignment_leaves_no_steps_where_the_delay_changes() -> None:
@@ -161,3 +165,37 @@ def test_fractional_alignment_leaves_no_steps_where_the_delay_changes() -> None:
     for aligned, most in ((exact, 0.05), (whole, None)):
         spread = float((aligned[0, :, 8, 3:-3] - aligned[0, :, 8, 3:4]).abs().amax()) / 3
         assert spread < most if most else spread > 0.1
+
+
+def test_jitter_moves_the_alignment_in_training_only() -> None:
+    """``jitter``: in training mode every sample's alignment moves by a smooth random field of
+    whole frames within ± jitter (on a study of one curve: neighbouring pixels at most one frame
+    apart, not all zero); in eval mode the alignment is the one without it, to the bit."""
+    x = _study(14, size=48, lesion=slice(0, 0)).repeat(3, 1, 1, 1)
+    plain, plain_shift = Aligner()(x)
+    jittered = Aligner(jitter=4.0)
+    torch.manual_seed(0)
+    _, moved = jittered.train()(x)
+    extra = moved - plain_shift
+    assert extra.abs().max() <= 4 and extra.abs().max() >= 1 and torch.equal(extra, torch.round(extra))
+    assert extra.diff(dim=-1).abs().max() <= 1 and extra.diff(dim=-2).abs().max() <= 1
+    assert not torch.equal(extra[0], extra[1])  # drawn per sample
+    aligned, shift = jittered.eval()(x)
+    assert torch.equal(aligned, plain) and torch.equal(shift, plain_shift)
+    with pytest.raises(ValueError, match="jitter"):
+        Aligner(jitter=-1.0)
+
+
+def test_cli_model_option_reaches_the_network_or_stops_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``perfnet train --model-option KEY=VALUE``: a malformed pair or a keyword the network does
+    not take is a one-line error naming the option (exit 2) before anything is prepared."""
+    from perfnet.cli import main
+
+    base = ["train", str(tmp_path / "cohort"), "--out", str(tmp_path / "run"), "--model", "shiftnet"]
+    for option, says in (("jitter", "KEY=VALUE"), ("jiter=2", "jiter"), ("jitter=-1", "jitter")):
+        assert main([*base, "--model-option", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--model-option" in err[0] and says in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -39,7 +39,22 @@ def _int_list(text: str, option: str) -> list[int]:
         raise PerfnetInputError(option, f"expected comma-separated integers, got {text!r}") from None
 
 
+def _model_options(items: list[str]) -> dict[str, Any]:
+    """``--model-option KEY=VALUE`` pairs: VALUE as JSON (numbers, true/false, lists), else text."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise PerfnetInputError("--model-option", f"expected KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from perfnet.models import build_model
     from perfnet.training.run import TrainConfig, train
 
     maps = [m.strip().lower() for m in args.maps.split(",") if m.strip()]
@@ -85,7 +100,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         loader_workers=args.loader_workers,
         reuse_slices=[str(r) for r in args.reuse_slices],
+        model_kwargs=_model_options(args.model_option),
     )
+    if cfg.model_kwargs:
+        try:  # a misspelt or out-of-range option stops here, before any data is prepared
+            build_model(cfg.model, **cfg.build_kwargs())
+        except (TypeError, ValueError) as exc:
+            raise PerfnetInputError("--model-option", f"{cfg.model}: {exc}") from None
     if args.prepare_only:
         print(json.dumps(train(args.cohort, args.out, cfg, prepare_only=True)))
         return 0

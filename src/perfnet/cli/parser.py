@@ -229,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         " (the core and its margin; default 0: every voxel weighs the same)",
     )
     p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor argument of --model (repeatable; VALUE read as JSON, else as text), e.g."
+        " --model-option jitter=4 for shiftnet; recorded in the weights' model_kwargs",
+    )
+    p.add_argument(
         "--regional-delay",
         default="0,0",
         metavar="LO,HI",

@@ -34,6 +34,7 @@ are.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from perfnet.models.unet import UNet
@@ -58,6 +59,14 @@ def _smoothing_matrix(kernel: torch.Tensor, n: int, like: torch.Tensor) -> torch
     return m
 
 
+def _smooth_field(x: torch.Tensor, knots: int = 4) -> torch.Tensor:
+    """A random field (B, H, W) in [−1, 1], smooth over a quarter of the image: uniform values on
+    a ``knots`` × ``knots`` grid, interpolated bilinearly (torch's global generator)."""
+    b, _, h, w = x.shape
+    field = torch.rand(b, 1, knots, knots, device=x.device, dtype=x.dtype) * 2 - 1
+    return F.interpolate(field, size=(h, w), mode="bilinear", align_corners=True)[:, 0]
+
+
 class Aligner(nn.Module):
     """Moves each voxel's curve by whole frames so that its neighbourhood's bolus sits at frame
     ``anchor``; no parameters.
@@ -73,11 +82,19 @@ class Aligner(nn.Module):
     """
 
     def __init__(
-        self, anchor: int = 16, sigma_px: float = 6.0, sigma_t: float = 1.0, fractional: bool = False
+        self,
+        anchor: int = 16,
+        sigma_px: float = 6.0,
+        sigma_t: float = 1.0,
+        fractional: bool = False,
+        jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.anchor = int(anchor)
         self.fractional = bool(fractional)
+        if jitter < 0:
+            raise ValueError(f"jitter must be ≥ 0 frames, got {jitter}")
+        self.jitter = float(jitter)
         self.register_buffer("space", _gaussian(sigma_px), persistent=False)
         self.register_buffer("time", _gaussian(sigma_t), persistent=False)
 
@@ -103,6 +120,8 @@ class Aligner(nn.Module):
         with ``fractional`` the exact one, the curves then interpolated linearly in time)."""
         with torch.no_grad():
             centre = self.centre(x)
+            if self.training and self.jitter > 0:
+                centre = centre + self.jitter * _smooth_field(x)
             shift = self.anchor - (centre if self.fractional else torch.round(centre))
             t = torch.arange(x.shape[1], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
             at = t - shift[:, None]
@@ -133,6 +152,11 @@ class ShiftNet(nn.Module):
         fractional: align by the exact centre, interpolating the curves linearly in time, instead
             of by whole frames (whose steps between neighbouring voxels mark where the delay
             changes, and so how much it changes across a lesion).
+        jitter: in training only, each sample's bolus centres moved by a smooth random field of
+            up to ± ``jitter`` frames before the alignment, so that what the alignment leaves of
+            a region's delay (a small core is aligned on its surroundings' bolus: ~1 frame later
+            per 9 s of lesion delay, and its penumbra's residual spreads) cannot tell the flow
+            U-Net anything about the flow. Inference (eval mode) aligns exactly as without it.
     """
 
     def __init__(
@@ -148,6 +172,7 @@ class ShiftNet(nn.Module):
         sigma_t: float = 1.0,
         window: int | None = 48,
         fractional: bool = False,
+        jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.window = frames if window is None else min(int(window), frames)
@@ -160,7 +185,7 @@ class ShiftNet(nn.Module):
             raise ValueError(f"time_maps must be distinct outputs 0…{out_channels - 1}, got {time_maps}")
         self.flow_maps = [i for i in range(out_channels) if i not in self.time_maps]
         self.out_channels = out_channels
-        self.align = Aligner(anchor, sigma_px, sigma_t, fractional)
+        self.align = Aligner(anchor, sigma_px, sigma_t, fractional, jitter)
         self.flow = UNet(self.window, len(self.flow_maps), width, stages, norm) if self.flow_maps else None
         self.timing = UNet(frames, len(self.time_maps), width, stages, norm) if self.time_maps else None
 
