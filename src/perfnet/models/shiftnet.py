@@ -79,6 +79,8 @@ class Aligner(nn.Module):
     baseline by the grid's end (a plateau as long as the shift; README, "A delay-invariant flow
     branch"): :class:`ShiftNet`'s flow U-Net reads only the first ``window`` aligned frames, which
     every curve moved at most T − window frames earlier fills with observed data.
+    ``fractional``: the exact shift instead, the curves interpolated linearly in time. ``jitter``
+    (training only): the centres moved by a smooth random field of up to ± ``jitter`` frames.
     """
 
     def __init__(
