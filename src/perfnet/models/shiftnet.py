@@ -128,13 +128,12 @@ class Aligner(nn.Module):
             t = torch.arange(x.shape[1], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
             at = t - shift[:, None]
             low = torch.floor(at)
-            frac = at - low
+            index = low.long()
             last = x.shape[1] - 1
-            i0 = low.long().clamp(0, last)
-            i1 = (low.long() + 1).clamp(0, last)
         if not self.fractional:
-            return torch.gather(x, 1, i0), shift
-        return torch.lerp(torch.gather(x, 1, i0), torch.gather(x, 1, i1), frac), shift
+            return torch.gather(x, 1, index.clamp(0, last)), shift
+        early, late = (torch.gather(x, 1, (index + k).clamp(0, last)) for k in (0, 1))
+        return torch.lerp(early, late, at - low), shift
 
 
 class ShiftNet(nn.Module):
