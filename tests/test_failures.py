@@ -125,6 +125,29 @@ def test_sigterm_during_analysis_leaves_nothing(study: Path, tmp_path: Path) -> 
     assert not out.exists() and _hidden(tmp_path) == []
 
 
+@pytest.mark.parametrize("stop, expected", [("term", (143, "terminated")), ("int", (130, "interrupted"))])
+def test_an_error_raised_while_stopping_reports_the_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str, expected: tuple[int, str]
+) -> None:
+    """A worker that died of the same signal can be noticed first, as a RuntimeError raised while
+    the interruption is being handled: the command still ends as stopped, not as an internal
+    error with a crash log."""
+    import perfnet.cli as cli
+
+    def stopped(args: object) -> int:
+        try:
+            raise cli.Terminated if stop == "term" else KeyboardInterrupt
+        except BaseException as exc:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from exc
+
+    monkeypatch.setattr(cli, "_crash_log", lambda argv: pytest.fail("no crash log for a stop"))
+    parser = types.SimpleNamespace(parse_args=lambda argv: types.SimpleNamespace(func=stopped))
+    monkeypatch.setattr("perfnet.cli.parser.build_parser", lambda: parser)
+    code = main(["train", "x"])
+    assert (code, capsys.readouterr().err.strip()) == (expected[0], f"perfnet: {expected[1]}")
+    assert cli._stopped_by(RuntimeError("an error of its own")) is None
+
+
 def test_convert_never_deletes_a_folder_named_like_its_output(
     study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -233,6 +236,45 @@ def test_loader_worker_processes_train_the_main_process_run(
         else:
             assert [r["resolution"] for r in mine] == ["pretrain"] + ["fine-tune"] * 4
             assert [r["resolution"] for r in mine] == [r["resolution"] for r in theirs]
+
+
+#: CONFIG as ``perfnet train`` options
+CLI = [
+    *("--model", "unet", "--width", "4", "--frames", "20", "--epochs", "5", "--pretrain-epochs", "1"),
+    *("--pretrain-size", "32", "--crop", "32", "--batch-size", "2", "--lr", "3e-3", "--lr-step", "2"),
+    *("--folds", "2", "--fold", "0", "--seed", "5", "--accelerator", "cpu", "--devices", "1"),
+]
+
+
+@pytest.mark.parametrize(
+    "signum, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signalled_process_group_stops_cleanly_and_the_rerun_resumes(
+    cohort: Path, uninterrupted: Path, tmp_path: Path, signum: int, status: int, word: str
+) -> None:
+    """A batch scheduler's SIGTERM, or Ctrl-C in a terminal, reaches the whole process group,
+    DataLoader workers included. The command stops with its own status and one line (not
+    "internal error: DataLoader worker killed", nor Lightning's silent exit 1 on Ctrl-C), and
+    the same command again continues after the last completed epoch, to the weights of an
+    uninterrupted run."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "perfnet.cli", "train", str(cohort), "--out", str(run), *CLI]
+    command += ["--loader-workers", "2"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    metrics, deadline = run / "fold-0" / "metrics.csv", time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):  # 2 epochs done
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err.strip()) == (status, f"perfnet: {word}")
+    assert 2 <= len(_epochs(run)) < 5
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _epochs(run) == [0, 1, 2, 3, 4]
+    _assert_same_weights(run, uninterrupted)
 
 
 DDP = textwrap.dedent(

@@ -52,6 +52,21 @@ def _crash_log(argv: Sequence[str]) -> Path | None:
     return Path(name)
 
 
+def _stopped_by(exc: BaseException) -> tuple[str, int] | None:
+    """("interrupted", 130) or ("terminated", 143) when ``exc`` was raised while the command was
+    being stopped by Ctrl-C or SIGTERM (its chain of causes holds the interruption), else None."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, KeyboardInterrupt):
+            return "interrupted", EXIT_INTERRUPTED
+        if isinstance(link, Terminated):
+            return "terminated", EXIT_TERMINATED
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def _one_line_warning(
     message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
@@ -97,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_UNEXPECTED
     except Exception as exc:
+        stopped = _stopped_by(exc)
+        if stopped is not None:  # e.g. a worker process that died of the same signal, noticed first
+            print(f"perfnet: {stopped[0]}", file=sys.stderr)
+            return stopped[1]
         if debug:
             raise
         text = str(exc).strip().splitlines()

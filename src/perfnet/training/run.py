@@ -33,6 +33,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -218,6 +220,33 @@ def auto_loader_workers(slices: int, world: int) -> int:
     if slices <= 256:
         return 0
     return max(0, min(2, (os.cpu_count() or 1) // max(world, 1) - 1))
+
+
+def _loader_worker_init(worker: int) -> None:
+    """A DataLoader worker leaves SIGTERM to the main process. A scheduler or ``kill`` that
+    signals the whole process group would otherwise end the workers first, and the main process
+    would die of "DataLoader worker killed" (an internal error) instead of stopping cleanly with
+    its checkpoints; the main process shuts its workers down on the way out, and a worker whose
+    main process is gone exits by itself (PyTorch's watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _keep_interrupt(trainer: L.Trainer, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``trainer.fit`` / ``trainer.validate`` with Ctrl-C kept a KeyboardInterrupt. Lightning
+    turns it into ``sys.exit(1)`` after its own teardown (the command then ended with status 1
+    and no message instead of "interrupted", 130) and leaves SIGINT ignored for the rest of the
+    process (a later Ctrl-C in the same Python session did nothing); both undone here."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return call(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        main = threading.current_thread() is threading.main_thread()
+        if main and handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
 
 
 class Schedule(Callback):
@@ -507,12 +536,18 @@ def _train_fold(
     world = _world_size(cfg)
     workers = auto_loader_workers(len(train_ds), world) if cfg.loader_workers is None else cfg.loader_workers
     loading: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+    if workers:
+        loading["worker_init_fn"] = _loader_worker_init
     train_loader = DataLoader(train_ds, batch_sampler=sampler, **loading)
     val_loader = (
         DataLoader(val_ds, sampler=ValidationShard(len(val_ds)), batch_size=1, **loading) if val_set else None
     )
 
     checkpoint, last_epoch = resume_point(fold_dir, warn=writer) if resume else (None, -1)
+    # Lightning starts the loader's iterator before it sets the resumed epoch on the sampler;
+    # DataLoader workers prefetch at once, so without this the first resumed epoch was drawn as
+    # epoch 0 (its order, pre-train resolution and augmentations) whenever workers were used.
+    sampler.set_epoch(last_epoch + 1)
     if writer:
         if not resume:
             remove_checkpoints(fold_dir)
@@ -542,7 +577,9 @@ def _train_fold(
         log_every_n_steps=1,
     )
     fold_start = time.perf_counter()
-    trainer.fit(
+    _keep_interrupt(
+        trainer,
+        trainer.fit,
         task,
         train_loader,
         val_loader,
@@ -568,7 +605,7 @@ def _train_fold(
         }
     else:
         if val_loader is not None and (not val_metrics or not last_validated or cfg.max_minutes):
-            trainer.validate(task, val_loader, verbose=False)  # metrics of the final weights
+            _keep_interrupt(trainer, trainer.validate, task, val_loader, verbose=False)  # the final weights
             val_metrics = validation()
         kept = {"rule": "last", "epoch": trainer.current_epoch - 1}
     weights_config = {
