@@ -15,12 +15,22 @@ store in the weights). Study sets:
   noise and everything else the same, so the true core read is the same at every delay). A
   network that reads the core's flow and not its delay reads it the same at each; the summary
   gives the median read per delay;
+- ``noise``: the seven studies of ``unseen`` at lesion delay 11.5 s, each simulated four times
+  with only the noise changed (CT tube current 40, 80, 160, 320 mAs: ≈ 24 … 8 HU; MR SNR 12, 25,
+  50, 100; the training phantoms draw 50–400 mAs and SNR 15–150). A network that reads a noisy
+  core towards the average brain (what a regression trained by MSE does where the curves say
+  little: the stop-36 probes read seed 4343, 57 mAs, at 0.86 of healthy flow and 0.59 at 285 mAs)
+  reads it higher at the low levels; the summary gives the median read and the core Dice per level;
 - ``A`` / ``B``: the studies of benchmarks/generalisation.py of style A (geometric) or B (MNI
   template, never trained on): same seeds, lesion strata and size, motion drawn, analysed as
   `analyze --method cnn` analyses them (motion correction, CSF left out of the lesions).
 
-    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|delay|A|B]
+    python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|delay|noise|A|B]
         [--studies 12] [--factors 1.0,1.2] [--json F]
+
+WEIGHTS ``osvd`` (or ``sssvd``, ``csvd``, ``boxnlr``) measures that conventional method on the
+same studies instead (sets ``unseen``, ``apart``, ``delay``, ``noise``; for ``A`` / ``B`` use
+benchmarks/generalisation.py ``--methods osvd``), so a candidate can be read against the anchor.
 
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
 absolute figures per study and the means (no timing). ``read_core`` is the median CNN CBF in the
@@ -52,6 +62,11 @@ from perfnet.training.core_calibration import MIN_CORE_ML
 SEEDS = tuple(range(4242, 4849, 101))
 #: the ``delay`` set: the delays (s) at the lesion's centre each of :data:`SEEDS` is simulated with
 DELAYS = (7.0, 11.5, 16.0)
+#: the ``noise`` set: the lesion delay (s) and the noise levels each of :data:`SEEDS` is simulated at
+NOISE_DELAY = 11.5
+NOISE_LEVELS = {"CT": ("dose_mas", (40.0, 80.0, 160.0, 320.0)), "MR": ("snr", (12.0, 25.0, 50.0, 100.0))}
+#: WEIGHTS that name a conventional method instead of a weights file
+CONVENTIONAL = ("osvd", "sssvd", "csvd", "boxnlr")
 #: the ``apart`` set: seeds and the ranges its lesion delays are drawn in
 APART_SEEDS = tuple(range(5000, 5008))
 APART = {"delay_power": (0.3, 2.0), "delay_mix": (0.3, 1.0)}
@@ -109,6 +124,16 @@ def _row(
     return row
 
 
+def _maps(series: Any, args: argparse.Namespace) -> Any:
+    """The maps of ``series`` from the candidate weights (``predict`` as the bundled-weights test
+    runs it) or from the conventional method WEIGHTS names."""
+    if args.weights in CONVENTIONAL:
+        from perfnet.conventional.pipeline import AnalysisOptions, analyze
+
+        return analyze(series, AnalysisOptions(method=args.weights, device=args.device)).maps
+    return predict(series, args.weights, device=args.device, consistency=False)
+
+
 def _demo_row(weights: str, factors: list[float], device: str) -> dict:
     """The demo study through :func:`perfnet.analyze` (motion correction and all), as the demo runs it."""
     from perfnet.demo import OVERRIDES
@@ -119,7 +144,10 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         write_cohort(Path(tmp), "CT", 1, 2024, overrides=OVERRIDES, overwrite=True)
         series = next(Path(tmp).rglob("*_ctp.nii.gz"))
-        result = analyze(series, "cnn", weights=weights, device=device)
+        if weights in CONVENTIONAL:
+            result = analyze(series, weights, device=device)
+        else:
+            result = analyze(series, "cnn", weights=weights, device=device)
         t = series.parent / "truth"
         truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax", "cbf", "cbv")}
         masks = {m: load_map(t / f"{m}.nii.gz")[0] > 0 for m in ("brain", "core")}
@@ -135,10 +163,26 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
             )
             for delay in DELAYS:
                 study = simulate_study(replace(drawn, lesion_delay_s=delay))
-                maps = predict(study.series, args.weights, device=args.device, consistency=False)
+                maps = _maps(study.series, args)
                 t = study.truth
                 rows.append(_row(f"{seed} {delay:g} s", maps, t.maps, t.masks, study.series.affine, factors))
                 rows[-1]["lesion_delay_s"] = delay
+                print(json.dumps(rows[-1]), flush=True)
+        return rows
+    if args.set == "noise":
+        field, levels = NOISE_LEVELS[args.modality]
+        for seed in SEEDS:
+            drawn = PhantomConfig.draw(
+                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+            )
+            for level in levels:
+                study = simulate_study(replace(drawn, lesion_delay_s=NOISE_DELAY, **{field: level}))
+                maps = _maps(study.series, args)
+                t = study.truth
+                rows.append(
+                    _row(f"{seed} {field} {level:g}", maps, t.maps, t.masks, study.series.affine, factors)
+                )
+                rows[-1]["noise_level"] = f"{field} {level:g}"
                 print(json.dumps(rows[-1]), flush=True)
         return rows
     if args.set in ("unseen", "apart"):
@@ -155,7 +199,7 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
                 **(APART if apart else {}),
             )
             study = simulate_study(cfg)
-            maps = predict(study.series, args.weights, device=args.device, consistency=False)
+            maps = _maps(study.series, args)
             t = study.truth
             rows.append(_row(str(seed), maps, t.maps, t.masks, study.series.affine, factors))
             print(json.dumps(rows[-1]), flush=True)
@@ -163,6 +207,8 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
             rows.append(_demo_row(args.weights, factors, args.device))
             print(json.dumps(rows[-1]), flush=True)
         return rows
+    if args.weights in CONVENTIONAL:
+        raise SystemExit(f"--set {args.set}: use benchmarks/generalisation.py --methods {args.weights}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from generalisation import lesion_of, study_seed
 
@@ -190,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", default="1.0,1.2,1.4", help="core-rule calibration factors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-demo", action="store_true", help="CT: skip the demo study")
-    p.add_argument("--set", choices=["unseen", "apart", "delay", "A", "B"], default="unseen")
+    p.add_argument("--set", choices=["unseen", "apart", "delay", "noise", "A", "B"], default="unseen")
     p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
     p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
     p.add_argument("--json", type=Path)
@@ -231,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         at = [r for r in rows if r.get("lesion_delay_s") == delay and "read_core" in r]
         tmax = np.median([r["true_core_tmax_s"] for r in at])
         medians([r["read_core"] for r in at], f"delay {delay:g} s (true core Tmax {tmax:.1f} s): core read")
+    levels = {r["noise_level"]: None for r in rows if "noise_level" in r}  # in the order simulated
+    for level in levels:
+        at = [r for r in rows if r.get("noise_level") == level and "read_core" in r]
+        medians([r["read_core"] for r in at], f"{level}: core read")
+        rule = f"core_{factors[0]:g}"
+        print(f"    {level}: core Dice (rule x {factors[0]:g}) {np.mean([r[rule][0] for r in at]):.3f}")
     medians([r["read_core_cbv"] for r in rows if "read_core_cbv" in r], "CBV read likewise")
     if args.json:
         args.json.write_text(json.dumps({"weights": args.weights, "rows": rows}, indent=1) + "\n")
