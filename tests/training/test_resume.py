@@ -245,6 +245,27 @@ CLI = [
     *("--folds", "2", "--fold", "0", "--seed", "5", "--accelerator", "cpu", "--devices", "1"),
 ]
 
+#: ``perfnet train`` that waits after epoch 1's checkpoint (a marker file says so) for the signal
+WAIT_AFTER_EPOCH_1 = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from perfnet.cli import main
+    from perfnet.training import checkpoints
+
+    save = checkpoints.EpochCheckpoint.on_train_epoch_end
+
+    def save_then_wait(self, trainer, module):
+        save(self, trainer, module)
+        if trainer.current_epoch == 1:
+            Path(sys.argv[1]).write_text("saved")
+            time.sleep(120)
+
+    checkpoints.EpochCheckpoint.on_train_epoch_end = save_then_wait
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
 
 @pytest.mark.parametrize(
     "signum, status, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")]
@@ -257,21 +278,26 @@ def test_a_signalled_process_group_stops_cleanly_and_the_rerun_resumes(
     "internal error: DataLoader worker killed", nor Lightning's silent exit 1 on Ctrl-C), and
     the same command again continues after the last completed epoch, to the weights of an
     uninterrupted run."""
-    run = tmp_path / "run"
-    command = [sys.executable, "-m", "perfnet.cli", "train", str(cohort), "--out", str(run), *CLI]
-    command += ["--loader-workers", "2"]
+    run, marker, script = tmp_path / "run", tmp_path / "epoch-1-saved", tmp_path / "wait.py"
+    script.write_text(WAIT_AFTER_EPOCH_1)
+    arguments = ["train", str(cohort), "--out", str(run), *CLI, "--loader-workers", "2"]
     proc = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, str(script), str(marker), *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    metrics, deadline = run / "fold-0" / "metrics.csv", time.monotonic() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):  # 2 epochs done
+    deadline = time.monotonic() + 300
+    while not marker.is_file():  # epoch 1 checkpointed; the workers are alive, waiting for epoch 2
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err.strip()) == (status, f"perfnet: {word}")
-    assert 2 <= len(_epochs(run)) < 5
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    again = subprocess.run(
+        [sys.executable, "-m", "perfnet.cli", *arguments], capture_output=True, text=True, check=False
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert _epochs(run) == [0, 1, 2, 3, 4]
     _assert_same_weights(run, uninterrupted)
