@@ -248,10 +248,13 @@ CLI = [
 #: ``perfnet train`` that waits after epoch 1's checkpoint (a marker file says so) for the signal
 WAIT_AFTER_EPOCH_1 = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from perfnet.cli import main
     from perfnet.training import checkpoints
+
+    # as a shell starts a foreground command (a test runner's worker may hand SIGINT down ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     save = checkpoints.EpochCheckpoint.on_train_epoch_end
 
