@@ -102,7 +102,8 @@ def test_bundled_ct_reads_a_core_the_same_at_low_and_high_dose() -> None:
     11.5 s; training drew 50–400 mAs). The median CBF in the true core over healthy brain stays
     within 0.05 between the two doses on each study and below 0.4 (truth 0.21–0.24). Measured
     0.336 / 0.341, 0.290 / 0.288, 0.297 / 0.300; oSVD 0.447 / 0.298, 0.593 / 0.284, 0.398 / 0.216;
-    stop 36's 40-study `shiftnet` probe 0.55 / 0.19 on 4646 (`candidate_core.py --set noise`)."""
+    stop 36's 40-study `shiftnet` probe 0.90 / 0.58, 0.64 / 0.28, 0.63 / 0.17 (`candidate_core.py
+    --set noise`)."""
     reads = {}
     for seed in (4343, 4444, 4646):
         drawn = PhantomConfig.draw(
