@@ -156,33 +156,31 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
 
 def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
     rows = []
-    if args.set == "delay":
-        for seed in SEEDS:
-            drawn = PhantomConfig.draw(
-                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
-            )
-            for delay in DELAYS:
-                study = simulate_study(replace(drawn, lesion_delay_s=delay))
-                maps = _maps(study.series, args)
-                t = study.truth
-                rows.append(_row(f"{seed} {delay:g} s", maps, t.maps, t.masks, study.series.affine, factors))
-                rows[-1]["lesion_delay_s"] = delay
-                print(json.dumps(rows[-1]), flush=True)
-        return rows
-    if args.set == "noise":
-        field, levels = NOISE_LEVELS[args.modality]
-        for seed in SEEDS:
-            drawn = PhantomConfig.draw(
-                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
-            )
-            for level in levels:
-                study = simulate_study(replace(drawn, lesion_delay_s=NOISE_DELAY, **{field: level}))
-                maps = _maps(study.series, args)
-                t = study.truth
-                rows.append(
-                    _row(f"{seed} {field} {level:g}", maps, t.maps, t.masks, study.series.affine, factors)
+    if args.set in ("delay", "noise"):
+        # each unseen study simulated once per variant, one thing changed: (name, changes, row tags)
+        if args.set == "delay":
+            variants = [(f"{d:g} s", {"lesion_delay_s": d}, {"lesion_delay_s": d}) for d in DELAYS]
+        else:
+            field, levels = NOISE_LEVELS[args.modality]
+            variants = [
+                (
+                    f"{field} {v:g}",
+                    {"lesion_delay_s": NOISE_DELAY, field: v},
+                    {"noise_level": f"{field} {v:g}"},
                 )
-                rows[-1]["noise_level"] = f"{field} {level:g}"
+                for v in levels
+            ]
+        for seed in SEEDS:
+            drawn = PhantomConfig.draw(
+                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+            )
+            for name, changes, tags in variants:
+                study = simulate_study(replace(drawn, **changes))
+                t = study.truth
+                row = _row(
+                    f"{seed} {name}", _maps(study.series, args), t.maps, t.masks, study.series.affine, factors
+                )
+                rows.append(row | tags)
                 print(json.dumps(rows[-1]), flush=True)
         return rows
     if args.set in ("unseen", "apart"):
