@@ -26,7 +26,12 @@ store in the weights). Study sets:
   `analyze --method cnn` analyses them (motion correction, CSF left out of the lesions).
 
     python benchmarks/candidate_core.py WEIGHTS [--modality CT|MR] [--set unseen|apart|delay|noise|A|B]
-        [--studies 12] [--factors 1.0,1.2] [--json F]
+        [--style geometric|mni] [--studies 12] [--factors 1.0,1.2] [--json F]
+
+``--style mni`` draws the seeds of ``unseen``, ``delay`` and ``noise`` in style B (the MNI-template
+phantom, never trained on: other anatomy, residues, an FBP noise texture, leakage) instead of
+style A, with the same overrides (128² × 8 over 64 mm, a core, no motion; no demo study), so a
+screen can be read on both styles.
 
 WEIGHTS ``osvd`` (or ``sssvd``, ``csvd``, ``boxnlr``) measures that conventional method on the
 same studies instead (sets ``unseen``, ``apart``, ``delay``, ``noise``; for ``A`` / ``B`` use
@@ -55,7 +60,7 @@ from perfnet.constants import CORE_PROBABILITY
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
-from perfnet.phantom import PhantomConfig, simulate_study
+from perfnet.phantom.styles import draw_config, simulate
 from perfnet.training.core_calibration import MIN_CORE_ML
 
 #: tests/models/test_bundled.py's unseen studies
@@ -124,6 +129,22 @@ def _row(
     return row
 
 
+def _unseen_config(args: argparse.Namespace, seed: int, **apart: Any) -> Any:
+    """One study of the ``unseen`` seeds (or ``apart``'s, ``apart`` its delay ranges) drawn in
+    ``--style``: 128² × 8 slices over 64 mm, a core with its penumbra, no motion."""
+    return draw_config(
+        args.style,
+        seed,
+        args.modality,
+        matrix=128,
+        slices=8,
+        coverage_mm=64.0,
+        lesion="core",
+        motion=False,
+        **apart,
+    )
+
+
 def _maps(series: Any, args: argparse.Namespace) -> Any:
     """The maps of ``series`` from the candidate weights (``predict`` as the bundled-weights test
     runs it) or from the conventional method WEIGHTS names."""
@@ -171,11 +192,9 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
                 for v in levels
             ]
         for seed in SEEDS:
-            drawn = PhantomConfig.draw(
-                seed, args.modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
-            )
+            drawn = _unseen_config(args, seed)
             for name, changes, tags in variants:
-                study = simulate_study(replace(drawn, **changes))
+                study = simulate(replace(drawn, **changes))
                 t = study.truth
                 row = _row(
                     f"{seed} {name}", _maps(study.series, args), t.maps, t.masks, study.series.affine, factors
@@ -186,22 +205,12 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
     if args.set in ("unseen", "apart"):
         apart = args.set == "apart"
         for seed in APART_SEEDS if apart else SEEDS:
-            cfg = PhantomConfig.draw(
-                seed,
-                args.modality,
-                matrix=128,
-                slices=8,
-                coverage_mm=64.0,
-                lesion="core",
-                motion=False,
-                **(APART if apart else {}),
-            )
-            study = simulate_study(cfg)
+            study = simulate(_unseen_config(args, seed, **(APART if apart else {})))
             maps = _maps(study.series, args)
             t = study.truth
             rows.append(_row(str(seed), maps, t.maps, t.masks, study.series.affine, factors))
             print(json.dumps(rows[-1]), flush=True)
-        if args.modality == "CT" and not args.no_demo and not apart:
+        if args.modality == "CT" and not args.no_demo and not apart and args.style == "geometric":
             rows.append(_demo_row(args.weights, factors, args.device))
             print(json.dumps(rows[-1]), flush=True)
         return rows
@@ -211,7 +220,6 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
     from generalisation import lesion_of, study_seed
 
     from perfnet.inference import analyze_cnn
-    from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
 
     style = {"A": "geometric", "B": "mni"}[args.set]
@@ -235,11 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-demo", action="store_true", help="CT: skip the demo study")
     p.add_argument("--set", choices=["unseen", "apart", "delay", "noise", "A", "B"], default="unseen")
+    p.add_argument(
+        "--style",
+        choices=["geometric", "mni"],
+        default="geometric",
+        help="unseen / delay / noise: the style their seeds are drawn in (mni: style B, never trained on)",
+    )
     p.add_argument("--studies", type=int, default=12, help="A / B: studies (generalisation.py's)")
     p.add_argument("--first", type=int, default=0, help="A / B: index of the first study")
     p.add_argument("--json", type=Path)
     p.add_argument("--rows", type=Path, help="summarise the rows of an earlier --json (or of its log)")
     args = p.parse_args(argv)
+    if args.style != "geometric" and args.set not in ("unseen", "delay", "noise"):
+        p.error(f"--style {args.style}: sets unseen, delay and noise only (--set B: generalisation.py's)")
     factors = [float(f) for f in args.factors.split(",")]
     rows = _studies(args, factors) if args.rows is None else json.loads(args.rows.read_text())["rows"]
     scored = [r for r in rows if r["study"] != "demo"]
