@@ -716,8 +716,9 @@ def model_card(
     modality: str, plans: list[dict], settings: dict, core: dict | None = None, domain: dict | None = None
 ) -> str:
     cfg = plans[-1]["config"]
+    kind = "bundled" if settings.get("bundle", True) else "candidate"  # a candidate stays in --work
     lines = [
-        f"# perfnet bundled {modality.upper()} weights: `{cfg['model']}`",
+        f"# perfnet {kind} {modality.upper()} weights: `{cfg['model']}`",
         "",
         f"- model: `{cfg['model']}` ({PAPERS[cfg['model']]}),"
         f" width {cfg['width']}, maps {', '.join(cfg['maps'])}, loss {cfg['loss']}",
