@@ -343,8 +343,13 @@ SETTINGS = {
     # candidate to bundle (not done at stop 27 for lack of time: tests/models/test_consistency.py's
     # flagged MR failure (71105) reads 0.67 with it, the nuisance corpus's MR cnn xfails may pass)
     # (bundled at stop 28 as the `mr` recipe above, same stages: `python tools/train_weights.py mr`)
-    # candidate, not bundled (written to --work), NOT yet trained: the `mr` recipe with beta-NLL
-    # (--nll-beta 1) and each stage's best validated epoch (--keep best). Under Hess's NLL a voxel's
+    # candidate, not bundled (written to --work): the `mr` recipe with beta-NLL
+    # (--nll-beta 1) and each stage's best validated epoch (--keep best). Trained in full at stop 38
+    # (70 min of training here; README "`mr-beta` trained in full"): NOT bundled -- on style B
+    # (never trained on) ahead of the bundled network (Tmax MAEC 1.05 vs 1.21 s, core Dice 0.52 vs
+    # 0.38, hypo Dice 0.83 vs 0.82), behind it on style A (hypo Dice 0.87 vs 0.90, a 27.9 mL false
+    # core on the moving, flagged 70101) and on the 7 unseen studies (1.07 vs 0.99 s; core read
+    # 0.35 vs 0.32: beta-NLL alone does not lower it). Under Hess's NLL a voxel's
     # value trains with weight 1/b: the arterial candidate's Laplace scales as trained (its dropout
     # evaluated as its expectation, stop 27) are 3.95 s in hypoperfused tissue against 0.59 s in
     # healthy tissue on 12 of its training studies, so hypoperfused values train ~7x slower (the
