@@ -44,6 +44,14 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
 SEEDS = tuple(range(4242, 4849, 101))
 
 
+def _unseen(seed: int, modality: str) -> PhantomConfig:
+    """One of the unseen studies of :data:`SEEDS`: 128² × 8 slices over 64 mm, a core with its
+    penumbra, no motion."""
+    return PhantomConfig.draw(
+        seed, modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
+    )
+
+
 @functools.lru_cache(maxsize=2)
 def _versus_osvd(modality: str) -> tuple[np.ndarray, np.ndarray]:
     """The bundled network of ``modality`` (its core rule with the calibration its weights carry)
@@ -52,10 +60,7 @@ def _versus_osvd(modality: str) -> tuple[np.ndarray, np.ndarray]:
     CNN's shift-consistency passes are skipped: they add flags, not maps."""
     rows = {"cnn": [], "osvd": []}
     for seed in SEEDS:
-        cfg = PhantomConfig.draw(
-            seed, modality, matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
-        )
-        study = simulate_study(cfg)
+        study = simulate_study(_unseen(seed, modality))
         truth, brain = study.truth.maps, study.truth.masks["brain"]
         affine, true_core = study.series.affine, study.truth.masks["core"]
         for name, maps in (
@@ -106,9 +111,7 @@ def test_bundled_ct_reads_a_core_the_same_at_low_and_high_dose() -> None:
     --set noise`)."""
     reads = {}
     for seed in (4343, 4444, 4646):
-        drawn = PhantomConfig.draw(
-            seed, "CT", matrix=128, slices=8, coverage_mm=64.0, lesion="core", motion=False
-        )
+        drawn = _unseen(seed, "CT")
         for dose in (40.0, 320.0):
             study = simulate_study(replace(drawn, lesion_delay_s=11.5, dose_mas=dose))
             cbf = predict(study.series, device="cpu", consistency=False)["cbf"]
