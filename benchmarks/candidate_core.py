@@ -33,6 +33,10 @@ phantom, never trained on: other anatomy, residues, an FBP noise texture, leakag
 style A, with the same overrides (128² × 8 over 64 mm, a core, no motion; no demo study), so a
 screen can be read on both styles.
 
+WEIGHTS ``a.pt,b.pt`` is an ensemble (its members' mean maps, as ``analyze --weights a.pt
+--weights b.pt`` reads them; the members must share one core calibration, e.g. the folder
+``tools/calibrate_core.py --weights a.pt b.pt --out DIR`` writes).
+
 WEIGHTS ``osvd`` (or ``sssvd``, ``csvd``, ``boxnlr``) measures that conventional method on the
 same studies instead (sets ``unseen``, ``apart``, ``delay``, ``noise``; for ``A`` / ``B`` use
 benchmarks/generalisation.py ``--methods osvd``), so a candidate can be read against the anchor.
@@ -145,6 +149,11 @@ def _unseen_config(args: argparse.Namespace, seed: int, **apart: Any) -> Any:
     )
 
 
+def _model(weights: str) -> str | list[str]:
+    """WEIGHTS as inference takes it: a conventional method's name, one file, or an ensemble's."""
+    return weights.split(",") if "," in weights else weights
+
+
 def _maps(series: Any, args: argparse.Namespace) -> Any:
     """The maps of ``series`` from the candidate weights (``predict`` as the bundled-weights test
     runs it) or from the conventional method WEIGHTS names."""
@@ -152,7 +161,7 @@ def _maps(series: Any, args: argparse.Namespace) -> Any:
         from perfnet.conventional.pipeline import AnalysisOptions, analyze
 
         return analyze(series, AnalysisOptions(method=args.weights, device=args.device)).maps
-    return predict(series, args.weights, device=args.device, consistency=False)
+    return predict(series, _model(args.weights), device=args.device, consistency=False)
 
 
 def _demo_row(weights: str, factors: list[float], device: str) -> dict:
@@ -168,7 +177,7 @@ def _demo_row(weights: str, factors: list[float], device: str) -> dict:
         if weights in CONVENTIONAL:
             result = analyze(series, weights, device=device)
         else:
-            result = analyze(series, "cnn", weights=weights, device=device)
+            result = analyze(series, "cnn", weights=_model(weights), device=device)
         t = series.parent / "truth"
         truth = {m: load_map(t / f"{m}.nii.gz")[0] for m in ("tmax", "cbf", "cbv")}
         masks = {m: load_map(t / f"{m}.nii.gz")[0] > 0 for m in ("brain", "core")}
@@ -227,7 +236,7 @@ def _studies(args: argparse.Namespace, factors: list[float]) -> list[dict]:
         seed = study_seed(style, args.modality, i)
         cfg = draw_config(style, seed, args.modality, matrix=128, slices=8, lesion=lesion_of(i))
         study = simulate(cfg)
-        maps, seen = analyze_cnn(study.series, args.weights, device=args.device)
+        maps, seen = analyze_cnn(study.series, _model(args.weights), device=args.device)
         exclude = csf_mask(seen, maps.brain_mask)
         t = study.truth
         rows.append(_row(f"{seed} {lesion_of(i)}", maps, t.maps, t.masks, maps.affine, factors, exclude))

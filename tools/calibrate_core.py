@@ -1,6 +1,7 @@
 """Calibrate the core rule for a CNN's CBF (issue 12, item 3): one factor stored in its weights.
 
     python tools/calibrate_core.py [--weights src/perfnet/weights/ct.pt] [--studies 24] [--out FILE]
+    python tools/calibrate_core.py --weights a.pt b.pt --out DIR      # an ensemble: one rule for all
 
 The clinical core is a ratio: hypoperfused tissue with CBF < 30 % of the healthy reference. A
 network regressing CBF pulls the core's low values towards the population mean (the bundled CT
@@ -25,13 +26,20 @@ thrombectomy) and put no more than ``FALSE_CORE_ML`` of core into any study with
 reuses them when the file exists, so the choice can be re-made without analysing again. The
 record also keeps how firmly the studies fix the choice (``bootstrap``: the threshold chosen on
 200 resamples of them, 5th–95th percentile; the source line states it).
+
+Several ``--weights`` calibrate an ensemble (``analyze --weights a.pt --weights b.pt``): the studies
+are scored on the members' mean maps, as inference reads them, and every member is written into
+the ``--out`` folder under its own name with the one shared record (``ensemble`` names the
+members), since inference refuses an ensemble whose members carry different calibrations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +50,7 @@ CALIBRATION_SEED = 16000
 LESIONS = ("core", "core", "penumbra", "core", "none", "core")
 
 
-def score_study(seed: int, lesion: str, weights: Path, modality: str) -> dict:
+def score_study(seed: int, lesion: str, weights: Path | list[Path], modality: str) -> dict:
     """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
@@ -60,13 +68,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", type=Path, default=ROOT / "src" / "perfnet" / "weights" / "ct.pt")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "src" / "perfnet" / "weights" / "ct.pt"],
+        help="one weights file, or several: an ensemble calibrated on its mean maps",
+    )
     parser.add_argument("--studies", type=int, default=24)
     parser.add_argument(
-        "--out", type=Path, help="write the calibrated weights here (default: over --weights)"
+        "--out",
+        type=Path,
+        help="write the calibrated weights here (default: over --weights); a folder for an ensemble",
     )
     parser.add_argument("--rows", type=Path, help="per-study scores: reused if present, else written")
     args = parser.parse_args()
+    members = list(args.weights)
+    if len(members) > 1 and (args.out is None or args.out.is_file()):
+        parser.error("an ensemble's calibrated members need --out FOLDER")
+    if len({m.name for m in members}) < len(members):
+        parser.error("ensemble members need distinct file names (each is written under its own)")
 
     from perfnet.inference.weights import load_weights, save_weights
     from perfnet.lesions import PRESETS
@@ -78,13 +99,21 @@ def main() -> int:
         choose,
     )
 
-    model, config = load_weights(args.weights)
-    modality = str(config["modality"])
+    loaded = [load_weights(m) for m in members]
+    modality = str(loaded[0][1]["modality"])
+    if any(c["modality"] != modality for _, c in loaded):
+        parser.error("ensemble members of different modalities")
+    scored_by: Path | list[Path] = members[0]
+    if len(members) > 1:  # the members as inference takes them: one calibration (here none) for all
+        scratch = Path(tempfile.mkdtemp(prefix="calibrate_core_"))
+        scored_by = [scratch / m.name for m in members]
+        for path, (model, config) in zip(scored_by, loaded, strict=True):
+            save_weights(path, model, {k: v for k, v in config.items() if k != "core_calibration"})
     rule = PRESETS["rapid"].core_relative_cbf
     started = time.perf_counter()
     rows = json.loads(args.rows.read_text()) if args.rows and args.rows.is_file() else []
     for i in range(len(rows), args.studies):
-        row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], args.weights, modality)
+        row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality)
         rows.append(row)
         at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
         what = "core Dice" if row["has_core"] else "false core mL"
@@ -96,16 +125,17 @@ def main() -> int:
     factor = round(threshold / rule, 4)
     spread = bootstrap(rows, rule)
     n_core = sum(r["has_core"] for r in rows)
+    names = ", ".join(m.name for m in members)
+    whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
     source = (
-        f"tools/calibrate_core.py: {args.studies} style-A {modality} phantom studies"
+        f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
         f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {100 * threshold:.0f} % against"
         f" {curve[f'{rule:.2f}']:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
         f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} % (5th–95th"
         f" percentile)"
     )
-    config = json.loads(json.dumps(config))
-    config["core_calibration"] = {
+    record = {
         "factor": factor,
         "threshold": threshold,
         "rule": rule,
@@ -123,10 +153,23 @@ def main() -> int:
             }
             for r in rows
         ],
+        **({"ensemble": [m.name for m in members]} if len(members) > 1 else {}),
     }
-    out = args.out or args.weights
-    save_weights(out, model, config)
-    print(f"{source}; factor {factor} written to {out} ({time.perf_counter() - started:.0f} s)")
+    if len(members) > 1:
+        shutil.rmtree(scored_by[0].parent)
+    written = []
+    for path, (model, config) in zip(members, loaded, strict=True):
+        config = json.loads(json.dumps(config))
+        config["core_calibration"] = record
+        if len(members) == 1:
+            out = args.out or path
+        else:
+            args.out.mkdir(parents=True, exist_ok=True)
+            out = args.out / path.name
+        save_weights(out, model, config)
+        written.append(str(out))
+    took = time.perf_counter() - started
+    print(f"{source}; factor {factor} written to {', '.join(written)} ({took:.0f} s)")
     return 0
 
 

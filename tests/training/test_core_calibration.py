@@ -90,19 +90,16 @@ def test_bootstrap_says_how_firmly_the_studies_fix_the_threshold() -> None:
     assert bootstrap(rows, resamples=100) == loose
 
 
-def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch) -> None:
-    """tools/calibrate_core.py on stand-in scores (four cores peaking at 0.36, one without a core):
-    the weights it writes carry the factor, the per-study volumes and the bootstrap, and the
-    source line states the spread; the bundled file it read is untouched."""
-    import sys
-    from pathlib import Path
-
-    from perfnet.inference.weights import BUNDLED, load_weights
+def _calibrate_core_tool(monkeypatch, scored: list | None = None):
+    """tools/calibrate_core.py with stand-in scores (cores peaking at 0.36, none where the lesion is
+    "none"); ``scored`` collects the weights each study was scored with."""
     from tool_modules import load_tool
 
     tool = load_tool("calibrate_core")
 
-    def stand_in(seed: int, lesion: str, weights: Path, modality: str) -> dict:
+    def stand_in(seed: int, lesion: str, weights, modality: str) -> dict:
+        if scored is not None:
+            scored.append(weights)
         row = _row(0.36, has_core=lesion != "none")
         return row | {
             "seed": seed,
@@ -112,6 +109,18 @@ def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch)
         }
 
     monkeypatch.setattr(tool, "score_study", stand_in)
+    return tool
+
+
+def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch) -> None:
+    """tools/calibrate_core.py on stand-in scores (four cores peaking at 0.36, one without a core):
+    the weights it writes carry the factor, the per-study volumes and the bootstrap, and the
+    source line states the spread; the bundled file it read is untouched."""
+    import sys
+
+    from perfnet.inference.weights import BUNDLED, load_weights
+
+    tool = _calibrate_core_tool(monkeypatch)
     bundled = BUNDLED / "mr.pt"
     before = bundled.read_bytes()
     out = tmp_path / "calibrated.pt"
@@ -124,3 +133,37 @@ def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch)
     assert record["bootstrap"]["threshold_p5"] == record["bootstrap"]["threshold_p95"] == pytest.approx(0.36)
     assert "36–36 % (5th–95th percentile)" in record["source"] and len(record["studies"]) == 5
     assert bundled.read_bytes() == before
+
+
+def test_calibrate_core_calibrates_an_ensemble_with_one_record(tmp_path, monkeypatch) -> None:
+    """Two members with different calibrations (inference refuses such an ensemble): the studies
+    are scored with both members at once, each uncalibrated, and both are written into --out with
+    one shared record that names them; inference then takes them as an ensemble."""
+    import sys
+
+    import torch
+
+    from perfnet.inference.cnn import _members
+    from perfnet.inference.weights import BUNDLED, load_weights, save_weights
+
+    model, config = load_weights(BUNDLED / "mr.pt")
+    members = []
+    for name, factor in (("a.pt", 1.1), ("b.pt", 1.3)):
+        save_weights(tmp_path / name, model, config | {"core_calibration": {"factor": factor}})
+        members.append(tmp_path / name)
+    scored: list = []
+    tool = _calibrate_core_tool(monkeypatch, scored)
+    argv = ["calibrate_core.py", "--weights", *map(str, members), "--studies", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):  # several members need a folder to be written into
+        tool.main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path / "cal")])
+    assert tool.main() == 0
+    assert len(scored) == 5 and all([p.name for p in w] == ["a.pt", "b.pt"] for w in scored)
+    assert not scored[0][0].exists()  # the uncalibrated scratch copies are gone
+    records = [load_weights(tmp_path / "cal" / m.name)[1]["core_calibration"] for m in members]
+    assert records[0] == records[1] and records[0]["ensemble"] == ["a.pt", "b.pt"]
+    assert records[0]["factor"] == pytest.approx(1.2)
+    assert "an ensemble of 2 (a.pt, b.pt)" in records[0]["source"]
+    assert load_weights(members[1])[1]["core_calibration"] == {"factor": 1.3}  # the inputs untouched
+    assert len(_members([tmp_path / "cal" / m.name for m in members], "MR", torch.device("cpu"))) == 2
