@@ -114,6 +114,12 @@ def print_comparison(comparison: dict[str, Any], out: Path) -> None:
             f"cross-check: oSVD calls {check['core_in_cnn_hypoperfused_ml']:.1f} mL of core inside the CNN's"
             f" hypoperfused region, the CNN {check['cnn_core_ml']:.1f} mL: flagged (cnn_core_disagrees)"
         )
+    if check and check.get("unsupported"):
+        print(
+            f"cross-check: the CNN calls {check['cnn_core_ml']:.1f} mL of core, oSVD"
+            f" {check['core_in_cnn_hypoperfused_ml']:.1f} mL inside the CNN's hypoperfused region:"
+            " flagged (cnn_core_unsupported)"
+        )
     for method in comparison["methods"]:
         print(f"report ({method}): {comparison[method]['report']}")
     print(f"comparison: {out / 'comparison.json'}  ({comparison['seconds']:.0f} s)")

@@ -79,6 +79,9 @@ _MESSAGES = {
     "cnn_core_disagrees": "the network calls a core of {value:.1f} mL where {method} on the same series "
     "calls {other:.1f} mL inside the network's own hypoperfused region: a core the network may have "
     "missed; read the core on both methods' maps, or the diffusion core, before deciding",
+    "cnn_core_unsupported": "the network calls a core of {value:.1f} mL where {method} on the same "
+    "series calls {other:.1f} mL inside the network's own hypoperfused region: a core the network may "
+    "have over-called; read the core on both methods' maps, or the diffusion core, before deciding",
     "bilateral_hypoperfusion": "hypoperfusion on both sides of the brain: {value:.0f} mL on the side "
     "without the lesion ({fraction:.0%} of the affected side's {affected:.0f} mL); a stroke is "
     "one-sided, so check head motion, the arterial input and the timing before reading the volumes "
@@ -91,8 +94,8 @@ _AIF_REASONS = {"aif_implausible": "aif_implausible_reason", "no_vof": "vof_reje
 #: Flags after which the maps are computed but marked unreliable (``provenance["reliable"]``).
 #: ``outside_training_domain`` is raised by a CNN only (:mod:`perfnet.inference.domain`; so is
 #: ``cnn_inconsistent``, :mod:`perfnet.inference.consistency`, and ``cnn_unenhanced_normal``,
-#: :mod:`perfnet.inference.enhancement`, and ``cnn_core_disagrees``, :mod:`perfnet.inference.crosscheck`,
-#: warnings: verdict ``review``).
+#: :mod:`perfnet.inference.enhancement`, and ``cnn_core_disagrees`` / ``cnn_core_unsupported``,
+#: :mod:`perfnet.inference.crosscheck`, warnings: verdict ``review``).
 UNRELIABLE_FLAGS = frozenset({"aif_implausible", "motion_unrecoverable", "outside_training_domain"})
 #: Flags that say what was done, not what is wrong: they leave the verdict ``ok``.
 INFORMATIONAL_FLAGS = frozenset({"non_steady_state_frames_removed"})

@@ -52,6 +52,41 @@ def test_a_core_the_network_misses_inside_its_own_hypoperfusion_is_flagged() -> 
     assert not record["disagrees"] and cross_check_flags(record) == []
 
 
+def test_a_core_the_deconvolution_does_not_support_is_flagged() -> None:
+    """The other direction: the network calls 8 mL of core inside its 20 mL of hypoperfusion. The
+    deconvolution's core there 2 mL (or 0, or 3 mL outside that region): ``cnn_core_unsupported``;
+    3 mL there (over a third of the network's) or 5 mL: not; a network core of 4.5 mL: not."""
+    shape = (400, 1, 1)
+    hypo = _box(shape, 0, 200)
+    cnn = _lesions(_box(shape, 20, 100), hypo)
+    for other_core, flagged in (
+        (_box(shape, 40, 60), True),
+        (np.zeros(shape, dtype=bool), True),
+        (_box(shape, 300, 330), True),
+        (_box(shape, 40, 70), False),
+        (_box(shape, 40, 90), False),
+    ):
+        other = _lesions(other_core, _box(shape, 0, 220))
+        record = compare_cores(cnn[0], other[0], cnn[1], other[1], 0.1, "osvd", 1.0)
+        assert record["unsupported"] is flagged and not record["disagrees"], record
+        flags = cross_check_flags(record)
+        assert [f["code"] for f in flags] == (["cnn_core_unsupported"] if flagged else [])
+    message = cross_check_flags(record | {"unsupported": True})[0]["message"]
+    assert "8.0 mL" in message and "5.0 mL" in message and "over-called" in message
+    assert qc.verdict([{"code": "cnn_core_unsupported"}]) == "review"
+    small = _lesions(_box(shape, 20, 65), hypo)
+    record = compare_cores(
+        small[0],
+        other[0] | {"volumes_ml": {"core": 0.0, "hypoperfused": 22.0}},
+        small[1],
+        {"core": np.zeros(shape, dtype=bool), "hypoperfused": hypo},
+        0.1,
+        "osvd",
+        1.0,
+    )
+    assert record["cnn_core_ml"] == pytest.approx(4.5) and not record["unsupported"]
+
+
 def test_cross_check_is_for_a_cnn_against_a_conventional_method(tmp_path: Path, capsys) -> None:
     series = tmp_path / "missing.nii.gz"
     with pytest.raises(PerfnetInputError, match="not a CNN"):

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="--method cnn: run this conventional method (e.g. osvd) on the same preprocessed series and"
         " flag a core it calls inside the CNN's hypoperfused region that the CNN misses"
-        " (cnn_core_disagrees; provenance cross_check)",
+        " (cnn_core_disagrees), or a CNN core it does not support (cnn_core_unsupported;"
+        " provenance cross_check)",
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
