@@ -103,23 +103,28 @@ def main() -> int:
     modality = str(loaded[0][1]["modality"])
     if any(c["modality"] != modality for _, c in loaded):
         parser.error("ensemble members of different modalities")
-    scored_by: Path | list[Path] = members[0]
-    if len(members) > 1:  # the members as inference takes them: one calibration (here none) for all
-        scratch = Path(tempfile.mkdtemp(prefix="calibrate_core_"))
-        scored_by = [scratch / m.name for m in members]
-        for path, (model, config) in zip(scored_by, loaded, strict=True):
-            save_weights(path, model, {k: v for k, v in config.items() if k != "core_calibration"})
     rule = PRESETS["rapid"].core_relative_cbf
     started = time.perf_counter()
     rows = json.loads(args.rows.read_text()) if args.rows and args.rows.is_file() else []
-    for i in range(len(rows), args.studies):
-        row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality)
-        rows.append(row)
-        at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
-        what = "core Dice" if row["has_core"] else "false core mL"
-        print(f"  seed {row['seed']} {row['lesion']:8s} {what} at the rule {at_rule:.3f}", flush=True)
-        if args.rows:
-            args.rows.write_text(json.dumps(rows))
+    # an ensemble is scored as inference takes it: one calibration (here none) for all members
+    scratch = Path(tempfile.mkdtemp(prefix="calibrate_core_")) if len(members) > 1 else None
+    try:
+        scored_by: Path | list[Path] = members[0]
+        if scratch is not None:
+            scored_by = [scratch / m.name for m in members]
+            for path, (model, config) in zip(scored_by, loaded, strict=True):
+                save_weights(path, model, {k: v for k, v in config.items() if k != "core_calibration"})
+        for i in range(len(rows), args.studies):
+            row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality)
+            rows.append(row)
+            at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
+            what = "core Dice" if row["has_core"] else "false core mL"
+            print(f"  seed {row['seed']} {row['lesion']:8s} {what} at the rule {at_rule:.3f}", flush=True)
+            if args.rows:
+                args.rows.write_text(json.dumps(rows))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     rows = rows[: args.studies]
     threshold, curve = choose(rows, rule)
     factor = round(threshold / rule, 4)
@@ -155,8 +160,6 @@ def main() -> int:
         ],
         **({"ensemble": [m.name for m in members]} if len(members) > 1 else {}),
     }
-    if len(members) > 1:
-        shutil.rmtree(scored_by[0].parent)
     written = []
     for path, (model, config) in zip(members, loaded, strict=True):
         config = json.loads(json.dumps(config))
