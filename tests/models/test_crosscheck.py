@@ -74,16 +74,8 @@ def test_a_core_the_deconvolution_does_not_support_is_flagged() -> None:
     message = cross_check_flags(record | {"unsupported": True})[0]["message"]
     assert "8.0 mL" in message and "5.0 mL" in message and "over-called" in message
     assert qc.verdict([{"code": "cnn_core_unsupported"}]) == "review"
-    small = _lesions(_box(shape, 20, 65), hypo)
-    record = compare_cores(
-        small[0],
-        other[0] | {"volumes_ml": {"core": 0.0, "hypoperfused": 22.0}},
-        small[1],
-        {"core": np.zeros(shape, dtype=bool), "hypoperfused": hypo},
-        0.1,
-        "osvd",
-        1.0,
-    )
+    small, none = _lesions(_box(shape, 20, 65), hypo), _lesions(np.zeros(shape, dtype=bool), hypo)
+    record = compare_cores(small[0], none[0], small[1], none[1], 0.1, "osvd", 1.0)
     assert record["cnn_core_ml"] == pytest.approx(4.5) and not record["unsupported"]
 
 
