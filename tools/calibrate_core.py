@@ -160,15 +160,13 @@ def main() -> int:
         ],
         **({"ensemble": [m.name for m in members]} if len(members) > 1 else {}),
     }
+    if len(members) > 1:
+        args.out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, (model, config) in zip(members, loaded, strict=True):
         config = json.loads(json.dumps(config))
         config["core_calibration"] = record
-        if len(members) == 1:
-            out = args.out or path
-        else:
-            args.out.mkdir(parents=True, exist_ok=True)
-            out = args.out / path.name
+        out = args.out / path.name if len(members) > 1 else args.out or path
         save_weights(out, model, config)
         written.append(str(out))
     took = time.perf_counter() - started
