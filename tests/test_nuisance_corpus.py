@@ -19,7 +19,7 @@ from perfnet.registry import method_names
 METHODS = method_names()
 #: flags that would be false alarms on a clean study
 WARNINGS = {"truncated_bolus", "no_baseline", "large_motion", "motion_unrecoverable", "aif_implausible"}
-WARNINGS |= {"low_snr", "truncated_aif", "late_aif"}
+WARNINGS |= {"low_snr", "truncated_aif", "late_aif", "late_bolus"}
 
 #: (nuisance, method) → what it does today (neither accurate nor one of the right flags)
 KNOWN_GAPS: dict[tuple[str, str], str] = {

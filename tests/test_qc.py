@@ -75,6 +75,64 @@ def test_noise_and_enhancement_of_a_synthetic_series() -> None:
     assert m["tissue_end_fraction"] == pytest.approx(float(bolus[-3:].mean() / 20.0), abs=0.01)
 
 
+def test_late_peaking_separates_a_late_bolus_from_noise_and_moved_bone() -> None:
+    """Rising to the last frame is late; a mid-acquisition peak, pure noise (5 000 curves, not one
+    in 100 passes) and a rise beyond twice the brain's median peak (bone moved in) are not."""
+    rng = np.random.default_rng(1)
+    t = np.arange(40.0)
+    early = 10.0 * np.exp(-(((t - 15.0) / 4.0) ** 2))
+    rising = 10.0 * np.clip((t - 28.0) / 11.0, 0, None)  # reaches 10 at the last frame
+    noise = rng.normal(0.0, 1.0, (5000, 40))
+    curves = np.vstack([early, rising, 3.0 * rising, noise])
+    late = qc.late_peaking(curves, np.ones(len(curves)), reference_peak=10.0)
+    assert late[:3].tolist() == [False, True, False]
+    assert late[3:].mean() < 0.01
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_lesion_bolus_late_for_the_acquisition_is_flagged(modality: str) -> None:
+    """A 30 mm lesion whose bolus comes 25 s late: with 40 frames its tissue is still rising at the
+    end (truth: 21 mL peaks after the last frame, 30 mL in the last three frames or after) while
+    the brain's mean curve is not truncated; ``late_bolus`` measures it within that range. With
+    60 frames the bolus has passed: 0 mL, no flag."""
+    cfg = BASE | {"lesion_radius_mm": 30.0, "lesion_delay_s": 25.0}
+    measured = {}
+    for frames in (40, 60):
+        study = simulate_study(PhantomConfig.draw(SEED, modality, **(cfg | {"frames": frames})))
+        prepared = preprocess(study.series, skip_frames=0, motion_correction=False)
+        voxel_ml = float(np.prod(study.series.voxel_size)) / 1000.0
+        ttp, brain, times = study.truth.maps["ttp"], study.truth.masks["brain"], study.series.times
+        truth = ((ttp[brain] > times[-1]).sum() * voxel_ml, (ttp[brain] >= times[-3]).sum() * voxel_ml)
+        measured[frames] = (
+            prepared.qc_measures["late_peak_ml"],
+            truth,
+            {f["code"] for f in prepared.qc_flags},
+        )
+    late, (after, last3), flags = measured[40]
+    assert 0.9 * after <= late <= 1.1 * last3  # CT 22.3, MR 28.1 mL vs truth 21.1–29.8
+    assert "late_bolus" in flags and "truncated_bolus" not in flags
+    assert measured[60][0] == 0.0 and measured[60][1] == (0.0, 0.0) and "late_bolus" not in measured[60][2]
+
+
+def test_late_peak_volume_is_judged_on_a_2_mm_grid_whatever_the_matrix() -> None:
+    """Each voxel of the late-lesion study split into 2 × 2 (1.8 mm) and into 6 × 6 (0.6 mm, averaged
+    back in blocks of 3 × 3 onto the same 1.8 mm grid): the same late volume to the voxel."""
+    cfg = BASE | {"lesion_radius_mm": 30.0, "lesion_delay_s": 25.0, "frames": 40}
+    prepared = preprocess(
+        simulate_study(PhantomConfig.draw(SEED, "MR", **cfg)).series, skip_frames=0, motion_correction=False
+    )
+    series, volumes = prepared.corrected, []
+    for k in (2, 6):
+        affine = series.affine.copy()
+        affine[:3, :2] /= k
+        split = PerfusionSeries(
+            np.repeat(np.repeat(series.data, k, 0), k, 1), series.times, affine, "MR", series.echo_time
+        )
+        brain = np.repeat(np.repeat(prepared.brain, k, 0), k, 1)
+        volumes.append(qc.late_peak_ml(split, brain, prepared.bolus.baseline_end))
+    assert volumes[0] == pytest.approx(volumes[1], rel=1e-6) and volumes[0] > qc.LATE_BOLUS_ML
+
+
 def test_flags_and_verdict_rules() -> None:
     clean = {"tissue_end_fraction": 0.05, "tissue_cnr": 1.3, "tissue_peak": 15.0, "noise_sd": 11.0}
     assert qc.input_flags(clean, False) == []
@@ -85,6 +143,10 @@ def test_flags_and_verdict_rules() -> None:
     assert [f["code"] for f in bad] == ["truncated_bolus", "low_snr", "no_baseline"]
     assert bad[1]["value"] == 0.4 and "0.40 (< 0.65)" in bad[1]["message"]
     assert qc.verdict(bad) == "review"
+    late = qc.input_flags(clean | {"late_peak_ml": 25.0}, False)
+    assert [f["code"] for f in late] == ["late_bolus"] and late[0]["message"].startswith("25 mL")
+    assert qc.verdict(late) == "review"
+    assert qc.input_flags(clean | {"late_peak_ml": qc.LATE_BOLUS_ML - 0.1}, False) == []
     moved = qc.input_flags(clean, False, {"max_displacement_mm": 3.0, "motion_unrecoverable": True})
     assert qc.verdict(moved) == "unreliable" and not qc.reliable(moved)
 

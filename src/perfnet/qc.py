@@ -11,7 +11,8 @@ Three groups of checks, all emitted through this module:
 
 * input checks (:func:`input_flags`), which need no arterial input and run once in the shared
   preprocessing (:mod:`perfnet.preprocess.shared`) before the method branch: truncated
-  acquisition, no pre-contrast baseline, low SNR, head motion (large / unrecoverable) and
+  acquisition, tissue still enhancing at the last frame (a bolus that arrived too late for the
+  acquisition), no pre-contrast baseline, low SNR, head motion (large / unrecoverable) and
   non-steady-state frames removed;
 * arterial-input checks (:func:`aif_flags`) of the methods that select an AIF (the conventional
   ones): the venous curve's truncation and the AIF/VOF selection's own flags;
@@ -46,6 +47,20 @@ BILATERAL_MIN_ML = 10.0
 BILATERAL_FRACTION = 0.25
 #: At most this many brain voxels (an evenly strided subset) enter the input measures.
 MAX_VOXELS = 50_000
+#: ``late_bolus``: the series is averaged in-plane to voxels of about this size (mm) ...
+LATE_GRID_MM = 2.0
+#: ... and each curve over this many such voxels square (about 9 mm: a voxel's own curve is too
+#: noisy to tell a rise in its last frames) before it is judged (:func:`late_peaking`) ...
+LATE_SMOOTH_VOXELS = 5
+#: ... with these thresholds: the last 3-frame mean is the curve's highest, ``LATE_PEAK_Z`` noise
+#: SDs of such a mean above baseline and at most ``LATE_PEAK_CAP`` times the peak of the brain's
+#: median curve (a rise beyond that is bone or air moved in by the head, not contrast) ...
+LATE_PEAK_Z = 3.0
+LATE_PEAK_CAP = 2.0
+#: ... and what is left after an in-plane opening (3 × 3: a territory, not the rim that residual
+#: motion leaves) is at least this many mL: the bolus reached that tissue at or after the last
+#: frame, so its Tmax, CBF and the core there are not measured, by any method.
+LATE_BOLUS_ML = 10.0
 # motion_unrecoverable: more than a third of the frames cannot be aligned, or an unaligned frame in
 # the bolus passage lies in a gap wider than half the passage (perfnet.preprocess.motion
 # MAX_EXCLUDED_FRACTION, MAX_GAP_FRACTION; the reason is in provenance motion.unrecoverable_reason)
@@ -53,6 +68,10 @@ MAX_VOXELS = 50_000
 _MESSAGES = {
     "truncated_bolus": "the {curve} curve has not returned near baseline by the last frame "
     "({value:.0%} of its peak): CBV and MTT are underestimated",
+    "late_bolus": "{value:.0f} mL of brain tissue is still enhancing at the last frame: the bolus "
+    "reached it after the acquisition ended, so its CBF, Tmax and core are not measured by any "
+    "method (a cut curve reads as low flow: a core there may be over-called, or missed); read the "
+    "diffusion images, or acquire longer",
     "truncated_aif": "the arterial curve is cut off by the end of the acquisition",
     "large_motion": "head motion above {value:.1f} mm was corrected; check the maps for artefacts",
     "through_plane_steps": "the head moved through the thick slices at {frames} (up to {value:.1f} mm): "
@@ -187,6 +206,69 @@ def temporal_noise_sd(curves: np.ndarray) -> np.ndarray:
     return noise_sd_per_curve(curves)
 
 
+def late_peaking(curves: np.ndarray, noise_sd: np.ndarray, reference_peak: float) -> np.ndarray:
+    """(V, T) enhancement curves, their temporal noise SDs and the peak of the brain's median curve
+    → bool (V,): the curve's 3-frame mean is highest over the last three frames, ``LATE_PEAK_Z``
+    noise SDs of such a mean above zero and at most ``LATE_PEAK_CAP`` × ``reference_peak``: the
+    bolus had not passed its peak there when the acquisition stopped. A curve that does not
+    enhance (CSF, noise) rarely passes (its highest window is as likely anywhere and seldom
+    ``LATE_PEAK_Z`` SDs up)."""
+    curves = np.asarray(curves, dtype=np.float32)
+    if curves.shape[1] < 4:
+        return np.zeros(curves.shape[0], dtype=bool)
+    means = (curves[:, 2:] + curves[:, 1:-1] + curves[:, :-2]) / 3.0
+    last = means[:, -1]
+    return (
+        (last >= means[:, :-1].max(axis=1))
+        & (last >= LATE_PEAK_Z * np.asarray(noise_sd) / np.sqrt(3.0))
+        & (last <= LATE_PEAK_CAP * reference_peak)
+    )
+
+
+def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
+    """The brain volume (mL) whose enhancement is still rising at the last frame (``late_bolus``).
+
+    The frames are averaged in-plane to about :data:`LATE_GRID_MM` voxels (brain voxels only, one
+    slice at a time), converted to enhancement, averaged over :data:`LATE_SMOOTH_VOXELS` such voxels
+    square within the brain, judged by :func:`late_peaking`, and the late voxels opened in-plane
+    (3 × 3) before they are counted."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    nx, ny, nz, nt = series.data.shape
+    dx, dy, dz = series.voxel_size
+    f = max(1, round(LATE_GRID_MM / min(dx, dy)))
+    if nt < 4 or not mask.any():
+        return 0.0
+    # the mask's in-plane bounding box, whole blocks of f × f, with a margin for the smoothing
+    margin = f * (LATE_SMOOTH_VOXELS // 2 + 1)
+    columns = np.argwhere(mask.any(axis=2))
+    (x0, y0), (x1, y1) = columns.min(axis=0), columns.max(axis=0)
+    x0, y0 = max(0, x0 - margin) // f * f, max(0, y0 - margin) // f * f
+    cx, cy = (min(nx, x1 + 1 + margin) - x0) // f, (min(ny, y1 + 1 + margin) - y0) // f
+    if cx < 3 or cy < 3:
+        return 0.0
+    box = (slice(x0, x0 + cx * f), slice(y0, y0 + cy * f))
+    weight = mask[box].reshape(cx, f, cy, f, nz).sum(axis=(1, 3)).astype(np.float32)
+    coarse = np.zeros((cx, cy, nz, nt), dtype=np.float32)
+    for z in range(nz):  # one slice at a time: a 512² study is never copied whole
+        frames = np.asarray(series.data[(*box, z)], dtype=np.float32) * mask[(*box, z, None)]
+        coarse[:, :, z] = frames.reshape(cx, f, cy, f, nt).sum(axis=(1, 3))
+    inside = weight >= 0.5 * f * f
+    coarse[inside] /= weight[inside][:, None]
+    te = getattr(series, "echo_time", None)
+    conc = np.zeros_like(coarse)
+    conc[inside] = _enhancement(coarse[inside], baseline_end, series.modality, te).astype(np.float32)
+    size = (LATE_SMOOTH_VOXELS, LATE_SMOOTH_VOXELS, 1)
+    total = ndimage.uniform_filter(conc, (*size, 1), mode="constant")
+    share = ndimage.uniform_filter(inside.astype(np.float32), size, mode="constant")
+    curves = total[inside] / np.maximum(share[inside], 1e-6)[:, None]
+    late = np.zeros(inside.shape, dtype=bool)
+    late[inside] = late_peaking(curves, temporal_noise_sd(curves), float(np.median(curves, axis=0).max()))
+    late = ndimage.binary_opening(late, np.ones((3, 3, 1), dtype=bool))
+    return float(late.sum()) * f * f * dx * dy * dz / 1000.0
+
+
 def _brain_values(data4d: np.ndarray, mask: np.ndarray, max_voxels: int) -> np.ndarray:
     index = np.flatnonzero(mask)
     index = index[:: max(1, index.size // max_voxels)]
@@ -213,7 +295,9 @@ def input_measures(
     - ``noise_sd``: median over the brain voxels of each voxel's temporal noise SD
       (:func:`temporal_noise_sd`) in the same units;
     - ``tissue_cnr``: ``tissue_peak / noise_sd``: how far an average voxel's bolus rises above its
-      own noise — the quantity that sets the noise of every voxel-wise map, whatever the method.
+      own noise — the quantity that sets the noise of every voxel-wise map, whatever the method;
+    - ``late_peak_ml``: the brain volume whose enhancement is still rising at the last frame
+      (:func:`late_peak_ml`, on all brain voxels, not the sampled ones).
     """
     mask = np.asarray(mask, dtype=bool)
     te = getattr(series, "echo_time", None)
@@ -231,6 +315,7 @@ def input_measures(
         "tissue_end_fraction": round(end_fraction(tissue_curve), 4),
         "noise_sd": round(noise, 5),
         "tissue_cnr": round(peak / noise, 4) if noise > 0 else float("inf"),
+        "late_peak_ml": round(late_peak_ml(series, mask, baseline_end), 2),
     }
 
 
@@ -245,6 +330,8 @@ def input_flags(
     flags: list[dict[str, Any]] = []
     if measures["tissue_end_fraction"] > TRUNCATION_FRACTION:
         flags.append(flag("truncated_bolus", measures["tissue_end_fraction"]))
+    if measures.get("late_peak_ml", 0.0) >= LATE_BOLUS_ML:
+        flags.append(flag("late_bolus", measures["late_peak_ml"]))
     flags += motion_flags(motion)
     if measures["tissue_cnr"] < MIN_TISSUE_CNR:
         flags.append(flag("low_snr", measures["tissue_cnr"], threshold=MIN_TISSUE_CNR))
@@ -292,6 +379,7 @@ def summary(flags: list[dict[str, Any]], measures: dict[str, Any] | None = None)
         "measures": measures or {},
         "thresholds": {
             "truncation_fraction": TRUNCATION_FRACTION,
+            "late_bolus_ml": LATE_BOLUS_ML,
             "large_motion_mm": LARGE_MOTION_MM,
             "min_tissue_cnr": MIN_TISSUE_CNR,
             "bilateral_min_ml": BILATERAL_MIN_ML,

@@ -206,6 +206,16 @@ def _late_bolus(seed: int) -> NuisanceStudy:
     return _as_nuisance("late_bolus_ct", phantom(seed, "CT", **LATE))
 
 
+#: the lesion's bolus (collaterals filling slowly) comes 25 s after the healthy tissue's, in a 40 s
+#: acquisition: still rising at the last frame in 68 mL (truth), while the brain's mean curve is not
+#: truncated
+LATE_LESION = {"lesion_delay_s": 25.0, "frames": 40}
+
+
+def _late_lesion(seed: int) -> NuisanceStudy:
+    return _as_nuisance("late_lesion_ct", phantom(seed, "CT", **LATE_LESION))
+
+
 NUISANCES: dict[str, Nuisance] = {
     n.name: n
     for n in (
@@ -252,7 +262,7 @@ NUISANCES: dict[str, Nuisance] = {
             "CT",
             f"acquisition stops {TRUNCATED_AFTER_S:.0f} s after the bolus arrives",
             _truncated,
-            frozenset({"truncated_bolus", "truncated_aif"}),
+            frozenset({"truncated_bolus", "truncated_aif", "late_bolus"}),
         ),
         Nuisance(
             "low_dose_ct",
@@ -266,7 +276,14 @@ NUISANCES: dict[str, Nuisance] = {
             "CT",
             "bolus arrives at 22 s of a 45 s acquisition",
             _late_bolus,
-            frozenset({"truncated_bolus", "truncated_aif", "late_aif"}),
+            frozenset({"truncated_bolus", "truncated_aif", "late_aif", "late_bolus"}),
+        ),
+        Nuisance(
+            "late_lesion_ct",
+            "CT",
+            "the lesion's bolus comes 25 s late, in a 40 s acquisition",
+            _late_lesion,
+            frozenset({"late_bolus", "truncated_bolus", "truncated_aif"}),
         ),
     )
 }
