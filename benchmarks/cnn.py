@@ -6,7 +6,7 @@ both without motion correction, which is the same shared step for both (≈ 33 s
 conventional.py). Target on 2 cores: ≤ 20 s and faster than oSVD. Training: samples/s of the
 bundled architecture at Gava's 128² pre-training resolution, batch 8, and peak memory. The CNN's
 time includes its shift-consistency self-check (``perfnet.inference.consistency``), also reported
-apart.
+apart, as is the input QC's late-bolus measure (:func:`perfnet.qc.late_peak_ml`, in both times).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _memory import measured_analysis, peak_memory
 
+from perfnet import qc
 from perfnet.conventional.pipeline import AnalysisOptions
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import predict
@@ -78,6 +79,13 @@ def main() -> None:
             f"  of which the shift-consistency check (two more passes, one view each):"
             f" {cnn_s - m0['seconds']:.1f} s; without it {m0['seconds']:.1f} s"
             f" (with / without {cnn_s / m0['seconds']:.2f})",
+            flush=True,
+        )
+        start = time.perf_counter()
+        late = qc.late_peak_ml(series, maps.brain_mask, baseline_end=8)  # the baseline's length: timing only
+        print(
+            f"  of which the late_bolus input measure (shared by every method): "
+            f"{time.perf_counter() - start:.1f} s ({late:.0f} mL late)",
             flush=True,
         )
         result, m, steps = measured_analysis(series, AnalysisOptions(method="osvd", motion_correction=False))

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def nuisance_table(methods: list[str]) -> None:
     """Every method on every study of the nuisance corpus."""
-    print("\nnuisances: hypoperfused Dice / Tmax MAEC s / core outside the true lesion mL; flags raised;")
+    print(
+        "\nnuisances: hypoperfused Dice / Tmax MAEC s / core outside the true lesion mL / core mL"
+        " (truth); flags raised;"
+    )
     print("  ok = accurate (Dice ≥ 0.8, false core ≤ 5 mL) or one of the nuisance's flags raised")
     print("  (clean and non-steady-state studies must be accurate: perfnet claims to handle them)")
     quiet = {"aif_partial_volume_high"}  # raised on most small studies: it says little here
@@ -73,7 +76,8 @@ def nuisance_table(methods: list[str]) -> None:
                 flags = ", ".join(f for f in j.flags if f not in quiet) or "-"
                 verdict = "ok" if j.acceptable else "MISSED"
                 print(
-                    f"      {method:9s} {j.dice:5.2f} {j.tmax_maec:6.2f} {j.false_core_ml:6.1f}  {verdict:6s}"
+                    f"      {method:9s} {j.dice:5.2f} {j.tmax_maec:6.2f} {j.false_core_ml:6.1f}"
+                    f" {j.core_ml:6.1f} ({j.true_core_ml:.0f})  {verdict:6s}"
                     f" {time.perf_counter() - start:5.1f} s  {flags}",
                     flush=True,
                 )

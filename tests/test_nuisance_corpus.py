@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 
 import perfnet
@@ -87,3 +88,22 @@ def test_corpus_is_what_it_says() -> None:
     assert low.config.effective_noise_sd > 3 * clean_ct.config.effective_noise_sd
     assert _study("venous_only_ct").notes["arteries_removed"] > 100
     assert _study("motion_mr").truth.motion[:, :3].max() > 1.0
+
+
+def test_the_late_lesion_is_late_only_in_the_lesion_and_its_core_is_over_called() -> None:
+    """late_lesion_ct: the clean CT study's lesion with its bolus 25 s late in 40 frames. Its tissue
+    peaks after the last frame (68 mL, all of it hypoperfused), the core is the clean study's
+    (48 mL), and oSVD reads the cut curves as low flow: a core over-called by > 25 % (66 mL), which
+    only ``late_bolus`` explains."""
+    clean, late = _study("clean_ct"), _study("late_lesion_ct")
+    truth, times = late.truth, late.series.times
+    voxel_ml = float(abs(np.linalg.det(late.series.affine[:3, :3]))) / 1000.0
+    after = (truth.maps["ttp"] > times[-1]) & truth.masks["brain"]
+    assert after.sum() * voxel_ml > 50 and not (after & ~truth.masks["hypoperfused"]).any()
+    assert (truth.masks["core"] == clean.truth.masks["core"]).all()
+    result = perfnet.analyze(late.series, method="osvd")
+    judgement = judge(NUISANCES["late_lesion_ct"], late, result.maps, result.qc_flags)
+    assert judgement.true_core_ml == pytest.approx(truth.masks["core"].sum() * voxel_ml)
+    assert judgement.core_ml > 1.25 * judgement.true_core_ml
+    assert "late_bolus" in judgement.flags and "truncated_bolus" not in judgement.flags
+    assert judgement.acceptable and result.verdict == "review"

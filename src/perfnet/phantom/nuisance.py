@@ -306,6 +306,8 @@ class Judgement:
     accurate: bool
     flagged: bool  # one of the nuisance's flags was raised
     must_be_accurate: bool = False  # the nuisance's: a flag alone does not excuse it
+    core_ml: float = 0.0  # the method's core and the truth's: reported, not judged (the clean
+    true_core_ml: float = 0.0  # studies' cores already differ by method, README "nuisance corpus")
 
     @property
     def acceptable(self) -> bool:
@@ -316,6 +318,8 @@ class Judgement:
             "dice": round(self.dice, 3),
             "tmax_maec": round(self.tmax_maec, 2),
             "false_core_ml": round(self.false_core_ml, 1),
+            "core_ml": round(self.core_ml, 1),
+            "true_core_ml": round(self.true_core_ml, 1),
             "flags": list(self.flags),
             "accurate": self.accurate,
             "flagged": self.flagged,
@@ -339,4 +343,8 @@ def judge(nuisance: Nuisance, study: NuisanceStudy, maps: Any, flags: list[dict[
     codes = tuple(f["code"] for f in flags)
     accurate = dice >= MIN_DICE and false_core <= MAX_FALSE_CORE_ML
     flagged = bool(nuisance.flags & set(codes))
-    return Judgement(dice, maec, false_core, codes, accurate, flagged, nuisance.must_be_accurate)
+    core_ml = 0.0 if core is None else float(core.sum()) * voxel_ml
+    true_core_ml = float(truth.masks["core"].sum()) * voxel_ml
+    return Judgement(
+        dice, maec, false_core, codes, accurate, flagged, nuisance.must_be_accurate, core_ml, true_core_ml
+    )
