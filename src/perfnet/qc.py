@@ -225,21 +225,23 @@ def late_peaking(curves: np.ndarray, noise_sd: np.ndarray, reference_peak: float
     )
 
 
-def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
-    """The brain volume (mL) whose enhancement is still rising at the last frame (``late_bolus``).
+def late_tissue(series: Any, mask: np.ndarray, baseline_end: int) -> np.ndarray:
+    """(X, Y, Z) bool: the brain tissue whose enhancement is still rising at the last frame
+    (``late_bolus``; lesions.json ``in_late_tissue_ml``).
 
     The frames are averaged in-plane to about :data:`LATE_GRID_MM` voxels (brain voxels only, one
     slice at a time), converted to enhancement, averaged over :data:`LATE_SMOOTH_VOXELS` such voxels
-    square within the brain, judged by :func:`late_peaking`, and the late voxels opened in-plane
-    (3 × 3) before they are counted."""
+    square within the brain, judged by :func:`late_peaking`, the late voxels opened in-plane
+    (3 × 3), and brought back to the series' grid (within ``mask``)."""
     from scipy import ndimage
 
     mask = np.asarray(mask, dtype=bool)
     nx, ny, nz, nt = series.data.shape
-    dx, dy, dz = series.voxel_size
+    dx, dy, _ = series.voxel_size
     f = max(1, round(LATE_GRID_MM / min(dx, dy)))
+    found = np.zeros(mask.shape, dtype=bool)
     if nt < 4 or not mask.any():
-        return 0.0
+        return found
     # the mask's in-plane bounding box, whole blocks of f × f, with a margin for the smoothing
     margin = f * (LATE_SMOOTH_VOXELS // 2 + 1)
     columns = np.argwhere(mask.any(axis=2))
@@ -247,7 +249,7 @@ def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
     x0, y0 = max(0, x0 - margin) // f * f, max(0, y0 - margin) // f * f
     cx, cy = (min(nx, x1 + 1 + margin) - x0) // f, (min(ny, y1 + 1 + margin) - y0) // f
     if cx < 3 or cy < 3:
-        return 0.0
+        return found
     box = (slice(x0, x0 + cx * f), slice(y0, y0 + cy * f))
     weight = mask[box].reshape(cx, f, cy, f, nz).sum(axis=(1, 3)).astype(np.float32)
     coarse = np.zeros((cx, cy, nz, nt), dtype=np.float32)
@@ -266,7 +268,17 @@ def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
     late = np.zeros(inside.shape, dtype=bool)
     late[inside] = late_peaking(curves, temporal_noise_sd(curves), float(np.median(curves, axis=0).max()))
     late = ndimage.binary_opening(late, np.ones((3, 3, 1), dtype=bool))
-    return float(late.sum()) * f * f * dx * dy * dz / 1000.0
+    found[box] = np.repeat(np.repeat(late, f, axis=0), f, axis=1)
+    return found & mask
+
+
+def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
+    """The volume (mL) of :func:`late_tissue`."""
+    return _volume_ml(series, late_tissue(series, mask, baseline_end))
+
+
+def _volume_ml(series: Any, mask: np.ndarray) -> float:
+    return float(mask.sum()) * float(np.prod(series.voxel_size)) / 1000.0
 
 
 def _brain_values(data4d: np.ndarray, mask: np.ndarray, max_voxels: int) -> np.ndarray:
@@ -281,6 +293,7 @@ def input_measures(
     baseline_end: int,
     acquired_data: np.ndarray | None = None,
     max_voxels: int = MAX_VOXELS,
+    late: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The numbers the input checks judge, from the series every method analyses.
 
@@ -297,7 +310,8 @@ def input_measures(
     - ``tissue_cnr``: ``tissue_peak / noise_sd``: how far an average voxel's bolus rises above its
       own noise — the quantity that sets the noise of every voxel-wise map, whatever the method;
     - ``late_peak_ml``: the brain volume whose enhancement is still rising at the last frame
-      (:func:`late_peak_ml`, on all brain voxels, not the sampled ones).
+      (``late``, the :func:`late_tissue` of the same series when given, else computed here; on
+      all brain voxels, not the sampled ones).
     """
     mask = np.asarray(mask, dtype=bool)
     te = getattr(series, "echo_time", None)
@@ -315,7 +329,9 @@ def input_measures(
         "tissue_end_fraction": round(end_fraction(tissue_curve), 4),
         "noise_sd": round(noise, 5),
         "tissue_cnr": round(peak / noise, 4) if noise > 0 else float("inf"),
-        "late_peak_ml": round(late_peak_ml(series, mask, baseline_end), 2),
+        "late_peak_ml": round(
+            _volume_ml(series, late_tissue(series, mask, baseline_end) if late is None else late), 2
+        ),
     }
 
 

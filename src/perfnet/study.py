@@ -41,6 +41,22 @@ def qc_verdict(flags: Sequence[dict[str, Any]]) -> str:
     return verdict(flags)
 
 
+def _in_late_tissue(maps: PerfusionMaps, late: np.ndarray | None) -> dict[str, Any]:
+    """lesions.json's ``in_late_tissue_ml``: of each lesion volume, the part in tissue still
+    enhancing at the last frame (:func:`perfnet.qc.late_tissue`), whose CBF, Tmax and core no method
+    measured; nothing when there is none."""
+    if late is None or not late.any() or late.shape != maps.brain_mask.shape:
+        return {}
+    from perfnet.lesions import voxel_volume_ml
+
+    voxel_ml = voxel_volume_ml(maps.affine)
+    names = ("core", "hypoperfused", "penumbra")
+    return {
+        "in_late_tissue_ml": {k: round(float((maps.masks[k] & late).sum()) * voxel_ml, 2) for k in names}
+        | {"late_tissue": round(float(late.sum()) * voxel_ml, 2)}
+    }
+
+
 def _merge_flags(*groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The flags of all groups, each code once (the first occurrence kept)."""
     seen: set[str] = set()
@@ -267,6 +283,7 @@ def analyze(
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
+        lesions |= _in_late_tissue(maps, prepared.late)
         checked = None
         if cross_check is not None:
             from perfnet.inference.crosscheck import compare_cores

@@ -20,6 +20,7 @@ import numpy as np
 
 from perfnet import __version__
 from perfnet.constants import CORE_PROBABILITY
+from perfnet.qc import LATE_BOLUS_ML
 
 UNITS = {
     "cbf": "mL/100 g/min",
@@ -311,6 +312,13 @@ def write_report(
     core_note = f" Core rule as applied: {html.escape(lesions.get('core_rule', ''))}." if calibrated else ""
     if lesions.get("core_note"):
         core_note += f" Note: {html.escape(lesions['core_note'])}."
+    late = lesions.get("in_late_tissue_ml") or {}
+    if late.get("late_tissue", 0.0) >= LATE_BOLUS_ML:
+        core_note += (
+            f" <b>{late['core']:.1f} mL of the core and {late['hypoperfused']:.1f} mL of the hypoperfused"
+            f" region lie in the {late['late_tissue']:.0f} mL of tissue still enhancing at the last frame"
+            " (QC <code>late_bolus</code>): not measured there, by any method.</b>"
+        )
     prov_text = html.escape(json.dumps(provenance, indent=1, default=str)[:200_000])
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>perfnet report: {method}</title>

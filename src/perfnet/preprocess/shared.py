@@ -75,6 +75,8 @@ class Preprocessed:
         bolus: bolus arrival, baseline frames and peak on ``series`` (unfiltered).
         motion: the motion summary for provenance.json (None without motion correction).
         outside: voxels filled from outside the slab in some frame (motion correction), or None.
+        late: (X, Y, Z) bool, brain tissue still enhancing at the last frame
+            (:func:`perfnet.qc.late_tissue`; ``late_bolus``): no method measures it.
         qc_measures: the numbers the input checks judged (:func:`perfnet.qc.input_measures`).
         qc_flags: the input checks' flags (:func:`perfnet.qc.input_flags`).
         seconds: wall time of each step.
@@ -89,6 +91,7 @@ class Preprocessed:
     bolus: BolusTiming
     motion: dict[str, Any] | None = None
     outside: np.ndarray | None = None
+    late: np.ndarray | None = None
     qc_measures: dict[str, Any] = field(default_factory=dict)
     qc_flags: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -217,8 +220,10 @@ def preprocess(
         bolus = timing("bolus timing (levelled series)")
         outside = levelled.unsure if outside is None else outside | levelled.unsure
         motion["through_plane_steps"] = levelled.to_dict(corrected.times, mask)
+    late = steps.run("late tissue", lambda: qc.late_tissue(corrected, mask, bolus.baseline_end))
     measures = steps.run(
-        "input QC", lambda: qc.input_measures(corrected, mask, bolus.baseline_end, acquired_data=steady.data)
+        "input QC",
+        lambda: qc.input_measures(corrected, mask, bolus.baseline_end, acquired_data=steady.data, late=late),
     )
     flags = qc.input_flags(measures, bolus.no_baseline, motion, record.to_dict())
     return Preprocessed(
@@ -231,6 +236,7 @@ def preprocess(
         bolus=bolus,
         motion=motion,
         outside=outside,
+        late=late,
         qc_measures=measures,
         qc_flags=flags,
         seconds=steps.seconds,
