@@ -14,6 +14,7 @@ import pytest
 
 import perfnet
 from perfnet import qc
+from perfnet.io.nifti import load_map
 from perfnet.io.types import PerfusionSeries
 from perfnet.phantom import PhantomConfig, PhantomStudy, simulate_study
 from perfnet.preprocess.shared import preprocess
@@ -129,7 +130,7 @@ def test_the_lesions_say_how_much_of_them_lies_in_late_tissue(method: str, tmp_p
     """The late CT lesion's true core is 1.1 mL; the network calls 13.3 mL, 9.3 of it in the tissue
     still enhancing at the end, oSVD 3.8 (1.9). lesions.json ``in_late_tissue_ml`` says so, the
     late tissue is read as hypoperfused (its bolus is late: truth agrees), the report states it, and
-    the same lesion scanned for 60 frames has no such entry."""
+    late.nii.gz shows where; the same lesion scanned for 60 frames has neither."""
     late = perfnet.analyze(
         late_study("CT", 40).series, method, motion_correction=False, skip_frames=0, device="cpu"
     )
@@ -144,10 +145,13 @@ def test_the_lesions_say_how_much_of_them_lies_in_late_tissue(method: str, tmp_p
         )
     late.save(tmp_path / "out")
     assert "still enhancing at the last frame" in (tmp_path / "out" / "report.html").read_text()
+    where, affine = load_map(tmp_path / "out" / "late.nii.gz")  # where it lies
+    where_ml = where.sum() * abs(np.linalg.det(affine[:3, :3])) / 1000
+    assert where_ml == pytest.approx(inside["late_tissue"], abs=0.01)
     passed = perfnet.analyze(
         late_study("CT", 60).series, method, motion_correction=False, skip_frames=0, device="cpu"
     )
-    assert "in_late_tissue_ml" not in passed.lesions
+    assert "in_late_tissue_ml" not in passed.lesions and "late" not in passed.maps.masks
 
 
 def test_late_peak_volume_is_judged_on_a_2_mm_grid_whatever_the_matrix() -> None:

@@ -44,12 +44,13 @@ def qc_verdict(flags: Sequence[dict[str, Any]]) -> str:
 def _in_late_tissue(maps: PerfusionMaps, late: np.ndarray | None) -> dict[str, Any]:
     """lesions.json's ``in_late_tissue_ml``: of each lesion volume, the part in tissue still
     enhancing at the last frame (:func:`perfnet.qc.late_tissue`), whose CBF, Tmax and core no method
-    measured; nothing when there is none."""
-    if late is None or not late.any() or late.shape != maps.brain_mask.shape:
-        return {}
+    measured; nothing unless that tissue reaches ``late_bolus``'s :data:`perfnet.qc.LATE_BOLUS_ML`."""
     from perfnet.lesions import voxel_volume_ml
+    from perfnet.qc import LATE_BOLUS_ML
 
     voxel_ml = voxel_volume_ml(maps.affine)
+    if late is None or late.shape != maps.brain_mask.shape or late.sum() * voxel_ml < LATE_BOLUS_ML:
+        return {}
     names = ("core", "hypoperfused", "penumbra")
     return {
         "in_late_tissue_ml": {k: round(float((maps.masks[k] & late).sum()) * voxel_ml, 2) for k in names}
@@ -283,7 +284,10 @@ def analyze(
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
-        lesions |= _in_late_tissue(maps, prepared.late)
+        late = _in_late_tissue(maps, prepared.late)
+        if late:  # where it lies, beside the lesion masks (late.nii.gz)
+            maps.masks["late"] = prepared.late
+            lesions |= late
         checked = None
         if cross_check is not None:
             from perfnet.inference.crosscheck import compare_cores

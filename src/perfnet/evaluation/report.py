@@ -20,7 +20,6 @@ import numpy as np
 
 from perfnet import __version__
 from perfnet.constants import CORE_PROBABILITY
-from perfnet.qc import LATE_BOLUS_ML
 
 UNITS = {
     "cbf": "mL/100 g/min",
@@ -312,8 +311,8 @@ def write_report(
     core_note = f" Core rule as applied: {html.escape(lesions.get('core_rule', ''))}." if calibrated else ""
     if lesions.get("core_note"):
         core_note += f" Note: {html.escape(lesions['core_note'])}."
-    late = lesions.get("in_late_tissue_ml") or {}
-    if late.get("late_tissue", 0.0) >= LATE_BOLUS_ML:
+    late = lesions.get("in_late_tissue_ml")
+    if late:  # present once the late tissue raises late_bolus
         core_note += (
             f" <b>{late['core']:.1f} mL of the core and {late['hypoperfused']:.1f} mL of the hypoperfused"
             f" region lie in the {late['late_tissue']:.0f} mL of tissue still enhancing at the last frame"
