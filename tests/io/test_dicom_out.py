@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_factory import FAKE_ID, FAKE_NAME, write_volume_series
-from perfnet.io import load_series
+from perfnet.io import dicom_out, load_series
 from perfnet.io.dicom_out import write_dicom_outputs
 from perfnet.io.types import PerfusionMaps
 
@@ -182,3 +182,26 @@ def test_analyze_dicom_flag_writes_pacs_series_into_the_output_set(tmp_path: Pat
         }
     )
     np.testing.assert_allclose(sorted(set(positions)), source_z, atol=1e-4)
+
+
+def test_the_summary_page_carries_the_qc_verdict_and_the_late_tissue() -> None:
+    """A reader in the PACS sees only the summary page: it states the QC verdict with its flags
+    (wrapped to the page), says an unreliable study's maps are not trusted, and gives the late
+    tissue's share of the lesions when ``late_bolus`` was raised; an ``ok`` study says just that."""
+    flags = [
+        {"code": c} for c in ("late_bolus", "truncated_bolus", "large_motion", "outside_training_domain")
+    ]
+    late = {"core": 9.3, "hypoperfused": 21.2, "penumbra": 11.8, "late_tissue": 22.3}
+    lines = dicom_out.summary_lines(
+        _lesions() | {"in_late_tissue_ml": late},
+        {"qc_verdict": "unreliable", "qc_flags": flags},
+        "cnn",
+        generated=False,
+    )
+    text = " ".join(lines)
+    assert "QC: UNRELIABLE — late_bolus, truncated_bolus, large_motion, outside_training_domain" in text
+    assert "not trusted" in text
+    assert "22 mL still enhancing at the last frame" in text and "9.3 mL of the core" in text
+    assert max(len(line) for line in lines) <= dicom_out.SUMMARY_WIDTH
+    ok = dicom_out.summary_lines(_lesions(), {"qc_verdict": "ok", "qc_flags": []}, "osvd", generated=False)
+    assert ok[-1] == "QC: OK" and not any("still enhancing" in line for line in ok)

@@ -359,15 +359,17 @@ def colour_series(
     return out
 
 
-def summary_page(
-    lesions: dict[str, Any], maps: PerfusionMaps, source: Any, method: str, generated: bool
-) -> Any:
-    """A RAPID-style one-page summary: core, hypoperfused volumes at each Tmax threshold, mismatch,
-    ratio, HIR, affected side and the DEFUSE-3 verdict (burned-in secondary capture)."""
-    import matplotlib
+#: characters per line of the summary page (10 pt monospace across 7.68 in)
+SUMMARY_WIDTH = 86
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def summary_lines(
+    lesions: dict[str, Any], provenance: dict[str, Any], method: str, generated: bool
+) -> list[str]:
+    """The summary page's text: core, hypoperfused volumes at each Tmax threshold, mismatch, ratio,
+    HIR, affected side, the DEFUSE-3 verdict, and the QC verdict with its flags (a reader in the
+    PACS sees no other QC), the late tissue's share of the lesions when ``late_bolus`` was raised."""
+    import textwrap
 
     v = lesions["volumes_ml"]
     ratio = lesions.get("mismatch_ratio")
@@ -395,8 +397,37 @@ def summary_page(
     ]
     if factor != 1.0:
         lines.append(f"Core threshold calibrated for this method's CBF: {core_pct * factor:.1f}%")
+    verdict = provenance.get("qc_verdict")
+    notes = []
+    if verdict:
+        codes = [f["code"] for f in provenance.get("qc_flags", [])]
+        notes.append(f"QC: {verdict.upper()}" + (f" — {', '.join(codes)}" if codes else ""))
+        if verdict == "unreliable":
+            notes.append("The maps are shown, not trusted: read the report's QC before the volumes.")
+    late = lesions.get("in_late_tissue_ml")
+    if late:
+        notes.append(
+            f"{late['late_tissue']:.0f} mL still enhancing at the last frame (bolus after the scan):"
+            f" {late['core']:.1f} mL of the core, {late['hypoperfused']:.1f} mL hypoperfused lie there,"
+            " not measured by any method."
+        )
+    for note in notes:
+        lines += textwrap.wrap(note, SUMMARY_WIDTH)
     if generated:
         lines.append("Identifiers generated: the source was NIfTI")
+    return lines
+
+
+def summary_page(
+    lesions: dict[str, Any], maps: PerfusionMaps, source: Any, method: str, generated: bool
+) -> Any:
+    """A RAPID-style one-page summary (:func:`summary_lines`, burned-in secondary capture)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = summary_lines(lesions, maps.provenance, method, generated)
     fig = plt.figure(figsize=(7.68, 5.12), dpi=100, facecolor="black")
     fig.text(0.04, 0.95, "\n".join(lines), color="white", family="monospace", fontsize=10, va="top")
     pixels = _figure_rgb(fig)
