@@ -411,6 +411,8 @@ def summary_lines(
             f" {late['core']:.1f} mL of the core, {late['hypoperfused']:.1f} mL hypoperfused lie there,"
             " not measured by any method."
         )
+    if notes:
+        lines.append("")
     for note in notes:
         lines += textwrap.wrap(note, SUMMARY_WIDTH)
     if generated:
