@@ -41,16 +41,17 @@ def qc_verdict(flags: Sequence[dict[str, Any]]) -> str:
     return verdict(flags)
 
 
-def _in_late_tissue(maps: PerfusionMaps, late: np.ndarray | None) -> dict[str, Any]:
-    """lesions.json's ``in_late_tissue_ml``: of each lesion volume, the part in tissue still
-    enhancing at the last frame (:func:`perfnet.qc.late_tissue`), whose CBF, Tmax and core no method
-    measured; nothing unless that tissue reaches ``late_bolus``'s :data:`perfnet.qc.LATE_BOLUS_ML`."""
+def _in_late_tissue(maps: PerfusionMaps, prepared: Any) -> dict[str, Any]:
+    """lesions.json's ``in_late_tissue_ml`` where the input QC raised ``late_bolus``: of each lesion
+    volume, the part in the tissue still enhancing at the last frame (``prepared.late``,
+    :func:`perfnet.qc.late_tissue`), whose CBF, Tmax and core no method measured."""
+    late = prepared.late
+    raised = any(f["code"] == "late_bolus" for f in prepared.qc_flags)
+    if not raised or late is None or late.shape != maps.brain_mask.shape:
+        return {}
     from perfnet.lesions import voxel_volume_ml
-    from perfnet.qc import LATE_BOLUS_ML
 
     voxel_ml = voxel_volume_ml(maps.affine)
-    if late is None or late.shape != maps.brain_mask.shape or late.sum() * voxel_ml < LATE_BOLUS_ML:
-        return {}
     names = ("core", "hypoperfused", "penumbra")
     return {
         "in_late_tissue_ml": {k: round(float((maps.masks[k] & late).sum()) * voxel_ml, 2) for k in names}
@@ -284,7 +285,7 @@ def analyze(
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}
-        late = _in_late_tissue(maps, prepared.late)
+        late = _in_late_tissue(maps, prepared)
         if late:  # where it lies, beside the lesion masks (late.nii.gz)
             maps.masks["late"] = prepared.late
             lesions |= late
