@@ -109,17 +109,16 @@ def print_comparison(comparison: dict[str, Any], out: Path) -> None:
         c = comparison[method]
         print(f"QC ({method}): {c['qc']}" + (f" ({', '.join(c['qc_flags'])})" if c["qc_flags"] else ""))
     check = comparison.get("cnn", {}).get("cross_check")
-    if check and check["disagrees"]:
-        print(
-            f"cross-check: oSVD calls {check['core_in_cnn_hypoperfused_ml']:.1f} mL of core inside the CNN's"
-            f" hypoperfused region, the CNN {check['cnn_core_ml']:.1f} mL: flagged (cnn_core_disagrees)"
-        )
-    if check and check.get("unsupported"):
-        print(
-            f"cross-check: the CNN calls {check['cnn_core_ml']:.1f} mL of core, oSVD"
-            f" {check['core_in_cnn_hypoperfused_ml']:.1f} mL inside the CNN's hypoperfused region:"
-            " flagged (cnn_core_unsupported)"
-        )
+    if check:  # either direction of the CNN's core cross-check, as its flag says it
+        cnn, inside = check["cnn_core_ml"], check["core_in_cnn_hypoperfused_ml"]
+        region = "the CNN's hypoperfused region"
+        said = {  # the record's key → the flag cnn_core_<key>
+            "disagrees": f"oSVD calls {inside:.1f} mL of core inside {region}, the CNN {cnn:.1f} mL",
+            "unsupported": f"the CNN calls {cnn:.1f} mL of core, oSVD {inside:.1f} mL inside {region}",
+        }
+        for key, says in said.items():
+            if check.get(key):
+                print(f"cross-check: {says}: flagged (cnn_core_{key})")
     for method in comparison["methods"]:
         print(f"report ({method}): {comparison[method]['report']}")
     print(f"comparison: {out / 'comparison.json'}  ({comparison['seconds']:.0f} s)")
