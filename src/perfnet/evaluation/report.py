@@ -143,8 +143,15 @@ def map_montage(
 
 
 def lesion_overlay(
-    mean_frame: np.ndarray, brain: np.ndarray, core: np.ndarray, penumbra: np.ndarray, modality: str = "CT"
+    mean_frame: np.ndarray,
+    brain: np.ndarray,
+    core: np.ndarray,
+    penumbra: np.ndarray,
+    modality: str = "CT",
+    late: np.ndarray | None = None,
 ) -> bytes:
+    """Core and penumbra on the temporal mean; ``late`` (the input QC's tissue still enhancing at the
+    last frame, ``late_bolus``) outlined in yellow where given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +160,7 @@ def lesion_overlay(
     slices = _slices(brain)
     box = _crop_box(brain, margin=12)
     mean_frame, core, penumbra, brain = mean_frame[box], core[box], penumbra[box], brain[box]
+    late = None if late is None else late[box]
     values = mean_frame[brain] if brain.any() else mean_frame.ravel()
     if modality == "CT":
         lo, hi = 0.0, 80.0  # brain window (HU)
@@ -166,9 +174,14 @@ def lesion_overlay(
         rgba[penumbra[:, :, z]] = (0.1, 0.9, 0.2, 0.55)
         rgba[core[:, :, z]] = (1.0, 0.1, 0.1, 0.7)
         ax.imshow(_display(rgba), interpolation="nearest")
+        if late is not None and late[:, :, z].any():
+            ax.contour(_display(late[:, :, z].astype(float)), levels=[0.5], colors="yellow", linewidths=0.8)
         ax.set_title(f"slice {z}", color="white", fontsize=7)
         ax.axis("off")
-    fig.suptitle("core (red) and penumbra (green) on the temporal mean", color="white", fontsize=9)
+    title = "core (red) and penumbra (green) on the temporal mean"
+    if late is not None:
+        title += "; still enhancing at the last frame: yellow outline"
+    fig.suptitle(title, color="white", fontsize=9)
     return _png(fig)
 
 
@@ -260,7 +273,9 @@ def write_report(
             (
                 "lesions",
                 "lesion_overlay",
-                lesion_overlay(mean_frame, brain, masks["core"], masks["penumbra"], modality),
+                lesion_overlay(
+                    mean_frame, brain, masks["core"], masks["penumbra"], modality, late=masks.get("late")
+                ),
             )
         )
     if CORE_PROBABILITY in maps.maps:  # the CNN's core head, which the core above is taken from
