@@ -269,3 +269,22 @@ def test_the_verdict_banner_tops_the_report(method: str, tmp_path: Path) -> None
     assert html.escape(low_snr["message"]) in body[banner : body.index("<h1>")]
     saved = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert saved["verdict"] == "review" and "low_snr" in saved["qc"]["flags"]
+
+
+def test_analyze_prints_the_late_tissue_share_and_writes_its_mask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``perfnet analyze`` on the late CT lesion (default preprocessing): the printed QC line names
+    ``late_bolus``, the volumes line is followed by the late tissue's share, late.nii.gz is written."""
+    from perfnet.cli import main
+    from perfnet.io import save_series_nifti
+
+    path = save_series_nifti(late_study("CT", 40).series, tmp_path / "ctp.nii.gz", dtype=np.int16)
+    assert (
+        main(["analyze", str(path), "--out", str(tmp_path / "out"), "--method", "osvd", "--no-report"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "late_bolus" in printed and "still enhancing at the last frame (not measured): core" in printed
+    lesions = json.loads((tmp_path / "out" / "lesions.json").read_text())
+    where, _ = load_map(tmp_path / "out" / "late.nii.gz")
+    assert lesions["in_late_tissue_ml"]["late_tissue"] > qc.LATE_BOLUS_ML and where.any()

@@ -139,6 +139,12 @@ def _print_lesions(lesions: dict[str, Any]) -> None:
         f" mismatch ratio {'∞' if ratio is None else f'{ratio:.2f}'}; DEFUSE-3 target mismatch:"
         f" {'yes' if lesions['defuse3']['target_mismatch'] else 'no'}"
     )
+    late = lesions.get("in_late_tissue_ml")
+    if late:  # late_bolus was raised: the part of the lesions no method measured
+        print(
+            f"  of which in the {late['late_tissue']:.0f} mL still enhancing at the last frame (not"
+            f" measured): core {late['core']:.1f} mL, hypoperfused {late['hypoperfused']:.1f} mL"
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
