@@ -278,7 +278,9 @@ def late_peak_ml(series: Any, mask: np.ndarray, baseline_end: int) -> float:
 
 
 def _volume_ml(series: Any, mask: np.ndarray) -> float:
-    return float(mask.sum()) * float(np.prod(series.voxel_size)) / 1000.0
+    from perfnet.lesions import voxel_volume_ml
+
+    return float(mask.sum()) * voxel_volume_ml(series.affine)
 
 
 def _brain_values(data4d: np.ndarray, mask: np.ndarray, max_voxels: int) -> np.ndarray:

@@ -55,7 +55,7 @@ def _in_late_tissue(maps: PerfusionMaps, prepared: Any) -> dict[str, Any]:
     names = ("core", "hypoperfused", "penumbra")
     return {
         "in_late_tissue_ml": {k: round(float((maps.masks[k] & late).sum()) * voxel_ml, 2) for k in names}
-        | {"late_tissue": round(float(late.sum()) * voxel_ml, 2)}
+        | {"late_tissue": prepared.qc_measures["late_peak_ml"]}  # the input QC's measure of ``late``
     }
 
 
