@@ -170,10 +170,13 @@ def analyze(
     curves = conc[mask]
     curves_u = resample_curves(curves, times, grid)
     aif_u = resample_curves(aif.aif[None, :], times, grid)[0]
+    method_options = dict(options.method_options)
+    if options.method == "tikhonov":  # the study's noise for a λ chosen by its SNR (not used otherwise)
+        method_options.setdefault("noise_sd", baseline_sd)
     result = steps.run(
         f"deconvolution ({options.method})",
         lambda: deconvolve(
-            curves_u, aif_u, dt, method=options.method, device=options.device, **options.method_options
+            curves_u, aif_u, dt, method=options.method, device=options.device, **method_options
         ),
     )
     kh, rho = options.hematocrit_factor, options.tissue_density
