@@ -37,6 +37,10 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
     # both networks: the core rule calibrated for their CBF (tools/calibrate_core.py; MR since stop 28)
     calibration = config["core_calibration"]
     assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
+    # how firmly its studies fix the threshold travels with it (CT's record re-made at stop 41)
+    spread = calibration["bootstrap"]
+    assert spread["threshold_p5"] <= calibration["threshold"] <= spread["threshold_p95"]
+    assert calibration["threshold"] == pytest.approx(calibration["rule"] * calibration["factor"], abs=0.005)
 
 
 #: Unseen noisy studies, CT and MR drawn from the same seeds (randomised timing, dose, residue,
