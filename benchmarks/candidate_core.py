@@ -37,9 +37,10 @@ WEIGHTS ``a.pt,b.pt`` is an ensemble (its members' mean maps, as ``analyze --wei
 --weights b.pt`` reads them; the members must share one core calibration, e.g. the folder
 ``tools/calibrate_core.py --weights a.pt b.pt --out DIR`` writes).
 
-WEIGHTS ``osvd`` (or ``sssvd``, ``csvd``, ``boxnlr``) measures that conventional method on the
-same studies instead (sets ``unseen``, ``apart``, ``delay``, ``noise``; for ``A`` / ``B`` use
-benchmarks/generalisation.py ``--methods osvd``), so a candidate can be read against the anchor.
+WEIGHTS ``osvd`` (or ``ssvd``, ``csvd``, ``tikhonov``, ``boxnlr``) measures that conventional
+method on the same studies instead (sets ``unseen``, ``apart``, ``delay``, ``noise``; for ``A`` /
+``B`` use benchmarks/generalisation.py ``--methods osvd``), so a candidate can be read against the
+anchor.
 
 A quick screen of a candidate's core before the 20-minute generalisation benchmark; it prints
 absolute figures per study and the means (no timing). ``read_core`` is the median CNN CBF in the
@@ -75,7 +76,7 @@ DELAYS = (7.0, 11.5, 16.0)
 NOISE_DELAY = 11.5
 NOISE_LEVELS = {"CT": ("dose_mas", (40.0, 80.0, 160.0, 320.0)), "MR": ("snr", (12.0, 25.0, 50.0, 100.0))}
 #: WEIGHTS that name a conventional method instead of a weights file
-CONVENTIONAL = ("osvd", "sssvd", "csvd", "boxnlr")
+CONVENTIONAL = ("osvd", "ssvd", "csvd", "tikhonov", "boxnlr")
 #: the ``apart`` set: seeds and the ranges its lesion delays are drawn in
 APART_SEEDS = tuple(range(5000, 5008))
 APART = {"delay_power": (0.3, 2.0), "delay_mix": (0.3, 1.0)}
