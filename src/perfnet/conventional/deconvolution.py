@@ -49,7 +49,7 @@ TIKHONOV_DEFAULT: float | str = "snr"
 #: ``mu="snr"``: μ = TIKHONOV_SNR_GAIN / SNR within TIKHONOV_MU_RANGE, SNR the study's (see
 #: :func:`study_snr`). A fixed μ lets noise lift max k most where the flow is low: on noisy
 #: synthetic curves (gamma AIF, exponential residue, 1 s frames) μ 0.05 reads a flow at 30 % of
-#: healthy 1.9× too high relative to healthy at SNR 10 and 2.8× at SNR 5 (1.0 at SNR 100), which
+#: healthy 1.9× too high relative to healthy at SNR 10 and 2.7× at SNR 5 (1.0 at SNR 100), which
 #: hides the core; the relative read stays within 1.0–1.15 where μ·SNR ≈ 3 (SNR 5 … 100). Below
 #: TIKHONOV_MU the residue's peak is noise on high-SNR MR studies (a 9.5 s lesion read at Tmax 0
 #: with μ 0.02 at SNR 96); above 0.5 the nuisance corpus's clean CT core read no longer moves
@@ -209,8 +209,9 @@ def _svd_family(
         return DeconvolutionResult(flow=flow, tmax=tmax, extra={"threshold": chosen})
     if method == "tikhonov":
         mu = TIKHONOV_DEFAULT if options["mu"] is None else options["mu"]
-        extra = {}
-        if mu == "snr":
+        adaptive = mu == "snr"
+        extra: dict[str, Any] = {}
+        if adaptive:
             snr = study_snr(curves, options["noise_sd"])
             mu = snr_mu(snr)
             extra = {"snr": snr, "mu": mu}
@@ -221,7 +222,7 @@ def _svd_family(
             raise ValueError(f"mu must be positive, got {mu}")
         factors = svd.tikhonov_factors(decomposition.s, mu)
         flow, tmax = svd.deconvolve_filtered(curves, decomposition, factors, dt, **run)
-        if extra:
+        if adaptive:
             extra["flow_scale"] = _shrink_of(curves, decomposition, mu, dt, run)
             flow = flow * np.float32(extra["flow_scale"])
         return DeconvolutionResult(flow=flow, tmax=tmax, extra=extra)
