@@ -262,6 +262,10 @@ SETTINGS = {
     # rule): moving 71004 (style B) hypo Dice 0.13 -> 0.87, 70003 Tmax MAEC 0.90 -> 0.51 s; static
     # hypo Dice A 0.72 -> 0.74, B 0.90 -> 0.88; core Dice A 0.43 -> 0.24, B 0.56 -> 0.38; false
     # core on 70004 41.8 -> 4.0 mL (plain rule: calibrate_core.py not run for this candidate).
+    # Stop 41 (rebuilt: 15 epochs, 18 min): as the model for the studies the bundled network flags
+    # outside_training_domain only (README "Routing by training domain"), generalisation 24 + 24 CT
+    # studies: style A hypo Dice 0.69 -> 0.78, Tmax MAEC 1.16 -> 0.98 s; style B 0.70 -> 0.77,
+    # 1.20 -> 0.92 s, largest false core 26.6 -> 1.6 mL; static studies unchanged by construction.
     "ct-replay": _fine_tune(CT_REPLAY_COHORT, CT_INIT_COMMIT, FROZEN_NORM_FINE_TUNE, 18),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned on 48 of its own
     # static training studies with low-flow voxels (target CBF < 40 % of the slice's median: the core
