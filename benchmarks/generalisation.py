@@ -26,7 +26,8 @@ each method (style B − style A).
         [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
         [--slices 8] [--json OUT]
 
-``--methods`` takes ``cnn``, ``candidate``, ``osvd``, ``boxnlr`` and ``truth``: the phantom's
+``--methods`` takes ``cnn``, ``candidate``, any conventional method (``osvd``, ``boxnlr``,
+``ssvd``, ``csvd``, ``tikhonov``) and ``truth``: the phantom's
 true maps through the same lesion rule and contralateral reference, the rule's own ceiling (what
 any method's maps could give it; e.g. ``--methods truth`` alone, seconds per study).
 
