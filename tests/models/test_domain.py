@@ -115,3 +115,34 @@ def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> N
     assert late.maps.provenance["study_descriptors"]["after_arrival_s"] > domain.limit(
         "after_arrival_s", late.maps.provenance["training_domain"]
     )
+
+
+def test_a_study_outside_the_primary_network_goes_to_a_specialist_that_holds_it(
+    tmp_path, monkeypatch
+) -> None:
+    """Routing by training domain (README): with a specialist shipped beside ct.pt (here the same
+    tensors with a domain reaching 10 mm of head motion), the moving nuisance study goes to it,
+    unflagged, and provenance says why; a static study stays with ct.pt; explicit weights are
+    never rerouted."""
+    from perfnet.inference import weights as bundled
+
+    model, config = load_weights(bundled_weights("CT"))
+    (tmp_path / "ct.pt").write_bytes(bundled_weights("CT").read_bytes())
+    moving_domain = config["domain"] | {"head_motion_mm": [0.0, 10.0]}
+    bundled.save_weights(tmp_path / "ct-moving.pt", model, config | {"domain": moving_domain})
+    monkeypatch.setattr(bundled, "BUNDLED", tmp_path)
+    monkeypatch.setattr(bundled, "SPECIALISTS", {"CT": ("ct-moving.pt", "absent.pt")})
+    assert [p.name for p in bundled.bundled_networks("CT")] == ["ct.pt", "ct-moving.pt"]
+
+    moving = nuisance.build("motion_thick_slice_ct").series
+    result = perfnet.analyze(moving, "cnn", device="cpu")
+    provenance = result.maps.provenance
+    assert provenance["routed"]["weights"] == "ct-moving.pt" and provenance["weights"].endswith(
+        "ct-moving.pt"
+    )
+    assert provenance["routed"]["instead_of"] == "ct.pt" and "head motion" in provenance["routed"]["because"]
+    assert "outside_training_domain" not in _codes(result)
+    static = perfnet.analyze(nuisance.build("clean_ct").series, "cnn", device="cpu")
+    assert "routed" not in static.maps.provenance and static.maps.provenance["weights"].endswith("ct.pt")
+    explicit = perfnet.analyze(moving, "cnn", weights=tmp_path / "ct.pt", device="cpu")
+    assert "routed" not in explicit.maps.provenance and "outside_training_domain" in _codes(explicit)

@@ -31,7 +31,7 @@ from perfnet.inference.inputs import (
 )
 from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
-from perfnet.inference.weights import bundled_weights, load_weights, save_weights
+from perfnet.inference.weights import bundled_networks, bundled_weights, load_weights, save_weights
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 from perfnet.models import network_spec
 
@@ -291,6 +291,26 @@ def _members(
     return members
 
 
+def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] | None]:
+    """The bundled network for a study: the primary one unless the study lies outside its training
+    domain and inside a specialist's (:data:`perfnet.inference.weights.SPECIALISTS`, tried in
+    order); with the reason when it is a specialist."""
+    paths = bundled_networks(modality)
+    if len(paths) == 1:
+        return paths[0], None
+    described = domain.describe(prepared)
+    outside = domain.outside(described, load_weights(paths[0])[1].get("domain"))
+    if outside:
+        for path in paths[1:]:
+            if not domain.outside(described, load_weights(path)[1].get("domain")):
+                return path, {
+                    "weights": path.name,
+                    "instead_of": paths[0].name,
+                    "because": "; ".join(outside),
+                }
+    return paths[0], None
+
+
 def predict(
     series: PerfusionSeries,
     weights: str | Path | Sequence[str | Path] | None = None,
@@ -328,6 +348,9 @@ def predict(
         prepared = preprocess(series, skip_frames=skip_frames, motion_correction=False, brain_mask=brain)
     series = prepared.series
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    routed = None
+    if weights is None:  # the bundled networks: the one whose training domain holds the study
+        weights, routed = route(prepared, series.modality)
     members = _members(weights, series.modality, dev)
     path, _, config = members[0]
     maps = config["maps"]
@@ -383,6 +406,8 @@ def predict(
         "weights": str(path) if len(members) == 1 else [str(m[0]) for m in members],
         # more than one weights file: the maps are the members' mean (predict's docstring)
         **({"ensemble": {"members": len(members), "combine": "mean"}} if len(members) > 1 else {}),
+        # a bundled specialist took the study: outside the primary network's training domain
+        **({"routed": routed} if routed else {}),
         "model": config["model"],
         "model_kwargs": config["model_kwargs"],
         "maps": maps,

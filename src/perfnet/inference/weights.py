@@ -79,6 +79,19 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model.to(device).eval(), config
 
 
+#: Bundled specialists per modality, after the primary ``<modality>.pt``, in the order inference
+#: tries them: a study outside the primary network's training domain goes to the first specialist
+#: whose domain holds it (:func:`perfnet.inference.cnn.route`). None is shipped yet: a network
+#: trained on moving CT studies is measured for it (README "Routing by training domain").
+SPECIALISTS: dict[str, tuple[str, ...]] = {}
+
+
+def bundled_networks(modality: str) -> list[Path]:
+    """The primary bundled weights of ``modality``, then its shipped specialists."""
+    others = (BUNDLED / name for name in SPECIALISTS.get(modality.upper(), ()))
+    return [bundled_weights(modality), *(path for path in others if path.is_file())]
+
+
 def bundled_weights(modality: str) -> Path:
     """The default weights shipped in the package for a modality."""
     path = BUNDLED / f"{modality.lower()}.pt"
