@@ -78,8 +78,9 @@ def fit_samples(model: torch.nn.Module, config: dict, seeds: list[int], voxels: 
     for seed in seeds:
         started = time.perf_counter()
         path = cache / f"fit-{seed}-{voxels}.pt"
-        if path.is_file():
-            parts.append(ScaleSamples(**torch.load(path, weights_only=True)))
+        if path.is_file():  # features stored in half precision, trained on in single
+            cached = torch.load(path, weights_only=True)
+            parts.append(ScaleSamples(**(cached | {"features": cached["features"].float()})))
             continue
         gen = torch.Generator().manual_seed(seed)
         study = simulate(draw_config("geometric", seed, "CT", **FIT_OVERRIDES))

@@ -119,3 +119,17 @@ def test_temperature_puts_the_interval_at_its_level() -> None:
     assert abs(t - 2.5) < 0.08
     inside = np.mean(np.abs(err) <= t * (b_true / 2.5) * laplace_half_width(0.9))
     assert abs(inside - 0.9) < 1e-3
+
+
+def test_fit_scale_head_tool_reads_its_cache_back_in_single_precision(tmp_path) -> None:
+    """tools/fit_scale_head.py caches each fit study's features in half precision; a rerun read
+    them back as half and the head's linear layers (single precision) refused them."""
+    from tool_modules import load_tool
+
+    tool = load_tool("fit_scale_head")
+    features = torch.randn(5, 4, 16)
+    cached = {"features": features.half(), "mean": torch.zeros(5, 2), "target": torch.ones(5, 2)}
+    torch.save(cached, tmp_path / "fit-123-5.pt")
+    samples = tool.fit_samples(None, {}, [123], 5, tmp_path)
+    assert samples.features.dtype == torch.float32
+    torch.testing.assert_close(samples.features, features.half().float())
