@@ -211,8 +211,9 @@ def _svd_family(
         mu = TIKHONOV_DEFAULT if options["mu"] is None else options["mu"]
         adaptive = mu == "snr"
         extra: dict[str, Any] = {}
-        if adaptive:
-            snr = study_snr(curves, options["noise_sd"])
+        if adaptive:  # one sample of the curves and its median curve for both study-wide numbers
+            sample, median = _sample(curves)
+            snr = _snr(sample, median, options["noise_sd"])
             mu = snr_mu(snr)
             extra = {"snr": snr, "mu": mu}
         elif isinstance(mu, str):
@@ -223,7 +224,7 @@ def _svd_family(
         factors = svd.tikhonov_factors(decomposition.s, mu)
         flow, tmax = svd.deconvolve_filtered(curves, decomposition, factors, dt, **run)
         if adaptive:
-            extra["flow_scale"] = _shrink_of(curves, decomposition, mu, dt, run)
+            extra["flow_scale"] = _shrink_of(median, decomposition, mu, dt, run["device"])
             flow = flow * np.float32(extra["flow_scale"])
         return DeconvolutionResult(flow=flow, tmax=tmax, extra=extra)
     else:
@@ -240,11 +241,13 @@ def _svd_family(
 SNR_SAMPLE = 65536
 
 
-def _sample(curves: np.ndarray) -> np.ndarray:
-    """Every k-th curve (at most SNR_SAMPLE of them), those with a non-finite sample left out."""
+def _sample(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every k-th curve (at most SNR_SAMPLE of them), those with a non-finite sample left out, and
+    their median curve (None when no curve is left)."""
     step = max(1, -(-curves.shape[0] // SNR_SAMPLE))
     sample = np.asarray(curves[::step], dtype=np.float64)
-    return sample[np.isfinite(sample).all(axis=1)]
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    return sample, (np.median(sample, axis=0) if sample.shape[0] else None)
 
 
 def study_snr(curves: np.ndarray, noise_sd: float | None = None) -> float:
@@ -255,10 +258,14 @@ def study_snr(curves: np.ndarray, noise_sd: float | None = None) -> float:
     sample, 0.6745·√6 of the SD for white noise: the bolus's curvature touches few samples).
     At most SNR_SAMPLE curves are read.
     """
-    sample = _sample(curves)
-    if sample.shape[0] == 0:
+    return _snr(*_sample(curves), noise_sd)
+
+
+def _snr(sample: np.ndarray, median: np.ndarray | None, noise_sd: float | None) -> float:
+    """:func:`study_snr` of a sample of curves whose median curve is ``median`` (None: no curve)."""
+    if median is None:
         return 0.0
-    peak = float(np.max(np.median(sample, axis=0)))
+    peak = float(np.max(median))
     if noise_sd is None or not np.isfinite(noise_sd) or noise_sd <= 0:
         second = np.abs(np.diff(sample, n=2, axis=1))
         noise_sd = float(np.median(second)) / (0.6745 * np.sqrt(6.0))
@@ -268,20 +275,18 @@ def study_snr(curves: np.ndarray, noise_sd: float | None = None) -> float:
 
 
 def _shrink_of(
-    curves: np.ndarray, decomposition: svd.Decomposition, mu: float, dt: float, run: dict
+    median: np.ndarray | None, decomposition: svd.Decomposition, mu: float, dt: float, device: torch.device
 ) -> float:
     """How much a μ above TIKHONOV_MU lowers the flow of typical tissue, as a factor to undo it:
     the median curve's flow at TIKHONOV_MU over its flow at ``mu`` (the median of the brain's
     curves is nearly noise-free, so TIKHONOV_MU reads it as it reads the OSIPI vectors). One
     factor for the whole study: the relative flow, Tmax and the core are unchanged."""
-    sample = _sample(curves)
-    if mu <= TIKHONOV_MU or sample.shape[0] == 0:
+    if mu <= TIKHONOV_MU or median is None:
         return 1.0
-    median = np.median(sample, axis=0, keepdims=True).astype(np.float32)
-    options = {"device": run["device"], "chunk_size": 1}
+    curve = median[None, :].astype(np.float32)
     flows = [
         svd.deconvolve_filtered(
-            median, decomposition, svd.tikhonov_factors(decomposition.s, m), dt, **options
+            curve, decomposition, svd.tikhonov_factors(decomposition.s, m), dt, device=device, chunk_size=1
         )[0]
         for m in (TIKHONOV_MU, mu)
     ]
