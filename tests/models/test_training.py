@@ -14,7 +14,7 @@ from perfnet.cli import main
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import predict
 from perfnet.inference.inputs import model_size, prepare_input, reflect_times, resize_slices
-from perfnet.inference.weights import load_weights, save_weights
+from perfnet.inference.weights import load_weights, save_weights, weights_config
 from perfnet.io.types import PerfusionSeries
 from perfnet.models import build_model
 from perfnet.phantom import PhantomConfig, simulate_study
@@ -112,6 +112,11 @@ def test_weights_round_trip_and_refuse_pickled_code(tmp_path: Path) -> None:
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(PerfnetInputError, match=r"cut\.pt"):
         load_weights(truncated)
+    # the config alone (routing reads a network's training domain so) is checked the same way
+    assert weights_config(path) == config
+    for bad in (evil, truncated):
+        with pytest.raises(PerfnetInputError, match=bad.name.replace(".", r"\.")):
+            weights_config(bad)
 
 
 class _Evil:

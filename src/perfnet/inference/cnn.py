@@ -31,7 +31,13 @@ from perfnet.inference.inputs import (
 )
 from perfnet.inference.series import input_of
 from perfnet.inference.targets import from_model
-from perfnet.inference.weights import bundled_networks, bundled_weights, load_weights, save_weights
+from perfnet.inference.weights import (
+    bundled_networks,
+    bundled_weights,
+    load_weights,
+    save_weights,
+    weights_config,
+)
 from perfnet.io.types import PerfusionMaps, PerfusionSeries
 from perfnet.models import network_spec
 
@@ -299,10 +305,10 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     if len(paths) == 1:
         return paths[0], None
     described = domain.describe(prepared)
-    outside = domain.outside(described, load_weights(paths[0])[1].get("domain"))
+    outside = domain.outside(described, weights_config(paths[0]).get("domain"))
     if outside:
         for path in paths[1:]:
-            if not domain.outside(described, load_weights(path)[1].get("domain")):
+            if not domain.outside(described, weights_config(path).get("domain")):
                 return path, {
                     "weights": path.name,
                     "instead_of": paths[0].name,

@@ -51,9 +51,8 @@ def save_weights(path: str | Path, model: nn.Module, config: dict[str, Any]) -> 
     return path
 
 
-def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model (eval mode) and its config from a weights file; never unpickles code."""
-    path = Path(path)
+def _read(path: Path) -> dict[str, Any]:
+    """A weights file's contents, its config checked; never unpickles code."""
     if not path.is_file():
         raise PerfnetInputError(path, "weights file not found")
     try:
@@ -68,6 +67,19 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise PerfnetInputError(path, f"weights config lacks {', '.join(missing)}")
+    return blob
+
+
+def weights_config(path: str | Path) -> dict[str, Any]:
+    """The config of a weights file without building its model (e.g. its training ``domain``)."""
+    return _read(Path(path))["config"]
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model (eval mode) and its config from a weights file; never unpickles code."""
+    path = Path(path)
+    blob = _read(path)
+    config = blob["config"]
     try:
         model = build_model(config["model"], **config["model_kwargs"])
     except (KeyError, TypeError, ValueError) as exc:
