@@ -76,3 +76,21 @@ def test_report_renders_in_headless_chromium(analysed: Path, tmp_path: Path) -> 
     assert pixels.std() > 0.1  # text, tables and images, not a blank page
     dark = (pixels.mean(axis=2) < 0.2).mean()
     assert 0.05 < dark < 0.9  # the black map panels are there
+
+
+def test_report_names_the_network_and_why_routing_chose_it() -> None:
+    """A CNN report says which weights file made the maps (its name only, never the folder: a path
+    can name a user) and, where routing by training domain chose a specialist, instead of which
+    network and why; conventional methods have no such line."""
+    from perfnet.evaluation.report import _network_line
+
+    routed = {
+        "weights": "/home/dr-someone/site/perfnet/weights/ct-moving.pt",
+        "routed": {"weights": "ct-moving.pt", "instead_of": "ct.pt", "because": "head motion 4.1 mm"},
+    }
+    line = _network_line(routed)
+    assert "<code>ct-moving.pt</code>" in line and "instead of <code>ct.pt</code>" in line
+    assert "head motion 4.1 mm" in line and "dr-someone" not in line
+    ensemble = _network_line({"weights": ["/a/fold-0.pt", "/a/fold-1.pt"]})
+    assert ensemble == "<p>Networks: <code>fold-0.pt</code>, <code>fold-1.pt</code>.</p>"
+    assert _network_line({"method": "osvd"}) == ""

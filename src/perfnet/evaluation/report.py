@@ -209,6 +209,28 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
+def _network_line(provenance: dict[str, Any]) -> str:
+    """Which network made a CNN's maps, and why when routing chose a specialist (weights file names
+    only: paths may name a user's folders)."""
+    weights = provenance.get("weights")
+    if not weights:
+        return ""
+    names = [Path(w).name for w in ([weights] if isinstance(weights, str) else weights)]
+    text = (
+        "Network"
+        + ("s" if len(names) > 1 else "")
+        + ": "
+        + ", ".join(f"<code>{html.escape(n)}</code>" for n in names)
+    )
+    routed = provenance.get("routed")
+    if routed:
+        text += (
+            f", chosen instead of <code>{html.escape(str(routed.get('instead_of')))}</code> because the"
+            f" study lies outside that network's training domain ({html.escape(str(routed.get('because')))})"
+        )
+    return f"<p>{text}.</p>"
+
+
 def verdict_banner(provenance: dict[str, Any]) -> str:
     """The QC verdict (ok / review / unreliable) with the flag messages, for the top of the report."""
     from perfnet.qc import verdict
@@ -359,6 +381,7 @@ mismatch ≥ 15 mL: {yes if flags["mismatch_at_least_15ml"] else no}. Affected s
 <h2>Quality control</h2>
 {qc_html}
 <h2>Method and provenance</h2>
+{_network_line(provenance)}
 <p>Total time {seconds.get("total", float("nan")):.1f} s.</p>
 <details><summary>provenance.json</summary><pre>{prov_text}</pre></details>
 </body></html>
