@@ -32,6 +32,7 @@ lint: $(STAMP)
 # retrain the bundled CT and MR weights from scratch (~4 h on 2 cores: CT 90 min and MR 70 min of training, then the CT scale head ~25 min and each core calibration ~12–25 min; see src/perfnet/weights/*.md)
 weights: $(STAMP)
 	$(BIN)/python tools/train_weights.py ct
+	$(BIN)/python tools/train_weights.py ct-moving
 	$(BIN)/python tools/train_weights.py mr
 
 clean:

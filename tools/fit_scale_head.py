@@ -57,13 +57,13 @@ def with_head(path: Path) -> tuple[torch.nn.Module, dict]:
         raise SystemExit(f"fit_scale_head: {exc}") from None
 
 
-def fit_seeds(count: int) -> list[int]:
+def fit_seeds(count: int, cohorts: tuple[int, ...] = FIT_COHORT_SEEDS) -> list[int]:
     """Seeds of the first ``count`` held-out patients of the bundled fold 0, alternating between the
-    recipe's two cohorts (stages 1 and 3 trained on cohort 10000, stage 2 on cohort 11000, all
+    recipe's cohorts ``cohorts`` (stages 1 and 3 trained on cohort 10000, stage 2 on cohort 11000, all
     with the same split by patient: these patients were held out of every stage)."""
     plan = json.loads((WEIGHTS / "ct-plan.json").read_text())
     held_out = [int(s.split("-")[1]) for s in plan["stages"][0]["splits"][0]["validation_subjects"]]
-    seeds = [base + i - 1 for i in held_out for base in FIT_COHORT_SEEDS]
+    seeds = [base + i - 1 for i in held_out for base in cohorts]
     return seeds[:count]
 
 
@@ -126,6 +126,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "scale-head", help="sample cache")
     parser.add_argument("--fit-studies", type=int, default=24)
+    parser.add_argument(
+        "--fit-cohorts",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=FIT_COHORT_SEEDS,
+        help="first seeds of the bundled cohorts whose held-out patients fit the head (default both;"
+        " the CT specialist, which replays cohort 10000's first studies, takes 11000 only)",
+    )
     parser.add_argument("--calibration-studies", type=int, default=6)
     parser.add_argument("--voxels", type=int, default=20000, help="brain voxels drawn per fit study")
     parser.add_argument("--steps", type=int, default=400)
@@ -133,7 +140,7 @@ def main() -> int:
     torch.manual_seed(0)
     started = time.perf_counter()
     model, config = with_head(args.weights)
-    seeds = fit_seeds(args.fit_studies)
+    seeds = fit_seeds(args.fit_studies, args.fit_cohorts)
     print(f"fit set: {len(seeds)} held-out patients of the bundled fold 0", flush=True)
     digest = hashlib.sha256(args.weights.read_bytes()).hexdigest()[:12]
     samples = fit_samples(model, config, seeds, args.voxels, args.work / f"backbone-{digest}")

@@ -1,6 +1,6 @@
 """Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 70).
 
-    python tools/train_weights.py ct|mr|ct-motion|ct-replay|ct-lowflow[-control]|mr-mixed|mr-wide
+    python tools/train_weights.py ct|mr|ct-moving|ct-motion|ct-replay|ct-lowflow[-control]|mr-mixed|mr-wide
         |mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow|ct-lowflow[9]-scratch
         [--work DIR] [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only] [--stages N]
 
@@ -91,6 +91,10 @@ MR_MIXED_COHORT = [
 #: The commit whose bundled CT weights (3 stages on style A, --no-motion, 90 min; ct.md there) the
 #: ``ct-motion`` fine-tune starts from (its Laplace scale head is dropped: only the backbone trains).
 CT_INIT_COMMIT = "632d0db"
+
+#: A stage's ``init`` naming the weights just built in src/perfnet/weights (not a commit): a
+#: specialist fine-tuned from its modality's primary network of the same `make weights` run.
+BUILT = "built"
 
 #: CT motion cohort (style A only: style B is the held-out style of benchmarks/generalisation.py):
 #: 36 studies with rigid head motion forced on (0.5–4 mm, 0.5–4°, drawn), 20 with every parameter
@@ -267,6 +271,28 @@ SETTINGS = {
     # studies: style A hypo Dice 0.69 -> 0.78, Tmax MAEC 1.16 -> 0.98 s; style B 0.70 -> 0.77,
     # 1.20 -> 0.92 s, largest false core 26.6 -> 1.6 mL; static studies unchanged by construction.
     "ct-replay": _fine_tune(CT_REPLAY_COHORT, CT_INIT_COMMIT, FROZEN_NORM_FINE_TUNE, 18),
+    # bundled since stop 42: the CT specialist for moving studies (SPECIALISTS["CT"],
+    # perfnet.inference.cnn.route: predict takes it for a study outside ct.pt's training domain and
+    # inside its own). ct-replay's cohort and stage with the epochs fixed at the 15 that ct-replay
+    # trained at stop 41 (the minutes only a guard), fine-tuned from the ct.pt just built (`make
+    # weights` builds `ct` first; the init is read from src/perfnet/weights/ct.pt). Then its own
+    # scale head, fitted on cohort 11000's held-out patients (neither ct.pt's stages nor this
+    # fine-tune's replay of cohort 10000 trained on them), and its own core rule.
+    "ct-moving": {
+        "bundle": True,
+        "card": [
+            "- role: the CT specialist for moving studies (`perfnet.inference.weights.SPECIALISTS`):"
+            " `analyze --method cnn` without `--weights` gives it a study outside `ct.pt`'s training"
+            " domain and inside its own (head motion above `ct.pt`'s bound); provenance `routed` says"
+            " so. Static studies keep `ct.pt`.",
+        ],
+        "scale_head": ["--fit-cohorts", "11000"],
+        "core_calibration": True,
+        "cohorts": [CT_REPLAY_COHORT],
+        "stages": [
+            {"cohort": 0, "init": BUILT, "train": [*FROZEN_NORM_FINE_TUNE, "--epochs", "15"], "minutes": 40}
+        ],
+    },
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned on 48 of its own
     # static training studies with low-flow voxels (target CBF < 40 % of the slice's median: the core
     # and its margin) weighing 5× in the MSE (--low-flow-weight 4; issue 12.3's "loss weighting of
@@ -666,7 +692,9 @@ def _stage_lines(
     fold = plan["folds"]["0"]
     split = plan["splits"][0]
     init = "from scratch" if not cfg.get("init") else "fine-tuned from the stage before"
-    if (stage or {}).get("init"):
+    if (stage or {}).get("init") == BUILT:
+        init = f"fine-tuned from the primary network bundled beside it (its card: {card}; built first)"
+    elif (stage or {}).get("init"):
         init = f"fine-tuned from the weights bundled at commit {stage['init']} (their card: {card} there)"
     logs = ", ".join(cfg.get("log_maps") or []) or "none"
     thin = [int(k) for k in cfg.get("thin") or [1]]
@@ -739,6 +767,7 @@ def model_card(
         "- data: phantom cohorts with every parameter not named below drawn from the phantom's documented"
         " ranges (anatomy, CBF/CBV, residue family, delay/dispersion, AIF arrival 2–15 s, frame interval"
         " 0.5–2 s, 30–90 frames, dose/SNR, lesion type, territory and hemisphere)",
+        *settings.get("card", []),
     ]
     for i, (plan, stage) in enumerate(zip(plans, settings["stages"], strict=True)):
         lines += [
@@ -852,8 +881,11 @@ def main() -> int:
             start = previous
             if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
                 start = args.work / f"{args.modality}-init.pt"
-                if not start.is_file():
-                    start.write_bytes(backbone(bundled_at(stage["init"], args.modality.split("-")[0])))
+                primary = args.modality.split("-")[0]
+                if stage["init"] == BUILT:  # rewritten each run: the primary network may be new
+                    start.write_bytes(backbone((WEIGHTS / f"{primary}.pt").read_bytes()))
+                elif not start.is_file():
+                    start.write_bytes(backbone(bundled_at(stage["init"], primary)))
             init = [] if start is None else ["--init", str(start)]
             limit = ["--max-minutes", str(minutes)]
             reuse = _reuse(args.work, args.modality, stages, i)
@@ -865,8 +897,11 @@ def main() -> int:
     shutil.copyfile(previous, target / f"{args.modality}.pt")
     public = {"stages": [{k: v for k, v in plan.items() if k != "cohort"} for plan in plans]}
     (target / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
-    if settings.get("scale_head"):  # reads the plan just written (its held-out patients)
-        fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py"), "--weights", str(target / "ct.pt")]
+    if settings.get("scale_head"):  # reads ct-plan.json (the primary network's held-out patients)
+        fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py")]
+        fit += ["--weights", str(target / f"{args.modality}.pt")]
+        if isinstance(settings["scale_head"], list):  # the recipe's own options
+            fit += settings["scale_head"]
         print("+", " ".join(fit), flush=True)
         subprocess.run([*fit, "--work", str(args.work / "scale-head")], check=True)
     if settings.get(

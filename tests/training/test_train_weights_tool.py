@@ -145,3 +145,39 @@ def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other()
             if other[0] == modality and other[1] < end and first < other[2]:
                 same = [{a for a in r if a not in decoupling} for r in (rest, other[3])]
                 assert same[0] == same[1], ((first, end, rest), other)
+
+
+def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkeypatch) -> None:
+    """``ct-moving`` (bundled since stop 42) starts from the ``ct.pt`` in the package (the one
+    `make weights` has just built, its heads dropped), not from a commit, and fits its own scale
+    head (on cohort 11000's held-out patients only) and core rule on its own file."""
+    import torch
+
+    from perfnet.inference.weights import BUNDLED
+
+    tool = load_tool("train_weights", "train_weights_specialist")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "ct.pt").write_bytes((BUNDLED / "ct.pt").read_bytes())
+    monkeypatch.setattr(tool, "WEIGHTS", package)
+    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
+    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
+    (tmp_path / "ct-moving-cohort").mkdir()
+    (tmp_path / "ct-moving-run").mkdir()
+    (tmp_path / "ct-moving-run" / "plan.json").write_text('{"config": {}}')
+    (tmp_path / "ct-moving-run" / "weights.pt").write_bytes(b"specialist")
+    monkeypatch.setattr(sys, "argv", ["train_weights.py", "ct-moving", "--work", str(tmp_path)])
+    assert tool.main() == 0
+    train, scale, calibrate = calls
+    init = tmp_path / "ct-moving-init.pt"
+    assert train[train.index("--init") + 1] == str(init) and "--freeze-norm" in train
+    state = torch.load(init, weights_only=True)["state_dict"]
+    built = torch.load(package / "ct.pt", weights_only=True)["state_dict"]
+    assert not any(k.startswith("scale_head.") for k in state)  # the backbone, its heads dropped
+    assert all(torch.equal(v, built[k]) for k, v in state.items())
+    assert scale[scale.index("--weights") + 1] == str(package / "ct-moving.pt")
+    assert scale[scale.index("--fit-cohorts") + 1] == "11000"
+    assert calibrate[-1] == str(package / "ct-moving.pt")
+    assert (package / "ct-moving.pt").read_bytes() == b"specialist"
