@@ -43,6 +43,29 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
     assert calibration["threshold"] == pytest.approx(calibration["rule"] * calibration["factor"], abs=0.005)
 
 
+def test_the_bundled_ct_specialist_is_documented_and_holds_moving_studies() -> None:
+    """``ct-moving.pt`` (stop 42): the CT network for studies outside ``ct.pt``'s training domain
+    (routing: tests/models/test_domain.py). Same input grid as ``ct.pt``, a training domain that
+    reaches the head motion ``ct.pt`` never saw, its own calibrated core rule and scale head (fitted
+    on patients neither network trained on), and a card that says what it is for."""
+    from perfnet.inference.weights import SPECIALISTS, bundled_networks
+
+    assert SPECIALISTS["CT"] == ("ct-moving.pt",)
+    assert [p.name for p in bundled_networks("CT")] == ["ct.pt", "ct-moving.pt"]
+    _, primary = load_weights(BUNDLED / "ct.pt")
+    _, config = load_weights(BUNDLED / "ct-moving.pt")
+    for key in ("modality", "maps", "frames", "frame_interval", "pixel_mm", "align_lead_s", "model"):
+        assert config[key] == primary[key], key
+    assert config["domain"]["head_motion_mm"][1] > 4.0 > 10 * primary["domain"]["head_motion_mm"][1]
+    calibration = config["core_calibration"]
+    assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
+    spread = calibration["bootstrap"]
+    assert spread["threshold_p5"] <= calibration["threshold"] <= spread["threshold_p95"]
+    assert min(config["scale_head"]["fit_seeds"]) >= 11000  # not the replayed cohort 10000
+    card = (BUNDLED / "ct-moving.md").read_text()
+    assert "SPECIALISTS" in card and "ct.md" in card and (BUNDLED / "ct-moving-plan.json").is_file()
+
+
 #: Unseen noisy studies, CT and MR drawn from the same seeds (randomised timing, dose, residue,
 #: arrival; a core with its penumbra).
 SEEDS = tuple(range(4242, 4849, 101))

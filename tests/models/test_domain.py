@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -73,18 +75,34 @@ def _codes(result: perfnet.StudyResult) -> set[str]:
     return {f["code"] for f in result.maps.provenance["qc_flags"]}
 
 
-def test_cnn_on_a_moving_study_is_flagged_unreliable_and_osvd_is_not() -> None:
-    """The bundled CT U-Net (trained without motion) on the thick-slice motion nuisance: its
-    hypoperfused Dice falls far below oSVD's on the same corrected series, and it says so."""
+def test_a_moving_ct_study_goes_to_the_bundled_specialist_and_ct_pt_flags_it() -> None:
+    """The thick-slice motion nuisance (≈ 4 mm of head motion, corrected): the primary CT U-Net
+    (trained without motion) finds little of the lesion and says so (`outside_training_domain`,
+    verdict unreliable); without `--weights` the study goes to the bundled moving-study specialist
+    `ct-moving.pt` (routing by training domain), which finds the lesion and its core, unflagged
+    by the domain check; oSVD on the same corrected series is not flagged either."""
     study = nuisance.build("motion_thick_slice_ct")
-    cnn = perfnet.analyze(study.series, "cnn", device="cpu")
-    prov = cnn.maps.provenance
-    assert "outside_training_domain" in _codes(cnn) and prov["verdict"] == "unreliable"
-    assert prov["reliable"] is False
+    judge = functools.partial(nuisance.judge, nuisance.NUISANCES["motion_thick_slice_ct"], study)
+    primary = perfnet.analyze(study.series, "cnn", weights=bundled_weights("CT"), device="cpu")
+    prov = primary.maps.provenance
+    assert "outside_training_domain" in _codes(primary) and prov["verdict"] == "unreliable"
+    assert prov["reliable"] is False and "routed" not in prov
     bound = domain.limit("head_motion_mm", prov["training_domain"])
     assert prov["study_descriptors"]["head_motion_mm"] > bound
     flag = next(f for f in prov["qc_flags"] if f["code"] == "outside_training_domain")
     assert "head motion" in flag["message"] and "frame interval" not in flag["message"]
+    before = judge(primary.maps, primary.maps.provenance["qc_flags"])
+
+    routed = perfnet.analyze(study.series, "cnn", device="cpu")
+    prov = routed.maps.provenance
+    assert prov["routed"]["weights"] == "ct-moving.pt" and prov["weights"].endswith("ct-moving.pt")
+    assert prov["routed"]["instead_of"] == "ct.pt" and "head motion" in prov["routed"]["because"]
+    assert "outside_training_domain" not in _codes(routed) and "large_motion" in _codes(routed)
+    after = judge(routed.maps, prov["qc_flags"])
+    # measured at stop 42: hypoperfused Dice 0.16 -> 0.70 (oSVD 0.85), Tmax MAEC 2.0 -> 1.4 s
+    # (oSVD 2.5), core 0 -> 20.7 of 48 mL, none outside the lesion
+    assert before.dice < 0.3 and after.dice > 0.65 and after.tmax_maec < before.tmax_maec - 0.4
+    assert after.core_ml > 10.0 and after.false_core_ml <= 5.0
     osvd = perfnet.analyze(study.series, "osvd", device="cpu")
     assert "outside_training_domain" not in _codes(osvd)
 
@@ -146,3 +164,32 @@ def test_a_study_outside_the_primary_network_goes_to_a_specialist_that_holds_it(
     assert "routed" not in static.maps.provenance and static.maps.provenance["weights"].endswith("ct.pt")
     explicit = perfnet.analyze(moving, "cnn", weights=tmp_path / "ct.pt", device="cpu")
     assert "routed" not in explicit.maps.provenance and "outside_training_domain" in _codes(explicit)
+
+
+def test_routing_takes_the_network_whose_domain_the_study_leaves_least(tmp_path, monkeypatch) -> None:
+    """Outside every network's domain (style B's two-phase studies with 3 s frames, moving): the
+    specialist that holds the motion and not the frame interval leaves its domain on one count where
+    the primary leaves it on two, so it is chosen (still flagged for the interval); a tie keeps the
+    primary; a study the specialist holds goes to it, one the primary holds stays."""
+    from perfnet.inference import cnn
+    from perfnet.inference import weights as bundled
+
+    model, config = load_weights(bundled_weights("CT"))
+    primary = {"head_motion_mm": [0.0, 0.3], "max_frame_interval_s": [0.5, 2.0], "tissue_cnr": [0.3, 2.0]}
+    moving = primary | {"head_motion_mm": [0.0, 9.6], "max_frame_interval_s": [0.5, 2.2]}
+    bundled.save_weights(tmp_path / "ct.pt", model, config | {"domain": primary})
+    bundled.save_weights(tmp_path / "ct-moving.pt", model, config | {"domain": moving})
+    monkeypatch.setattr(bundled, "BUNDLED", tmp_path)
+    monkeypatch.setattr(bundled, "SPECIALISTS", {"CT": ("ct-moving.pt",)})
+
+    def chosen(motion: float, interval: float) -> tuple[str, dict | None]:
+        described = {"head_motion_mm": motion, "max_frame_interval_s": interval, "tissue_cnr": 1.0}
+        monkeypatch.setattr(cnn.domain, "describe", lambda prepared: described)
+        path, why = cnn.route(None, "CT")
+        return path.name, why
+
+    name, why = chosen(8.9, 3.3)  # outside both; the primary on two counts, the specialist on one
+    assert name == "ct-moving.pt" and "head motion 8.9 mm" in why["because"]
+    assert "frame interval 3.3 s" in why["because"]  # the primary's reasons
+    assert chosen(0.1, 3.3) == ("ct.pt", None)  # one count each: the primary keeps it
+    assert chosen(5.0, 1.0)[0] == "ct-moving.pt" and chosen(0.1, 1.0) == ("ct.pt", None)

@@ -299,22 +299,28 @@ def _members(
 
 def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] | None]:
     """The bundled network for a study: the primary one unless the study lies outside its training
-    domain and inside a specialist's (:data:`perfnet.inference.weights.SPECIALISTS`, tried in
-    order); with the reason when it is a specialist."""
+    domain; then the first specialist (:data:`perfnet.inference.weights.SPECIALISTS`, in order)
+    whose domain holds it, else, where none does, the network whose domain it leaves on the fewest
+    descriptors (ties to the earlier: the primary first), still flagged ``outside_training_domain``
+    for what it leaves; with the reason when it is a specialist."""
     paths = bundled_networks(modality)
     if len(paths) == 1:
         return paths[0], None
     described = domain.describe(prepared)
     outside = domain.outside(described, weights_config(paths[0]).get("domain"))
-    if outside:
-        for path in paths[1:]:
-            if not domain.outside(described, weights_config(path).get("domain")):
-                return path, {
-                    "weights": path.name,
-                    "instead_of": paths[0].name,
-                    "because": "; ".join(outside),
-                }
-    return paths[0], None
+    if not outside:
+        return paths[0], None
+    fewest, chosen = len(outside), paths[0]
+    for path in paths[1:]:
+        left = len(domain.outside(described, weights_config(path).get("domain")))
+        if left < fewest:
+            fewest, chosen = left, path
+        if not left:
+            break
+    if chosen == paths[0]:
+        return paths[0], None
+    because = "; ".join(outside)
+    return chosen, {"weights": chosen.name, "instead_of": paths[0].name, "because": because}
 
 
 def predict(
