@@ -99,8 +99,9 @@ def test_output_paths_are_checked_before_the_analysis(
 
 
 def test_concurrent_run_into_the_same_folder_is_refused(
-    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("perfnet.io.output.LOCK_WAIT_S", 0.3)  # refused after its wait, here short
     out = tmp_path / "out"
     with FolderLock(out):
         code, _, err = _run(capsys, "analyze", study, "--out", out)

@@ -93,7 +93,8 @@ def test_killed_cohort_resumes_with_only_the_missing_studies(cohort: Path, tmp_p
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert f"{done_before} already complete" in out
     rows = _rows(deriv)
-    assert sum(r["status"] == "done" for r in rows.values()) == 2, rows
+    outcomes = {k: (r["status"], r.get("error")) for k, r in rows.items()}
+    assert sum(r["status"] == "done" for r in rows.values()) == 2, outcomes
     assert rows["sub-0003_ses-01"]["status"] == "failed"
     # a third run has nothing left to do but the failed study
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,10 @@ def test_bad_destinations_are_refused_before_any_work(tmp_path: Path, monkeypatc
     assert _leftovers(tmp_path) == []
 
 
-def test_lock_refuses_a_second_run_and_dies_with_its_process(tmp_path: Path) -> None:
+def test_lock_refuses_a_second_run_and_dies_with_its_process(tmp_path: Path, monkeypatch) -> None:
+    from perfnet.io import output
+
+    monkeypatch.setattr(output, "LOCK_WAIT_S", 0.3)  # refused after a short wait
     dest = tmp_path / "out"
     with OutputFolder(dest) as first:
         with pytest.raises(PerfnetInputError, match="another perfnet run"):
@@ -135,6 +139,31 @@ def test_lock_refuses_a_second_run_and_dies_with_its_process(tmp_path: Path) -> 
     holder.wait()
     _write_set(dest, {"b": "2"})
     assert (dest / "b").exists() and not (dest / "a").exists()
+
+
+def test_a_run_waits_for_a_lock_whose_holder_is_dying(tmp_path: Path, monkeypatch) -> None:
+    """A cohort killed and restarted at once: the study process it was running still holds the
+    study's lock for a moment (a process killed inside fsync dies when the call returns), and the
+    restarted run's analysis of that study must wait for it, not fail as "another run"."""
+    from perfnet.io import output
+
+    monkeypatch.setattr(output, "LOCK_WAIT_S", 10.0)
+    dest = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from perfnet.io.output import FolderLock; import time; FolderLock({str(dest)!r}).acquire(); "
+            "print('locked', flush=True); time.sleep(1.0)",  # exits, releasing the lock, after 1 s
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    _write_set(dest, {"c": "3"})
+    assert (dest / "c").read_text() == "3" and 0.3 < time.monotonic() - started < 9.0
+    holder.wait()
 
 
 def test_leftovers_of_killed_runs_are_cleaned_and_an_aside_is_restored(tmp_path: Path) -> None:

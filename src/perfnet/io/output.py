@@ -4,7 +4,8 @@ An :class:`OutputFolder` is checked before any computation starts (not a file, n
 writable, on the same filesystem as its parent, and either empty, absent, or a complete earlier
 perfnet output holding only the files perfnet wrote — else ``overwrite`` is needed). While it is
 open it holds a lock file beside the destination (``.<name>.lock``, ``flock``: released by the
-kernel when the process dies, so a killed run never leaves a stale lock) and a private staging
+kernel when the process dies, so a killed run never leaves a stale lock; a run finding it held
+waits up to :data:`LOCK_WAIT_S` for it before refusing) and a private staging
 folder beside it (``.<name>.partial-<pid>-<random>``: same filesystem, so the swap is a rename).
 :meth:`OutputFolder.commit` writes the manifest (``.perfnet-output.json``: the run id and every
 file of the set), flushes every file to disk and swaps the staging folder in with one atomic
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +35,11 @@ from typing import Any
 
 from perfnet.errors import PerfnetInputError
 
+#: How long a run waits for a held lock before refusing. A killed holder keeps its lock until it has
+#: finished dying, which a process killed inside ``fsync`` of a busy disk does only when the call
+#: returns (seconds): a cohort killed and restarted at once found the study it had been writing
+#: "being written by another run". Short beside any real run, which is then refused.
+LOCK_WAIT_S = 10.0
 MANIFEST = ".perfnet-output.json"
 MANIFEST_FORMAT = "perfnet-output-1"
 
@@ -94,9 +101,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
 class FolderLock:
     """An exclusive, non-blocking lock on ``path`` held through ``<parent>/.<name>.lock``.
 
-    A second holder is refused at once with a one-line input error; the lock dies with its
-    process. The lock file is removed on release (after which a waiter that opened the old file
-    notices the inode changed and takes the lock on a fresh file)."""
+    A second holder waits up to :data:`LOCK_WAIT_S` (polling), then is refused with a one-line
+    input error; the lock dies with its process. The lock file is removed on release (after which
+    a waiter that opened the old file notices the inode changed and takes the lock on a fresh
+    file)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -104,6 +112,7 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
                 fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -113,6 +122,9 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
                 raise PerfnetInputError(
                     self.path, "another perfnet run is writing this output now; wait for it or choose another"
                 ) from None
