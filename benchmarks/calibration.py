@@ -8,12 +8,14 @@ phantom), the seeds and lesion strata of ``benchmarks/generalisation.py`` (70000
 style B for CT; every other parameter drawn, motion included), disjoint from the bundled cohorts,
 from the fit (10000–11119) and from the calibration set (12000+) of ``tools/fit_scale_head.py``.
 Each runs through ``analyze_cnn`` (motion correction, the model, flips) as ``perfnet analyze
---method cnn`` runs it. Printed per style and map: the coverage of the head alone (temperature 1)
-and with the per-map temperature stored in the weights, the range over studies, the mean absolute
-error and the mean written scale b (map units).
+--method cnn`` runs it: without ``--weights``, routed by training domain, so a moving CT study is
+read by the specialist ``ct-moving.pt`` with its own temperatures. Printed per style and map: the
+coverage of the head alone (temperature 1) and with the per-map temperature stored in the weights
+(nan where routing mixed networks), the range over studies, the mean absolute error and the mean
+written scale b (map units). ``--moving``: the first N studies of each style drawn with head motion.
 
     python benchmarks/calibration.py [--studies 5] [--styles geometric,mni] [--modality ct]
-        [--weights FILE] [--size 128] [--slices 8] [--json OUT]
+        [--weights FILE] [--moving] [--size 128] [--slices 8] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generalisation import lesion_of, study_seed
 
 LEVEL = 0.9
+#: ``--moving`` looks for moving studies among the first this many indices of a style.
+MAX_INDEX = 200
 
 
 def temperatures(weights: Path | None, modality: str) -> dict[str, float]:
@@ -45,17 +49,33 @@ def temperatures(weights: Path | None, modality: str) -> dict[str, float]:
     return {m: float(t) for m, t in zip(config["maps"], buffer, strict=True)}
 
 
-def run_study(style: str, modality: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
-    from perfnet.inference import analyze_cnn
-    from perfnet.phantom.styles import draw_config, simulate
+def _config(style: str, modality: str, index: int, args: argparse.Namespace) -> Any:
+    from perfnet.phantom.styles import draw_config
 
     seed = study_seed(style, modality, index)
-    cfg = draw_config(style, seed, modality, matrix=args.size, slices=args.slices, lesion=lesion_of(index))
+    return draw_config(style, seed, modality, matrix=args.size, slices=args.slices, lesion=lesion_of(index))
+
+
+def indices(style: str, modality: str, args: argparse.Namespace) -> list[int]:
+    """The studies of a style: the first ``--studies``, or with ``--moving`` the first that many
+    drawn with head motion (the studies routing gives a motion-trained specialist)."""
+    if not args.moving:
+        return list(range(args.studies))
+    return [i for i in range(MAX_INDEX) if _config(style, modality, i, args).motion][: args.studies]
+
+
+def run_study(style: str, modality: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    from perfnet.inference import analyze_cnn
+    from perfnet.phantom.styles import simulate
+
+    cfg = _config(style, modality, index, args)
     study = simulate(cfg)
     started = time.perf_counter()
     maps, _ = analyze_cnn(study.series, args.weights, device="cpu")
     brain = maps.brain_mask & study.truth.masks["brain"]
-    row: dict[str, Any] = {"style": style, "seed": seed, "lesion": cfg.lesion, "motion": bool(cfg.motion)}
+    used = Path(maps.provenance["weights"])  # without --weights: the network routing chose
+    row: dict[str, Any] = {"style": style, "seed": cfg.seed, "lesion": cfg.lesion, "motion": bool(cfg.motion)}
+    row["weights"], row["temperature"] = used.name, temperatures(used, modality)
     for name in [m for m in maps.maps if not m.endswith("_uncertainty")]:
         if f"{name}_uncertainty" not in maps.maps:
             raise SystemExit(f"calibration: the weights give no uncertainty for {name}")
@@ -73,12 +93,16 @@ def summarise(rows: list[dict[str, Any]], temps: dict[str, float]) -> dict[str, 
     for style in sorted({r["style"] for r in rows}):
         sel = [r for r in rows if r["style"] == style]
         table[style] = {}
-        for name, t in temps.items():
+        for name in temps:
+            used = {r["temperature"][name] for r in sel}
+            t = used.pop() if len(used) == 1 else float("nan")  # nan: routing mixed networks
             err = np.concatenate([r[name]["error"] for r in sel])
             b = np.concatenate([r[name]["scale"] for r in sel])
+            # each study's written b over its own network's temperature (routing may mix networks)
+            b_head = np.concatenate([r[name]["scale"] / r["temperature"][name] for r in sel])
             per_study = [float(np.mean(np.abs(r[name]["error"]) <= r[name]["scale"] * half)) for r in sel]
             table[style][name] = {
-                "coverage_head": float(np.mean(np.abs(err) <= b / t * half)),
+                "coverage_head": float(np.mean(np.abs(err) <= b_head * half)),
                 "coverage": float(np.mean(np.abs(err) <= b * half)),
                 "study_min": min(per_study),
                 "study_max": max(per_study),
@@ -87,6 +111,7 @@ def summarise(rows: list[dict[str, Any]], temps: dict[str, float]) -> dict[str, 
                 "temperature": t,
                 "studies": float(len(sel)),
                 "voxels": float(err.size),
+                "networks": sorted({r["weights"] for r in sel}),
             }
     return table
 
@@ -102,12 +127,15 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--moving", action="store_true", help="the first --studies studies with head motion of each style"
+    )
     args = parser.parse_args()
     modality = args.modality.upper()
     temps = temperatures(args.weights, modality)
     rows = []
     for style in args.styles.split(","):
-        for i in range(args.studies):
+        for i in indices(style, modality, args):
             rows.append(run_study(style, modality, i, args))
             r = rows[-1]
             covered = " ".join(
@@ -115,7 +143,8 @@ def main() -> int:
             )
             moving = "moving" if r["motion"] else ""
             print(
-                f"  {style:9s} seed {r['seed']} {r['lesion']:8s} {moving:6s} 90 % coverage: {covered}",
+                f"  {style:9s} seed {r['seed']} {r['lesion']:8s} {moving:6s} {r['weights']:14s}"
+                f" 90 % coverage: {covered}",
                 flush=True,
             )
     table = summarise(rows, temps)

@@ -179,6 +179,11 @@ SETTINGS = {
         # next-stage preparation), and the minute caps then trained 20 + 4 + 7 of the 99 epochs
         "scale_head": True,
         "core_calibration": True,
+        "card": [
+            "- moving studies: a study outside this network's training domain (head motion above it) goes,"
+            " without `--weights`, to the bundled specialist `ct-moving.pt` fine-tuned from this network on"
+            " moving studies (its card `ct-moving.md`; `perfnet.inference.cnn.route`, since stop 42)",
+        ],
         "cohorts": [_cohort("ct", 120, 10000, "--size", "128"), _cohort("ct", 120, 11000, "--size", "128")],
         "stages": [
             {
