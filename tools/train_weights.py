@@ -815,6 +815,20 @@ def model_card(
     return "\n".join(lines)
 
 
+def _public(plan: dict, work: Path) -> dict:
+    """A stage's plan as bundled: without its cohort folder, and its init named inside the repository
+    or under ``<work>``, not by this machine's absolute path."""
+    public = {k: v for k, v in plan.items() if k != "cohort"}
+    init = (public.get("config") or {}).get("init")
+    if init and Path(init).is_absolute():
+        path = Path(init)
+        for base, label in ((ROOT, ""), (work, "<work>/")):
+            if path.is_relative_to(base):
+                public["config"] = public["config"] | {"init": label + str(path.relative_to(base))}
+                break
+    return public
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("modality", choices=sorted(SETTINGS))
@@ -904,7 +918,7 @@ def main() -> int:
     target = WEIGHTS if settings.get("bundle", True) else args.work  # a candidate stays in --work
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(previous, target / f"{args.modality}.pt")
-    public = {"stages": [{k: v for k, v in plan.items() if k != "cohort"} for plan in plans]}
+    public = {"stages": [_public(plan, args.work) for plan in plans]}
     (target / f"{args.modality}-plan.json").write_text(json.dumps(public, indent=2) + "\n")
     if settings.get("scale_head"):  # reads ct-plan.json (the primary network's held-out patients)
         fit = [sys.executable, str(ROOT / "tools" / "fit_scale_head.py")]

@@ -181,3 +181,13 @@ def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkey
     assert scale[scale.index("--fit-cohorts") + 1] == "11000"
     assert calibrate[-1] == str(package / "ct-moving.pt")
     assert (package / "ct-moving.pt").read_bytes() == b"specialist"
+
+
+def test_bundled_plans_name_no_absolute_path_of_the_build_machine(tmp_path) -> None:
+    tool = load_tool("train_weights", "train_weights_public")
+    work = tmp_path / "work"
+    plan = {"cohort": str(work / "ct-cohort"), "config": {"init": str(work / "ct-moving-init.pt"), "lr": 1}}
+    assert tool._public(plan, work) == {"config": {"init": "<work>/ct-moving-init.pt", "lr": 1}}
+    inside = {"config": {"init": str(tool.ROOT / "build" / "weights" / "ct-run" / "weights.pt")}}
+    assert tool._public(inside, work)["config"]["init"] == "build/weights/ct-run/weights.pt"
+    assert tool._public({"config": {"init": None}}, work) == {"config": {"init": None}}
