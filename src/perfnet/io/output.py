@@ -99,7 +99,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
 
 
 class FolderLock:
-    """An exclusive, non-blocking lock on ``path`` held through ``<parent>/.<name>.lock``.
+    """An exclusive lock on ``path`` held through ``<parent>/.<name>.lock`` (a bounded wait, then a refusal).
 
     A second holder waits up to :data:`LOCK_WAIT_S` (polling), then is refused with a one-line
     input error; the lock dies with its process. The lock file is removed on release (after which
