@@ -251,6 +251,11 @@ SETTINGS = {
     # Dice 0.92 -> 0.89, core Dice 0.49 -> 0.25 (that test fails), static generalisation studies
     # hypo Dice 0.72 -> 0.71 (A) and 0.90 -> 0.83 (B), core Dice 0.23 -> 0.00 (A), 0.42 -> 0.24 (B);
     # nuisance low_dose_ct Dice 0.79 -> 0.67, truncated_ct 0.14 -> 0.77
+    # Stop 42, as the moving-study specialist (routing gives it only studies outside ct.pt's domain,
+    # so its static loss no longer matters; 10 epochs, calibrated 36 %): on the 14 studies routed on
+    # generalisation.py's 24 + 24, against the shipped ct-moving, hypo Dice A 0.745 -> 0.767, B 0.637
+    # -> 0.664, Tmax MAEC 1.43 -> 1.37 s, 0.88 -> 0.65 s, core Dice 0.51 -> 0.50, 0.31 -> 0.37, but
+    # false cores up (70010 1.3 -> 9.4 mL): mixed, ct-moving kept
     "ct-motion": _fine_tune(CT_MOTION_COHORT, CT_INIT_COMMIT, [*UNET, *FEWER_FRAMES, "--lr", "5e-5"], 15),
     # candidate, not bundled (written to --work): as ct-motion (same init, stage-3 settings, lr 5e-5)
     # but on CT_REPLAY_COHORT (half replay of the bundled model's own static training studies, half
