@@ -907,7 +907,7 @@ def main() -> int:
                 )
             minutes = args.minutes or stage["minutes"]
             start = previous
-            if stage.get("init"):  # the weights bundled at that commit (git history of this repository)
+            if stage.get("init"):  # bundled weights: at a commit (git history) or just built (BUILT)
                 start = args.work / f"{args.modality}-init.pt"
                 primary = args.modality.split("-")[0]
                 if stage["init"] == BUILT:  # rewritten each run: the primary network may be new
