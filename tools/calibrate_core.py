@@ -13,7 +13,8 @@ it segments that model's maps, and lesions.json's ``core_rule`` says so). The ma
 untouched (bit for bit those of the weights before).
 
 Studies: ``--studies`` style-A (``geometric``) phantoms of the weights' modality, 128² × 8 slices,
-every parameter drawn (motion included), lesions cycling core / core / penumbra / core / none /
+every parameter drawn (motion included; ``--motion``: forced on, for a specialist that
+reads moving studies only), lesions cycling core / core / penumbra / core / none /
 core; seeds ``CALIBRATION_SEED`` + i, disjoint from the tests (< 10000), the training cohorts
 (10000–11119, 12100–12299, 20000–23011), the scale head's calibration studies (12000–12099) and the
 benchmarks (70000+; style B is never used here, so benchmarks/generalisation.py's style-B numbers
@@ -50,14 +51,18 @@ CALIBRATION_SEED = 16000
 LESIONS = ("core", "core", "penumbra", "core", "none", "core")
 
 
-def score_study(seed: int, lesion: str, weights: Path | list[Path], modality: str) -> dict:
-    """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold."""
+def score_study(
+    seed: int, lesion: str, weights: Path | list[Path], modality: str, motion: bool | None = None
+) -> dict:
+    """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold;
+    ``motion`` True: head motion forced on (its amplitude still drawn)."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
     from perfnet.training.core_calibration import score_maps
 
-    cfg = draw_config("geometric", seed, modality, matrix=128, slices=8, lesion=lesion)
+    forced = {} if motion is None else {"motion": motion}
+    cfg = draw_config("geometric", seed, modality, matrix=128, slices=8, lesion=lesion, **forced)
     study = simulate(cfg)
     maps, seen = analyze_cnn(study.series, weights, device="cpu")
     scored = score_maps(maps, study.truth.masks["core"], exclude=csf_mask(seen, maps.brain_mask))
@@ -82,6 +87,12 @@ def main() -> int:
         help="write the calibrated weights here (default: over --weights); a folder for an ensemble",
     )
     parser.add_argument("--rows", type=Path, help="per-study scores: reused if present, else written")
+    parser.add_argument(
+        "--motion",
+        action="store_true",
+        help="every study with head motion (amplitude drawn): for a specialist that routing gives"
+        " moving studies only (ct-moving.pt)",
+    )
     args = parser.parse_args()
     members = list(args.weights)
     if len(members) > 1 and (args.out is None or args.out.is_file()):
@@ -115,7 +126,8 @@ def main() -> int:
             for path, (model, config) in zip(scored_by, loaded, strict=True):
                 save_weights(path, model, {k: v for k, v in config.items() if k != "core_calibration"})
         for i in range(len(rows), args.studies):
-            row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality)
+            forced = True if args.motion else None
+            row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality, forced)
             rows.append(row)
             at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
             what = "core Dice" if row["has_core"] else "false core mL"
@@ -132,8 +144,9 @@ def main() -> int:
     n_core = sum(r["has_core"] for r in rows)
     names = ", ".join(m.name for m in members)
     whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
+    moving = ", head motion forced on" if args.motion else ""
     source = (
-        f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies"
+        f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{moving}"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
         f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {100 * threshold:.0f} % against"
         f" {curve[f'{rule:.2f}']:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
@@ -149,6 +162,7 @@ def main() -> int:
         "false_core_ml_max": FALSE_CORE_ML,
         "volume_ratio_max": VOLUME_RATIO_MAX,
         "bootstrap": spread,
+        "motion": bool(args.motion),
         "studies": [
             {
                 "seed": r["seed"],

@@ -13,9 +13,10 @@ parameters train; :mod:`perfnet.training.scale`). Three disjoint sets of phantom
    unseen studies; voxels drawn at random in the truth brain, inputs made by inference's chain (no motion to
    correct in this cohort);
 2. calibration: ``--calibration-studies`` style-A studies (``geometric``, every parameter drawn,
-   motion included; seeds 12000+, 128² × 8 slices) run through ``analyze_cnn`` as
-   ``perfnet analyze --method cnn`` runs them; per map one temperature T (b ← T·b) that puts 90 %
-   of the truth inside the written 90 % interval (map units, brain voxels);
+   motion included, or with ``--calibration-motion`` forced on; seeds 12000+, 128² × 8 slices)
+   run through ``analyze_cnn`` as ``perfnet analyze --method cnn`` runs them; per map one
+   temperature T (b ← T·b) that puts 90 % of the truth inside the written 90 % interval (map
+   units, brain voxels);
 3. test: ``benchmarks/calibration.py`` (seeds 70000+ of style A and style B), never used here.
 
 Writes the weights (config: ``model_kwargs.scale_head`` true and a ``scale_head`` record of this
@@ -97,14 +98,18 @@ def fit_samples(model: torch.nn.Module, config: dict, seeds: list[int], voxels: 
     return ScaleSamples.cat(parts)
 
 
-def written_errors(weights: Path, seeds: list[int], style: str = "geometric") -> dict[str, tuple]:
-    """Per map, (error, written scale) over the brain voxels of ``analyze_cnn`` on the studies."""
+def written_errors(
+    weights: Path, seeds: list[int], style: str = "geometric", motion: bool | None = None
+) -> dict[str, tuple]:
+    """Per map, (error, written scale) over the brain voxels of ``analyze_cnn`` on the studies;
+    ``motion`` True: head motion forced on (its amplitude still drawn)."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
 
     out: dict[str, list] = {}
     for seed in seeds:
-        study = simulate(draw_config(style, seed, "CT", **CALIBRATION_SHAPE))
+        forced = {} if motion is None else {"motion": motion}
+        study = simulate(draw_config(style, seed, "CT", **CALIBRATION_SHAPE, **forced))
         maps, _ = analyze_cnn(study.series, weights, device="cpu")
         brain = maps.brain_mask & study.truth.masks["brain"]
         for name in maps.maps:
@@ -134,6 +139,12 @@ def main() -> int:
         " the CT specialist, which replays cohort 10000's first studies, takes 11000 only)",
     )
     parser.add_argument("--calibration-studies", type=int, default=6)
+    parser.add_argument(
+        "--calibration-motion",
+        action="store_true",
+        help="calibration studies with head motion forced on: the temperatures of a specialist that"
+        " routing gives moving studies only (ct-moving.pt)",
+    )
     parser.add_argument("--voxels", type=int, default=20000, help="brain voxels drawn per fit study")
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args()
@@ -155,7 +166,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "raw.pt"
             save_weights(raw, model, config)
-            errors = written_errors(raw, cal_seeds)
+            errors = written_errors(raw, cal_seeds, motion=True if args.calibration_motion else None)
         for i, m in enumerate(config["maps"]):
             err, b = errors[m]
             temperatures[m] = temperature(err, b)
@@ -171,6 +182,7 @@ def main() -> int:
         "nll": [round(h, 4) for h in history],
         "calibration_seeds": cal_seeds,
         "calibration_shape": CALIBRATION_SHAPE,
+        "calibration_motion": bool(args.calibration_motion),
         "temperature": {m: round(t, 4) for m, t in temperatures.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -300,8 +300,10 @@ SETTINGS = {
             " domain and inside its own (head motion above `ct.pt`'s bound); provenance `routed` says"
             " so. Static studies keep `ct.pt`.",
         ],
-        "scale_head": ["--fit-cohorts", "11000"],
-        "core_calibration": True,
+        # temperatures and core rule on moving studies (head motion forced on): routing gives it no
+        # other (stop 43)
+        "scale_head": ["--fit-cohorts", "11000", "--calibration-motion"],
+        "core_calibration": ["--motion"],
         "cohorts": [CT_REPLAY_COHORT],
         "stages": [
             {"cohort": 0, "init": BUILT, "train": [*FROZEN_NORM_FINE_TUNE, "--epochs", "15"], "minutes": 40}
@@ -937,6 +939,8 @@ def main() -> int:
     ):  # the core rule calibrated for the new maps (tools/calibrate_core.py)
         calibrate = [sys.executable, str(ROOT / "tools" / "calibrate_core.py"), "--weights"]
         calibrate.append(str(target / f"{args.modality}.pt"))
+        if isinstance(settings["core_calibration"], list):  # the recipe's own options
+            calibrate += settings["core_calibration"]
         print("+", " ".join(calibrate), flush=True)
         subprocess.run(calibrate, check=True)
     from perfnet.inference.weights import load_weights

@@ -3,7 +3,10 @@ a fitted head gives calibrated 90 % intervals on held-out data of its own distri
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from perfnet.evaluation.metrics import interval_coverage, laplace_half_width
@@ -133,3 +136,24 @@ def test_fit_scale_head_tool_reads_its_cache_back_in_single_precision(tmp_path) 
     samples = tool.fit_samples(None, {}, [123], 5, tmp_path)
     assert samples.features.dtype == torch.float32
     torch.testing.assert_close(samples.features, features.half().float())
+
+
+def test_fit_scale_head_calibrates_a_motion_specialist_on_moving_studies(monkeypatch) -> None:
+    """``--calibration-motion`` (the recipe of ``ct-moving.pt``): the calibration studies are
+    drawn with head motion forced on, the rest of each draw unchanged."""
+    from perfnet.phantom import styles
+    from tool_modules import load_tool
+
+    tool = load_tool("fit_scale_head")
+    drawn = []
+
+    def stop(cfg, *args, **kwargs):
+        drawn.append(cfg)
+        raise RuntimeError("drawn")
+
+    monkeypatch.setattr(styles, "simulate", stop)
+    for motion in (True, None):
+        with pytest.raises(RuntimeError, match="drawn"):
+            tool.written_errors(Path("unused.pt"), [tool.CALIBRATION_SEED], motion=motion)
+    assert drawn[0].motion is True and drawn[0].seed == drawn[1].seed
+    assert drawn[0].motion_translation_mm == drawn[1].motion_translation_mm

@@ -97,9 +97,10 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
 
     tool = load_tool("calibrate_core")
 
-    def stand_in(seed: int, lesion: str, weights, modality: str) -> dict:
+    def stand_in(seed: int, lesion: str, weights, modality: str, motion: bool | None = None) -> dict:
         if scored is not None:
             scored.append(weights)
+        assert motion in (None, True)
         row = _row(0.36, has_core=lesion != "none")
         return row | {
             "seed": seed,
@@ -133,6 +134,38 @@ def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch)
     assert record["bootstrap"]["threshold_p5"] == record["bootstrap"]["threshold_p95"] == pytest.approx(0.36)
     assert "36–36 % (5th–95th percentile)" in record["source"] and len(record["studies"]) == 5
     assert bundled.read_bytes() == before
+    assert record["motion"] is False and "motion forced" not in record["source"]
+
+
+def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, monkeypatch) -> None:
+    """``--motion`` (the recipe of ``ct-moving.pt``, which routing gives moving studies only):
+    every calibration study is drawn with head motion, and the record says so."""
+    import sys
+
+    from perfnet.inference.weights import BUNDLED, load_weights
+    from perfnet.phantom import styles
+    from tool_modules import load_tool
+
+    tool = _calibrate_core_tool(monkeypatch)
+    out = tmp_path / "calibrated.pt"
+    argv = ["calibrate_core.py", "--weights", str(BUNDLED / "mr.pt"), "--studies", "3", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--motion"])
+    assert tool.main() == 0
+    record = load_weights(out)[1]["core_calibration"]
+    assert record["motion"] is True and "head motion forced on" in record["source"]
+
+    drawn = []
+
+    def stop(cfg, *args, **kwargs):
+        drawn.append(cfg)
+        raise RuntimeError("drawn")
+
+    monkeypatch.setattr(styles, "simulate", stop)
+    real = load_tool("calibrate_core", "calibrate_core_real")
+    for motion in (True, None):
+        with pytest.raises(RuntimeError, match="drawn"):
+            real.score_study(16004, "none", BUNDLED / "ct.pt", "CT", motion)
+    assert drawn[0].motion is True and drawn[0].motion_translation_mm == drawn[1].motion_translation_mm
 
 
 def test_calibrate_core_calibrates_an_ensemble_with_one_record(tmp_path, monkeypatch) -> None:

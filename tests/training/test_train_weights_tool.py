@@ -150,7 +150,8 @@ def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other()
 def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkeypatch) -> None:
     """``ct-moving`` (bundled since stop 42) starts from the ``ct.pt`` in the package (the one
     `make weights` has just built, its heads dropped), not from a commit, and fits its own scale
-    head (on cohort 11000's held-out patients only) and core rule on its own file."""
+    head (on cohort 11000's held-out patients only) and core rule on its own file, both calibrated
+    on moving studies (the only ones routing gives it)."""
     import torch
 
     from perfnet.inference.weights import BUNDLED
@@ -178,8 +179,9 @@ def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkey
     assert not any(k.startswith("scale_head.") for k in state)  # the backbone, its heads dropped
     assert all(torch.equal(v, built[k]) for k, v in state.items())
     assert scale[scale.index("--weights") + 1] == str(package / "ct-moving.pt")
-    assert scale[scale.index("--fit-cohorts") + 1] == "11000"
-    assert calibrate[-1] == str(package / "ct-moving.pt")
+    assert scale[scale.index("--fit-cohorts") + 1] == "11000" and "--calibration-motion" in scale
+    assert calibrate[calibrate.index("--weights") + 1] == str(package / "ct-moving.pt")
+    assert calibrate[-1] == "--motion"
     assert (package / "ct-moving.pt").read_bytes() == b"specialist"
 
 
