@@ -14,6 +14,13 @@ the phantom generator's where the sample does not reach them (``PhantomConfig.dr
 
 With ``--write`` the envelope becomes the ``domain`` entry of ``src/perfnet/weights/<modality>.pt``
 (the network's tensors are left untouched: its maps stay bit for bit the same).
+
+    python tools/weights_domain.py ct|ct-moving|mr --thinning [--write]
+
+widens the stored domain's frame intervals by the frame thinning its stages trained with (the
+``thin`` and ``frame_interval`` of each stage in ``<name>-plan.json``;
+:func:`perfnet.inference.domain.thinned`, what ``perfnet train`` records since stop 43), nothing
+re-measured.
 """
 
 from __future__ import annotations
@@ -83,6 +90,19 @@ def measure(modality: str, per_cohort: int) -> dict:
     return domain
 
 
+def with_thinning(name: str) -> dict:
+    """The stored domain of ``<name>.pt`` widened by the frame thinning of its recipe's stages."""
+    from perfnet.inference.domain import thinned
+    from perfnet.inference.weights import weights_config
+
+    weights = ROOT / "src" / "perfnet" / "weights"
+    domain = weights_config(weights / f"{name}.pt")["domain"]
+    for stage in json.loads((weights / f"{name}-plan.json").read_text())["stages"]:
+        config = stage["config"]
+        domain = thinned(domain, config.get("thin") or [1], float(config["frame_interval"]))
+    return domain
+
+
 def write(modality: str, domain: dict) -> Path:
     import torch
 
@@ -99,11 +119,14 @@ def write(modality: str, domain: dict) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("modality", choices=["ct", "mr"])
+    parser.add_argument("modality", choices=["ct", "ct-moving", "mr"], help="the bundled weights' name")
     parser.add_argument("--studies", type=int, default=8, help="studies per cohort (default 8)")
+    parser.add_argument(
+        "--thinning", action="store_true", help="only widen the stored domain by the recipe's frame thinning"
+    )
     parser.add_argument("--write", action="store_true", help="store the domain in the bundled weights")
     args = parser.parse_args()
-    domain = measure(args.modality, args.studies)
+    domain = with_thinning(args.modality) if args.thinning else measure(args.modality, args.studies)
     print(json.dumps(domain, indent=1, ensure_ascii=False))
     if args.write:
         print(f"written to {write(args.modality, domain)}")

@@ -111,14 +111,50 @@ def test_cnn_on_a_static_study_and_on_long_frame_intervals() -> None:
     clean = nuisance.build("clean_ct")
     result = perfnet.analyze(clean.series, "cnn", device="cpu")
     assert "outside_training_domain" not in _codes(result) and result.maps.provenance["verdict"] == "ok"
-    # 3 s frames: coarser than anything the network was trained on (≤ 2 s; limit 2.5 s)
-    slow_frames = {"frames": 30, "frame_interval_s": 3.0, "timing": "uniform", "motion": False}
-    cfg = PhantomConfig.draw(6, "CT", matrix=64, slices=4, **slow_frames)
-    series = simulate_study(cfg).series
-    assert np.allclose(np.diff(series.times), 3.0)
-    slow = perfnet.analyze(series, "cnn", device="cpu")
-    flag = next(f for f in slow.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
-    assert "frame interval 3 s" in flag["message"]
+    # 3 s frames: inside since stop 43 (its last stage read every 4th frame of its 1 s grid for a
+    # quarter of the samples; benchmarks/frame_interval.py: Tmax MAEC 0.76 -> 0.84 s from 1 to 3 s
+    # frames on style A, 0.57 -> 0.68 s on style B); 6 s frames: coarser than anything it read
+    for interval, outside in ((3.0, False), (6.0, True)):
+        slow_frames = {"frames": 30, "frame_interval_s": interval, "timing": "uniform", "motion": False}
+        cfg = PhantomConfig.draw(6, "CT", matrix=64, slices=4, **slow_frames)
+        series = simulate_study(cfg).series
+        assert np.allclose(np.diff(series.times), interval)
+        slow = perfnet.analyze(series, "cnn", device="cpu")
+        flags = [f for f in slow.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain"]
+        assert bool(flags) == outside and "routed" not in slow.maps.provenance
+    assert "frame interval 6 s, trained on ≤ 4" in flags[0]["message"]
+
+
+def test_frame_thinning_widens_the_recorded_frame_intervals() -> None:
+    """A network trained with ``--thin 1,1,2,4`` on its 1 s grid read curves sampled every 4 s:
+    its domain's longest interval reaches 4 s (limit 5 s), and the source says why; without
+    thinning, or where the studies already reach it, nothing changes."""
+    widened = domain.thinned(STATIC | {"source": "12 training studies"}, [1, 1, 2, 4], 1.0)
+    assert (
+        widened["max_frame_interval_s"] == [0.5, 4.0] and domain.limit("max_frame_interval_s", widened) == 5.0
+    )
+    assert (
+        widened["source"]
+        == "12 training studies; frame intervals to 4 s by thinning (every 4th frame of the 1 s grid)"
+    )
+    assert widened["head_motion_mm"] == STATIC["head_motion_mm"]
+    assert domain.thinned(STATIC, [1], 1.0) is STATIC and domain.thinned(None, [4], 1.0) is None
+    assert (
+        domain.thinned(STATIC | {"max_frame_interval_s": [0.5, 6.0]}, [2], 1.0)["max_frame_interval_s"][1]
+        == 6.0
+    )
+    # perfnet train records it (its --thin on its --frame-interval grid), before joining the init's
+    from types import SimpleNamespace
+
+    from perfnet.training.run import training_domain
+
+    studies = [
+        SimpleNamespace(descriptors={"max_frame_interval_s": v, "head_motion_mm": 0.1}) for v in (0.7, 1.8)
+    ]
+    assert training_domain(studies, None)["max_frame_interval_s"] == [0.7, 1.8]
+    assert training_domain(studies, None, [1, 2, 4], 1.0)["max_frame_interval_s"] == [0.7, 4.0]
+    start = SimpleNamespace(config={"domain": STATIC})
+    assert training_domain(studies, start, [1, 2], 1.0)["max_frame_interval_s"] == [0.5, 2.0]
 
 
 def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> None:

@@ -15,7 +15,12 @@ Descriptors (each from the preprocessed series every method analyses):
 * ``head_motion_mm``: the largest head displacement the motion correction estimated (the same
   number as the ``large_motion`` check; absent without motion correction). Margin: +2 mm, the
   ``large_motion`` threshold (:data:`perfnet.qc.LARGE_MOTION_MM`), above the training maximum.
-* ``max_frame_interval_s``: the longest gap between consecutive kept frames. Margin: ×1.25.
+* ``max_frame_interval_s``: the longest gap between consecutive kept frames. Margin: ×1.25. A
+  network trained with frame thinning (``perfnet train --thin``: every k-th frame of its 1 s
+  input grid kept, the rest interpolated, as inference interpolates a sparse acquisition) has
+  read curves sampled every k s, so its envelope reaches k × the grid interval (:func:`thinned`;
+  measured: the bundled CT network keeps its accuracy from 1 to 3–4 s frames on both phantom
+  styles where oSVD's falls, ``benchmarks/frame_interval.py``).
 * ``tissue_cnr``: the brain's contrast-to-noise ratio of the input QC
   (:func:`perfnet.qc.input_measures`); a lower bound. Margin: ÷1.5.
 * ``after_arrival_s``: how long the acquisition runs after the detected bolus arrival (the last
@@ -107,6 +112,22 @@ def union(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] 
     sources = [d["source"] for d in (a, b) if d.get("source")]
     if sources:
         out["source"] = "; ".join(sources)
+    return out
+
+
+def thinned(domain: dict[str, Any] | None, thin: Iterable[int], grid_s: float) -> dict[str, Any] | None:
+    """``domain`` widened by frame thinning: the longest interval at least ``max(thin)`` ×
+    ``grid_s`` (the model's input grid), and the source says so. Unchanged without thinning."""
+    k = max((int(t) for t in thin), default=1)
+    if not domain or k <= 1 or "max_frame_interval_s" not in domain:
+        return domain
+    lo, hi = (float(v) for v in domain["max_frame_interval_s"])
+    reach = round(k * float(grid_s), 3)
+    if reach <= hi:
+        return domain
+    out = dict(domain, max_frame_interval_s=[lo, reach])
+    note = f"frame intervals to {reach:g} s by thinning (every {k}th frame of the {float(grid_s):g} s grid)"
+    out["source"] = f"{domain['source']}; {note}" if domain.get("source") else note
     return out
 
 

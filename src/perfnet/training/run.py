@@ -623,7 +623,7 @@ def _train_fold(
         "target_sd": norm.target_sd,
         "log_offsets": norm.log_offsets,
         # what the training studies looked like (inference flags studies outside it)
-        "domain": training_domain(train_set, start),
+        "domain": training_domain(train_set, start, cfg.thin, cfg.frame_interval),
         "training": {
             "targets": cfg.targets,
             "fold": k,
@@ -655,14 +655,20 @@ def _train_fold(
     }
 
 
-def training_domain(train_set: list[PreparedStudy], start: InitialWeights | None) -> dict[str, Any] | None:
+def training_domain(
+    train_set: list[PreparedStudy],
+    start: InitialWeights | None,
+    thin: list[int] | tuple[int, ...] = (1,),
+    grid_s: float = FRAME_INTERVAL_S,
+) -> dict[str, Any] | None:
     """The weights' ``domain`` (:mod:`perfnet.inference.domain`): the envelope of the training
-    studies' descriptors, joined with the initial weights' domain when fine-tuning."""
-    from perfnet.inference.domain import envelope, union
+    studies' descriptors (their frame intervals widened by ``--thin`` on the ``grid_s`` input
+    grid), joined with the initial weights' domain when fine-tuning."""
+    from perfnet.inference.domain import envelope, thinned, union
 
     described = [s.descriptors for s in train_set if s.descriptors]
     mine = envelope(described, f"{len(described)} training studies") if described else None
-    return union(None if start is None else start.config.get("domain"), mine)
+    return union(None if start is None else start.config.get("domain"), thinned(mine, thin, grid_s))
 
 
 @dataclass
