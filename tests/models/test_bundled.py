@@ -47,7 +47,8 @@ def test_the_bundled_ct_specialist_is_documented_and_holds_moving_studies() -> N
     """``ct-moving.pt`` (stop 42): the CT network for studies outside ``ct.pt``'s training domain
     (routing: tests/models/test_domain.py). Same input grid as ``ct.pt``, a training domain that
     reaches the head motion ``ct.pt`` never saw, its own calibrated core rule and scale head (fitted
-    on patients neither network trained on), and a card that says what it is for."""
+    on patients neither network trained on; the rule and the temperatures on moving studies, the
+    only ones routing gives it, since stop 43), and a card that says what it is for."""
     from perfnet.inference.weights import SPECIALISTS, bundled_networks
 
     assert SPECIALISTS["CT"] == ("ct-moving.pt",)
@@ -62,6 +63,9 @@ def test_the_bundled_ct_specialist_is_documented_and_holds_moving_studies() -> N
     spread = calibration["bootstrap"]
     assert spread["threshold_p5"] <= calibration["threshold"] <= spread["threshold_p95"]
     assert min(config["scale_head"]["fit_seeds"]) >= 11000  # not the replayed cohort 10000
+    assert config["scale_head"]["calibration_motion"] and calibration["motion"]
+    # both CT networks read every 4th frame of their 1 s grid in their last stage
+    assert config["domain"]["max_frame_interval_s"][1] == primary["domain"]["max_frame_interval_s"][1] == 4.0
     card = (BUNDLED / "ct-moving.md").read_text()
     assert "SPECIALISTS" in card and "ct.md" in card and (BUNDLED / "ct-moving-plan.json").is_file()
 
