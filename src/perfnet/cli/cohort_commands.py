@@ -32,6 +32,16 @@ def _int_pair(text: str, option: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _float_pair(text: str, option: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise PerfnetInputError(option, f"expected two numbers MIN,MAX, got {text!r}") from None
+    if lo > hi:
+        raise PerfnetInputError(option, f"MIN > MAX in {text!r}")
+    return lo, hi
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -84,6 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         freeze_norm=args.freeze_norm,
         low_flow_weight=args.low_flow_weight,
         regional_delay=_int_pair(args.regional_delay, "--regional-delay"),
+        truncate=_float_pair(args.truncate, "--truncate"),
         nll_beta=args.nll_beta,
         bolus_rule=args.bolus_rule,
         seed=args.seed,

@@ -247,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         " flow drop; default 0,0: off)",
     )
     p.add_argument(
+        "--truncate",
+        default="0,0",
+        metavar="LO,HI",
+        help="augmentation: with probability 1/2 cut each training input LO..HI s after the detected bolus"
+        " arrival and reflect-pad it there, as inference pads a short acquisition; the targets stay the"
+        " truth (a delayed lesion's bolus peaking after the cut; default 0,0: off)",
+    )
+    p.add_argument(
         "--nll-beta",
         type=float,
         default=0.0,

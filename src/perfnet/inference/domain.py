@@ -131,6 +131,20 @@ def thinned(domain: dict[str, Any] | None, thin: Iterable[int], grid_s: float) -
     return out
 
 
+def truncated(domain: dict[str, Any] | None, cut_after_s: float | None) -> dict[str, Any] | None:
+    """``domain`` widened by truncation training (``perfnet train --truncate``): the acquisition
+    after the arrival down to ``cut_after_s``, and the source says so. Unchanged without it."""
+    if not domain or cut_after_s is None or "after_arrival_s" not in domain:
+        return domain
+    lo, hi = (float(v) for v in domain["after_arrival_s"])
+    if cut_after_s >= lo:
+        return domain
+    out = dict(domain, after_arrival_s=[round(float(cut_after_s), 3), hi])
+    note = f"acquisitions cut from {float(cut_after_s):g} s after the arrival (--truncate)"
+    out["source"] = f"{domain['source']}; {note}" if domain.get("source") else note
+    return out
+
+
 def limit(name: str, domain: dict[str, Any]) -> float | None:
     """The value beyond which ``name`` is outside ``domain`` (the envelope plus its margin)."""
     if name not in domain:

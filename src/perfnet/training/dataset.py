@@ -20,6 +20,12 @@ so a run is reproducible and every draw can be written out):
   flow, and networks trained on them read a core's flow partly by its delay
   (benchmarks/candidate_core.py ``--set delay``); this shows them cores at short delays and
   delayed tissue at normal flow, on every slice of every study.
+- truncated acquisition (``truncate`` = (lo, hi) grid frames; off by default): with probability
+  ½ the series is cut after grid frame c, c drawn from [lo, hi], and reflect-padded there, as
+  inference pads an acquisition that ends early (:func:`perfnet.inference.inputs.reflect_times`);
+  the targets stay the truth, so tissue whose bolus peaks after the cut is still asked for its
+  true Tmax and flow (a short acquisition cuts a delayed lesion's curve on its rise, and a network
+  that never saw one reads the mirrored rise as an early, normal bolus).
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class Augmentation:
     shift_pad: str = "reflect"
     #: regional delays (lo, hi) in frames ((0, 0): off); see the module docstring
     regional_delay: tuple[int, int] = (0, 0)
+    #: truncated acquisitions: cut after a grid frame drawn from (lo, hi) ((0, 0): off)
+    truncate: tuple[int, int] = (0, 0)
 
 
 #: The prepared grid starts ``align_lead`` (6 s) before the detected bolus arrival: its first 4 s
@@ -189,6 +197,8 @@ class SliceDataset(Dataset):
             p["delay_frames"] = int(delays[rng.integers(len(delays))]) if rng.uniform() < 0.5 else 0
             p["delay_centre"] = (float(rng.uniform()), float(rng.uniform()))
             p["delay_width"] = float(rng.uniform(0.08, 0.3))  # Gaussian SD, fraction of the slice
+        if a.truncate[1] > 0:  # drawn after the delays, and only when on
+            p["cut"] = int(rng.integers(a.truncate[0], a.truncate[1] + 1)) if rng.uniform() < 0.5 else 0
         return p
 
     def log_row(self, item: int, epoch: int) -> dict[str, Any]:
@@ -217,6 +227,9 @@ class SliceDataset(Dataset):
         if p is not None:
             if p.get("delay_frames"):
                 x, y = regional_delay(x, y, mask, p, self.maps, self.frame_interval)
+            if p.get("cut"):  # before the shift: the cut is in acquisition time
+                idx = torch.from_numpy(cut_index(x.shape[0], p["cut"]))
+                x, bolus = x[idx], bolus[idx]
             if p["shift"]:
                 pad = edge_index if self.augment.shift_pad == "edge" else reflect_index
                 idx = torch.from_numpy(pad(x.shape[0], p["shift"]))
@@ -281,6 +294,16 @@ def regional_delay(
             k = maps.index(name)
             y[k] = torch.where(mask > 0, y[k] + d * interval, y[k])
     return x, y
+
+
+def cut_index(n: int, cut: int) -> np.ndarray:
+    """Source frame of each of ``n`` grid frames when the acquisition ends at frame ``cut``:
+    reflect-padded there (frames past it mirrored back, as inference pads a short series)."""
+    idx = np.arange(n)
+    if cut <= 0 or cut >= n - 1:
+        return idx
+    folded = np.mod(idx, 2 * cut)
+    return np.where(folded > cut, 2 * cut - folded, folded)
 
 
 def edge_index(n: int, shift: int) -> np.ndarray:

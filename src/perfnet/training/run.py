@@ -132,6 +132,9 @@ class TrainConfig:
     low_flow_weight: float = 0.0
     # delays (lo, hi frames) of the regional-delay augmentation (training.dataset; (0, 0): off)
     regional_delay: tuple[int, int] = (0, 0)
+    # truncated acquisitions (lo, hi s after the detected bolus arrival; (0, 0): off): with
+    # probability 1/2 the training input is cut there and reflect-padded (training.dataset)
+    truncate: tuple[float, float] = (0.0, 0.0)
     # β-NLL for the Laplace loss (models.losses.laplace_nll_parts): 0 Hess's NLL, 1 values train as under L1
     nll_beta: float = 0.0
     seed: int = 0
@@ -182,6 +185,21 @@ class TrainConfig:
         if not -30 <= lo <= hi <= 30:
             raise PerfnetInputError("--regional-delay", f"must be -30 <= LO <= HI <= 30, got {lo},{hi}")
         c.regional_delay = (lo, hi)
+        cut_lo, cut_hi = (float(v) for v in c.truncate)
+        if cut_hi > 0:
+            if not 0 < cut_lo <= cut_hi:
+                raise PerfnetInputError(
+                    "--truncate", f"must be 0 < LO <= HI seconds, got {cut_lo:g},{cut_hi:g}"
+                )
+            if c.align_lead_s is None:
+                raise PerfnetInputError(
+                    "--truncate", "needs the grid aligned to the bolus arrival (--align-lead)"
+                )
+            if (c.align_lead_s + cut_lo) / c.frame_interval >= c.frames - 1:
+                raise PerfnetInputError(
+                    "--truncate", f"LO {cut_lo:g} s is past the end of the {c.frames}-frame grid"
+                )
+        c.truncate = (cut_lo, cut_hi)
         if c.loader_workers is not None and c.loader_workers < 0:
             raise PerfnetInputError("--loader-workers", "must be 0 or more")
         if c.jobs < 1:
@@ -500,6 +518,7 @@ def _train_fold(
         thin=tuple(cfg.thin),
         shift_pad=cfg.shift_pad,
         regional_delay=cfg.regional_delay,
+        truncate=truncate_frames(cfg),
     )
     train_ds = SliceDataset(
         train_set,
@@ -623,7 +642,9 @@ def _train_fold(
         "target_sd": norm.target_sd,
         "log_offsets": norm.log_offsets,
         # what the training studies looked like (inference flags studies outside it)
-        "domain": training_domain(train_set, start, cfg.thin, cfg.frame_interval),
+        "domain": training_domain(
+            train_set, start, cfg.thin, cfg.frame_interval, cfg.truncate[0] if cfg.truncate[1] > 0 else None
+        ),
         "training": {
             "targets": cfg.targets,
             "fold": k,
@@ -660,15 +681,27 @@ def training_domain(
     start: InitialWeights | None,
     thin: list[int] | tuple[int, ...] = (1,),
     grid_s: float = FRAME_INTERVAL_S,
+    cut_after_s: float | None = None,
 ) -> dict[str, Any] | None:
     """The weights' ``domain`` (:mod:`perfnet.inference.domain`): the envelope of the training
     studies' descriptors (their frame intervals widened by ``--thin`` on the ``grid_s`` input
-    grid), joined with the initial weights' domain when fine-tuning."""
-    from perfnet.inference.domain import envelope, thinned, union
+    grid, their acquisition after the arrival by ``--truncate``'s shortest cut ``cut_after_s``),
+    joined with the initial weights' domain when fine-tuning."""
+    from perfnet.inference.domain import envelope, thinned, truncated, union
 
     described = [s.descriptors for s in train_set if s.descriptors]
     mine = envelope(described, f"{len(described)} training studies") if described else None
-    return union(None if start is None else start.config.get("domain"), thinned(mine, thin, grid_s))
+    mine = truncated(thinned(mine, thin, grid_s), cut_after_s)
+    return union(None if start is None else start.config.get("domain"), mine)
+
+
+def truncate_frames(cfg: TrainConfig) -> tuple[int, int]:
+    """``--truncate``'s cut (seconds after the bolus arrival) as grid frames ((0, 0): off)."""
+    if cfg.truncate[1] <= 0 or cfg.align_lead_s is None:
+        return (0, 0)
+    last = cfg.frames - 2
+    lo, hi = (min(last, round((cfg.align_lead_s + s) / cfg.frame_interval)) for s in cfg.truncate)
+    return (int(lo), int(hi))
 
 
 @dataclass
