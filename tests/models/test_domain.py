@@ -100,7 +100,8 @@ def test_a_moving_ct_study_goes_to_the_bundled_specialist_and_ct_pt_flags_it() -
     assert "outside_training_domain" not in _codes(routed) and "large_motion" in _codes(routed)
     after = judge(routed.maps, prov["qc_flags"])
     # measured at stop 42: hypoperfused Dice 0.16 -> 0.70 (oSVD 0.85), Tmax MAEC 2.0 -> 1.4 s
-    # (oSVD 2.5), core 0 -> 20.7 of 48 mL, none outside the lesion
+    # (oSVD 2.5), core 0 -> 20.7 of 48 mL, none outside the lesion; stop 43's specialist (trained on
+    # cut acquisitions too): 0.79, 1.3 s, core 38.2 mL
     assert before.dice < 0.3 and after.dice > 0.65 and after.tmax_maec < before.tmax_maec - 0.4
     assert after.core_ml > 10.0 and after.false_core_ml <= 5.0
     osvd = perfnet.analyze(study.series, "osvd", device="cpu")
@@ -158,12 +159,23 @@ def test_frame_thinning_widens_the_recorded_frame_intervals() -> None:
 
 
 def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> None:
-    """Stopped 12 s after the bolus arrival (the CNN's hypoperfused Dice 0.14): outside what the
-    network saw (its training studies ran ≥ 30 s past the arrival); the late-bolus study (22 s of
-    45, the CNN accurate there) is not."""
-    cut = perfnet.analyze(nuisance.build("truncated_ct").series, "cnn", device="cpu")
-    flag = next(f for f in cut.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
-    assert "acquisition after the bolus arrival" in flag["message"] and cut.verdict == "unreliable"
+    """Stopped 12 s after the bolus arrival: outside what ``ct.pt`` saw (its training studies ran
+    ≥ 30 s past the arrival; hypoperfused Dice 0.14), so it is routed to the specialist trained on
+    acquisitions cut 12–40 s after the arrival (stop 43; Dice 0.69, flagged ``truncated_bolus`` and
+    ``late_bolus``: review); the late-bolus study (22 s of 45, ``ct.pt`` accurate there) is
+    inside ``ct.pt``'s domain."""
+    study = nuisance.build("truncated_ct")
+    judge = functools.partial(nuisance.judge, nuisance.NUISANCES["truncated_ct"], study)
+    forced = perfnet.analyze(study.series, "cnn", weights=bundled_weights("CT"), device="cpu")
+    flag = next(f for f in forced.maps.provenance["qc_flags"] if f["code"] == "outside_training_domain")
+    assert "acquisition after the bolus arrival" in flag["message"] and forced.verdict == "unreliable"
+    cut = perfnet.analyze(study.series, "cnn", device="cpu")
+    assert cut.maps.provenance["routed"]["weights"] == "ct-moving.pt"
+    assert "acquisition after the bolus arrival" in cut.maps.provenance["routed"]["because"]
+    assert "outside_training_domain" not in _codes(cut) and cut.verdict == "review"
+    before = judge(forced.maps, forced.maps.provenance["qc_flags"])
+    after = judge(cut.maps, cut.maps.provenance["qc_flags"])
+    assert before.dice < 0.2 and after.dice > 0.6 and after.false_core_ml <= 5.0
     late = perfnet.analyze(nuisance.build("late_bolus_ct").series, "cnn", device="cpu")
     assert "outside_training_domain" not in _codes(late)
     assert late.maps.provenance["study_descriptors"]["after_arrival_s"] > domain.limit(

@@ -174,6 +174,7 @@ def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkey
     train, scale, calibrate = calls
     init = tmp_path / "ct-moving-init.pt"
     assert train[train.index("--init") + 1] == str(init) and "--freeze-norm" in train
+    assert train[train.index("--truncate") + 1] == "12,40"  # cut-short acquisitions (stop 43)
     state = torch.load(init, weights_only=True)["state_dict"]
     built = torch.load(package / "ct.pt", weights_only=True)["state_dict"]
     assert not any(k.startswith("scale_head.") for k in state)  # the backbone, its heads dropped
