@@ -84,6 +84,45 @@ def score(method: str, series: Any, study: Any, weights: str | None, work: Path)
     }
 
 
+def means(
+    rows: list[dict[str, Any]], styles: list[str], key: str, points: list, methods: list[str]
+) -> list[dict[str, Any]]:
+    """Per style, point (the rows' ``key``: an interval, a cut) and method: the mean Tmax MAEC,
+    hypoperfused and core Dice, the largest false core and how many studies were flagged
+    ``outside_training_domain``."""
+    table = []
+    for style in styles:
+        for point in points:
+            for method in methods:
+                sel = [r for r in rows if (r["style"], r[key], r["method"]) == (style, point, method)]
+                false = [r["false_core_ml"] for r in sel if r["false_core_ml"] is not None]
+                table.append(
+                    {
+                        "style": style,
+                        key: point,
+                        "method": method,
+                        "tmax_maec": _mean([r["tmax_maec"] for r in sel]),
+                        "hypoperfused_dice": _mean([r["hypoperfused_dice"] for r in sel]),
+                        "core_dice": _mean([r["core_dice"] for r in sel]),
+                        "false_core_max_ml": max(false) if false else None,
+                        "outside": sum(r["outside"] for r in sel),
+                        "studies": len(sel),
+                    }
+                )
+    return table
+
+
+def print_means(table: list[dict[str, Any]], key: str, unit: str) -> None:
+    head = f"{'MAEC s':>7s} {'hypo':>6s} {'core':>6s} {'false mL':>9s} flagged"
+    print(f"  {'style':9s} {unit:>4s} {'method':12s} {head}")
+    for e in table:
+        print(
+            f"  {e['style']:9s} {e[key]:4g} {e['method']:12s} {_fmt(e['tmax_maec'], 2):>7s}"
+            f" {_fmt(e['hypoperfused_dice'], 2):>6s} {_fmt(e['core_dice'], 2):>6s}"
+            f" {_fmt(e['false_core_max_ml'], 1):>9s} {e['outside']}/{e['studies']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,32 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
     print(f"\nmeans ({time.perf_counter() - started:.0f} s in all)")
-    head = f"{'MAEC s':>7s} {'hypo':>6s} {'core':>6s} {'false mL':>9s} outside"
-    print(f"  {'style':9s} {'s':>2s} {'method':6s} {head}")
-    table = []
-    for style in args.styles.split(","):
-        for k in steps:
-            for method in methods:
-                sel = [r for r in rows if (r["style"], r["interval_s"], r["method"]) == (style, k, method)]
-                false = [r["false_core_ml"] for r in sel if r["false_core_ml"] is not None]
-                entry = {
-                    "style": style,
-                    "interval_s": k,
-                    "method": method,
-                    "tmax_maec": _mean([r["tmax_maec"] for r in sel]),
-                    "hypoperfused_dice": _mean([r["hypoperfused_dice"] for r in sel]),
-                    "core_dice": _mean([r["core_dice"] for r in sel]),
-                    "false_core_max_ml": max(false) if false else None,
-                    "outside": sum(r["outside"] for r in sel),
-                    "studies": len(sel),
-                }
-                table.append(entry)
-                print(
-                    f"  {style:9s} {k:2d} {method:6s} {_fmt(entry['tmax_maec'], 2):>7s}"
-                    f" {_fmt(entry['hypoperfused_dice'], 2):>6s} {_fmt(entry['core_dice'], 2):>6s}"
-                    f" {_fmt(entry['false_core_max_ml'], 1):>9s}"
-                    + (f" {entry['outside']}/{entry['studies']}" if method == "cnn" else "")
-                )
+    table = means(rows, args.styles.split(","), "interval_s", steps, methods)
+    print_means(table, "interval_s", "s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "means": table}, indent=1))
 

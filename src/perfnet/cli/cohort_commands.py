@@ -22,21 +22,13 @@ def _progress(iterable: Any, **kwargs: Any) -> Any:
     return tqdm(iterable, file=sys.stderr, **kwargs)
 
 
-def _int_pair(text: str, option: str) -> tuple[int, int]:
+def _pair(text: str, option: str, cast: type = int) -> tuple[Any, Any]:
+    """``MIN,MAX`` of ``option`` as two ``cast`` values (integers or numbers), MIN ≤ MAX."""
     try:
-        lo, hi = (int(v) for v in text.split(","))
+        lo, hi = (cast(v) for v in text.split(","))
     except ValueError:
-        raise PerfnetInputError(option, f"expected two integers MIN,MAX, got {text!r}") from None
-    if lo > hi:
-        raise PerfnetInputError(option, f"MIN > MAX in {text!r}")
-    return lo, hi
-
-
-def _float_pair(text: str, option: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise PerfnetInputError(option, f"expected two numbers MIN,MAX, got {text!r}") from None
+        what = "integers" if cast is int else "numbers"
+        raise PerfnetInputError(option, f"expected two {what} MIN,MAX, got {text!r}") from None
     if lo > hi:
         raise PerfnetInputError(option, f"MIN > MAX in {text!r}")
     return lo, hi
@@ -86,15 +78,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         frames=args.frames,
         pixel_mm=args.pixel_mm,
         align_lead_s=None if args.align_lead < 0 else args.align_lead,
-        shift=_int_pair(args.shift, "--shift"),
+        shift=_pair(args.shift, "--shift"),
         shift_pad=args.shift_pad,
         log_maps=[m.strip().lower() for m in args.log_maps.split(",") if m.strip()],
         init=None if args.init is None else str(args.init),
         thin=_int_list(args.thin, "--thin"),
         freeze_norm=args.freeze_norm,
         low_flow_weight=args.low_flow_weight,
-        regional_delay=_int_pair(args.regional_delay, "--regional-delay"),
-        truncate=_float_pair(args.truncate, "--truncate"),
+        regional_delay=_pair(args.regional_delay, "--regional-delay"),
+        truncate=_pair(args.truncate, "--truncate", float),
         nll_beta=args.nll_beta,
         bolus_rule=args.bolus_rule,
         seed=args.seed,
