@@ -13,8 +13,8 @@ then cut to end ``--cuts`` seconds after the arterial arrival the phantom drew (
 ``after_arrival_s`` is printed beside it) and analysed as ``perfnet analyze`` does (the shared
 preprocessing, the method, lesions with the ``rapid`` preset).
 
-    python benchmarks/truncation.py [--studies 6] [--styles geometric,mni] [--cuts 15,20,25,30,45]
-        [--json OUT]
+    python benchmarks/truncation.py [--studies 6] [--first 0] [--styles geometric,mni]
+        [--cuts 15,20,25,30,45] [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--studies", type=int, default=6, help="studies per style")
+    parser.add_argument("--first", type=int, default=0, help="index of the first study")
     parser.add_argument("--styles", default="geometric,mni")
     parser.add_argument("--cuts", default=",".join(map(str, CUTS)), help="seconds after the arrival")
     parser.add_argument("--size", type=int, default=128)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="truncation_") as tmp:
         for style in args.styles.split(","):
-            for index in range(args.studies):
+            for index in range(args.first, args.first + args.studies):
                 cfg, study = study_at_1s(style, index, args.size, args.slices)
                 series = study.series
                 for cut in cuts:

@@ -307,8 +307,10 @@ SETTINGS = {
             "- role: the CT specialist for moving studies and cut-short acquisitions"
             " (`perfnet.inference.weights.SPECIALISTS`): `analyze --method cnn` without `--weights` gives"
             " it a study outside `ct.pt`'s training domain and inside its own (head motion above `ct.pt`'s"
-            " bound, or an acquisition ending sooner after the bolus arrival than `ct.pt`'s limit);"
-            " provenance `routed` says so. Other studies keep `ct.pt`.",
+            " bound, or an acquisition ending sooner after the bolus arrival than `ct.pt`'s limit), and a"
+            " study whose acquisition ends sooner after the arrival than any `ct.pt` trained on (inside"
+            " `ct.pt`'s margin only) when this network trained on it; provenance `routed` says so. Other"
+            " studies keep `ct.pt`.",
         ],
         # temperatures and core rule on moving studies (head motion forced on): routing gives it no
         # other (stop 43)

@@ -162,8 +162,8 @@ def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> N
     """Stopped 12 s after the bolus arrival: outside what ``ct.pt`` saw (its training studies ran
     ≥ 30 s past the arrival; hypoperfused Dice 0.14), so it is routed to the specialist trained on
     acquisitions cut 12–40 s after the arrival (stop 43; Dice 0.69, flagged ``truncated_bolus`` and
-    ``late_bolus``: review); the late-bolus study (22 s of 45, ``ct.pt`` accurate there) is
-    inside ``ct.pt``'s domain."""
+    ``late_bolus``: review); the late-bolus study (22 s of 45) is inside ``ct.pt``'s domain by its
+    margin only, not flagged, and read by the specialist."""
     study = nuisance.build("truncated_ct")
     judge = functools.partial(nuisance.judge, nuisance.NUISANCES["truncated_ct"], study)
     forced = perfnet.analyze(study.series, "cnn", weights=bundled_weights("CT"), device="cpu")
@@ -178,6 +178,9 @@ def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> N
     assert before.dice < 0.2 and after.dice > 0.6 and after.false_core_ml <= 5.0
     late = perfnet.analyze(nuisance.build("late_bolus_ct").series, "cnn", device="cpu")
     assert "outside_training_domain" not in _codes(late)
+    # 22 s after the arrival: inside ct.pt's domain by its margin only, so read by the specialist
+    # that trained on such acquisitions (stop 43: hypoperfused Dice 0.81 -> 0.89)
+    assert late.maps.provenance["routed"]["because"].startswith("inside ct.pt's margin only: ")
     assert late.maps.provenance["study_descriptors"]["after_arrival_s"] > domain.limit(
         "after_arrival_s", late.maps.provenance["training_domain"]
     )
@@ -241,3 +244,40 @@ def test_routing_takes_the_network_whose_domain_the_study_leaves_least(tmp_path,
     assert "frame interval 3.3 s" in why["because"]  # the primary's reasons
     assert chosen(0.1, 3.3) == ("ct.pt", None)  # one count each: the primary keeps it
     assert chosen(5.0, 1.0)[0] == "ct-moving.pt" and chosen(0.1, 1.0) == ("ct.pt", None)
+
+
+def test_a_study_inside_the_primary_only_by_its_margin_goes_to_a_specialist_trained_on_it(
+    tmp_path, monkeypatch
+) -> None:
+    """An acquisition ending 25 s after the arrival: inside ``ct.pt``'s domain only by its margin
+    (trained on >= 30 s, flagged below 20 s), and ``ct.pt`` fails there unflagged
+    (benchmarks/truncation.py); a specialist trained on such acquisitions (envelope >= 12 s) reads
+    it, unflagged, and says why; one that never saw them (>= 28 s) does not take it; a study inside
+    the primary's envelope stays, and so does one beyond it only in head motion."""
+    from perfnet.inference import cnn
+    from perfnet.inference import weights as bundled
+
+    model, config = load_weights(bundled_weights("CT"))
+    primary = {"head_motion_mm": [0.0, 0.3], "after_arrival_s": [30.0, 100.0], "tissue_cnr": [0.3, 2.0]}
+    bundled.save_weights(tmp_path / "ct.pt", model, config | {"domain": primary})
+    monkeypatch.setattr(bundled, "BUNDLED", tmp_path)
+    monkeypatch.setattr(bundled, "SPECIALISTS", {"CT": ("ct-moving.pt",)})
+
+    def chosen(specialist_from: float, after: float, motion: float = 0.1) -> tuple[str, dict | None]:
+        cut = primary | {"head_motion_mm": [0.0, 9.6], "after_arrival_s": [specialist_from, 100.0]}
+        bundled.save_weights(tmp_path / "ct-moving.pt", model, config | {"domain": cut})
+        described = {"head_motion_mm": motion, "after_arrival_s": after, "tissue_cnr": 1.0}
+        monkeypatch.setattr(cnn.domain, "describe", lambda prepared: described)
+        path, why = cnn.route(None, "CT")
+        return path.name, why
+
+    name, why = chosen(12.0, 25.0)
+    assert name == "ct-moving.pt" and why["because"].startswith("inside ct.pt's margin only: ")
+    assert "acquisition after the bolus arrival 25 s, trained on ≥ 30" in why["because"]
+    assert chosen(28.0, 25.0) == ("ct.pt", None)  # the specialist never saw it either
+    assert chosen(12.0, 35.0) == ("ct.pt", None)  # inside what ct.pt trained on
+    assert chosen(12.0, 15.0)[0] == "ct-moving.pt"  # outside ct.pt's domain: routed as before
+    # head motion inside ct.pt's margin only (a static study's estimate, 0.3-0.35 mm): not routed,
+    # the specialist is the weaker network on static studies (domain.ROUTED_WITHIN_MARGIN)
+    assert chosen(12.0, 35.0, motion=0.4) == ("ct.pt", None)
+    assert chosen(12.0, 25.0, motion=0.4)[0] == "ct-moving.pt"

@@ -302,13 +302,24 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     domain; then the first specialist (:data:`perfnet.inference.weights.SPECIALISTS`, in order)
     whose domain holds it, else, where none does, the network whose domain it leaves on the fewest
     descriptors (ties to the earlier: the primary first), still flagged ``outside_training_domain``
-    for what it leaves; with the reason when it is a specialist."""
+    for what it leaves; with the reason when it is a specialist. A study inside the primary's
+    domain only by its margin on a descriptor of :data:`~perfnet.inference.domain.ROUTED_WITHIN_MARGIN`
+    (beyond what it trained on, not yet flagged) goes to the first specialist that trained on it
+    (inside its envelope, no margin): a network that has seen such studies before one that has not
+    (``benchmarks/truncation.py``: ``ct.pt`` on acquisitions ending 20–30 s after the arrival,
+    README "Routing by training domain")."""
     paths = bundled_networks(modality)
     if len(paths) == 1:
         return paths[0], None
     described = domain.describe(prepared)
-    outside = domain.outside(described, weights_config(paths[0]).get("domain"))
+    primary = weights_config(paths[0]).get("domain")
+    outside = domain.outside(described, primary)
     if not outside:
+        beyond = domain.outside(described, primary, margin=False, only=domain.ROUTED_WITHIN_MARGIN)
+        for path in paths[1:] if beyond else []:
+            if not domain.outside(described, weights_config(path).get("domain"), margin=False):
+                because = f"inside {paths[0].name}'s margin only: " + "; ".join(beyond)
+                return path, {"weights": path.name, "instead_of": paths[0].name, "because": because}
         return paths[0], None
     fewest, chosen = len(outside), paths[0]
     for path in paths[1:]:

@@ -54,6 +54,13 @@ MARGINS: dict[str, tuple[str, str, float]] = {
     "after_arrival_s": ("lower", "mul", 1.5),
 }
 DESCRIPTORS = tuple(MARGINS)
+#: Descriptors on which routing prefers a specialist that trained on a study the primary holds only
+#: by its margin (:func:`perfnet.inference.cnn.route`). The acquisition after the arrival: ``ct.pt``
+#: fails unflagged on acquisitions ending 20–30 s after it, where the specialist trained on cut
+#: acquisitions reads them (``benchmarks/truncation.py``, stop 43). Not head motion: static studies
+#: read up to ~0.35 mm of estimated motion, beyond ``ct.pt``'s 0.28 mm envelope, and the specialist
+#: is the weaker network on static studies (generalisation 71017, 71020, 71023).
+ROUTED_WITHIN_MARGIN = frozenset({"after_arrival_s"})
 #: How a descriptor reads in the flag's message.
 _WORDS = {
     "head_motion_mm": ("head motion", "mm"),
@@ -145,6 +152,14 @@ def truncated(domain: dict[str, Any] | None, cut_after_s: float | None) -> dict[
     return out
 
 
+def envelope_bound(name: str, domain: dict[str, Any]) -> float | None:
+    """The envelope's own bound of ``name`` (its max for an upper, its min for a lower check)."""
+    if name not in domain:
+        return None
+    lo, hi = (float(v) for v in domain[name])
+    return hi if MARGINS[name][0] == "upper" else lo
+
+
 def limit(name: str, domain: dict[str, Any]) -> float | None:
     """The value beyond which ``name`` is outside ``domain`` (the envelope plus its margin)."""
     if name not in domain:
@@ -156,14 +171,22 @@ def limit(name: str, domain: dict[str, Any]) -> float | None:
     return lo - margin if kind == "add" else lo / margin
 
 
-def outside(descriptors: dict[str, float], domain: dict[str, Any] | None) -> list[str]:
+def outside(
+    descriptors: dict[str, float],
+    domain: dict[str, Any] | None,
+    margin: bool = True,
+    only: frozenset[str] | None = None,
+) -> list[str]:
     """What of a study lies outside a domain, one phrase per descriptor (empty: inside, or no
-    domain recorded)."""
+    domain recorded); ``margin`` False: outside the envelope itself (what the network was trained
+    on, without the margin the flag allows); ``only``: these descriptors alone."""
     if not domain:
         return []
     found = []
     for name, value in descriptors.items():
-        bound = limit(name, domain) if name in MARGINS else None
+        if only is not None and name not in only:
+            continue
+        bound = (limit(name, domain) if margin else envelope_bound(name, domain)) if name in MARGINS else None
         if bound is None:
             continue
         side = MARGINS[name][0]
