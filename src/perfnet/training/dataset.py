@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from perfnet.inference.inputs import reflect_index
+from perfnet.inference.inputs import reflect_index, reflect_times
 from perfnet.inference.targets import to_model
 from perfnet.training.data import StudySlices
 
@@ -299,11 +299,9 @@ def regional_delay(
 def cut_index(n: int, cut: int) -> np.ndarray:
     """Source frame of each of ``n`` grid frames when the acquisition ends at frame ``cut``:
     reflect-padded there (frames past it mirrored back, as inference pads a short series)."""
-    idx = np.arange(n)
     if cut <= 0 or cut >= n - 1:
-        return idx
-    folded = np.mod(idx, 2 * cut)
-    return np.where(folded > cut, 2 * cut - folded, folded)
+        return np.arange(n)
+    return reflect_times(np.arange(n, dtype=np.float64), float(cut)).astype(np.int64)
 
 
 def edge_index(n: int, shift: int) -> np.ndarray:
