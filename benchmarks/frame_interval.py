@@ -55,16 +55,24 @@ def study_at_1s(style: str, index: int, size: int, slices: int) -> Any:
     return cfg, simulate(cfg)
 
 
-def score(method: str, series: Any, study: Any, weights: str | None, work: Path) -> dict[str, Any]:
-    from perfnet.evaluation import evaluate_study
+def write_truth(study: Any, folder: Path) -> Path:
+    """The study's truth maps written once (every subsample of it is scored against them)."""
     from perfnet.phantom.cohort import write_study
 
-    truth_dir = work / "truth-study"
-    if not truth_dir.exists():
-        write_study(study, truth_dir, "sub-0001")
-    prepared = preprocessed(series)
-    result = analyse(method, prepared, weights, work / method, study.truth)
-    metrics = evaluate_study(work / method, truth_dir / "truth")
+    write_study(study, folder, "sub-0001")
+    return folder / "truth"
+
+
+def score(
+    method: str, prepared: Any, study: Any, truth: Path, weights: str | None, out: Path
+) -> dict[str, Any]:
+    """``method`` on the shared preprocessing ``prepared`` of a subsample (``preprocessed``: once
+    per subsample, as ``perfnet analyze`` runs it before any method), written to ``out`` and scored
+    against the written ``truth``."""
+    from perfnet.evaluation import evaluate_study
+
+    result = analyse(method, prepared, weights, out, study.truth)
+    metrics = evaluate_study(out, truth)
     true_core = float(study.truth.parameters["volumes_ml"]["core"])
     found = float(result["lesions"]["volumes_ml"]["core"])
     provenance = result["maps"].provenance
@@ -144,12 +152,15 @@ def main(argv: list[str] | None = None) -> None:
         for style in args.styles.split(","):
             for index in range(args.studies):
                 cfg, study = study_at_1s(style, index, args.size, args.slices)
+                truth = write_truth(study, Path(tmp) / f"{style}-{index}-truth")
                 for k in steps:
                     series = study.series
                     sub = series.with_data(np.ascontiguousarray(series.data[..., ::k]), series.times[::k])
+                    prepared = preprocessed(sub)
                     for method in methods:
-                        work = Path(tmp) / f"{style}-{index}-{k}"
-                        r = score(method, sub, study, args.weights if method == "cnn" else None, work)
+                        out = Path(tmp) / f"{style}-{index}-{k}" / method
+                        weights = args.weights if method == "cnn" else None
+                        r = score(method, prepared, study, truth, weights, out)
                         r |= {"style": style, "study": index, "seed": cfg.seed, "lesion": cfg.lesion}
                         r |= {"interval_s": float(k), "frames": int(sub.times.size), "method": method}
                         rows.append(r)

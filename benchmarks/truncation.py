@@ -31,15 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from frame_interval import means, print_means, score, study_at_1s
-from generalisation import _fmt
+from frame_interval import means, print_means, score, study_at_1s, write_truth
+from generalisation import _fmt, preprocessed
 
 CUTS = (15, 20, 25, 30, 45)
 
 
 def main(argv: list[str] | None = None) -> None:
     from perfnet.inference.domain import describe
-    from perfnet.inference.series import prepare_series
     from perfnet.inference.weights import BUNDLED
 
     raw = argparse.RawDescriptionHelpFormatter
@@ -60,15 +59,19 @@ def main(argv: list[str] | None = None) -> None:
         for style in args.styles.split(","):
             for index in range(args.first, args.first + args.studies):
                 cfg, study = study_at_1s(style, index, args.size, args.slices)
+                truth = write_truth(study, Path(tmp) / f"{style}-{index}-truth")
                 series = study.series
                 for cut in cuts:
                     keep = series.times <= cfg.arrival_s + cut
                     sub = series.with_data(np.ascontiguousarray(series.data[..., keep]), series.times[keep])
-                    after = describe(prepare_series(sub)).get("after_arrival_s")
+                    prepared = preprocessed(sub)
+                    after = describe(prepared).get("after_arrival_s")
                     for name, weights in methods.items():
                         method = "osvd" if weights is None else "cnn"
-                        work = Path(tmp) / f"{style}-{index}-{cut:g}-{name}"
-                        r = score(method, sub, study, None if weights is None else str(weights), work)
+                        out = Path(tmp) / f"{style}-{index}-{cut:g}" / name
+                        r = score(
+                            method, prepared, study, truth, None if weights is None else str(weights), out
+                        )
                         r |= {"style": style, "study": index, "seed": cfg.seed, "lesion": cfg.lesion}
                         r |= {"cut_s": cut, "after_arrival_s": after, "method": name}
                         rows.append(r)
