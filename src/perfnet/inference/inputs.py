@@ -168,13 +168,21 @@ def bolus_patch(
     size: tuple[int, int, int] = PATCH,
     rule: str = LEGACY_BOLUS_RULE,
     onset_s: float = 0.0,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The (T, D, P, P) patch of the native concentration (X, Y, Z, T_native) at ``times``, centred
     on the brain voxel that ``rule`` picks (:data:`BOLUS_RULES`; ``onset_s``: the brain's bolus
     onset on the clock of ``times``, for ``arterial``), resampled onto ``sample_at`` and
-    edge-padded at the volume's borders."""
+    edge-padded at the volume's borders. ``exclude`` (bool X, Y, Z): voxels that may not be the
+    centre, as the AIF search excludes them (:func:`perfnet.conventional.aif.arterial_input`):
+    those motion correction filled from outside the slab in some frame, whose curve is the edge of
+    the moving head and rises and falls like no vessel (the MR motion nuisance, 6 mm slices: the
+    centre on such a voxel of the first slice, the temporal network's Tmax ≈ 0.6 s in a lesion of
+    8.5 s; README "The bolus patch under motion"). Where every brain voxel is excluded, none is."""
     if rule not in BOLUS_RULES:
         raise ValueError(f"unknown bolus rule {rule!r} (one of {', '.join(BOLUS_RULES)})")
+    if exclude is not None and (brain & ~exclude).any():
+        brain = brain & ~exclude
     first = sample_at[: max(2, sample_at.size // 2)] if rule == "early-peak" else sample_at
     sel = (times >= first.min() - 1e-6) & (times <= first.max() + 1e-6)
     if not sel.any():
@@ -218,11 +226,13 @@ def prepare_input(
     pixel_mm: float | None = None,
     bolus: BolusTiming | None = None,
     bolus_rule: str = LEGACY_BOLUS_RULE,
+    exclude: np.ndarray | None = None,
 ) -> ModelInput:
     """Concentration on the model's time grid and, with ``pixel_mm``, its pixel size (see the module
     docstring). ``brain`` and the bolus patch stay on the series' own grid. ``bolus``: the bolus
     timing of the shared preprocessing (detected here on ``brain`` when None); ``bolus_rule``: how
-    the bolus patch is placed (:data:`BOLUS_RULES`)."""
+    the bolus patch is placed (:data:`BOLUS_RULES`); ``exclude``: voxels its centre may not be on
+    (:func:`bolus_patch`; the shared preprocessing's ``outside``)."""
     from perfnet.preprocess import brain_mask, detect_bolus, to_concentration
 
     mask = brain_mask(series) if brain is None else np.asarray(brain, dtype=bool)
@@ -238,7 +248,7 @@ def prepare_input(
         offset = float(np.clip(bolus.arrival_s - series.times[0] - align_lead_s, 0.0, times[-1]))
     sample_at = reflect_times(grid + offset, float(times[-1]))
     onset = bolus.arrival_s - float(series.times[0])
-    patch, centre = bolus_patch(conc, times, sample_at, mask, rule=bolus_rule, onset_s=onset)
+    patch, centre = bolus_patch(conc, times, sample_at, mask, rule=bolus_rule, onset_s=onset, exclude=exclude)
     conc = _to_model_pixels(conc, model_size(series.spatial_shape[:2], series.voxel_size[:2], pixel_mm))
     shape = conc.shape[:3]
     flat = conc.reshape(-1, conc.shape[3])

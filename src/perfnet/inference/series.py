@@ -91,7 +91,8 @@ def model_input(
 
 def input_of(prepared: Preprocessed, config: dict[str, Any]) -> ModelInput:
     """The network's input of a preprocessed series for weights with ``config``
-    (:func:`~perfnet.inference.inputs.prepare_input` on its series, brain mask and bolus timing):
+    (:func:`~perfnet.inference.inputs.prepare_input` on its series, brain mask and bolus timing;
+    the bolus patch kept off the voxels motion correction filled from outside the slab):
     the one call training (:func:`model_input`) and inference (``predict``) both make."""
     return prepare_input(
         prepared.series,
@@ -102,4 +103,5 @@ def input_of(prepared: Preprocessed, config: dict[str, Any]) -> ModelInput:
         config.get("pixel_mm"),
         bolus=prepared.bolus,
         bolus_rule=bolus_rule_of(config),
+        exclude=prepared.outside,
     )

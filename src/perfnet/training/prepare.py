@@ -60,8 +60,9 @@ from perfnet.training.data import (
 )
 
 #: Bumped when the prepared arrays change, so that slices of an older recipe are prepared again
-#: (2: meta.json holds the study's training-domain descriptors).
-SLICE_RECIPE = 2
+#: (2: meta.json holds the study's training-domain descriptors; 3: the bolus patch kept off the
+#: voxels motion correction filled from outside the slab, as inference keeps it since stop 44).
+SLICE_RECIPE = 3
 ARRAYS = ("inputs", "targets", "brain", "bolus")
 #: How long a rank waits for rank 0's preparation (s; ``PERFNET_RANK_WAIT_S`` overrides).
 WAIT_S = 24 * 3600.0
@@ -294,7 +295,7 @@ def _digest(parts: dict[str, Any]) -> str:
 def slice_key(study: CohortStudy, recipe: SliceRecipe, tree: Path | None) -> str:
     """The key of a study's prepared slices: everything they depend on."""
     parts = _key_parts(study, recipe, tree)
-    parts["files"] = [[Path(f[0]).name, *f[1:]] for f in parts["files"]]  # the key of SLICE_RECIPE 2
+    parts["files"] = [[Path(f[0]).name, *f[1:]] for f in parts["files"]]  # the key since SLICE_RECIPE 2
     return _digest(parts)
 
 
