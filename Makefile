@@ -29,11 +29,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/ruff format --check src tests benchmarks tools
 
-# retrain the bundled CT and MR weights from scratch (~4 h on 2 cores: CT 90 min and MR 70 min of training, then the CT scale head ~25 min and each core calibration ~12–25 min; see src/perfnet/weights/*.md)
+# retrain the bundled CT and MR weights from scratch (~5 h on 2 cores: CT 90 min and MR 70 min of training, then the CT scale head ~25 min and each core calibration ~12–25 min; the specialists ct-moving and mr-moving ~35 min each after their primary; see src/perfnet/weights/*.md)
 weights: $(STAMP)
 	$(BIN)/python tools/train_weights.py ct
 	$(BIN)/python tools/train_weights.py ct-moving
 	$(BIN)/python tools/train_weights.py mr
+	$(BIN)/python tools/train_weights.py mr-moving
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 """Train the bundled weights from scratch (``make weights``; CT ≈ 90 min of training, MR ≈ 70).
 
-    python tools/train_weights.py ct|mr|ct-moving|ct-motion|ct-replay|ct-lowflow[-control]
+    python tools/train_weights.py ct|mr|ct-moving|mr-moving|ct-motion|ct-replay|ct-lowflow[-control]
         |mr-mixed|mr-wide|mr-early-peak|mr-arterial[-control]|mr-beta|mr-lowflow|mr-beta-lowflow|ct-lowflow[9]-scratch
         [--work DIR] [--minutes M] [--bundle-only] [--candidate] [--jobs N] [--prepare-only] [--stages N]
 
@@ -21,6 +21,11 @@ simulation and preprocessing): it fixes moving studies but loses on static ones 
 own static training studies and 32 moving ones with its batch-norm statistics frozen (18 min plus
 ~15 min of simulation and preprocessing): close to the bundled model on static studies, a
 smaller motion gain (numbers at ``SETTINGS["ct-replay"]``).
+
+``ct-moving`` and ``mr-moving`` (bundled specialists, built by ``make weights`` after their primary
+network, from the file it has just written) fine-tune it on 32 of its own static training studies
+and 32 moving ones, with cut-short acquisitions (``--truncate``); inference routes them the studies
+outside the primary's training domain (``perfnet.inference.cnn.route``).
 
 ``mr-mixed`` (a candidate, written to ``--work``, not bundled) fine-tunes the MR model bundled at
 commit ``INIT_COMMIT`` (read with ``git show``) on one mixed cohort: style A and style B (MNI
@@ -140,6 +145,17 @@ CT_COUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_S
 #: statistics of the init kept.
 FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
 
+#: ``mr-moving`` cohort (style A only; style B is the held-out style of benchmarks/generalisation.py):
+#: 32 of the bundled MR network's own static stage-2 training studies (``MR_COHORTS[1]``'s
+#: arguments and seeds 21000–21031), replayed against forgetting, and 32 studies drawn with the same
+#: arguments plus ``--motion`` (rigid head motion forced on, its amplitude drawn; everything else
+#: drawn, non-steady-state frames and truncation included). New seeds 25000–25031: disjoint from the
+#: tests (< 10000), the other cohorts (10000–24299), the calibration studies (16000+) and the
+#: benchmarks (70000+).
+MR_MOVING_COHORT = [
+    _cohort("mr", 32, 21000, "--slices", "10"),
+    _part("mr", 32, 25000, "--slices", "10", "--motion"),
+]
 #: ``mr-arterial`` cohort: the first 48 studies of the bundled MR model's own second cohort (same
 #: `perfnet simulate` arguments, seeds 21000–21047: static style-A studies it trained on).
 MR_ARTERIAL_COHORT = _cohort("mr", 48, 21000, "--slices", "10")
@@ -323,6 +339,31 @@ SETTINGS = {
                 "init": BUILT,
                 "train": [*FROZEN_NORM_FINE_TUNE, "--epochs", "12", "--truncate", "12,40"],
                 "minutes": 30,
+            }
+        ],
+    },
+    # the MR specialist for moving studies and cut-short acquisitions (stop 44), as ``ct-moving`` is
+    # CT's: fine-tuned from the mr.pt just built on MR_MOVING_COHORT with cut acquisitions
+    # (--truncate 12,40), 12 epochs at lr 1e-4 (the minutes a guard); its own core rule on moving
+    # studies. The temporal network has no batch norm and no scale head: nothing else to keep or refit.
+    "mr-moving": {
+        "bundle": True,
+        "card": [
+            "- role: the MR specialist for moving studies and cut-short acquisitions"
+            " (`perfnet.inference.weights.SPECIALISTS`): `analyze --method cnn` without `--weights` gives"
+            " it a study outside `mr.pt`'s training domain and inside its own (head motion above `mr.pt`'s"
+            " bound, or an acquisition ending sooner after the bolus arrival than `mr.pt`'s limit);"
+            " provenance `routed` says so. Other studies keep `mr.pt`, those inside its margin only"
+            " included (`perfnet.inference.domain.ROUTED_WITHIN_MARGIN`).",
+        ],
+        "core_calibration": ["--motion"],
+        "cohorts": [MR_MOVING_COHORT],
+        "stages": [
+            {
+                "cohort": 0,
+                "init": BUILT,
+                "train": [*MR_REFINE, "--lr", "1e-4", "--truncate", "12,40", *ARTERIAL],
+                "minutes": 45,
             }
         ],
     },

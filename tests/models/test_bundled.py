@@ -70,6 +70,30 @@ def test_the_bundled_ct_specialist_is_documented_and_holds_moving_studies() -> N
     assert "SPECIALISTS" in card and "ct.md" in card and (BUNDLED / "ct-moving-plan.json").is_file()
 
 
+def test_the_bundled_mr_specialist_is_documented_and_holds_moving_studies() -> None:
+    """``mr-moving.pt`` (stop 44): the MR network for studies outside ``mr.pt``'s training domain,
+    fine-tuned from it on moving and cut-short studies; the same input and bolus patch as ``mr.pt``,
+    a domain reaching the head motion and the short acquisitions ``mr.pt`` never saw, its own core
+    rule calibrated on moving studies, and a card that says what it is for."""
+    from perfnet.inference.weights import SPECIALISTS, bundled_networks
+
+    assert SPECIALISTS["MR"] == ("mr-moving.pt",)
+    assert [p.name for p in bundled_networks("MR")] == ["mr.pt", "mr-moving.pt"]
+    _, primary = load_weights(BUNDLED / "mr.pt")
+    _, config = load_weights(BUNDLED / "mr-moving.pt")
+    keys = ("modality", "maps", "frames", "frame_interval", "pixel_mm", "align_lead_s", "model", "bolus_rule")
+    for key in keys:
+        assert config[key] == primary[key], key
+    assert config["domain"]["head_motion_mm"][1] > 4.0 > 4 * primary["domain"]["head_motion_mm"][1]
+    assert config["domain"]["after_arrival_s"][0] == 12.0 < primary["domain"]["after_arrival_s"][0]
+    calibration = config["core_calibration"]
+    assert 1.0 <= calibration["factor"] <= 2.0 and calibration["motion"]
+    spread = calibration["bootstrap"]
+    assert spread["threshold_p5"] <= calibration["threshold"] <= spread["threshold_p95"]
+    card = (BUNDLED / "mr-moving.md").read_text()
+    assert "SPECIALISTS" in card and (BUNDLED / "mr-moving-plan.json").is_file()
+
+
 #: Unseen noisy studies, CT and MR drawn from the same seeds (randomised timing, dose, residue,
 #: arrival; a core with its penumbra).
 SEEDS = tuple(range(4242, 4849, 101))

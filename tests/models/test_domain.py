@@ -108,6 +108,25 @@ def test_a_moving_ct_study_goes_to_the_bundled_specialist_and_ct_pt_flags_it() -
     assert "outside_training_domain" not in _codes(osvd)
 
 
+def test_a_moving_mr_study_goes_to_the_mr_specialist() -> None:
+    """The MR motion nuisance (3.5 mm / 3° on 6 mm slices): outside ``mr.pt``'s training domain
+    (trained on static studies; flagged, verdict unreliable, although with the bolus patch kept off
+    the slab's edge it reads the lesion), so without ``--weights`` it goes to ``mr-moving.pt`` (stop
+    44), which trained on moving and cut-short studies: the lesion found, not flagged outside its
+    domain (still ``large_motion``: review)."""
+    study = nuisance.build("motion_mr")
+    judge = functools.partial(nuisance.judge, nuisance.NUISANCES["motion_mr"], study)
+    forced = perfnet.analyze(study.series, "cnn", weights=bundled_weights("MR"), device="cpu")
+    assert "outside_training_domain" in _codes(forced) and forced.verdict == "unreliable"
+    routed = perfnet.analyze(study.series, "cnn", device="cpu")
+    prov = routed.maps.provenance
+    assert prov["routed"]["weights"] == "mr-moving.pt" and prov["routed"]["instead_of"] == "mr.pt"
+    assert "head motion" in prov["routed"]["because"]
+    assert "outside_training_domain" not in _codes(routed) and routed.verdict == "review"
+    after = judge(routed.maps, prov["qc_flags"])
+    assert after.dice > 0.85 and after.false_core_ml <= 5.0
+
+
 def test_cnn_on_a_static_study_and_on_long_frame_intervals() -> None:
     clean = nuisance.build("clean_ct")
     result = perfnet.analyze(clean.series, "cnn", device="cpu")
@@ -278,6 +297,16 @@ def test_a_study_inside_the_primary_only_by_its_margin_goes_to_a_specialist_trai
     assert chosen(12.0, 35.0) == ("ct.pt", None)  # inside what ct.pt trained on
     assert chosen(12.0, 15.0)[0] == "ct-moving.pt"  # outside ct.pt's domain: routed as before
     # head motion inside ct.pt's margin only (a static study's estimate, 0.3-0.35 mm): not routed,
-    # the specialist is the weaker network on static studies (domain.ROUTED_WITHIN_MARGIN)
+    # the specialist is the weaker network on static studies (domain.ROUTED_WITHIN_MARGIN["CT"])
     assert chosen(12.0, 35.0, motion=0.4) == ("ct.pt", None)
     assert chosen(12.0, 25.0, motion=0.4)[0] == "ct-moving.pt"
+    # MR routes nothing within the margin (domain.ROUTED_WITHIN_MARGIN["MR"] is empty: mr-moving.pt
+    # read two of three such static studies worse, stop 44); outside mr.pt's domain it takes them
+    cut = primary | {"head_motion_mm": [0.0, 9.6], "after_arrival_s": [12.0, 100.0]}
+    bundled.save_weights(tmp_path / "mr.pt", model, config | {"domain": primary, "modality": "MR"})
+    bundled.save_weights(tmp_path / "mr-moving.pt", model, config | {"domain": cut, "modality": "MR"})
+    monkeypatch.setattr(bundled, "SPECIALISTS", {"MR": ("mr-moving.pt",)})
+    for after, name in ((25.0, "mr.pt"), (15.0, "mr-moving.pt")):
+        described = {"head_motion_mm": 0.1, "after_arrival_s": after, "tissue_cnr": 1.0}
+        monkeypatch.setattr(cnn.domain, "describe", lambda prepared, d=described: d)
+        assert cnn.route(None, "MR")[0].name == name

@@ -186,6 +186,47 @@ def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkey
     assert (package / "ct-moving.pt").read_bytes() == b"specialist"
 
 
+def test_the_mr_specialist_fine_tunes_the_mr_network_just_built(tmp_path, monkeypatch) -> None:
+    """``mr-moving`` (stop 44) starts from the ``mr.pt`` in the package, trains on cut acquisitions
+    with the primary's arterial bolus patch, and calibrates its own core rule on moving studies; the
+    temporal network has no scale head to fit."""
+    import torch
+
+    from perfnet.inference.weights import BUNDLED
+
+    tool = load_tool("train_weights", "train_weights_mr_specialist")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "mr.pt").write_bytes((BUNDLED / "mr.pt").read_bytes())
+    monkeypatch.setattr(tool, "WEIGHTS", package)
+    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
+    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
+    (tmp_path / "mr-moving-cohort").mkdir()
+    (tmp_path / "mr-moving-run").mkdir()
+    (tmp_path / "mr-moving-run" / "plan.json").write_text('{"config": {}}')
+    (tmp_path / "mr-moving-run" / "weights.pt").write_bytes(b"specialist")
+    monkeypatch.setattr(sys, "argv", ["train_weights.py", "mr-moving", "--work", str(tmp_path)])
+    assert tool.main() == 0
+    train, calibrate = calls
+    init = tmp_path / "mr-moving-init.pt"
+    assert train[train.index("--init") + 1] == str(init)
+    assert train[train.index("--truncate") + 1] == "12,40"
+    assert train[train.index("--bolus-rule") + 1] == "arterial"
+    assert train[train.index("--model") + 1] == "temporal"
+    state = torch.load(init, weights_only=True)["state_dict"]
+    built = torch.load(package / "mr.pt", weights_only=True)["state_dict"]
+    assert state.keys() == built.keys() and all(torch.equal(v, built[k]) for k, v in state.items())
+    assert calibrate[calibrate.index("--weights") + 1] == str(package / "mr-moving.pt")
+    assert calibrate[-1] == "--motion"
+    assert (package / "mr-moving.pt").read_bytes() == b"specialist"
+    # its cohort: the primary's own static studies replayed, and moving ones on new seeds
+    replay, moving = tool.SETTINGS["mr-moving"]["cohorts"][0]
+    assert replay[replay.index("--seed") + 1] == "21000" and "--no-motion" in replay
+    assert "--motion" in moving and int(moving[moving.index("--seed") + 1]) == 25000
+
+
 def test_bundled_plans_name_no_absolute_path_of_the_build_machine(tmp_path) -> None:
     tool = load_tool("train_weights", "train_weights_public")
     work = tmp_path / "work"

@@ -303,8 +303,9 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     whose domain holds it, else, where none does, the network whose domain it leaves on the fewest
     descriptors (ties to the earlier: the primary first), still flagged ``outside_training_domain``
     for what it leaves; with the reason when it is a specialist. A study inside the primary's
-    domain only by its margin on a descriptor of :data:`~perfnet.inference.domain.ROUTED_WITHIN_MARGIN`
-    (beyond what it trained on, not yet flagged) goes to the first specialist that trained on it
+    domain only by its margin on a descriptor of its modality's
+    :data:`~perfnet.inference.domain.ROUTED_WITHIN_MARGIN` (beyond what it trained on, not yet
+    flagged) goes to the first specialist that trained on it
     (inside its envelope, no margin): a network that has seen such studies before one that has not
     (``benchmarks/truncation.py``: ``ct.pt`` on acquisitions ending 20–30 s after the arrival,
     README "Routing by training domain")."""
@@ -315,7 +316,8 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     primary = weights_config(paths[0]).get("domain")
     outside = domain.outside(described, primary)
     if not outside:
-        beyond = domain.outside(described, primary, margin=False, only=domain.ROUTED_WITHIN_MARGIN)
+        within = domain.ROUTED_WITHIN_MARGIN.get(modality.upper(), frozenset())
+        beyond = domain.outside(described, primary, margin=False, only=within) if within else []
         for path in paths[1:] if beyond else []:
             if not domain.outside(described, weights_config(path).get("domain"), margin=False):
                 because = f"inside {paths[0].name}'s margin only: " + "; ".join(beyond)

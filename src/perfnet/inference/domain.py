@@ -55,12 +55,15 @@ MARGINS: dict[str, tuple[str, str, float]] = {
 }
 DESCRIPTORS = tuple(MARGINS)
 #: Descriptors on which routing prefers a specialist that trained on a study the primary holds only
-#: by its margin (:func:`perfnet.inference.cnn.route`). The acquisition after the arrival: ``ct.pt``
-#: fails unflagged on acquisitions ending 20–30 s after it, where the specialist trained on cut
-#: acquisitions reads them (``benchmarks/truncation.py``, stop 43). Not head motion: static studies
-#: read up to ~0.35 mm of estimated motion, beyond ``ct.pt``'s 0.28 mm envelope, and the specialist
-#: is the weaker network on static studies (generalisation 71017, 71020, 71023).
-ROUTED_WITHIN_MARGIN = frozenset({"after_arrival_s"})
+#: by its margin (:func:`perfnet.inference.cnn.route`), per modality. CT, the acquisition after the
+#: arrival: ``ct.pt`` fails unflagged on acquisitions ending 20–30 s after it, where the specialist
+#: trained on cut acquisitions reads them (``benchmarks/truncation.py``, stop 43). Not head motion:
+#: static studies read up to ~0.35 mm of estimated motion, beyond ``ct.pt``'s 0.28 mm envelope, and
+#: the specialist is the weaker network on static studies (generalisation 71017, 71020, 71023). MR,
+#: none: of the three static generalisation studies inside ``mr.pt``'s margin only on the
+#: acquisition after the arrival (29–33 s, its envelope 33 s), ``mr-moving.pt`` read one better and
+#: two worse (71107 hypoperfused Dice 0.77 → 0.69, 71111 core Dice 0.83 → 0.56; stop 44).
+ROUTED_WITHIN_MARGIN: dict[str, frozenset[str]] = {"CT": frozenset({"after_arrival_s"})}
 #: How a descriptor reads in the flag's message.
 _WORDS = {
     "head_motion_mm": ("head motion", "mm"),
