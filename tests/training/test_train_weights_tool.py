@@ -5,6 +5,8 @@ recipe out of the package."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +149,31 @@ def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other()
                 assert same[0] == same[1], ((first, end, rest), other)
 
 
+def _build_specialist(primary: str, tmp_path: Path, monkeypatch) -> tuple[Any, list[list[str]], Path]:
+    """``train_weights.py <primary>-moving`` with its training run already in ``tmp_path`` and the
+    bundled ``<primary>.pt`` copied into a stand-in package: the tool, the commands it ran
+    (subprocesses recorded, not run) and the package folder."""
+    from perfnet.inference.weights import BUNDLED
+
+    tool = load_tool("train_weights", f"train_weights_{primary}_specialist")
+    calls: list[list[str]] = []
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / f"{primary}.pt").write_bytes((BUNDLED / f"{primary}.pt").read_bytes())
+    monkeypatch.setattr(tool, "WEIGHTS", package)
+    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
+    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
+    name = f"{primary}-moving"
+    (tmp_path / f"{name}-cohort").mkdir()
+    (tmp_path / f"{name}-run").mkdir()
+    (tmp_path / f"{name}-run" / "plan.json").write_text('{"config": {}}')
+    (tmp_path / f"{name}-run" / "weights.pt").write_bytes(b"specialist")
+    monkeypatch.setattr(sys, "argv", ["train_weights.py", name, "--work", str(tmp_path)])
+    assert tool.main() == 0
+    return tool, calls, package
+
+
 def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkeypatch) -> None:
     """``ct-moving`` (bundled since stop 42) starts from the ``ct.pt`` in the package (the one
     `make weights` has just built, its heads dropped), not from a commit, and fits its own scale
@@ -154,23 +181,7 @@ def test_the_ct_specialist_fine_tunes_the_ct_network_just_built(tmp_path, monkey
     on moving studies (the only ones routing gives it)."""
     import torch
 
-    from perfnet.inference.weights import BUNDLED
-
-    tool = load_tool("train_weights", "train_weights_specialist")
-    calls: list[list[str]] = []
-    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
-    package = tmp_path / "package"
-    package.mkdir()
-    (package / "ct.pt").write_bytes((BUNDLED / "ct.pt").read_bytes())
-    monkeypatch.setattr(tool, "WEIGHTS", package)
-    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
-    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
-    (tmp_path / "ct-moving-cohort").mkdir()
-    (tmp_path / "ct-moving-run").mkdir()
-    (tmp_path / "ct-moving-run" / "plan.json").write_text('{"config": {}}')
-    (tmp_path / "ct-moving-run" / "weights.pt").write_bytes(b"specialist")
-    monkeypatch.setattr(sys, "argv", ["train_weights.py", "ct-moving", "--work", str(tmp_path)])
-    assert tool.main() == 0
+    _, calls, package = _build_specialist("ct", tmp_path, monkeypatch)
     train, scale, calibrate = calls
     init = tmp_path / "ct-moving-init.pt"
     assert train[train.index("--init") + 1] == str(init) and "--freeze-norm" in train
@@ -192,23 +203,7 @@ def test_the_mr_specialist_fine_tunes_the_mr_network_just_built(tmp_path, monkey
     temporal network has no scale head to fit."""
     import torch
 
-    from perfnet.inference.weights import BUNDLED
-
-    tool = load_tool("train_weights", "train_weights_mr_specialist")
-    calls: list[list[str]] = []
-    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
-    package = tmp_path / "package"
-    package.mkdir()
-    (package / "mr.pt").write_bytes((BUNDLED / "mr.pt").read_bytes())
-    monkeypatch.setattr(tool, "WEIGHTS", package)
-    monkeypatch.setattr(tool, "model_card", lambda *a, **k: "card")
-    monkeypatch.setattr("perfnet.inference.weights.load_weights", lambda path: (None, {}))
-    (tmp_path / "mr-moving-cohort").mkdir()
-    (tmp_path / "mr-moving-run").mkdir()
-    (tmp_path / "mr-moving-run" / "plan.json").write_text('{"config": {}}')
-    (tmp_path / "mr-moving-run" / "weights.pt").write_bytes(b"specialist")
-    monkeypatch.setattr(sys, "argv", ["train_weights.py", "mr-moving", "--work", str(tmp_path)])
-    assert tool.main() == 0
+    tool, calls, package = _build_specialist("mr", tmp_path, monkeypatch)
     train, calibrate = calls
     init = tmp_path / "mr-moving-init.pt"
     assert train[train.index("--init") + 1] == str(init)
