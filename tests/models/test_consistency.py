@@ -68,26 +68,33 @@ def test_bundled_ct_is_consistent_on_an_unseen_study() -> None:
     assert plain.provenance["shift_consistency"] is None
 
 
-def test_bundled_mr_failure_on_a_foreign_style_is_flagged() -> None:
-    """A style-B (MNI template) DSC study of benchmarks/generalisation.py that the MR network reads
-    worse than oSVD (71105: moving, truncated bolus, 112 mL of core; hypoperfused Dice 0.69 against
-    oSVD's 0.77): the map is not delivered as trustworthy. Its head motion is outside the network's
-    training domain (verdict unreliable); the network bundled until stop 27 (0.17 there) was
-    caught by the shift-consistency check instead."""
+def test_bundled_mr_failure_on_a_foreign_style_is_flagged_and_routed() -> None:
+    """A style-B (MNI template) DSC study of benchmarks/generalisation.py that ``mr.pt`` reads worse
+    than oSVD (71105: moving, truncated bolus, 112 mL of core; hypoperfused Dice 0.67 against
+    oSVD's 0.77): forced on it, the map is not delivered as trustworthy (its head motion is outside
+    the network's training domain: verdict unreliable; the network bundled until stop 27 was
+    caught by the shift-consistency check instead). Without ``weights`` it goes to the MR specialist
+    trained on moving studies (stop 44), which reads it (0.85 in the benchmark) unflagged by the
+    domain check, its shift consistency checked and recorded."""
     from generalisation import lesion_of, study_seed
 
+    from perfnet.inference.weights import bundled_weights
     from perfnet.phantom.styles import draw_config, simulate
 
     seed = study_seed("mni", "MR", 5)
     study = simulate(draw_config("mni", seed, "MR", matrix=128, slices=8, lesion=lesion_of(5)))
     prepared = prepare_series(study.series)
-    maps = predict(prepared.series, device="cpu", prepared=prepared)
     brain = study.truth.masks["brain"]
-    assert dice(maps["tmax"][brain] > 6, study.truth.maps["tmax"][brain] > 6) < 0.75
-    flags = {f["code"]: f for f in maps.provenance["qc_flags"]}
-    assert "outside_training_domain" in flags
-    assert maps.provenance["verdict"] == "unreliable"
-    assert maps.provenance["shift_consistency"] is not None  # checked, and recorded
+    truth = study.truth.maps["tmax"][brain] > 6
+    forced = predict(prepared.series, bundled_weights("MR"), device="cpu", prepared=prepared)
+    assert dice(forced["tmax"][brain] > 6, truth) < 0.75
+    assert "outside_training_domain" in {f["code"] for f in forced.provenance["qc_flags"]}
+    assert forced.provenance["verdict"] == "unreliable"
+    routed = predict(prepared.series, device="cpu", prepared=prepared)
+    assert routed.provenance["routed"]["weights"] == "mr-moving.pt"
+    assert dice(routed["tmax"][brain] > 6, truth) > 0.85
+    assert "outside_training_domain" not in {f["code"] for f in routed.provenance["qc_flags"]}
+    assert routed.provenance["shift_consistency"] is not None  # checked, and recorded
 
 
 def test_bundled_mr_reads_a_study_it_failed_once_its_dropout_is_evaluated_as_trained(
