@@ -317,7 +317,7 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     outside = domain.outside(described, primary)
     if not outside:
         within = domain.ROUTED_WITHIN_MARGIN.get(modality.upper(), frozenset())
-        beyond = domain.outside(described, primary, margin=False, only=within) if within else []
+        beyond = domain.outside(described, primary, margin=False, only=within)
         for path in paths[1:] if beyond else []:
             if not domain.outside(described, weights_config(path).get("domain"), margin=False):
                 because = f"inside {paths[0].name}'s margin only: " + "; ".join(beyond)
