@@ -28,6 +28,13 @@ reuses them when the file exists, so the choice can be re-made without analysing
 record also keeps how firmly the studies fix the choice (``bootstrap``: the threshold chosen on
 200 resamples of them, 5th–95th percentile; the source line states it).
 
+``--offsets`` also fits an offset (:data:`perfnet.training.core_calibration.OFFSETS`, the network's
+CBF units) with the threshold: core where CBF − offset < threshold × (reference − offset), the rule
+read on the flow above the network's reading of no flow (``choose_offset``; the record's
+``offset``, and ``references``, the lowest and highest reference CBF of the calibration studies,
+inside which :mod:`perfnet.lesions` holds the offset's share of a study's threshold). For a network
+whose regression puts a floor under a core's flow rather than scaling it (the MR network, stop 45).
+
 Several ``--weights`` calibrate an ensemble (``analyze --weights a.pt --weights b.pt``): the studies
 are scored on the members' mean maps, as inference reads them, and every member is written into
 the ``--out`` folder under its own name with the one shared record (``ensemble`` names the
@@ -52,20 +59,26 @@ LESIONS = ("core", "core", "penumbra", "core", "none", "core")
 
 
 def score_study(
-    seed: int, lesion: str, weights: Path | list[Path], modality: str, motion: bool | None = None
+    seed: int,
+    lesion: str,
+    weights: Path | list[Path],
+    modality: str,
+    motion: bool | None = None,
+    offsets: bool = False,
 ) -> dict:
-    """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold;
-    ``motion`` True: head motion forced on (its amplitude still drawn)."""
+    """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold (and
+    per offset with ``offsets``); ``motion`` True: head motion forced on (its amplitude still drawn)."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
-    from perfnet.training.core_calibration import score_maps
+    from perfnet.training.core_calibration import OFFSETS, score_maps
 
     forced = {} if motion is None else {"motion": motion}
     cfg = draw_config("geometric", seed, modality, matrix=128, slices=8, lesion=lesion, **forced)
     study = simulate(cfg)
     maps, seen = analyze_cnn(study.series, weights, device="cpu")
-    scored = score_maps(maps, study.truth.masks["core"], exclude=csf_mask(seen, maps.brain_mask))
+    exclude = csf_mask(seen, maps.brain_mask)
+    scored = score_maps(maps, study.truth.masks["core"], exclude, OFFSETS if offsets else None)
     return {"seed": seed, "lesion": lesion, **scored}
 
 
@@ -93,6 +106,12 @@ def main() -> int:
         help="every study with head motion (amplitude drawn): for a specialist that routing gives"
         " moving studies only (ct-moving.pt)",
     )
+    parser.add_argument(
+        "--offsets",
+        action="store_true",
+        help="fit an offset (the network's reading of no flow) with the threshold: for a network whose"
+        " core reads a floor, not a fraction, of the truth (mr.pt)",
+    )
     args = parser.parse_args()
     members = list(args.weights)
     if len(members) > 1 and (args.out is None or args.out.is_file()):
@@ -108,6 +127,7 @@ def main() -> int:
         VOLUME_RATIO_MAX,
         bootstrap,
         choose,
+        choose_offset,
     )
 
     loaded = [load_weights(m) for m in members]
@@ -127,7 +147,8 @@ def main() -> int:
                 save_weights(path, model, {k: v for k, v in config.items() if k != "core_calibration"})
         for i in range(len(rows), args.studies):
             forced = True if args.motion else None
-            row = score_study(CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)], scored_by, modality, forced)
+            seed, lesion = CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)]
+            row = score_study(seed, lesion, scored_by, modality, forced, args.offsets)
             rows.append(row)
             at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
             what = "core Dice" if row["has_core"] else "false core mL"
@@ -138,20 +159,28 @@ def main() -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     rows = rows[: args.studies]
-    threshold, curve = choose(rows, rule)
+    if args.offsets and not all("offset_scores" in r for r in rows):
+        parser.error(f"--offsets: the rows in {args.rows} were scored without offsets")
+    offset, threshold, curve = choose_offset(rows, rule) if args.offsets else (0.0, *choose(rows, rule))
     factor = round(threshold / rule, 4)
+    references = sorted(r["reference"] for r in rows if r.get("reference"))
     spread = bootstrap(rows, rule)
     n_core = sum(r["has_core"] for r in rows)
     names = ", ".join(m.name for m in members)
     whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
     moving = ", head motion forced on" if args.motion else ""
+    at_rule = choose(rows, rule)[1][f"{rule:.2f}"]  # the plain rule, no offset
+    fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
+    offset_spread = (
+        f", offset {spread['offset_p5']:g}–{spread['offset_p95']:g}" if "offset_p5" in spread else ""
+    )
     source = (
         f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{moving}"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
-        f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {100 * threshold:.0f} % against"
-        f" {curve[f'{rule:.2f}']:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
-        f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} % (5th–95th"
-        f" percentile)"
+        f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {fitted} against"
+        f" {at_rule:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
+        f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} %{offset_spread}"
+        f" (5th–95th percentile)"
     )
     record = {
         "factor": factor,
@@ -163,12 +192,15 @@ def main() -> int:
         "volume_ratio_max": VOLUME_RATIO_MAX,
         "bootstrap": spread,
         "motion": bool(args.motion),
+        **({"offset": offset, "references": [references[0], references[-1]]} if offset else {}),
         "studies": [
             {
                 "seed": r["seed"],
                 "lesion": r["lesion"],
                 "true_core_ml": r["true_ml"],
-                "core_ml": r["volumes"][int(np.argmin(abs(THRESHOLDS - threshold)))],
+                "core_ml": (r["offset_volumes"][f"{offset:g}"] if offset else r["volumes"])[
+                    int(np.argmin(abs(THRESHOLDS - threshold)))
+                ],
             }
             for r in rows
         ],
@@ -184,7 +216,8 @@ def main() -> int:
         save_weights(out, model, config)
         written.append(str(out))
     took = time.perf_counter() - started
-    print(f"{source}; factor {factor} written to {', '.join(written)} ({took:.0f} s)")
+    offset_text = f", offset {offset:g}" if offset else ""
+    print(f"{source}; factor {factor}{offset_text} written to {', '.join(written)} ({took:.0f} s)")
     return 0
 
 

@@ -34,7 +34,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ def validate(weights: Path, seeds: list[int]) -> list[dict[str, Any]]:
     from perfnet.constants import CORE_PROBABILITY
     from perfnet.evaluation import dice
     from perfnet.inference import analyze_cnn
-    from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
+    from perfnet.lesions import PRESETS, calibrated, segment_lesions, voxel_volume_ml
     from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
     from perfnet.training.core_calibration import MIN_CORE_ML
@@ -106,7 +105,7 @@ def validate(weights: Path, seeds: list[int]) -> list[dict[str, Any]]:
         csf = csf_mask(seen, maps.brain_mask)
         truth = study.truth.masks["core"]
         ml = voxel_volume_ml(maps.affine)
-        factor = float((maps.provenance.get("core_calibration") or {}).get("factor", 1.0))
+        rule = calibrated(PRESETS["rapid"], maps.provenance.get("core_calibration"))
         row: dict[str, Any] = {"seed": seed, "lesion": lesion, "true_ml": round(float(truth.sum() * ml), 2)}
         row["has_core"] = row["true_ml"] >= MIN_CORE_ML
         args = (maps["cbf"], maps["tmax"], maps.brain_mask, maps.affine)
@@ -114,7 +113,7 @@ def validate(weights: Path, seeds: list[int]) -> list[dict[str, Any]]:
             "head": segment_lesions(
                 *args, PRESETS["rapid"], csf, core_probability=maps[CORE_PROBABILITY]
             ).core,
-            "rule": segment_lesions(*args, replace(PRESETS["rapid"], cbf_calibration=factor), csf).core,
+            "rule": segment_lesions(*args, rule, csf).core,
         }
         for name, core in found.items():
             row[f"{name}_ml"] = round(float(core.sum() * ml), 2)

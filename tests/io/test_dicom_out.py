@@ -205,3 +205,18 @@ def test_the_summary_page_carries_the_qc_verdict_and_the_late_tissue() -> None:
     assert max(len(line) for line in lines) <= dicom_out.SUMMARY_WIDTH
     ok = dicom_out.summary_lines(_lesions(), {"qc_verdict": "ok", "qc_flags": []}, "osvd", generated=False)
     assert ok[-1] == "QC: OK" and not any("still enhancing" in line for line in ok)
+
+
+def test_the_summary_page_states_the_core_threshold_as_applied() -> None:
+    """A calibrated core rule is stated as the relative threshold it came to for this study: the
+    factor's (× 1.2: 36 %) or, with an offset, lesions.json's ``core_threshold_percent``; the plain
+    rule adds no line."""
+    calibrated = "Core threshold calibrated for this method's CBF"
+    plain = dicom_out.summary_lines(_lesions(), {}, "osvd", generated=False)
+    assert not any(calibrated in line for line in plain)
+    factor = _lesions()
+    factor["settings"] |= {"cbf_calibration": 1.2}
+    assert f"{calibrated}: 36.0%" in dicom_out.summary_lines(factor, {}, "cnn", generated=False)
+    offset = _lesions() | {"core_threshold_percent": 37.3}
+    offset["settings"] |= {"cbf_calibration": 2 / 3, "cbf_offset": 6.0}
+    assert f"{calibrated}: 37.3%" in dicom_out.summary_lines(offset, {}, "cnn", generated=False)

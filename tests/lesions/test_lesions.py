@@ -158,6 +158,58 @@ def test_cbf_calibration_multiplies_every_core_threshold(monkeypatch: pytest.Mon
     assert core_rule(RAW) == "hypoperfused and CBF < 30 % of the reference"
 
 
+def test_a_calibration_offset_reads_the_rule_on_the_flow_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method that reads no flow as 6 (the MR network's floor, stop 45): with offset 6 and the rule
+    at 20 %, core is CBF − 6 < 0.2 × (reference − 6). A core read at 14 of a reference 50 (28 %) is
+    missed at 20 % alone and found with the offset (threshold 14.8); at a reference of 25 the same
+    offset makes the threshold 39.2 % of it, unless the calibration's references (30–60) hold the
+    offset's share at 30 (then 36 %). lesions.json states the threshold as applied."""
+    from dataclasses import replace
+
+    from perfnet.io.types import PerfusionMaps
+    from perfnet.lesions import segment_map_set
+
+    offset = replace(RAW, cbf_calibration=2 / 3, cbf_offset=6.0)
+    assert offset.core_threshold(50.0) == pytest.approx(6 + 0.2 * 44)
+    assert offset.core_threshold(25.0) / 25 == pytest.approx(0.2 + 6 * 0.8 / 25)
+    held = replace(offset, cbf_offset_references=(30.0, 60.0))
+    assert held.core_threshold(25.0) / 25 == pytest.approx(0.2 + 6 * 0.8 / 30)
+    assert held.core_threshold(50.0) == pytest.approx(offset.core_threshold(50.0))
+    assert held.core_threshold(90.0) / 90 == pytest.approx(0.2 + 6 * 0.8 / 60)
+    assert replace(RAW, cbf_offset=6.0).core_threshold(50.0, 0.3) == pytest.approx(6 + 0.3 * 44)
+    for bad in ({"cbf_offset": -1.0}, {"cbf_offset_references": (40.0, 30.0)}):
+        with pytest.raises(PerfnetInputError):
+            replace(RAW, **bad).check()
+
+    cbf, tmax, brain, affine = _box_study(core_cbf=14.0)
+    assert (
+        segment_lesions(cbf, tmax, brain, affine, replace(RAW, cbf_calibration=2 / 3)).volumes_ml["core"] == 0
+    )
+    found = segment_lesions(cbf, tmax, brain, affine, offset)
+    assert found.volumes_ml["core"] == pytest.approx(48.0)
+    assert found.to_json()["core_threshold_percent"] == pytest.approx(29.6)
+    # the profile's 20 % core (× 2/3 with the offset: 6 + 0.133 × 44 = 11.9) does not reach 14
+    assert found.profile["core_volumes_ml"]["20"] == 0 and found.profile["core_volumes_ml"]["30"] > 0
+    record = {"factor": 2 / 3, "offset": 6.0, "references": [30.0, 60.0], "source": "a test"}
+    maps = PerfusionMaps(
+        maps={"cbf": cbf.astype(np.float32), "tmax": tmax.astype(np.float32)},
+        affine=affine,
+        brain_mask=brain,
+        method="cnn",
+        provenance={"core_calibration": record},
+    )
+
+    class Series:
+        pass
+
+    monkeypatch.setattr("perfnet.preprocess.mask.csf_mask", lambda series, brain: np.zeros_like(brain))
+    out = segment_map_set(maps, Series(), RAW)  # type: ignore[arg-type]
+    assert out["volumes_ml"]["core"] == pytest.approx(48.0)
+    assert out["settings"]["cbf_offset"] == 6.0 and out["settings"]["cbf_offset_references"] == (30.0, 60.0)
+    assert out["core_threshold_percent"] == pytest.approx(29.6)
+    assert "above this method's 6" in out["core_rule"] and "here 29.6 % of 50" in out["core_rule"]
+
+
 def test_hypoperfusion_on_both_sides_is_flagged() -> None:
     """A stroke is one-sided: hypoperfused tissue on the side without the lesion is measured per
     side and flagged (``bilateral_hypoperfusion``) from 10 mL and a quarter of the affected side."""

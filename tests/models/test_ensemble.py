@@ -63,6 +63,16 @@ def test_mismatched_members_are_refused(members: tuple[Path, Path], tmp_path: Pa
     fewer = save_weights(tmp_path / "fewer.pt", model, config | {"maps": config["maps"][:-1]})
     with pytest.raises(PerfnetInputError, match=r"fewer\.pt.*maps"):
         predict(series, [a, fewer], device="cpu", flips=False)
+    # one core rule reads the mean: members whose calibrations differ only by an offset are refused
+    calibration = dict(config.get("core_calibration") or {"factor": 1.1})
+    same, shifted = (
+        save_weights(tmp_path / f"{name}.pt", model, config | {"core_calibration": calibration | extra})
+        for name, extra in (("same", {}), ("shifted", {"offset": 6.0, "references": [20.0, 45.0]}))
+    )
+    if calibration.get("offset"):
+        shifted = save_weights(tmp_path / "shifted.pt", model, config | {"core_calibration": {"factor": 1.1}})
+    with pytest.raises(PerfnetInputError, match=r"shifted\.pt.*core calibration"):
+        predict(series, [same, shifted], device="cpu", flips=False)
 
 
 def test_analyze_takes_repeated_weights(

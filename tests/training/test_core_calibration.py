@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perfnet.training.core_calibration import FALSE_CORE_ML, THRESHOLDS, choose, score_maps
+from perfnet.training.core_calibration import FALSE_CORE_ML, THRESHOLDS, choose, choose_offset, score_maps
 
 
 def _row(peak_at: float, has_core: bool = True, false_from: float | None = None) -> dict:
@@ -55,6 +55,64 @@ def test_score_maps_on_a_hand_built_core() -> None:
     assert volumes[0.30] == 0.0 and volumes[0.45] == pytest.approx(48.0, rel=0.02)
 
 
+def test_score_maps_with_offsets_finds_a_core_read_above_the_rule() -> None:
+    """A core read at 16 of a reference 50 (32 %): without an offset found from 0.33 on; with an
+    offset of 8, CBF − 8 < t × 42 from t = 0.20 on (8 / 42 = 0.19). The reference is recorded."""
+    from perfnet.io.types import PerfusionMaps
+
+    brain = np.zeros((60, 80, 10), dtype=bool)
+    brain[10:50, 10:70] = True
+    cbf = np.where(brain, 50.0, 0.0).astype(np.float32)
+    tmax = np.where(brain, 2.0, 0.0).astype(np.float32)
+    tmax[35:50, 20:60, 2:8] = 10.0
+    cbf[35:45, 20:60, 2:8] = 16.0
+    truth = np.zeros_like(brain)
+    truth[35:45, 20:60, 2:8] = True
+    maps = PerfusionMaps(
+        maps={"cbf": cbf, "tmax": tmax}, affine=np.diag([2.0, 2.0, 5.0, 1.0]), brain_mask=brain, method="cnn"
+    )
+    scored = score_maps(maps, truth, offsets=[8.0])
+    assert scored["reference"] == pytest.approx(50.0) and set(scored["offset_scores"]) == {"0", "8"}
+    plain = dict(zip(THRESHOLDS.round(2), scored["offset_scores"]["0"], strict=True))
+    shifted = dict(zip(THRESHOLDS.round(2), scored["offset_scores"]["8"], strict=True))
+    assert scored["offset_scores"]["0"] == scored["scores"]
+    assert plain[0.32] == 0.0 and plain[0.33] == pytest.approx(1.0, abs=0.01)
+    assert shifted[0.19] == 0.0 and shifted[0.20] == pytest.approx(1.0, abs=0.01)
+
+
+def _offset_row(curves: dict[str, tuple[float, float]], has_core: bool = True) -> dict:
+    """A row scored at offsets: per offset ``a`` a Dice curve peaking at ``curves[a] = (t, height)``,
+    or (``has_core`` False) a false core of 2 × the bound from ``t`` on; volumes that never over-call."""
+    scores = {}
+    for a, (peak, height) in curves.items():
+        if has_core:
+            scores[a] = list(height - np.abs(THRESHOLDS - peak))
+        else:
+            scores[a] = list(np.where(THRESHOLDS >= peak, 2 * FALSE_CORE_ML, 0.0))
+    volumes = {a: [5.0] * len(THRESHOLDS) for a in curves}
+    return {
+        "has_core": has_core,
+        "true_ml": 10.0 if has_core else 0.0,
+        "reference": 30.0,
+        "scores": scores["0"],
+        "volumes": volumes["0"],
+        "offset_scores": scores,
+        "offset_volumes": volumes,
+    }
+
+
+def test_choose_offset_takes_the_best_pair_within_the_bounds() -> None:
+    """An offset is taken where it scores better within both bounds, and not where it puts false
+    core into a study without one; ties go to the smaller offset."""
+    better = [_offset_row({"0": (0.40, 0.8), "4": (0.22, 1.0)})] * 3
+    assert choose_offset(better)[:2] == (4.0, pytest.approx(0.22))
+    false = _offset_row({"0": (0.5, 0), "4": (0.15, 0)}, has_core=False)
+    offset, threshold, curve = choose_offset([*better, false])
+    assert offset == 0.0 and threshold == pytest.approx(0.40) and curve["0.40"] == pytest.approx(0.8)
+    tie = [_offset_row({"0": (0.35, 1.0), "4": (0.25, 1.0)})]
+    assert choose_offset(tie)[:2] == (0.0, pytest.approx(0.35))
+
+
 def test_choose_never_calls_more_core_than_there_is() -> None:
     """The Dice optimum at 0.45 calls more core than the truth holds from 0.41 on: 0.40 is chosen."""
     rows = [
@@ -97,17 +155,28 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
 
     tool = load_tool("calibrate_core")
 
-    def stand_in(seed: int, lesion: str, weights, modality: str, motion: bool | None = None) -> dict:
+    def stand_in(
+        seed: int, lesion: str, weights, modality: str, motion: bool | None = None, offsets: bool = False
+    ) -> dict:
         if scored is not None:
             scored.append(weights)
         assert motion in (None, True)
         row = _row(0.36, has_core=lesion != "none")
-        return row | {
+        row |= {
             "seed": seed,
             "lesion": lesion,
             "true_ml": 10.0 if row["has_core"] else 0.0,
             "volumes": list(np.where(THRESHOLDS > 0.36, 12.0, 9.0)),
+            "reference": 20.0 + seed % 10,
         }
+        if offsets:  # with an offset of 4 the Dice peaks higher, at 0.25
+            shifted = _row(0.25, has_core=row["has_core"])["scores"]
+            row["offset_scores"] = {
+                "0": row["scores"],
+                "4": [1.05 * v for v in shifted] if row["has_core"] else shifted,
+            }
+            row["offset_volumes"] = {"0": row["volumes"], "4": list(np.where(THRESHOLDS > 0.25, 12.0, 9.0))}
+        return row
 
     monkeypatch.setattr(tool, "score_study", stand_in)
     return tool
@@ -135,6 +204,33 @@ def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch)
     assert "36–36 % (5th–95th percentile)" in record["source"] and len(record["studies"]) == 5
     assert bundled.read_bytes() == before
     assert record["motion"] is False and "motion forced" not in record["source"]
+
+
+def test_calibrate_core_with_offsets_records_the_offset_and_its_references(tmp_path, monkeypatch) -> None:
+    """``--offsets`` (the MR recipe): the pair scoring best is recorded (offset 4 at 25 %, above the
+    36 % without one in the stand-in scores), with the calibration studies' reference range that
+    inference holds the offset's share to, the spread of both, and a source line that names it."""
+    import sys
+
+    from perfnet.inference.weights import BUNDLED, load_weights
+
+    tool = _calibrate_core_tool(monkeypatch)
+    out = tmp_path / "calibrated.pt"
+    argv = ["calibrate_core.py", "--weights", str(BUNDLED / "mr.pt"), "--studies", "5", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--offsets"])
+    assert tool.main() == 0
+    record = load_weights(out)[1]["core_calibration"]
+    assert record["offset"] == 4.0 and record["threshold"] == pytest.approx(0.25)
+    assert record["factor"] == pytest.approx(0.25 / 0.30, abs=1e-4) and record["references"] == [20.0, 24.0]
+    assert record["bootstrap"]["offset_p5"] == record["bootstrap"]["offset_p95"] == 4.0
+    assert "25 % with an offset of 4" in record["source"]
+    assert [s["core_ml"] for s in record["studies"]] == [9.0] * 5
+    rows = tmp_path / "rows.json"  # rows scored without offsets cannot be re-read with them
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows)])
+    assert tool.main() == 0
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows), "--offsets"])
+    with pytest.raises(SystemExit):
+        tool.main()
 
 
 def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, monkeypatch) -> None:

@@ -337,7 +337,8 @@ def write_report(
     method = html.escape(str(provenance.get("method", maps.method)))
     tmax_thr = lesions["settings"]["tmax_threshold_s"]
     core_pct = 100 * lesions["settings"]["core_relative_cbf"]
-    calibrated = lesions["settings"].get("cbf_calibration", 1.0) != 1.0
+    settings = lesions["settings"]
+    calibrated = settings.get("cbf_calibration", 1.0) != 1.0 or bool(settings.get("cbf_offset"))
     core_text = (
         f"core threshold: CBF &lt; {core_pct:.0f} % of {lesions['reference_cbf']:.1f}"
         f" ({html.escape(lesions['settings']['reference'])} reference)"

@@ -258,6 +258,12 @@ class _Mixture:
         return out
 
 
+def _core_rule_of(config: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a weights' core calibration the core rule reads (members of an ensemble share it)."""
+    calibration = config.get("core_calibration") or {}
+    return tuple(calibration.get(k) for k in ("factor", "offset", "references"))
+
+
 def _members(
     weights: str | Path | Sequence[str | Path] | None, modality: str, dev: torch.device
 ) -> list[tuple[Path, torch.nn.Module, dict[str, Any]]]:
@@ -286,9 +292,7 @@ def _members(
             raise PerfnetInputError(
                 path, f"maps {config['maps']} differ from {members[0][0].name}'s {first['maps']}"
             )
-        if (config.get("core_calibration") or {}).get("factor") != (first.get("core_calibration") or {}).get(
-            "factor"
-        ):
+        if _core_rule_of(config) != _core_rule_of(first):
             raise PerfnetInputError(
                 path, f"core calibration differs from {members[0][0].name}'s: one rule reads the mean"
             )

@@ -395,8 +395,9 @@ def summary_lines(
         f"DEFUSE-3 target mismatch: {'YES' if lesions['defuse3']['target_mismatch'] else 'NO'}"
         " (core < 70 mL, ratio ≥ 1.8, mismatch ≥ 15 mL)",
     ]
-    if factor != 1.0:
-        lines.append(f"Core threshold calibrated for this method's CBF: {core_pct * factor:.1f}%")
+    applied = float(lesions.get("core_threshold_percent", core_pct * factor))
+    if abs(applied - core_pct) > 0.05:
+        lines.append(f"Core threshold calibrated for this method's CBF: {applied:.1f}%")
     verdict = provenance.get("qc_verdict")
     notes = []
     if verdict:

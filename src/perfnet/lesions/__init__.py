@@ -18,7 +18,11 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
   conventional methods use 1; a CNN whose regression pulls the core's CBF towards the population
   mean carries the factor fitted with its weights on held-out phantom studies
   (``tools/calibrate_core.py``, the weights' ``core_calibration`` record, applied by
-  :func:`segment_map_set` from the maps' provenance);
+  :func:`segment_map_set` from the maps' provenance); a calibration may also carry an offset
+  (``LesionSettings.cbf_offset``, in the method's CBF units: the flow its regression reads where
+  the true flow is near zero), and then the rule is read on the flow above it: core where
+  CBF − offset < fraction × (reference − offset) (:meth:`LesionSettings.core_threshold`), the
+  offset's share held to the references its calibration studies had;
 - a CNN whose weights carry a core head (``core_probability`` among its maps;
   ``tools/fit_core_head.py``): core = hypoperfused voxels with a probability ≥ the head's threshold
   instead of the rCBF rule (lesions.json ``core_source`` ``cnn core head``; the bundled weights
@@ -78,6 +82,12 @@ class LesionSettings:
     min_island_ml: float = 0.2
     #: core thresholds × this factor (module docstring); 1: the rule as written
     cbf_calibration: float = 1.0
+    #: the CBF (the method's units) its regression reads for no flow: the rule is read on the flow
+    #: above it (:meth:`core_threshold`); 0: none
+    cbf_offset: float = 0.0
+    #: the reference CBFs of the offset's calibration studies (lowest, highest): the offset's share
+    #: of the threshold is taken at the study's reference held inside them; None: not held
+    cbf_offset_references: tuple[float, float] | None = None
     #: the core from diffusion, ADC below this (mm²/s), instead of rCBF; None: no ADC map given
     adc_core_mm2_s: float | None = None
 
@@ -85,6 +95,22 @@ class LesionSettings:
     def core_fraction(self) -> float:
         """The relative-CBF threshold of the core as applied (the rule × the calibration)."""
         return self.core_relative_cbf * self.cbf_calibration
+
+    def core_threshold(self, reference: float, fraction: float | None = None) -> float:
+        """The CBF below which hypoperfused tissue is core, for a study whose healthy reference is
+        ``reference``: ``fraction`` (default :attr:`core_fraction`) of the reference, and with an
+        offset a, a + fraction × (reference − a), i.e. the rule on the flow above a. The offset's
+        share a·(1 − fraction) is scaled as reference / r, r the reference held inside
+        :attr:`cbf_offset_references`, so that a study whose reference lies beyond those of the
+        calibration studies gets the relative threshold its nearest calibrated reference had."""
+        fraction = self.core_fraction if fraction is None else fraction
+        if not self.cbf_offset or reference <= 0:
+            return fraction * reference
+        held = reference
+        if self.cbf_offset_references is not None:
+            low, high = self.cbf_offset_references
+            held = min(max(reference, low), high)
+        return fraction * reference + self.cbf_offset * (1.0 - fraction) * reference / held
 
     def check(self) -> LesionSettings:
         if self.reference not in REFERENCES:
@@ -97,6 +123,14 @@ class LesionSettings:
             raise PerfnetInputError("--core-threshold", "relative CBF must be in (0, 1)")
         if not 0.5 <= self.cbf_calibration <= 3.0:
             raise PerfnetInputError(None, f"core CBF calibration {self.cbf_calibration} outside [0.5, 3]")
+        if not 0.0 <= self.cbf_offset < 100.0:
+            raise PerfnetInputError(None, f"core CBF offset {self.cbf_offset} outside [0, 100)")
+        if (
+            self.cbf_offset_references is not None
+            and not 0 < self.cbf_offset_references[0] <= (self.cbf_offset_references[1])
+        ):
+            held = self.cbf_offset_references
+            raise PerfnetInputError(None, f"core CBF offset references {held} not a range")
         if self.adc_core_mm2_s is not None and not 200e-6 <= self.adc_core_mm2_s <= 1000e-6:
             raise PerfnetInputError(None, f"ADC core threshold {self.adc_core_mm2_s} mm²/s outside 2–10e-4")
         return self
@@ -132,6 +166,12 @@ class LesionResult:
             "defuse3": self.defuse3,
             "defuse3_criteria": DEFUSE3,
             "reference_cbf": round(self.reference_cbf, 3),
+            # the rCBF core threshold as applied (the rule × any calibration, its offset included)
+            "core_threshold_percent": round(
+                100 * self.settings.core_threshold(self.reference_cbf) / self.reference_cbf, 2
+            )
+            if self.reference_cbf > 0
+            else round(100 * self.settings.core_fraction, 2),
             "affected_side": self.affected_side,
             "hypoperfused_by_side_ml": self.hypoperfused_by_side_ml,
             "settings": asdict(self.settings),
@@ -206,6 +246,7 @@ def segment_lesions(
     adc: np.ndarray | None = None,
     core_probability: np.ndarray | None = None,
     core_threshold: float = 0.5,
+    profile: bool = True,
 ) -> LesionResult:
     """Core / hypoperfused / penumbra masks and their volumes from CBF and Tmax maps, and the
     profile of the module docstring (rCBV only with ``cbv``).
@@ -215,7 +256,8 @@ def segment_lesions(
     ``settings.adc_core_mm2_s``): the core is the diffusion core (module docstring).
     ``core_probability`` (a CNN's core head, 0–1 on the maps' grid; without an ADC map): the core
     is the hypoperfused tissue with a probability ≥ ``core_threshold`` instead of the rCBF rule
-    (same clean-up; the profile's rCBF core volumes stay the rule's)."""
+    (same clean-up; the profile's rCBF core volumes stay the rule's). ``profile`` False: the masks
+    and volumes only (the result's ``profile`` None; a threshold search scores many rules)."""
     settings = (settings or PRESETS["rapid"]).check()
     brain = np.asarray(brain, dtype=bool)
     whole_brain = brain
@@ -258,7 +300,7 @@ def segment_lesions(
                 )
             raw_core = raw_hypo & (np.nan_to_num(core_probability, nan=0.0) >= core_threshold)
         else:
-            raw_core = raw_hypo & (cbf < settings.core_fraction * reference)
+            raw_core = raw_hypo & (cbf < settings.core_threshold(reference))
         core = clean_mask(raw_core, voxel_size, settings) & hypo
     penumbra = hypo & ~core
 
@@ -284,23 +326,7 @@ def segment_lesions(
     def volume(mask: np.ndarray) -> float:
         return round(float((clean_mask(mask, voxel_size, settings) & brain).sum() * voxel_ml), 2)
 
-    tmax_volumes = {f"{t:g}": volume(brain & (tmax > t)) for t in TMAX_PROFILE_S}
-    k = settings.cbf_calibration
-    core_volumes = {f"{100 * f:g}": volume(raw_hypo & (cbf < k * f * reference)) for f in CORE_PROFILE}
-    profile: dict[str, Any] = {
-        "tmax_volumes_ml": tmax_volumes,
-        "hypoperfusion_intensity_ratio": round(tmax_volumes["10"] / tmax_volumes["6"], 3)
-        if tmax_volumes["6"] > 0
-        else None,
-        "core_volumes_ml": core_volumes,
-        "rcbv_hypoperfused": None,
-    }
-    if cbv is not None and hypo.any() and pool.any():
-        cbv = np.nan_to_num(np.asarray(cbv, dtype=np.float64), nan=0.0)
-        cbv_reference = float(np.median(cbv[pool]))
-        if cbv_reference > 0:
-            profile["rcbv_hypoperfused"] = round(float(cbv[hypo].mean()) / cbv_reference, 3)
-    return LesionResult(
+    result = LesionResult(
         core=core,
         hypoperfused=hypo,
         penumbra=penumbra,
@@ -316,9 +342,46 @@ def segment_lesions(
         reference_cbf=reference,
         affected_side=side_name(affected) if affected is not None else None,
         settings=settings,
-        profile=profile,
         hypoperfused_by_side_ml=by_side,
     )
+    if not profile:
+        return result
+    tmax_volumes = {f"{t:g}": volume(brain & (tmax > t)) for t in TMAX_PROFILE_S}
+    k = settings.cbf_calibration
+    core_volumes = {
+        f"{100 * f:g}": volume(raw_hypo & (cbf < settings.core_threshold(reference, k * f)))
+        for f in CORE_PROFILE
+    }
+    result.profile = {
+        "tmax_volumes_ml": tmax_volumes,
+        "hypoperfusion_intensity_ratio": round(tmax_volumes["10"] / tmax_volumes["6"], 3)
+        if tmax_volumes["6"] > 0
+        else None,
+        "core_volumes_ml": core_volumes,
+        "rcbv_hypoperfused": None,
+    }
+    if cbv is not None and hypo.any() and pool.any():
+        cbv = np.nan_to_num(np.asarray(cbv, dtype=np.float64), nan=0.0)
+        cbv_reference = float(np.median(cbv[pool]))
+        if cbv_reference > 0:
+            result.profile["rcbv_hypoperfused"] = round(float(cbv[hypo].mean()) / cbv_reference, 3)
+    return result
+
+
+def calibrated(settings: LesionSettings, calibration: dict[str, Any] | None) -> LesionSettings:
+    """``settings`` with a weights' ``core_calibration`` record applied: its factor, and its offset
+    held to its references where it has one (module docstring)."""
+    calibration = calibration or {}
+    if calibration.get("factor"):
+        settings = replace(settings, cbf_calibration=float(calibration["factor"]))
+    if calibration.get("offset"):
+        held = calibration.get("references")
+        settings = replace(
+            settings,
+            cbf_offset=float(calibration["offset"]),
+            cbf_offset_references=None if held is None else (float(held[0]), float(held[1])),
+        )
+    return settings.check()
 
 
 #: lesions.json's note on a DSC study analysed without an ADC map (the report shows it).
@@ -343,8 +406,7 @@ def segment_map_set(
     head = maps.provenance.get("core_head") or {}
     probability = maps.maps.get(CORE_PROBABILITY) if adc is None else None
     source = "adc" if adc is not None else "cnn core head" if probability is not None else "perfusion"
-    if calibration.get("factor"):
-        settings = replace(settings, cbf_calibration=float(calibration["factor"])).check()
+    settings = calibrated(settings, calibration)
     if adc is not None and settings.adc_core_mm2_s is None:
         settings = replace(settings, adc_core_mm2_s=ADC_CORE_MM2_S).check()
 
@@ -369,7 +431,9 @@ def segment_map_set(
         "qc_flags": lesion_flags(content),
         "method": maps.method,
         "excluded_csf_ml": csf_ml,
-        "core_rule": core_rule(settings, calibration, head if probability is not None else None),
+        "core_rule": core_rule(
+            settings, calibration, head if probability is not None else None, result.reference_cbf
+        ),
         "core_source": source,
         **(
             {"core_note": MR_PERFUSION_CORE_NOTE}
@@ -381,9 +445,13 @@ def segment_map_set(
 
 
 def core_rule(
-    settings: LesionSettings, calibration: dict[str, Any] | None = None, head: dict[str, Any] | None = None
+    settings: LesionSettings,
+    calibration: dict[str, Any] | None = None,
+    head: dict[str, Any] | None = None,
+    reference: float | None = None,
 ) -> str:
-    """The core rule as applied, in words (lesions.json ``core_rule``, the report)."""
+    """The core rule as applied, in words (lesions.json ``core_rule``, the report); with an offset
+    the threshold it came to at the study's ``reference`` too."""
     if settings.adc_core_mm2_s is not None:
         return f"ADC < {1e6 * settings.adc_core_mm2_s:g} × 10⁻⁶ mm²/s (diffusion core, from the ADC map)"
     if head is not None:
@@ -393,9 +461,18 @@ def core_rule(
             f" ({source}; not the rCBF rule)"
         )
     rule = f"hypoperfused and CBF < {100 * settings.core_relative_cbf:g} % of the reference"
+    source = (calibration or {}).get("source", "the method's calibration")
+    if settings.cbf_offset:
+        a, fraction = settings.cbf_offset, settings.core_fraction
+        here = ""
+        if reference:
+            here = f": here {100 * settings.core_threshold(reference) / reference:.1f} % of {reference:.3g}"
+        return (
+            f"{rule}, read on the flow above this method's {a:g} (its reading of no flow): CBF − {a:g}"
+            f" < {100 * fraction:.1f} % of (reference − {a:g}){here} ({source})"
+        )
     if settings.cbf_calibration == 1.0:
         return rule
-    source = (calibration or {}).get("source", "the method's calibration")
     return (
         f"{rule}, the threshold × {settings.cbf_calibration:.3g} = {100 * settings.core_fraction:.1f} %"
         f" for this method's CBF ({source})"
@@ -413,6 +490,7 @@ __all__ = [
     "AdcMap",
     "LesionResult",
     "LesionSettings",
+    "calibrated",
     "clean_mask",
     "core_rule",
     "hemisphere_sides",
