@@ -227,8 +227,11 @@ SETTINGS = {
     # recipe of ``mr-early-peak`` with the arterial bolus patch, at the epochs that recipe reached
     # (27 + 16); the time caps only guards (measured 16 + 53 min on the shared 2-core machine)
     "mr": {
-        # after the stages: the core rule calibrated for its CBF (tools/calibrate_core.py; stop 28)
-        "core_calibration": True,
+        # after the stages: the core rule calibrated for its CBF (tools/calibrate_core.py; stop 28),
+        # since stop 45 with an offset: the network reads no flow as a floor of a few mL/100 g/min
+        # whatever the study's healthy flow, so the rule is read on the flow above it (README
+        # "The MR core rule's offset")
+        "core_calibration": ["--offsets"],
         "cohorts": MR_COHORTS,
         "stages": [
             {
@@ -809,8 +812,17 @@ CORE_CARD = [
     "- core: the 30 % rCBF rule calibrated for this model's CBF by `tools/calibrate_core.py` (the"
     " threshold that reproduces the phantom's truth core best on held-out style-A studies, stored as"
     " a factor in the weights' `core_calibration` record and applied by `perfnet.lesions` to this"
-    " model's maps; lesions.json's `core_rule` states it)",
+    " model's maps; lesions.json's `core_rule` states it; with an `offset` in the record the rule is"
+    " read on the flow above it, CBF − offset < threshold × (reference − offset))",
 ]
+
+
+def _offset_text(core: dict) -> str:
+    """The card's words on a core calibration's offset (none: empty)."""
+    if not core.get("offset"):
+        return ""
+    low, high = core["references"]
+    return f", offset {core['offset']:g} (held at reference CBFs {low:g}–{high:g})"
 
 
 def domain_lines(domain: dict | None) -> list[str]:
@@ -860,7 +872,7 @@ def model_card(
         " with loading the cohorts; simulating them takes a few minutes more)",
         *(SCALE_HEAD_CARD if settings.get("scale_head") else []),
         *(CORE_CARD if core else []),
-        *([f"  - {core['source']}; factor {core['factor']}"] if core else []),
+        *([f"  - {core['source']}; factor {core['factor']}{_offset_text(core)}"] if core else []),
         *domain_lines(domain),
         "",
         f"## Validation (fold 0 of stage {len(plans)}: held-out patients no stage trained on; truth targets,"

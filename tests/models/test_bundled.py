@@ -16,7 +16,7 @@ from perfnet.conventional.pipeline import AnalysisOptions, analyze
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.inference.weights import BUNDLED, load_weights
-from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
+from perfnet.lesions import PRESETS, calibrated, segment_lesions, voxel_volume_ml
 from perfnet.phantom import PhantomConfig, simulate_study
 
 
@@ -36,7 +36,13 @@ def test_bundled_weights_load_small_and_documented(modality: str) -> None:
     assert sum(p.stat().st_size for p in BUNDLED.glob("*.pt")) <= 20e6
     # both networks: the core rule calibrated for their CBF (tools/calibrate_core.py; MR since stop 28)
     calibration = config["core_calibration"]
-    assert 1.0 <= calibration["factor"] <= 2.0 and "tools/calibrate_core.py" in calibration["source"]
+    assert "tools/calibrate_core.py" in calibration["source"]
+    if modality == "CT":
+        assert 1.0 <= calibration["factor"] <= 2.0 and not calibration.get("offset")
+    else:  # stop 45: MR's rule read on the flow above the network's floor, held to the studies' references
+        assert 0.5 <= calibration["factor"] < 1.0 and 2.0 <= calibration["offset"] <= 12.0
+        low, high = calibration["references"]
+        assert low < high and "with an offset of" in calibration["source"]
     # how firmly its studies fix the threshold travels with it (CT's record re-made at stop 41)
     spread = calibration["bootstrap"]
     assert spread["threshold_p5"] <= calibration["threshold"] <= spread["threshold_p95"]
@@ -122,8 +128,7 @@ def _versus_osvd(modality: str) -> tuple[np.ndarray, np.ndarray]:
             ("cnn", predict(study.series, device="cpu", consistency=False)),
             ("osvd", analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps),
         ):
-            factor = maps.provenance.get("core_calibration", {}).get("factor", 1.0)
-            settings = replace(PRESETS["rapid"], cbf_calibration=factor)
+            settings = calibrated(PRESETS["rapid"], maps.provenance.get("core_calibration"))
             core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, settings).core
             rows[name].append(
                 (
@@ -182,22 +187,26 @@ def test_bundled_ct_reads_a_core_the_same_at_low_and_high_dose() -> None:
 def test_bundled_mr_beats_osvd_on_tmax_on_unseen_phantoms() -> None:
     """Seven unseen DSC studies, CNN against oSVD on each (measured at stop 28, CNN / oSVD): Tmax
     MAEC 0.99 / 1.20 s on average, better on 4 of 7; hypoperfused Dice 0.91 / 0.92 on average,
-    above 0.75 on every study; no more core than twice the truth in all. Its core is the weak
-    output (core Dice 0.50 / 0.63 with its calibrated rule, 0.34 with the plain one: the next
-    test)."""
+    above 0.75 on every study; no more core than twice the truth in all. The core with the rule its
+    weights carry: since stop 45 read on the flow above the network's floor (offset 6 at 20 %),
+    core Dice 0.66 / 0.63 on average (0.50 with the factor alone, 0.34 with the plain rule), 228 mL
+    found for 165 true (seed 4444: 114 of 32 mL here, where the CSF inside the hypoperfused tissue
+    is not left out as `analyze` leaves it out: 50 mL there)."""
     cnn, osvd = _versus_osvd("MR")
     report = {"seeds": SEEDS, "cnn": cnn.round(3).tolist(), "osvd": osvd.round(3).tolist()}
     assert cnn[:, 0].mean() < osvd[:, 0].mean() - 0.1 and (cnn[:, 0] < osvd[:, 0]).sum() >= 4, report
     assert cnn[:, 0].max() < 1.6, report
     assert cnn[:, 1].mean() > osvd[:, 1].mean() - 0.02 and cnn[:, 1].min() > 0.75, report
     assert cnn[:, 3].sum() <= 2.0 * cnn[:, 4].sum(), report
+    assert cnn[:, 2].mean() >= osvd[:, 2].mean() - 0.02, report
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's goal for the MR network, not met (stop 28): hypoperfused Dice 0.86 vs oSVD 0.96"
-    " on seed 4444; core Dice 0.50 vs 0.63 on average, 2.5 of 15 mL found on 4646",
+    reason="issue 12's goal for the MR network, not met: hypoperfused Dice 0.86 vs oSVD 0.96 on seed"
+    " 4444 (stop 28); the core parts are met since stop 45's offset rule (core Dice 0.66 vs 0.63, a"
+    " core found on every study with >= 10 mL)",
 )
 def test_bundled_mr_meets_the_goal_on_unseen_phantoms() -> None:
     """Issue 12's bar, as for the CT network: on every study a hypoperfused Dice no more than 0.05

@@ -222,6 +222,17 @@ def test_the_mr_specialist_fine_tunes_the_mr_network_just_built(tmp_path, monkey
     assert "--motion" in moving and int(moving[moving.index("--seed") + 1]) == 25000
 
 
+def test_the_mr_recipe_calibrates_its_core_rule_with_an_offset() -> None:
+    """The MR network reads no flow as a floor (stop 45): its recipe fits the core rule with an offset
+    (``calibrate_core.py --offsets``) and the card states it; CT's recipes keep the factor alone."""
+    tool = load_tool("train_weights", "train_weights_offsets")
+    assert tool.SETTINGS["mr"]["core_calibration"] == ["--offsets"]
+    assert tool.SETTINGS["ct"]["core_calibration"] is True
+    core = {"source": "s", "factor": 0.6667, "offset": 6.0, "references": [21.0, 43.5]}
+    assert tool._offset_text(core) == ", offset 6 (held at reference CBFs 21–43.5)"
+    assert tool._offset_text({"factor": 1.2}) == ""
+
+
 def test_bundled_plans_name_no_absolute_path_of_the_build_machine(tmp_path) -> None:
     tool = load_tool("train_weights", "train_weights_public")
     work = tmp_path / "work"
