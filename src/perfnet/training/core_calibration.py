@@ -56,11 +56,11 @@ def score_maps(
     has_core = true_ml >= MIN_CORE_ML
     by_offset: dict[str, tuple[list[float], list[float]]] = {}
     reference = 0.0
+    cbf, tmax = maps["cbf"], maps["tmax"]
     for a in [0.0] if offsets is None else sorted({0.0, *map(float, offsets)}):
         scores, volumes = [], []
         for t in THRESHOLDS:
             settings = LesionSettings(core_relative_cbf=float(t), cbf_offset=a)
-            cbf, tmax = maps["cbf"], maps["tmax"]
             result = segment_lesions(
                 cbf, tmax, maps.brain_mask, maps.affine, settings, exclude, profile=False
             )
