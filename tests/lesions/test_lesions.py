@@ -122,12 +122,24 @@ def test_profile_tmax_volumes_hir_rcbv_and_core_thresholds() -> None:
     assert none.profile["hypoperfusion_intensity_ratio"] is None and none.profile["rcbv_hypoperfused"] is None
 
 
+def _calibrated_maps(cbf: np.ndarray, tmax: np.ndarray, brain: np.ndarray, affine: np.ndarray, record: dict):
+    """CNN maps whose provenance carries the core calibration ``record`` (as a CNN's weights give)."""
+    from perfnet.io.types import PerfusionMaps
+
+    return PerfusionMaps(
+        maps={"cbf": cbf.astype(np.float32), "tmax": tmax.astype(np.float32)},
+        affine=affine,
+        brain_mask=brain,
+        method="cnn",
+        provenance={"core_calibration": record},
+    )
+
+
 def test_cbf_calibration_multiplies_every_core_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     """A method that reads a true 30 % core as 40 % (factor 4/3): its core at rCBF 0.4 is found
     with the factor and not without; the profile's core volumes move with it; lesions.json says so."""
     from dataclasses import replace
 
-    from perfnet.io.types import PerfusionMaps
     from perfnet.lesions import core_rule, segment_map_set
 
     cbf, tmax, brain, affine = _box_study(core_cbf=20.0)  # 40 % of the reference 50
@@ -140,13 +152,7 @@ def test_cbf_calibration_multiplies_every_core_threshold(monkeypatch: pytest.Mon
         replace(RAW, cbf_calibration=5.0).check()
     # maps carrying a calibration in their provenance (a CNN's weights) get it applied
     record = {"factor": 1.4, "source": "a test"}
-    maps = PerfusionMaps(
-        maps={"cbf": cbf.astype(np.float32), "tmax": tmax.astype(np.float32)},
-        affine=affine,
-        brain_mask=brain,
-        method="cnn",
-        provenance={"core_calibration": record},
-    )
+    maps = _calibrated_maps(cbf, tmax, brain, affine, record)
 
     class Series:  # what segment_map_set reads of the series: nothing but the CSF estimate's input
         pass
@@ -166,7 +172,6 @@ def test_a_calibration_offset_reads_the_rule_on_the_flow_above_it(monkeypatch: p
     offset's share at 30 (then 36 %). lesions.json states the threshold as applied."""
     from dataclasses import replace
 
-    from perfnet.io.types import PerfusionMaps
     from perfnet.lesions import segment_map_set
 
     offset = replace(RAW, cbf_calibration=2 / 3, cbf_offset=6.0)
@@ -191,13 +196,7 @@ def test_a_calibration_offset_reads_the_rule_on_the_flow_above_it(monkeypatch: p
     # the profile's 20 % core (× 2/3 with the offset: 6 + 0.133 × 44 = 11.9) does not reach 14
     assert found.profile["core_volumes_ml"]["20"] == 0 and found.profile["core_volumes_ml"]["30"] > 0
     record = {"factor": 2 / 3, "offset": 6.0, "references": [30.0, 60.0], "source": "a test"}
-    maps = PerfusionMaps(
-        maps={"cbf": cbf.astype(np.float32), "tmax": tmax.astype(np.float32)},
-        affine=affine,
-        brain_mask=brain,
-        method="cnn",
-        provenance={"core_calibration": record},
-    )
+    maps = _calibrated_maps(cbf, tmax, brain, affine, record)
 
     class Series:
         pass

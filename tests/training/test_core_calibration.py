@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -32,9 +35,9 @@ def test_choose_takes_the_best_mean_dice_within_the_false_core_bound() -> None:
     assert threshold == pytest.approx(0.30)
 
 
-def test_score_maps_on_a_hand_built_core() -> None:
-    """A core at 40 % of the reference is found from the 0.41 threshold on (Dice 1 there, 0
-    below); a study whose truth has no core scores the volume found instead."""
+def _box_maps(core_cbf: float) -> tuple:
+    """CNN maps of a 40 × 60 × 10 brain (2 × 2 × 5 mm) with CBF 50, a hypoperfused block (Tmax 10 s)
+    whose first 10 rows read ``core_cbf``: the maps and that truth core (48 mL)."""
     from perfnet.io.types import PerfusionMaps
 
     brain = np.zeros((60, 80, 10), dtype=bool)
@@ -42,35 +45,30 @@ def test_score_maps_on_a_hand_built_core() -> None:
     cbf = np.where(brain, 50.0, 0.0).astype(np.float32)
     tmax = np.where(brain, 2.0, 0.0).astype(np.float32)
     tmax[35:50, 20:60, 2:8] = 10.0
-    cbf[35:45, 20:60, 2:8] = 20.0
+    cbf[35:45, 20:60, 2:8] = core_cbf
     truth = np.zeros_like(brain)
     truth[35:45, 20:60, 2:8] = True
     maps = PerfusionMaps(
         maps={"cbf": cbf, "tmax": tmax}, affine=np.diag([2.0, 2.0, 5.0, 1.0]), brain_mask=brain, method="cnn"
     )
+    return maps, truth
+
+
+def test_score_maps_on_a_hand_built_core() -> None:
+    """A core at 40 % of the reference is found from the 0.41 threshold on (Dice 1 there, 0
+    below); a study whose truth has no core scores the volume found instead."""
+    maps, truth = _box_maps(20.0)
     scored = score_maps(maps, truth)
     scores = dict(zip(THRESHOLDS.round(2), scored["scores"], strict=True))
     assert scored["has_core"] and scores[0.40] == 0.0 and scores[0.41] == pytest.approx(1.0, abs=0.01)
-    volumes = dict(zip(THRESHOLDS.round(2), score_maps(maps, np.zeros_like(brain))["scores"], strict=True))
+    volumes = dict(zip(THRESHOLDS.round(2), score_maps(maps, np.zeros_like(truth))["scores"], strict=True))
     assert volumes[0.30] == 0.0 and volumes[0.45] == pytest.approx(48.0, rel=0.02)
 
 
 def test_score_maps_with_offsets_finds_a_core_read_above_the_rule() -> None:
     """A core read at 16 of a reference 50 (32 %): without an offset found from 0.33 on; with an
     offset of 8, CBF − 8 < t × 42 from t = 0.20 on (8 / 42 = 0.19). The reference is recorded."""
-    from perfnet.io.types import PerfusionMaps
-
-    brain = np.zeros((60, 80, 10), dtype=bool)
-    brain[10:50, 10:70] = True
-    cbf = np.where(brain, 50.0, 0.0).astype(np.float32)
-    tmax = np.where(brain, 2.0, 0.0).astype(np.float32)
-    tmax[35:50, 20:60, 2:8] = 10.0
-    cbf[35:45, 20:60, 2:8] = 16.0
-    truth = np.zeros_like(brain)
-    truth[35:45, 20:60, 2:8] = True
-    maps = PerfusionMaps(
-        maps={"cbf": cbf, "tmax": tmax}, affine=np.diag([2.0, 2.0, 5.0, 1.0]), brain_mask=brain, method="cnn"
-    )
+    maps, truth = _box_maps(16.0)
     scored = score_maps(maps, truth, offsets=[8.0])
     assert scored["reference"] == pytest.approx(50.0) and set(scored["offset_scores"]) == {"0", "8"}
     plain = dict(zip(THRESHOLDS.round(2), scored["offset_scores"]["0"], strict=True))
@@ -182,6 +180,22 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
     return tool
 
 
+def _calibrate_mr(monkeypatch, tmp_path: Path, studies: int, *extra: str) -> tuple[Any, list[str], dict]:
+    """tools/calibrate_core.py (stand-in scores) on the bundled mr.pt with ``extra`` options, written
+    to ``tmp_path``: the tool, its arguments without ``extra`` and the record it wrote."""
+    import sys
+
+    from perfnet.inference.weights import BUNDLED, load_weights
+
+    tool = _calibrate_core_tool(monkeypatch)
+    out = tmp_path / "calibrated.pt"
+    argv = ["calibrate_core.py", "--weights", str(BUNDLED / "mr.pt"), "--studies", str(studies)]
+    argv += ["--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, *extra])
+    assert tool.main() == 0
+    return tool, argv, load_weights(out)[1]["core_calibration"]
+
+
 def test_calibrate_core_records_the_choice_and_its_spread(tmp_path, monkeypatch) -> None:
     """tools/calibrate_core.py on stand-in scores (four cores peaking at 0.36, one without a core):
     the weights it writes carry the factor, the per-study volumes and the bootstrap, and the
@@ -212,14 +226,7 @@ def test_calibrate_core_with_offsets_records_the_offset_and_its_references(tmp_p
     inference holds the offset's share to, the spread of both, and a source line that names it."""
     import sys
 
-    from perfnet.inference.weights import BUNDLED, load_weights
-
-    tool = _calibrate_core_tool(monkeypatch)
-    out = tmp_path / "calibrated.pt"
-    argv = ["calibrate_core.py", "--weights", str(BUNDLED / "mr.pt"), "--studies", "5", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--offsets"])
-    assert tool.main() == 0
-    record = load_weights(out)[1]["core_calibration"]
+    tool, argv, record = _calibrate_mr(monkeypatch, tmp_path, 5, "--offsets")
     assert record["offset"] == 4.0 and record["threshold"] == pytest.approx(0.25)
     assert record["factor"] == pytest.approx(0.25 / 0.30, abs=1e-4) and record["references"] == [20.0, 24.0]
     assert record["bootstrap"]["offset_p5"] == record["bootstrap"]["offset_p95"] == 4.0
@@ -236,18 +243,11 @@ def test_calibrate_core_with_offsets_records_the_offset_and_its_references(tmp_p
 def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, monkeypatch) -> None:
     """``--motion`` (the recipe of ``ct-moving.pt``, which routing gives moving studies only):
     every calibration study is drawn with head motion, and the record says so."""
-    import sys
-
-    from perfnet.inference.weights import BUNDLED, load_weights
+    from perfnet.inference.weights import BUNDLED
     from perfnet.phantom import styles
     from tool_modules import load_tool
 
-    tool = _calibrate_core_tool(monkeypatch)
-    out = tmp_path / "calibrated.pt"
-    argv = ["calibrate_core.py", "--weights", str(BUNDLED / "mr.pt"), "--studies", "3", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--motion"])
-    assert tool.main() == 0
-    record = load_weights(out)[1]["core_calibration"]
+    _, _, record = _calibrate_mr(monkeypatch, tmp_path, 3, "--motion")
     assert record["motion"] is True and "head motion forced on" in record["source"]
 
     drawn = []
