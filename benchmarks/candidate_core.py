@@ -64,7 +64,7 @@ import numpy as np
 from perfnet.constants import CORE_PROBABILITY
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
-from perfnet.lesions import PRESETS, segment_lesions, voxel_volume_ml
+from perfnet.lesions import PRESETS, calibrated, segment_lesions, voxel_volume_ml
 from perfnet.phantom.styles import draw_config, simulate
 from perfnet.training.core_calibration import MIN_CORE_ML
 
@@ -128,6 +128,9 @@ def _row(
         ).core
     for f in factors:
         cores[f"{f:g}"] = segment_lesions(*args, replace(PRESETS["rapid"], cbf_calibration=f), exclude).core
+    own = maps.provenance.get("core_calibration")
+    if own:  # the rule the weights carry, as analyze applies it (its offset included)
+        cores["own"] = segment_lesions(*args, calibrated(PRESETS["rapid"], own), exclude).core
     for key, core in cores.items():
         volume = round(float(core.sum() * ml), 1)
         row[f"core_{key}"] = [round(dice(core, true_core), 3) if has_core else None, volume]
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k.removeprefix("core_") for k in rows[0] if k.startswith("core_")]:
         k = f"core_{key}"
         big = [r[k][1] / r["true_core_ml"] for r in cores if r["true_core_ml"] >= 10]
-        name = "head" if key == "head" else f"rule x {key}"
+        name = {"head": "head", "own": "the weights' own rule"}.get(key, f"rule x {key}")
         true_ml = sum(r["true_core_ml"] for r in cores)
         print(
             f"  {name}: core Dice {np.mean([r[k][0] for r in cores]):.3f} ({len(cores)} with a core),"
