@@ -125,11 +125,8 @@ class LesionSettings:
             raise PerfnetInputError(None, f"core CBF calibration {self.cbf_calibration} outside [0.5, 3]")
         if not 0.0 <= self.cbf_offset < 100.0:
             raise PerfnetInputError(None, f"core CBF offset {self.cbf_offset} outside [0, 100)")
-        if (
-            self.cbf_offset_references is not None
-            and not 0 < self.cbf_offset_references[0] <= (self.cbf_offset_references[1])
-        ):
-            held = self.cbf_offset_references
+        held = self.cbf_offset_references
+        if held is not None and not 0 < held[0] <= held[1]:
             raise PerfnetInputError(None, f"core CBF offset references {held} not a range")
         if self.adc_core_mm2_s is not None and not 200e-6 <= self.adc_core_mm2_s <= 1000e-6:
             raise PerfnetInputError(None, f"ADC core threshold {self.adc_core_mm2_s} mm²/s outside 2–10e-4")
