@@ -161,7 +161,8 @@ def main() -> int:
     rows = rows[: args.studies]
     if args.offsets and not all("offset_scores" in r for r in rows):
         parser.error(f"--offsets: the rows in {args.rows} were scored without offsets")
-    offset, threshold, curve = choose_offset(rows, rule) if args.offsets else (0.0, *choose(rows, rule))
+    plain = choose(rows, rule)  # the factor alone (no offset)
+    offset, threshold, curve = choose_offset(rows, rule) if args.offsets else (0.0, *plain)
     factor = round(threshold / rule, 4)
     references = sorted(r["reference"] for r in rows if r.get("reference"))
     spread = bootstrap(rows, rule)
@@ -169,7 +170,7 @@ def main() -> int:
     names = ", ".join(m.name for m in members)
     whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
     moving = ", head motion forced on" if args.motion else ""
-    at_rule = choose(rows, rule)[1][f"{rule:.2f}"]  # the plain rule, no offset
+    at_rule = plain[1][f"{rule:.2f}"]  # the plain rule, no offset
     fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
     offset_spread = (
         f", offset {spread['offset_p5']:g}–{spread['offset_p95']:g}" if "offset_p5" in spread else ""

@@ -335,13 +335,13 @@ def write_report(
         for s in ("lesions", "maps", "uncertainty", "curves")
     }
     method = html.escape(str(provenance.get("method", maps.method)))
-    tmax_thr = lesions["settings"]["tmax_threshold_s"]
-    core_pct = 100 * lesions["settings"]["core_relative_cbf"]
     settings = lesions["settings"]
+    tmax_thr = settings["tmax_threshold_s"]
+    core_pct = 100 * settings["core_relative_cbf"]
     calibrated = settings.get("cbf_calibration", 1.0) != 1.0 or bool(settings.get("cbf_offset"))
     core_text = (
         f"core threshold: CBF &lt; {core_pct:.0f} % of {lesions['reference_cbf']:.1f}"
-        f" ({html.escape(lesions['settings']['reference'])} reference)"
+        f" ({html.escape(settings['reference'])} reference)"
     )
     if lesions.get("core_source") == "adc":
         core_text = "core from the ADC map (diffusion), not from perfusion"
