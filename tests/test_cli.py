@@ -174,6 +174,9 @@ def test_simulate_rejects_bad_parameters_before_writing(
     code, _, err = _run(capsys, "simulate", out, "--style", "mni", "--delay-power", "0.3,2")
     assert code == 2 and "--delay-power" in err and "style A" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    code, _, err = _run(capsys, "simulate", out, "--style", "mni", "--wide-bolus")
+    assert code == 2 and "--wide-bolus" in err and "style A" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
     for bad in ("0.5,1.5", "0.8,0.2", "x"):
         code, _, err = _run(capsys, "simulate", out, "--delay-mix", bad)
         assert code == 2 and "--delay-mix" in err and len(err.strip().splitlines()) == 1
@@ -195,3 +198,19 @@ def test_simulate_draws_a_lesion_delay_apart_from_its_flow(
         assert config["lesion_delay_mix"] == drawn.lesion_delay_mix != 0.0
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DelayPowerRange"] == [0.3, 2.0] and description["DelayMixRange"] == [0.0, 0.8]
+    assert "WideBolus" not in description
+
+
+def test_simulate_draws_a_wide_bolus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--wide-bolus``: each study's arterial first pass from the wider family, recorded."""
+    out = tmp_path / "cohort"
+    args = ["--modality", "mr", "--cases", "2", "--seed", "14010", "--size", "48", "--slices", "3"]
+    assert _run(capsys, "simulate", out, *args, "--wide-bolus")[0] == 0
+    for i in (1, 2):
+        drawn = PhantomConfig.draw(14009 + i, "MR", wide_bolus=True)
+        config = json.loads((out / f"sub-{i:04d}" / "ses-01" / "truth" / "parameters.json").read_text())[
+            "config"
+        ]
+        assert (config["aif_fwhm_s"], config["aif_alpha"]) == (drawn.aif_fwhm_s, drawn.aif_alpha)
+        assert config["aif_fwhm_s"] != PhantomConfig.draw(14009 + i, "MR").aif_fwhm_s
+    assert json.loads((out / "dataset_description.json").read_text())["WideBolus"] is True

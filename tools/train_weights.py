@@ -156,6 +156,15 @@ MR_MOVING_COHORT = [
     _cohort("mr", 32, 21000, "--slices", "10"),
     _part("mr", 32, 25000, "--slices", "10", "--motion"),
 ]
+#: ``mr-bolus`` cohort (style A only): 32 of the bundled MR network's own static stage-2 training
+#: studies (seeds 21000–21031, replayed against forgetting) and 32 static studies whose arterial first
+#: pass is drawn from a wider family (``--wide-bolus``: FWHM 4–16 s, gamma-variate shape 2–16, where
+#: the bundled cohorts drew 4–10 s and 2–5). New seeds 26000–26031: disjoint from the tests (< 10000),
+#: the other cohorts (10000–25031), the calibration studies (16000+) and the benchmarks (70000+).
+MR_BOLUS_COHORT = [
+    _cohort("mr", 32, 21000, "--slices", "10"),
+    _cohort("mr", 32, 26000, "--slices", "10", "--wide-bolus"),
+]
 #: ``mr-arterial`` cohort: the first 48 studies of the bundled MR model's own second cohort (same
 #: `perfnet simulate` arguments, seeds 21000–21047: static style-A studies it trained on).
 MR_ARTERIAL_COHORT = _cohort("mr", 48, 21000, "--slices", "10")
@@ -369,6 +378,16 @@ SETTINGS = {
                 "minutes": 45,
             }
         ],
+    },
+    # candidate (written to --work): the bundled MR network fine-tuned on MR_BOLUS_COHORT. It read
+    # slow, near-symmetric boluses late: on style A studies re-drawn with a gamma-variate first pass
+    # of shape 12 and FWHM 12 / 16 s (training drew 2–5 and 4–10 s), healthy Tmax +0.5 to +1.3 /
+    # +4.2 to +4.9 s; on style B, the same studies re-simulated at a population-AIF stretch of 0.85 /
+    # 1.0 / 1.25 / 1.58, +0.1 / +0.1 / +1.5 / +1.7 s and +0.4 / +0.6 / +1.0 / +2.7 s (stop 46)
+    "mr-bolus": {
+        "bundle": False,
+        "cohorts": [MR_BOLUS_COHORT],
+        "stages": [{"cohort": 0, "init": BUILT, "train": [*MR_REFINE, *ARTERIAL], "minutes": 60}],
     },
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned on 48 of its own
     # static training studies with low-flow voxels (target CBF < 40 % of the slice's median: the core

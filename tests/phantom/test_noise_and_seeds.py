@@ -77,6 +77,33 @@ def test_a_lesion_delay_drawn_apart_keeps_every_other_draw() -> None:
         PhantomConfig.draw(9, "CT", delay_mix=(0.5, 1.5))
 
 
+def test_a_wide_bolus_draw_keeps_every_other_draw() -> None:
+    """``wide_bolus`` draws the arterial first pass's FWHM (4–16 s) and gamma-variate shape (2–16,
+    log-uniform) from that own stream: every other parameter is the plain draw's, and the bolus can
+    be slower and more symmetric than the plain draw's 4–10 s at shape 2–5."""
+    import dataclasses
+
+    wide = [PhantomConfig.draw(s, "MR", wide_bolus=True) for s in range(9, 209)]
+    plain = PhantomConfig.draw(9, "MR")
+    assert dataclasses.replace(wide[0], aif_fwhm_s=plain.aif_fwhm_s, aif_alpha=plain.aif_alpha) == plain
+    apart = PhantomConfig.draw(9, "MR", delay_power=(0.3, 2.0), wide_bolus=True)
+    assert (apart.aif_fwhm_s, apart.aif_alpha) == (wide[0].aif_fwhm_s, wide[0].aif_alpha)
+    fwhm = np.array([c.aif_fwhm_s for c in wide])
+    alpha = np.array([c.aif_alpha for c in wide])
+    assert 4.0 <= fwhm.min() < 4.5 and 15.5 < fwhm.max() <= 16.0
+    assert 2.0 <= alpha.min() < 2.2 and 14.0 < alpha.max() <= 16.0
+    assert 4.5 < np.median(alpha) < 7.0  # log-uniform: √(2 · 16) = 5.7
+    assert (fwhm > 10).mean() > 0.4 and (alpha > 5).mean() > 0.4  # beyond the plain draw's ranges
+    # the simulated first pass has the drawn width (FWHM of the AIF's first pass, recirculation off)
+    from perfnet.phantom.physiology import ArterialInput
+
+    slow = max(wide, key=lambda c: c.aif_fwhm_s * c.aif_alpha)
+    aif = ArterialInput.from_config(slow.replace(recirculation_fraction=0.0, steady_state_fraction=0.0))
+    t = np.arange(0.0, 120.0, 0.01)
+    above = t[aif(t) >= 0.5 * aif(t).max()]
+    assert abs((above[-1] - above[0]) - slow.aif_fwhm_s) < 0.05 * slow.aif_fwhm_s
+
+
 def test_noise_does_not_change_truth() -> None:
     noisy, clean = small_study(12, "CT"), small_study(12, "CT", noise=False)
     for name in noisy.truth.maps:

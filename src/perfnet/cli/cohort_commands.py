@@ -226,6 +226,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         delay_power=args.delay_power,
         delay_mix=args.delay_mix,
+        wide_bolus=args.wide_bolus,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0

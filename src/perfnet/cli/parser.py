@@ -432,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="style A: the delay's share m of a second lesion weight w₂ (its own centre) drawn in LO–HI"
         " (0–1; default 0)",
     )
+    g.add_argument(
+        "--wide-bolus",
+        action="store_true",
+        help="style A: the arterial first pass drawn from a wider family (FWHM 4–16 s, gamma-variate"
+        " shape 2–16: slow, near-symmetric boluses beside sharp ones; default 4–10 s, shape 2–5)",
+    )
     add_overwrite(p, "OUT")
     p.set_defaults(func=cmd_simulate)
 

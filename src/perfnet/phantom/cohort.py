@@ -141,13 +141,14 @@ def write_cohort(
     jobs: int = 1,
     delay_power: tuple[float, float] | None = None,
     delay_mix: tuple[float, float] | None = None,
+    wide_bolus: bool = False,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
     or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
     time (worker processes; the same cohort whatever ``jobs``). ``delay_power`` / ``delay_mix``
     (style A): each lesion's delay exponent and the delay's share of a second lesion weight drawn
     in those ranges (:meth:`PhantomConfig.draw`), so that a lesion's delay no longer follows its
-    CBF drop.
+    CBF drop; ``wide_bolus`` (style A): the arterial first pass drawn from a wider family.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -156,7 +157,8 @@ def write_cohort(
     overrides = overrides or {}
     check_style(style)  # then validate every study's parameters before simulating any
     configs = [
-        draw_config(style, seed + i, modality, delay_power, delay_mix, **overrides) for i in range(cases)
+        draw_config(style, seed + i, modality, delay_power, delay_mix, wide_bolus, **overrides)
+        for i in range(cases)
     ]
     rows: list[dict[str, Any]] = []
     indices: Iterable[int] = range(cases)
@@ -186,6 +188,7 @@ def write_cohort(
                     "Overrides": overrides,
                     **({"DelayPowerRange": list(delay_power)} if delay_power else {}),
                     **({"DelayMixRange": list(delay_mix)} if delay_mix else {}),
+                    **({"WideBolus": True} if wide_bolus else {}),
                 }
             )
         )

@@ -21,6 +21,10 @@ RESIDUE_FAMILIES = ("exponential", "box", "gamma", "lognormal")
 LESION_KINDS = ("none", "oligaemia", "penumbra", "core")
 TERRITORIES = ("MCA", "ACA", "PCA")
 TIMINGS = ("uniform", "two-phase", "jittered")
+#: ``PhantomConfig.draw(wide_bolus=True)``: the arterial first pass's FWHM (s, uniform) and
+#: gamma-variate shape (log-uniform); the plain draw keeps 4–10 s and 2–5
+WIDE_BOLUS_FWHM_S = (4.0, 16.0)
+WIDE_BOLUS_ALPHA = (2.0, 16.0)
 LESION_DELAY_RANGES = {"oligaemia": (2.5, 5.5), "penumbra": (7.0, 16.0), "core": (7.0, 16.0)}
 LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (0.04, 0.25)}
 LESION_MTT_RANGES = {"oligaemia": (1.2, 1.6), "penumbra": (1.4, 3.0), "core": (1.4, 3.0)}
@@ -81,8 +85,8 @@ class PhantomConfig:
     # --- arterial input and venous output --------------------------------------------------
     arrival_s: float = 6.0  # 2–15 s bolus arrival in the arteries
     aif_peak: float = 400.0  # CT 200–600 HU; MR ΔR2* 150–500 1/s
-    aif_alpha: float = 3.0  # 2–5 gamma-variate shape
-    aif_fwhm_s: float = 6.0  # 4–10 s
+    aif_alpha: float = 3.0  # 2–5 gamma-variate shape (draw(wide_bolus=True): 2–16)
+    aif_fwhm_s: float = 6.0  # 4–10 s (draw(wide_bolus=True): 4–16 s)
     recirculation_fraction: float = 0.15  # 0.05–0.3 of the first-pass peak
     recirculation_delay_s: float = 11.0  # 8–16 s after the first peak
     recirculation_width_factor: float = 1.8  # 1.4–2.6
@@ -214,6 +218,7 @@ class PhantomConfig:
         *,
         delay_power: tuple[float, float] | None = None,
         delay_mix: tuple[float, float] | None = None,
+        wide_bolus: bool = False,
         **overrides: Any,
     ) -> PhantomConfig:
         """Draw every parameter from its documented range with ``seed``, then apply ``overrides``.
@@ -221,7 +226,10 @@ class PhantomConfig:
         ``delay_power`` (lo, hi): the lesion's delay exponent γ drawn log-uniformly in that range;
         ``delay_mix`` (lo, hi): the delay's share m of a second lesion weight, uniformly. Both from
         a stream of their own (every other parameter is the draw without them); None keeps γ = 1,
-        m = 0.
+        m = 0. ``wide_bolus``: the arterial first pass drawn from that stream too, in a wider family
+        than the default 4–10 s FWHM at gamma-variate shape 2–5: FWHM 4–16 s and shape 2–16
+        (log-uniform), so slow, near-symmetric boluses (slow injections, low cardiac output; the
+        first pass of a population AIF is a Gaussian) are drawn beside the sharp ones.
         """
         modality = modality.upper()
         if modality not in ("CT", "MR"):
@@ -300,7 +308,7 @@ class PhantomConfig:
         d["motion_translation_mm"] = u(0.5, 4)
         d["motion_rotation_deg"] = u(0.5, 4)
         own = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE1A]))
-        gamma, mix = own.uniform(size=2)  # drawn always, used only when asked: each range alone
+        gamma, mix, width, shape = own.uniform(size=4)  # drawn always, used only when asked
         if delay_power is not None:
             lo, hi = (float(v) for v in delay_power)
             if not 0 < lo <= hi <= 10:
@@ -311,6 +319,11 @@ class PhantomConfig:
             if not 0 <= lo <= hi <= 1:
                 raise PerfnetInputError("--delay-mix", f"must be 0 <= LO <= HI <= 1, got {lo:g},{hi:g}")
             d["lesion_delay_mix"] = float(lo + mix * (hi - lo))
+        if wide_bolus:
+            lo, hi = WIDE_BOLUS_FWHM_S
+            d["aif_fwhm_s"] = float(lo + width * (hi - lo))
+            lo, hi = WIDE_BOLUS_ALPHA
+            d["aif_alpha"] = float(np.exp(np.log(lo) + shape * (np.log(hi) - np.log(lo))))
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise PerfnetInputError("phantom", f"unknown parameter(s): {', '.join(sorted(unknown))}")

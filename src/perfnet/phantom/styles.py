@@ -32,23 +32,29 @@ def draw_config(
     modality: str,
     delay_power: tuple[float, float] | None = None,
     delay_mix: tuple[float, float] | None = None,
+    wide_bolus: bool = False,
     **overrides: Any,
 ) -> Any:
     """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``);
-    ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop
-    (:meth:`PhantomConfig.draw`; style B draws its own delay exponent)."""
+    ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop;
+    ``wide_bolus``: style A's arterial first pass drawn from a wider family (:meth:`PhantomConfig.draw`;
+    style B draws its own delay exponent and its own population-shaped bolus)."""
     if check_style(style) == "mni":
         from perfnet.phantom.mni import MniConfig
 
-        for option, given in (("--delay-power", delay_power), ("--delay-mix", delay_mix)):
+        for option, given, what in (
+            ("--delay-power", delay_power, "its own delay exponent"),
+            ("--delay-mix", delay_mix, "its own delay exponent"),
+            ("--wide-bolus", wide_bolus or None, "its own bolus shape"),
+        ):
             if given is not None:
-                raise PerfnetInputError(
-                    option, "style A (geometric) only: style B draws its own delay exponent"
-                )
+                raise PerfnetInputError(option, f"style A (geometric) only: style B draws {what}")
         return MniConfig.draw(seed, modality, **overrides)
     from perfnet.phantom.config import PhantomConfig
 
-    return PhantomConfig.draw(seed, modality, delay_power=delay_power, delay_mix=delay_mix, **overrides)
+    return PhantomConfig.draw(
+        seed, modality, delay_power=delay_power, delay_mix=delay_mix, wide_bolus=wide_bolus, **overrides
+    )
 
 
 def simulate(cfg: Any, noise: bool | None = None) -> Any:
