@@ -383,7 +383,12 @@ SETTINGS = {
     # slow, near-symmetric boluses late: on style A studies re-drawn with a gamma-variate first pass
     # of shape 12 and FWHM 12 / 16 s (training drew 2–5 and 4–10 s), healthy Tmax +0.5 to +1.3 /
     # +4.2 to +4.9 s; on style B, the same studies re-simulated at a population-AIF stretch of 0.85 /
-    # 1.0 / 1.25 / 1.58, +0.1 / +0.1 / +1.5 / +1.7 s and +0.4 / +0.6 / +1.0 / +2.7 s (stop 46)
+    # 1.0 / 1.25 / 1.58, +0.1 / +0.1 / +1.5 / +1.7 s and +0.4 / +0.6 / +1.0 / +2.7 s (stop 46).
+    # NOT better, not bundled (stop 46, 9 min): it reads those at -0.35..-0.10 s at every stretch,
+    # but on the 12 + 12 generalisation studies (bundled routing kept) style B goes Tmax MAEC 1.13 ->
+    # 1.08 s, hypoperfused Dice 0.84 -> 0.63, core Dice 0.41 -> 0.29 (every style-B study it reads
+    # moves 0.4-2 s earlier: 71107 and 71111 lose their lesion); at --lr 1e-4 the same (0.97 s,
+    # 0.70, 0.27; style A 0.67 -> 0.74 s, 0.90 -> 0.88). README "A slow bolus"
     "mr-bolus": {
         "bundle": False,
         "cohorts": [MR_BOLUS_COHORT],

@@ -21,6 +21,11 @@ widens the stored domain's frame intervals by the frame thinning its stages trai
 ``thin`` and ``frame_interval`` of each stage in ``<name>-plan.json``;
 :func:`perfnet.inference.domain.thinned`, what ``perfnet train`` records since stop 43), nothing
 re-measured.
+
+    python tools/weights_domain.py mr|mr-moving|... --only bolus_rise_s --studies K [--write]
+
+measures one descriptor on the first ``K`` studies of each cohort and adds it to the stored domain,
+every other entry kept as stored (a descriptor introduced after the weights were trained).
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
         for part in _parts(cohort):
             args = parser.parse_args(["simulate", "unused", *part])
             overrides = _phantom_overrides(args)
+            ranges = (args.delay_power, args.delay_mix, args.wide_bolus)
             configs += [
-                draw_config(args.style, args.seed + i, args.modality, **overrides) for i in range(per_cohort)
+                draw_config(args.style, args.seed + i, args.modality, *ranges, **overrides)
+                for i in range(min(per_cohort, args.cases))
             ]
     return configs
 
@@ -90,6 +97,21 @@ def measure(modality: str, per_cohort: int) -> dict:
     return domain
 
 
+def with_descriptor(name: str, descriptor: str, per_cohort: int) -> dict:
+    """The stored domain of ``<name>.pt`` with ``descriptor`` measured on the recipe's studies and
+    added (or replaced); every other entry as stored."""
+    from perfnet.inference.weights import weights_config
+
+    stored = dict(weights_config(ROOT / "src" / "perfnet" / "weights" / f"{name}.pt")["domain"])
+    measured = measure(name, per_cohort)
+    if descriptor not in measured:
+        raise SystemExit(f"weights_domain: no study described {descriptor}")
+    stored[descriptor] = measured[descriptor]
+    note = f"{descriptor} from tools/weights_domain.py --only (the first {per_cohort} studies of each cohort)"
+    stored["source"] = f"{stored['source']}; {note}" if stored.get("source") else note
+    return stored
+
+
 def with_thinning(name: str) -> dict:
     """The stored domain of ``<name>.pt`` widened by the frame thinning of its recipe's stages."""
     from perfnet.inference.domain import thinned
@@ -118,15 +140,29 @@ def write(modality: str, domain: dict) -> Path:
 
 
 def main() -> int:
+    from perfnet.inference.domain import DESCRIPTORS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("modality", choices=["ct", "ct-moving", "mr"], help="the bundled weights' name")
+    parser.add_argument(
+        "modality", choices=["ct", "ct-moving", "mr", "mr-moving"], help="the bundled weights' name"
+    )
     parser.add_argument("--studies", type=int, default=8, help="studies per cohort (default 8)")
     parser.add_argument(
         "--thinning", action="store_true", help="only widen the stored domain by the recipe's frame thinning"
     )
+    parser.add_argument(
+        "--only",
+        choices=DESCRIPTORS,
+        help="measure this descriptor alone and add it to the stored domain (the rest kept as stored)",
+    )
     parser.add_argument("--write", action="store_true", help="store the domain in the bundled weights")
     args = parser.parse_args()
-    domain = with_thinning(args.modality) if args.thinning else measure(args.modality, args.studies)
+    if args.thinning:
+        domain = with_thinning(args.modality)
+    elif args.only:
+        domain = with_descriptor(args.modality, args.only, args.studies)
+    else:
+        domain = measure(args.modality, args.studies)
     print(json.dumps(domain, indent=1, ensure_ascii=False))
     if args.write:
         print(f"written to {write(args.modality, domain)}")

@@ -55,6 +55,16 @@ def test_margins_decide_what_is_outside() -> None:
     assert "head motion 2.4 mm" in flag["message"]
     assert qc.verdict([flag]) == "unreliable"
     assert domain.outside(far, None) == []  # weights without a recorded domain: nothing to judge
+    # the bolus rise: × 1.25; a domain recorded before the descriptor existed does not judge it
+    rise = STATIC | {"bolus_rise_s": [6.0, 16.0]}
+    assert domain.limit("bolus_rise_s", rise) == pytest.approx(20.0)
+    assert (
+        domain.outside({"bolus_rise_s": 19.9}, rise) == []
+        and domain.outside({"bolus_rise_s": 30.0}, STATIC) == []
+    )
+    assert domain.outside({"bolus_rise_s": 21.5}, rise) == [
+        "bolus rise from arrival to the brain curve's peak 21.5 s, trained on ≤ 16"
+    ]
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
@@ -69,6 +79,8 @@ def test_bundled_weights_carry_their_static_training_domain(modality: str) -> No
     assert dom["max_frame_interval_s"][1] >= 2.0  # at least the phantom generator's nominal longest
     assert dom["after_arrival_s"][0] > 25.0  # every training acquisition covered the first pass
     assert 0 < dom["tissue_cnr"][0] < dom["tissue_cnr"][1]
+    if modality == "MR":  # measured at stop 46 on 60 of the recipe's studies (cohorts' FWHM 4–10 s)
+        assert 5.0 < dom["bolus_rise_s"][0] < 8.0 and 13.0 < dom["bolus_rise_s"][1] < 16.0
 
 
 def _codes(result: perfnet.StudyResult) -> set[str]:
@@ -125,6 +137,29 @@ def test_a_moving_mr_study_goes_to_the_mr_specialist() -> None:
     assert "outside_training_domain" not in _codes(routed) and routed.verdict == "review"
     after = judge(routed.maps, prov["qc_flags"])
     assert after.dice > 0.85 and after.false_core_ml <= 5.0
+
+
+def test_a_slow_bolus_is_outside_the_mr_networks_domain() -> None:
+    """A broad, near-symmetric first pass (gamma-variate shape 12, FWHM 16 s; the bundled MR cohorts
+    drew shape 2–5 at 4–10 s) rises for ~25 s in the brain: beyond what either MR network trained
+    on, so ``mr.pt`` keeps the study (no specialist holds it) and flags it. The same study with a
+    bolus of the cohorts' kind is inside. Measured at stop 46 (128² × 8 slices, two seeds): the
+    network reads such a study's healthy Tmax 4.2–4.9 s late; its oSVD bias does not follow."""
+    acquisition = {"matrix": 64, "slices": 4, "frames": 90, "frame_interval_s": 1.2, "timing": "uniform"}
+    results = {}
+    for alpha, fwhm in ((3.0, 8.0), (12.0, 16.0)):
+        cfg = PhantomConfig.draw(
+            4242, "MR", motion=False, lesion="penumbra", aif_alpha=alpha, aif_fwhm_s=fwhm, **acquisition
+        )
+        results[fwhm] = perfnet.analyze(simulate_study(cfg).series, "cnn", device="cpu")
+    usual, slow = results[8.0].maps.provenance, results[16.0].maps.provenance
+    limit = domain.limit("bolus_rise_s", slow["training_domain"])
+    assert usual["study_descriptors"]["bolus_rise_s"] < limit < slow["study_descriptors"]["bolus_rise_s"]
+    assert "outside_training_domain" not in _codes(results[8.0])
+    flag = next(f for f in slow["qc_flags"] if f["code"] == "outside_training_domain")
+    assert "(bolus rise from arrival to the brain curve's peak" in flag["message"]
+    assert results[16.0].verdict == "unreliable"
+    assert "routed" not in slow and "routed" not in usual and slow["weights"].endswith("mr.pt")
 
 
 def test_cnn_on_a_static_study_and_on_long_frame_intervals() -> None:
@@ -263,6 +298,23 @@ def test_routing_takes_the_network_whose_domain_the_study_leaves_least(tmp_path,
     assert "frame interval 3.3 s" in why["because"]  # the primary's reasons
     assert chosen(0.1, 3.3) == ("ct.pt", None)  # one count each: the primary keeps it
     assert chosen(5.0, 1.0)[0] == "ct-moving.pt" and chosen(0.1, 1.0) == ("ct.pt", None)
+    # a flag-only descriptor never routes: a bolus beyond the primary's rise and inside the
+    # specialist's stays with the primary; a moving one goes to the specialist for its motion
+    rise = {"bolus_rise_s": [7.0, 14.0]}
+    bundled.save_weights(tmp_path / "ct.pt", model, config | {"domain": primary | rise})
+    bundled.save_weights(
+        tmp_path / "ct-moving.pt", model, config | {"domain": moving | {"bolus_rise_s": [7.0, 16.0]}}
+    )
+    for motion, expected in ((0.1, "ct.pt"), (5.0, "ct-moving.pt")):
+        described = {
+            "head_motion_mm": motion,
+            "max_frame_interval_s": 1.0,
+            "tissue_cnr": 1.0,
+            "bolus_rise_s": 19.0,
+        }
+        monkeypatch.setattr(cnn.domain, "describe", lambda prepared, d=described: d)
+        path, why = cnn.route(None, "CT")
+        assert path.name == expected and (why is None or "bolus rise" not in why["because"])
 
 
 def test_a_study_inside_the_primary_only_by_its_margin_goes_to_a_specialist_trained_on_it(
@@ -310,3 +362,25 @@ def test_a_study_inside_the_primary_only_by_its_margin_goes_to_a_specialist_trai
         described = {"head_motion_mm": 0.1, "after_arrival_s": after, "tissue_cnr": 1.0}
         monkeypatch.setattr(cnn.domain, "describe", lambda prepared, d=described: d)
         assert cnn.route(None, "MR")[0].name == name
+
+
+def test_weights_domain_tool_adds_one_descriptor_and_redraws_a_recipe_s_cohorts(monkeypatch) -> None:
+    """``tools/weights_domain.py --only``: one descriptor measured and added, the rest of the stored
+    domain kept; the recipe's studies re-drawn with their cohort's own draw options and count."""
+    from tests.tool_modules import load_tool
+
+    tool = load_tool("weights_domain")
+    configs = tool.cohort_configs("mr-bolus", 40)  # 32 replayed + 32 wide-bolus studies: capped at 32
+    assert len(configs) == 64 and configs[32].seed == 26000
+    wide = PhantomConfig.draw(26000, "MR", slices=10, motion=False, wide_bolus=True)
+    assert (configs[32].aif_fwhm_s, configs[32].aif_alpha) == (wide.aif_fwhm_s, wide.aif_alpha)
+    assert configs[0].aif_alpha == PhantomConfig.draw(21000, "MR", slices=10, motion=False).aif_alpha
+    monkeypatch.setattr(
+        tool, "measure", lambda name, k: {"bolus_rise_s": [7.0, 15.0], "head_motion_mm": [0, 9]}
+    )
+    stored = load_weights(bundled_weights("MR"))[1]["domain"]
+    added = tool.with_descriptor("mr", "bolus_rise_s", 3)
+    assert added["bolus_rise_s"] == [7.0, 15.0] and added["head_motion_mm"] == stored["head_motion_mm"]
+    assert added["source"].endswith(
+        "bolus_rise_s from tools/weights_domain.py --only (the first 3 studies of each cohort)"
+    )

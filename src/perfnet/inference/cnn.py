@@ -303,7 +303,9 @@ def _members(
 
 def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] | None]:
     """The bundled network for a study: the primary one unless the study lies outside its training
-    domain; then the first specialist (:data:`perfnet.inference.weights.SPECIALISTS`, in order)
+    domain (its :data:`~perfnet.inference.domain.ROUTING` descriptors: a flag-only one, such as a
+    bolus slower than any network trained on, is flagged, not routed); then the first specialist
+    (:data:`perfnet.inference.weights.SPECIALISTS`, in order)
     whose domain holds it, else, where none does, the network whose domain it leaves on the fewest
     descriptors (ties to the earlier: the primary first), still flagged ``outside_training_domain``
     for what it leaves; with the reason when it is a specialist. A study inside the primary's
@@ -318,18 +320,19 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
         return paths[0], None
     described = domain.describe(prepared)
     primary = weights_config(paths[0]).get("domain")
-    outside = domain.outside(described, primary)
+    outside = domain.outside(described, primary, only=domain.ROUTING)
     if not outside:
         within = domain.ROUTED_WITHIN_MARGIN.get(modality.upper(), frozenset())
         beyond = domain.outside(described, primary, margin=False, only=within)
         for path in paths[1:] if beyond else []:
-            if not domain.outside(described, weights_config(path).get("domain"), margin=False):
+            specialist = weights_config(path).get("domain")
+            if not domain.outside(described, specialist, margin=False, only=domain.ROUTING):
                 because = f"inside {paths[0].name}'s margin only: " + "; ".join(beyond)
                 return path, {"weights": path.name, "instead_of": paths[0].name, "because": because}
         return paths[0], None
     fewest, chosen = len(outside), paths[0]
     for path in paths[1:]:
-        left = len(domain.outside(described, weights_config(path).get("domain")))
+        left = len(domain.outside(described, weights_config(path).get("domain"), only=domain.ROUTING))
         if left < fewest:
             fewest, chosen = left, path
         if not left:

@@ -26,6 +26,12 @@ Descriptors (each from the preprocessed series every method analyses):
 * ``after_arrival_s``: how long the acquisition runs after the detected bolus arrival (the last
   kept frame's time minus the shared bolus timing's arrival); a lower bound: a network that never
   saw a first pass cut off reads the cut as low flow. Margin: ÷1.5.
+* ``bolus_rise_s``: how long the brain curve takes from the detected bolus arrival to its peak
+  (the shared bolus timing's ``peak_s − arrival_s``): long for a slow, broad first pass (a slow
+  injection, low cardiac output). Margin: ×1.25. Measured at stop 46: the bundled MR network
+  trained on first passes of 4–10 s FWHM (brain rise 7–14 s) reads the healthy Tmax of a broad
+  one late (style B at a population-AIF stretch of 1.4–1.6, rise 20–23 s: +1.1 to +2.7 s), and
+  fine-tuning it on broad ones moved the error to the others (README "A slow bolus").
 
 The margins are judgement, not fits: a study a little outside the envelope is not known to fail,
 and a flag that fires on every study would be read as noise.
@@ -52,8 +58,14 @@ MARGINS: dict[str, tuple[str, str, float]] = {
     "max_frame_interval_s": ("upper", "mul", 1.25),
     "tissue_cnr": ("lower", "mul", 1.5),
     "after_arrival_s": ("lower", "mul", 1.5),
+    "bolus_rise_s": ("upper", "mul", 1.25),
 }
 DESCRIPTORS = tuple(MARGINS)
+#: Descriptors that flag a study but do not route it (:func:`perfnet.inference.cnn.route`): no
+#: bundled specialist trained on more of them than its primary (both MR networks drew the same
+#: first passes; their envelopes differ only by which studies were measured).
+FLAG_ONLY = frozenset({"bolus_rise_s"})
+ROUTING = frozenset(DESCRIPTORS) - FLAG_ONLY
 #: Descriptors on which routing prefers a specialist that trained on a study the primary holds only
 #: by its margin (:func:`perfnet.inference.cnn.route`), per modality. CT, the acquisition after the
 #: arrival: ``ct.pt`` fails unflagged on acquisitions ending 20–30 s after it, where the specialist
@@ -70,6 +82,7 @@ _WORDS = {
     "max_frame_interval_s": ("frame interval", "s"),
     "tissue_cnr": ("tissue contrast-to-noise ratio", ""),
     "after_arrival_s": ("acquisition after the bolus arrival", "s"),
+    "bolus_rise_s": ("bolus rise from arrival to the brain curve's peak", "s"),
 }
 
 
@@ -86,6 +99,9 @@ def describe(prepared: Preprocessed) -> dict[str, float]:
         out["max_frame_interval_s"] = round(float(np.max(np.diff(times))), 3)
     if times.size and prepared.bolus is not None:
         out["after_arrival_s"] = round(float(times[-1] - prepared.bolus.arrival_s), 3)
+        rise = float(prepared.bolus.peak_s - prepared.bolus.arrival_s)
+        if math.isfinite(rise) and rise > 0:
+            out["bolus_rise_s"] = round(rise, 3)
     cnr = (prepared.qc_measures or {}).get("tissue_cnr")
     if cnr is not None and math.isfinite(float(cnr)):
         out["tissue_cnr"] = round(float(cnr), 3)
