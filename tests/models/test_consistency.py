@@ -74,8 +74,10 @@ def test_bundled_mr_failure_on_a_foreign_style_is_flagged_and_routed() -> None:
     oSVD's 0.77): forced on it, the map is not delivered as trustworthy (its head motion is outside
     the network's training domain: verdict unreliable; the network bundled until stop 27 was
     caught by the shift-consistency check instead). Without ``weights`` it goes to the MR specialist
-    trained on moving studies (stop 44), which reads it (0.85 in the benchmark) unflagged by the
-    domain check, its shift consistency checked and recorded."""
+    trained on moving studies (stop 44), which reads it (0.85 in the benchmark), its shift
+    consistency checked and recorded. Its motion is inside the specialist's domain; since stop 46
+    its bolus is not: the brain curve rises for 19.4 s, beyond the 15.4 s the specialist trained on
+    × 1.25, so the domain check flags that (and only that), although the specialist reads it."""
     from generalisation import lesion_of, study_seed
 
     from perfnet.inference.weights import bundled_weights
@@ -93,7 +95,8 @@ def test_bundled_mr_failure_on_a_foreign_style_is_flagged_and_routed() -> None:
     routed = predict(prepared.series, device="cpu", prepared=prepared)
     assert routed.provenance["routed"]["weights"] == "mr-moving.pt"
     assert dice(routed["tmax"][brain] > 6, truth) > 0.85
-    assert "outside_training_domain" not in {f["code"] for f in routed.provenance["qc_flags"]}
+    (flag,) = [f for f in routed.provenance["qc_flags"] if f["code"] == "outside_training_domain"]
+    assert flag["value"] == 1 and "bolus rise" in flag["message"] and "head motion" not in flag["message"]
     assert routed.provenance["shift_consistency"] is not None  # checked, and recorded
 
 
