@@ -318,21 +318,21 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     paths = bundled_networks(modality)
     if len(paths) == 1:
         return paths[0], None
-    described = domain.describe(prepared)
+    # what routes: a flag-only descriptor is judged where the chosen network's maps are flagged
+    described = {k: v for k, v in domain.describe(prepared).items() if k in domain.ROUTING}
     primary = weights_config(paths[0]).get("domain")
-    outside = domain.outside(described, primary, only=domain.ROUTING)
+    outside = domain.outside(described, primary)
     if not outside:
         within = domain.ROUTED_WITHIN_MARGIN.get(modality.upper(), frozenset())
         beyond = domain.outside(described, primary, margin=False, only=within)
         for path in paths[1:] if beyond else []:
-            specialist = weights_config(path).get("domain")
-            if not domain.outside(described, specialist, margin=False, only=domain.ROUTING):
+            if not domain.outside(described, weights_config(path).get("domain"), margin=False):
                 because = f"inside {paths[0].name}'s margin only: " + "; ".join(beyond)
                 return path, {"weights": path.name, "instead_of": paths[0].name, "because": because}
         return paths[0], None
     fewest, chosen = len(outside), paths[0]
     for path in paths[1:]:
-        left = len(domain.outside(described, weights_config(path).get("domain"), only=domain.ROUTING))
+        left = len(domain.outside(described, weights_config(path).get("domain")))
         if left < fewest:
             fewest, chosen = left, path
         if not left:
