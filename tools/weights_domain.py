@@ -100,6 +100,7 @@ def measure(modality: str, per_cohort: int) -> dict:
 def with_descriptor(name: str, descriptor: str, per_cohort: int) -> dict:
     """The stored domain of ``<name>.pt`` with ``descriptor`` measured on the recipe's studies and
     added (or replaced); every other entry as stored."""
+    from perfnet.inference.domain import noted
     from perfnet.inference.weights import weights_config
 
     stored = dict(weights_config(ROOT / "src" / "perfnet" / "weights" / f"{name}.pt")["domain"])
@@ -108,7 +109,7 @@ def with_descriptor(name: str, descriptor: str, per_cohort: int) -> dict:
         raise SystemExit(f"weights_domain: no study described {descriptor}")
     stored[descriptor] = measured[descriptor]
     note = f"{descriptor} from tools/weights_domain.py --only (the first {per_cohort} studies of each cohort)"
-    stored["source"] = f"{stored['source']}; {note}" if stored.get("source") else note
+    stored["source"] = noted(stored, note)
     return stored
 
 

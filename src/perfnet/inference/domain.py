@@ -141,6 +141,11 @@ def union(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] 
     return out
 
 
+def noted(domain: dict[str, Any], note: str) -> str:
+    """``domain``'s source with ``note`` appended (the note alone where it has none)."""
+    return f"{domain['source']}; {note}" if domain.get("source") else note
+
+
 def thinned(domain: dict[str, Any] | None, thin: Iterable[int], grid_s: float) -> dict[str, Any] | None:
     """``domain`` widened by frame thinning: the longest interval at least ``max(thin)`` ×
     ``grid_s`` (the model's input grid), and the source says so. Unchanged without thinning."""
@@ -153,7 +158,7 @@ def thinned(domain: dict[str, Any] | None, thin: Iterable[int], grid_s: float) -
         return domain
     out = dict(domain, max_frame_interval_s=[lo, reach])
     note = f"frame intervals to {reach:g} s by thinning (every {k}th frame of the {float(grid_s):g} s grid)"
-    out["source"] = f"{domain['source']}; {note}" if domain.get("source") else note
+    out["source"] = noted(domain, note)
     return out
 
 
@@ -167,7 +172,7 @@ def truncated(domain: dict[str, Any] | None, cut_after_s: float | None) -> dict[
         return domain
     out = dict(domain, after_arrival_s=[round(float(cut_after_s), 3), hi])
     note = f"acquisitions cut from {float(cut_after_s):g} s after the arrival (--truncate)"
-    out["source"] = f"{domain['source']}; {note}" if domain.get("source") else note
+    out["source"] = noted(domain, note)
     return out
 
 
