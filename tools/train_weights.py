@@ -601,6 +601,24 @@ SETTINGS["mr-apart-scratch"] = _apart(
     SETTINGS["mr"], "mr", [(30, 20000, 24100), (45, 21000, 24200)], "--slices", "10"
 )
 
+# candidate, not bundled (written to --work): the bundled `mr` recipe from scratch (same stages and
+# epochs) on cohorts of which half are the bundled cohorts' own first studies (30 of 20000+, 45 of
+# 21000+) and half new static studies whose arterial first pass is drawn from the wide family
+# (--wide-bolus: FWHM 4–16 s, shape 2–16). The from-scratch test after stop 46's fine-tune on broad
+# boluses (`mr-bolus`) moved every other style-B study earlier: is a timing learned once on both
+# kinds of bolus read right on both? Seeds 26100–26129 and 26200–26244: disjoint from the tests
+# (< 10000), the other cohorts (mr-bolus's 26000–26031), calibration (16000+) and benchmarks (70000+).
+SETTINGS["mr-bolus-scratch"] = {
+    "bundle": False,
+    "cohorts": [
+        [_cohort("mr", n, a, "--slices", "10"), _cohort("mr", n, b, "--slices", "10", "--wide-bolus")]
+        for n, a, b in [(30, 20000, 26100), (45, 21000, 26200)]
+    ],
+    # the bundled stages with their guards raised (150 min each): the fixed epochs are trained
+    # whatever else shares the machine
+    "stages": [{**stage, "minutes": 150} for stage in SETTINGS["mr"]["stages"]],
+}
+
 
 # candidate, not bundled (written to --work), NOT yet trained: the bundled `ct` recipe from scratch
 # with the regional-delay augmentation both ways in every stage (--regional-delay=-10,10: half
