@@ -608,6 +608,14 @@ SETTINGS["mr-apart-scratch"] = _apart(
 # boluses (`mr-bolus`) moved every other style-B study earlier: is a timing learned once on both
 # kinds of bolus read right on both? Seeds 26100–26129 and 26200–26244: disjoint from the tests
 # (< 10000), the other cohorts (mr-bolus's 26000–26031), calibration (16000+) and benchmarks (70000+).
+# NOT better, not bundled (stop 47; 27 + 16 epochs, ~75 min of training on the shared 2-core
+# machine): swapped in for mr.pt (its domain and core rule kept, so the routing is the bundled one)
+# on the 12 + 12 generalisation studies, style A Tmax MAEC 0.67 -> 0.79 s, hypoperfused Dice 0.90
+# -> 0.89; style B 1.13 -> 0.88 s but hypo 0.84 -> 0.66 and core 0.41 -> 0.24. The same trade as
+# the `mr-bolus` fine-tune: the slow studies are fixed (71100 1.87 -> 0.40 s, 71102 1.19 -> 0.31,
+# 71110 2.59 -> 0.58) and 71107 and 71111 read early enough to lose their lesion (hypo 0.77 -> 0.00,
+# 0.90 -> 0.07). So it is not forgetting: a network that has seen broad first passes reads style
+# B's broad tissue curves as partly a broad bolus. README "A slow bolus".
 SETTINGS["mr-bolus-scratch"] = {
     "bundle": False,
     "cohorts": [
