@@ -94,3 +94,12 @@ def test_report_names_the_network_and_why_routing_chose_it() -> None:
     ensemble = _network_line({"weights": ["/a/fold-0.pt", "/a/fold-1.pt"]})
     assert ensemble == "<p>Networks: <code>fold-0.pt</code>, <code>fold-1.pt</code>.</p>"
     assert _network_line({"method": "osvd"}) == ""
+    # a slow bolus read on a compressed time axis (perfnet.inference.timescale) says so
+    slow = {
+        "weights": "/w/mr.pt",
+        "time_scale": {"factor": 1.2355, "bolus_rise_s": 22.86, "trained_rise_s": 14.823},
+    }
+    assert _network_line(slow) == (
+        "<p>Network: <code>mr.pt</code>; read on a time axis compressed ×1.24 (the bolus rises in 22.9 s,"
+        " the network trained on ≤ 14.8 s) and its maps mapped back.</p>"
+    )

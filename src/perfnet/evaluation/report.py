@@ -228,6 +228,13 @@ def _network_line(provenance: dict[str, Any]) -> str:
             f", chosen instead of <code>{html.escape(str(routed.get('instead_of')))}</code> because the"
             f" study lies outside that network's training domain ({html.escape(str(routed.get('because')))})"
         )
+    scaled = provenance.get("time_scale")
+    if scaled:  # perfnet.inference.timescale: a bolus slower than the network trained on
+        text += (
+            f"; read on a time axis compressed ×{float(scaled['factor']):.2f} (the bolus rises in"
+            f" {float(scaled['bolus_rise_s']):.1f} s, the network trained on ≤"
+            f" {float(scaled['trained_rise_s']):.1f} s) and its maps mapped back"
+        )
     return f"<p>{text}.</p>"
 
 

@@ -19,7 +19,7 @@ import torch
 from perfnet import __version__
 from perfnet.constants import CORE_PROBABILITY, MAP_LIMITS
 from perfnet.errors import PerfnetInputError
-from perfnet.inference import domain, enhancement
+from perfnet.inference import domain, enhancement, timescale
 from perfnet.inference.consistency import SHIFT_S, consistency_flags, shift_consistency
 from perfnet.inference.inputs import (
     ModelInput,
@@ -173,12 +173,16 @@ def _member_maps(
     batch_slices: int,
     dev: torch.device,
     progress: Progress | None,
+    factor: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], ModelInput, tuple[int, int]]:
-    """One network's maps and Laplace scales (map units; before masking) and its model input."""
+    """One network's maps and Laplace scales (map units; before masking) and its model input;
+    ``factor`` > 1: read on the time axis compressed by it and mapped back
+    (:mod:`perfnet.inference.timescale`; the model input is the compressed one's)."""
     series = prepared.series
     if progress:
         progress("model input", 0.0)
-    inp: ModelInput = input_of(prepared, config)
+    read = timescale.compressed(prepared, factor) if factor != 1.0 else prepared
+    inp: ModelInput = input_of(read, config)
     if progress:
         progress("model input", 1.0)
     nx, ny, nz = series.spatial_shape
@@ -191,15 +195,18 @@ def _member_maps(
     log_offsets = config.get("log_offsets", {})
     for i, name in enumerate(config["maps"]):
         v = _physical(values[i], name, config)
-        if name == "ttp":  # the network's TTP is relative to the grid start
-            v = v + inp.offset_s + prepared.offset_s
-        lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
-        maps[name] = np.clip(v, lo, hi)
         if uncert is not None:
             b = uncert[i] * np.float32(config["target_sd"][name])
             if name in log_offsets:  # a Laplace scale in log units → map units (delta method)
                 b = b * (v + float(log_offsets[name]))
-            scales[name] = b
+            scales[name] = timescale.restored(b, name, factor)
+        if name == "ttp":  # the network's TTP is relative to the grid start
+            v = v + inp.offset_s
+        v = timescale.restored(v, name, factor)
+        if name == "ttp":
+            v = v + prepared.offset_s
+        lo, hi = MAP_LIMITS.get(name, (-np.inf, np.inf))
+        maps[name] = np.clip(v, lo, hi)
     return maps, scales, inp, size
 
 
@@ -355,6 +362,7 @@ def predict(
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
     consistency: bool = True,
+    time_scaling: bool = True,
 ) -> PerfusionMaps:
     """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
 
@@ -368,6 +376,9 @@ def predict(
     ``consistency``: the shift-consistency self-check (:mod:`perfnet.inference.consistency`; two
     more passes without flips, with the time grid started 3 s earlier and later) and its
     ``cnn_inconsistent`` flag.
+    ``time_scaling``: a study whose bolus rises slower than the networks trained on (beyond their
+    domain's margin) is read on a time axis compressed into it and its maps mapped back
+    (:mod:`perfnet.inference.timescale`; provenance ``time_scale``); False: read as acquired.
     ``weights``: one file, or several (an ensemble, e.g. the k fold models of one ``perfnet train``
     run, nnU-Net style): every map is the members' mean, its uncertainty the Laplace scale of their
     mixture (the members' scales and their spread), the shift check runs on the mean, and the
@@ -388,17 +399,26 @@ def predict(
     maps = config["maps"]
     nx, ny, nz = series.spatial_shape
     check = consistency and config.get("align_lead_s") is not None and "tmax" in maps
+    described = domain.describe(prepared)
+    # a bolus slower than the networks trained on: read on a compressed time axis (timescale)
+    scaled = (
+        timescale.time_scale(described, [cfg.get("domain") for _, _, cfg in members])
+        if time_scaling
+        else None
+    )
+    factor = float(scaled["factor"]) if scaled else 1.0
     mixture = _Mixture()
     shifted: dict[float, np.ndarray] = {}
     inp: ModelInput | None = None
     for i, (_, model, cfg) in enumerate(members):  # one member's model input alive at a time
         member_maps, member_scales, member_inp, size = _member_maps(
-            model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None
+            model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None, factor
         )  # progress of the first member (the others take as long)
         mixture.add(member_maps, member_scales)
         if check:  # the shift check runs on the members' mean shifted Tmax
             for k, v in _shifted_tmax(model, cfg, member_inp, (nx, ny, nz), size, dev, batch_slices).items():
-                shifted[k] = shifted[k] + v.astype(np.float64) if k in shifted else v.astype(np.float64)
+                v = timescale.restored(v, "tmax", factor).astype(np.float64)
+                shifted[k] = shifted[k] + v if k in shifted else v
         if inp is None:
             inp = member_inp  # the first member's input: brain mask and grid
         del member_inp, member_maps, member_scales
@@ -417,7 +437,6 @@ def predict(
 
         averaged = {k: v / len(members) for k, v in shifted.items()}
         checked = shift_consistency(out["tmax"], averaged, inp.brain, voxel_volume_ml(series.affine))
-    described = domain.describe(prepared)
     flags = list(prepared.qc_flags)
     for _, _, cfg in members:  # outside any member's training domain: flagged once
         flags += [f for f in domain.domain_flags(described, cfg.get("domain")) if f not in flags]
@@ -460,7 +479,13 @@ def predict(
         # barely enhancing tissue the network reads as normal (perfnet.inference.enhancement)
         "unenhanced_normal": unenhanced,
         # the core threshold's calibration for this model's CBF (perfnet.lesions applies it)
-        **({"core_calibration": config["core_calibration"]} if config.get("core_calibration") else {}),
+        **(
+            {"core_calibration": timescale.calibration(config["core_calibration"], factor)}
+            if config.get("core_calibration")
+            else {}
+        ),
+        # the time axis the network read the study on, where compressed (timescale)
+        **({"time_scale": scaled} if scaled else {}),
         # the core from the network's core head (perfnet.lesions reads core_probability.nii.gz)
         **({"core_head": config["core_head"]} if config.get("core_head") else {}),
         "device": str(dev),

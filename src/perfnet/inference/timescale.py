@@ -1,0 +1,122 @@
+"""A bolus slower than a network trained on, read on a compressed time axis.
+
+The indicator-dilution model the maps are defined by is equivariant to a change of time scale.
+With the tissue curve C(t) = CBF · (AIF ⊗ R)(t) and every time read as t' = t / s,
+
+    C(s t') = s · CBF · (AIF_s ⊗ R_s)(t'),   AIF_s(t') = AIF(s t'),  R_s(t') = R(s t'),
+
+so the same frames given to a network with their times divided by s are a study whose bolus is s
+times narrower, whose Tmax, MTT and TTP are s times shorter, whose CBF is s times higher and whose
+CBV is the same. A network reads a bolus slower than any it trained on late (README "A slow
+bolus": the bundled MR network's healthy Tmax +1.7 s on a first pass rising 23 s where its
+training rose at most 15 s; the CT U-Net +5 s on a 23 s rise); compressed into the rises it
+trained on, the same study is inside its training domain on that count, and its maps are the
+network's reading of the compressed study mapped back (:func:`restored`).
+
+When (:func:`time_scale`): only for a study the bolus-rise check flags, i.e. whose rise exceeds the
+network's training envelope by more than the margin of
+:data:`perfnet.inference.domain.MARGINS` (a study inside the margin is read as acquired: on the
+CT style-B studies whose rise lies between the envelope and its margin, compressing them to the
+envelope changed Tmax MAEC by −0.07 to +0.10 s, nothing to gain). How much: the least that brings
+the rise inside, s = rise / the flag's limit (:data:`READ_AT`), held so that the compressed
+acquisition still runs at least as long after the bolus arrival as the shortest one the network
+trained on. The compression has a cost: whatever the network reads wrong on the compressed axis
+comes back s times larger (measured: compressing further, to the envelope itself, turned a few
+healthy voxels of a moving CT study into 7 s of Tmax). The study stays flagged
+``outside_training_domain`` for its rise (the maps are an extrapolation by the model's symmetry,
+not a study like its training ones); provenance.json's ``time_scale`` says by how much it was
+compressed, and its ``time_grid`` is the compressed axis the network read.
+
+Measured at stop 48 (README "A slow bolus", ``benchmarks/generalisation.py``): on the style-B
+studies the bolus-rise check flags, Tmax MAEC 1.47 → 1.14 s (MR, 7 studies) and 1.06 → 0.61 s
+(CT, 4), hypoperfused and core Dice kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from perfnet.inference import domain
+
+if TYPE_CHECKING:
+    from perfnet.preprocess.shared import Preprocessed
+
+#: how each map's value scales with the time axis (value in real time = value read × s ** power)
+POWERS: dict[str, int] = {"tmax": 1, "mtt": 1, "ttp": 1, "cbf": -1, "cbv": 0}
+#: where the compressed rise lands: "limit", just inside the flag's limit (the envelope × its margin;
+#: the least compression that brings the study inside), or "envelope", the slowest rise trained on
+#: (measured at stop 48, README "A slow bolus": "envelope" read MR style B's flagged studies'
+#: Tmax better and lost CT's moving 71004 (hypoperfused Dice 0.84 → 0.64), the network's Tmax
+#: noise being multiplied by s; "limit" kept every study's Dice)
+READ_AT = "limit"
+
+
+def time_scale(described: dict[str, float], domains: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The compression of a study's time axis for networks with training ``domains`` (one per
+    ensemble member), or None where it is read as acquired: its ``factor`` s (> 1), the study's
+    rise and the rise it is read at. None where the study's bolus rise lies inside any member's
+    limit, or a member records no rise."""
+    rise = described.get("bolus_rise_s")
+    if rise is None or not domains or any(not d or "bolus_rise_s" not in d for d in domains):
+        return None
+    known = [d for d in domains if d]
+    limits = [domain.limit("bolus_rise_s", d) for d in known]
+    if not all(lim is not None and rise > lim for lim in limits):
+        return None
+    slowest = min(float(domain.envelope_bound("bolus_rise_s", d) or 0.0) for d in known)
+    target = min(limits) if READ_AT == "limit" else slowest
+    if not target or target <= 0:
+        return None
+    factor = rise / target
+    after = described.get("after_arrival_s")
+    shortest = [domain.envelope_bound("after_arrival_s", d) for d in known if "after_arrival_s" in d]
+    held_by = None
+    if after is not None and shortest:
+        most = float(after) / max(float(v) for v in shortest if v is not None)
+        if most < factor:
+            factor, held_by = most, "acquisition after the arrival"
+    if factor <= 1.0:
+        return None
+    record = {
+        "factor": round(factor, 4),
+        "bolus_rise_s": round(float(rise), 3),
+        "read_at_rise_s": round(float(rise) / factor, 3),
+        "trained_rise_s": round(slowest, 3),
+    }
+    return record | ({"held_by": held_by} if held_by else {})
+
+
+def compressed(prepared: Preprocessed, factor: float) -> Preprocessed:
+    """``prepared`` with its analysed series' frame times and its bolus timing divided by
+    ``factor`` (the frames and everything else shared; what the network reads)."""
+    series = prepared.series
+    bolus = prepared.bolus
+    return replace(
+        prepared,
+        corrected=replace(series, times=np.asarray(series.times, dtype=np.float64) / factor),
+        bolus=replace(bolus, arrival_s=bolus.arrival_s / factor, peak_s=bolus.peak_s / factor),
+    )
+
+
+def restored(values: np.ndarray, name: str, factor: float) -> np.ndarray:
+    """A map (or its Laplace scale) read on the compressed axis → the study's own time scale
+    (maps without a known power returned as they are). TTP's offsets are added by the caller."""
+    power = POWERS.get(name, 0)
+    if factor == 1.0 or power == 0:
+        return values
+    return (values * np.float32(factor**power)).astype(values.dtype, copy=False)
+
+
+def calibration(record: dict[str, Any] | None, factor: float) -> dict[str, Any] | None:
+    """A weights' ``core_calibration`` for maps restored from the compressed axis: its CBF offset
+    and reference range were in the network's CBF units, which the restored CBF divides by s."""
+    if not record or factor == 1.0 or not record.get("offset"):
+        return record
+    out = dict(record)
+    out["offset"] = float(record["offset"]) / factor
+    if record.get("references") is not None:
+        out["references"] = [float(v) / factor for v in record["references"]]
+    return out
