@@ -278,6 +278,10 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
         "--device",
     ),
     "--device bogus": (lambda d, s: [s, "--device", "bogus"], "unknown device"),
+    "--no-time-scaling osvd": (
+        lambda d, s: [s, "--method", "osvd", "--no-time-scaling"],
+        "only with --method cnn",
+    ),
     "corrupt weights": (
         lambda d, s: [s, "--method", "cnn", "--weights", _write(d / "w.pt", b"PK\x03\x04" + bytes(64))],
         "w.pt",

@@ -203,6 +203,7 @@ def analyze(
     on_loaded: Callable[[PerfusionSeries], None] | None = None,
     record_input_path: bool = False,
     cross_check: str | None = None,
+    time_scaling: bool = True,
 ) -> StudyResult:
     """Analyse one study (a NIfTI file, a DICOM folder or a :class:`PerfusionSeries`) with a
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
@@ -215,13 +216,19 @@ def analyze(
     often named after the patient).
     ``cross_check`` (CNN methods): a conventional method run on the same preprocessed series whose
     core the CNN's is compared with (:mod:`perfnet.inference.crosscheck`: flag ``cnn_core_disagrees``,
-    provenance ``cross_check``)."""
+    provenance ``cross_check``).
+    ``time_scaling`` (CNN methods): a bolus slower than the network trained on read on a compressed
+    time axis (:mod:`perfnet.inference.timescale`); False: as acquired."""
     from perfnet.registry import DEFAULT_METHOD, method_names, method_spec
 
     started = time.perf_counter()
     spec = method_spec(method or DEFAULT_METHOD)
     if weights is not None and not spec.takes_weights:
         raise PerfnetInputError("--weights", f"method {spec.name} takes no weights")
+    if not time_scaling and spec.kind != "cnn":
+        raise PerfnetInputError(
+            "--no-time-scaling", f"sets how a CNN reads a slow bolus; method {spec.name} is not a CNN"
+        )
     if cross_check is not None:
         if spec.kind != "cnn":
             raise PerfnetInputError("--cross-check", f"checks a CNN's core; method {spec.name} is not a CNN")
@@ -281,7 +288,8 @@ def analyze(
             "prepared": prepared,
             **masks,
         }
-        maps, analysed, aif = spec.run(series, weights=weights, progress=progress, **options)
+        own = {"time_scaling": time_scaling} if spec.kind == "cnn" else {}  # the CNN's alone
+        maps, analysed, aif = spec.run(series, weights=weights, progress=progress, **options, **own)
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}

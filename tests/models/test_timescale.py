@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import perfnet
+from perfnet.errors import PerfnetInputError
 from perfnet.inference import domain, timescale
-from perfnet.inference.cnn import predict
 from perfnet.phantom import PhantomConfig, simulate_study
-from perfnet.preprocess.shared import preprocess
 
 TRAINED = {"bolus_rise_s": [6.0, 12.0], "after_arrival_s": [30.0, 100.0], "head_motion_mm": [0.0, 0.5]}
 
@@ -63,11 +63,11 @@ def test_a_slow_bolus_read_compressed_is_read_on_time(modality: str) -> None:
         4242, modality, motion=False, lesion="penumbra", aif_alpha=12.0, aif_fwhm_s=16.0, **acquisition
     )
     study = simulate_study(cfg)
-    prepared = preprocess(study.series)
     truth = study.truth
     healthy = truth.masks["brain"] & ~truth.masks["hypoperfused"]
+    # perfnet.analyze, as `perfnet analyze --method cnn [--no-time-scaling]`
     read = {
-        ts: predict(prepared.series, None, device="cpu", prepared=prepared, time_scaling=ts) for ts in (0, 1)
+        ts: perfnet.analyze(study.series, "cnn", device="cpu", time_scaling=bool(ts)).maps for ts in (0, 1)
     }
     bias = {}
     for ts, maps in read.items():
@@ -79,7 +79,17 @@ def test_a_slow_bolus_read_compressed_is_read_on_time(modality: str) -> None:
     limit = domain.limit("bolus_rise_s", read[1].provenance["training_domain"])
     assert scaled["factor"] == pytest.approx(rise / limit, abs=1e-3) and scaled["factor"] > 1.3
     assert bias[0]["tmax"] > 1.2 and abs(bias[1]["tmax"]) < 0.5
+    # the shift check moved the compressed grid by 3 s: 3 × s of the study's own seconds
+    checked = read[1].provenance["shift_consistency"]
+    assert checked["shift_s"] == pytest.approx(3.0 * scaled["factor"], abs=1e-3)
+    assert sorted(checked["shifts"]) == sorted(f"{k * scaled['factor']:+g}" for k in (-3.0, 3.0))
     assert abs(bias[1]["ttp"]) < abs(bias[0]["ttp"])
     for maps in read.values():
         codes = [f["code"] for f in maps.provenance["qc_flags"]]
         assert "outside_training_domain" in codes and maps.provenance["verdict"] == "unreliable"
+
+
+def test_no_time_scaling_is_a_cnn_option() -> None:
+    series = simulate_study(PhantomConfig.draw(5, "CT", matrix=32, slices=2, frames=30)).series
+    with pytest.raises(PerfnetInputError, match="--no-time-scaling"):
+        perfnet.analyze(series, "osvd", time_scaling=False)

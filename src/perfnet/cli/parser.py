@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         " (cnn_core_disagrees), or a CNN core it does not support (cnn_core_unsupported;"
         " provenance cross_check)",
     )
+    p.add_argument(
+        "--no-time-scaling",
+        action="store_true",
+        help="--method cnn: read a bolus slower than the network trained on as acquired, not on a"
+        " compressed time axis (flagged outside_training_domain either way; provenance time_scale)",
+    )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
     p.add_argument(
@@ -362,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="--method cnn: each study's CNN core cross-checked against this conventional method"
         " (analyze --cross-check)",
+    )
+    p.add_argument(
+        "--no-time-scaling",
+        action="store_true",
+        help="--method cnn: a slow bolus read as acquired (analyze --no-time-scaling)",
     )
     p.add_argument(
         "--find-adc",

@@ -435,8 +435,11 @@ def predict(
     if check:
         from perfnet.lesions import voxel_volume_ml
 
-        averaged = {k: v / len(members) for k, v in shifted.items()}
-        checked = shift_consistency(out["tmax"], averaged, inp.brain, voxel_volume_ml(series.affine))
+        # keyed by the study's seconds: a compressed axis (timescale) shifted its grid by 3 s × s
+        averaged = {k * factor: v / len(members) for k, v in shifted.items()}
+        checked = shift_consistency(
+            out["tmax"], averaged, inp.brain, voxel_volume_ml(series.affine), SHIFT_S * factor
+        )
     flags = list(prepared.qc_flags)
     for _, _, cfg in members:  # outside any member's training domain: flagged once
         flags += [f for f in domain.domain_flags(described, cfg.get("domain")) if f not in flags]
@@ -513,11 +516,13 @@ def analyze_cnn(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
+    time_scaling: bool = True,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
     """`analyze --method cnn`: the shared preprocessing (:func:`perfnet.preprocess.shared.preprocess`:
     non-steady-state leading frames dropped, rigid motion correction with unalignable frames
     replaced in time, brain mask, bolus timing, input QC — the same as every method's, flags
-    included), then the model. Returns the maps and the series the model saw."""
+    included), then the model (``time_scaling``: :func:`predict`'s). Returns the maps and the
+    series the model saw."""
     from perfnet.preprocess.shared import preprocess
 
     if prepared is None:
@@ -528,7 +533,14 @@ def analyze_cnn(
             brain_mask=brain,
             progress=progress,
         )
-    maps = predict(prepared.series, weights, device=device, progress=progress, prepared=prepared)
+    maps = predict(
+        prepared.series,
+        weights,
+        device=device,
+        progress=progress,
+        prepared=prepared,
+        time_scaling=time_scaling,
+    )
     return maps, prepared.series
 
 
@@ -542,6 +554,7 @@ def run_method(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
+    time_scaling: bool = True,
     **_: Any,
 ) -> tuple[PerfusionMaps, PerfusionSeries, None]:
     """The ``cnn`` method of :mod:`perfnet.registry`: maps, the series the model saw, no AIF."""
@@ -554,6 +567,7 @@ def run_method(
         progress=progress,
         skip_frames=skip_frames,
         prepared=prepared,
+        time_scaling=time_scaling,
     )
     return maps, seen, None
 

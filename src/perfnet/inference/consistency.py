@@ -36,11 +36,17 @@ MIN_CHANGE_ML = 5.0
 
 
 def shift_consistency(
-    tmax: np.ndarray, shifted: dict[float, np.ndarray], brain: np.ndarray, voxel_ml: float
+    tmax: np.ndarray,
+    shifted: dict[float, np.ndarray],
+    brain: np.ndarray,
+    voxel_ml: float,
+    shift_s: float = SHIFT_S,
 ) -> dict[str, Any]:
     """For each shifted prediction (keyed by how many seconds later its grid starts than the main
-    one's: −3, +3): the Dice between its Tmax > 6 s region and the main prediction's (inside
-    ``brain``), their symmetric difference and its region's volume in mL; plus the main region's."""
+    one's: −3, +3; on a compressed time axis, :mod:`perfnet.inference.timescale`, that many
+    seconds of the study, ``shift_s``): the Dice between its Tmax > 6 s region and the main
+    prediction's (inside ``brain``), their symmetric difference and its region's volume in mL;
+    plus the main region's."""
     from perfnet.evaluation.metrics import dice  # lazily: the evaluation package loads scipy.stats
 
     main = (tmax > TMAX_THRESHOLD_S) & brain
@@ -53,7 +59,7 @@ def shift_consistency(
             "region_ml": round(float(region.sum()) * voxel_ml, 2),
         }
     return {
-        "shift_s": SHIFT_S,
+        "shift_s": round(float(shift_s), 3),
         "tmax_threshold_s": TMAX_THRESHOLD_S,
         "region_ml": round(float(main.sum()) * voxel_ml, 2),
         "shifts": rows,
