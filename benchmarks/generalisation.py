@@ -192,6 +192,8 @@ def run_study(
                 "true_hypoperfused_ml": float(truth.parameters["volumes_ml"]["hypoperfused"]),
                 "false_core_ml": found_core if true_core == 0 else None,
                 "seconds": round(result["seconds"] + motion_seconds, 2),
+                # a slow bolus the CNN read on a compressed time axis (perfnet.inference.timescale)
+                "time_scale": (result["maps"].provenance.get("time_scale") or {}).get("factor"),
                 # the study's flags: the method's and the lesion checks', as perfnet analyze merges them
                 "flags": [
                     f["code"]
@@ -206,7 +208,9 @@ def run_study(
             f" MAEC {r['tmax_maec']:5.2f} s  bias {r['tmax_bias_s']:+5.2f} s"
             f"  hypo {_fmt(r['hypoperfused_dice'])}  core {_fmt(r['core_dice'])}"
             f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
-            f"  ({r['seconds']:.0f} s)" + (f"  [{','.join(r['flags'])}]" if r["flags"] else ""),
+            f"  ({r['seconds']:.0f} s)"
+            + (f"  time ×{r['time_scale']:.2f}" if r["time_scale"] else "")
+            + (f"  [{','.join(r['flags'])}]" if r["flags"] else ""),
             flush=True,
         )
     return rows

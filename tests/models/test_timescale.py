@@ -26,6 +26,9 @@ def test_only_a_rise_beyond_the_limit_is_compressed_and_only_into_the_envelope()
     assert held["factor"] == 1.5 and held["read_at_rise_s"] == 16.0
     assert held["held_by"] == "acquisition after the arrival"
     assert timescale.time_scale({"bolus_rise_s": 24.0, "after_arrival_s": 25.0}, [TRAINED]) is None
+    # never more than 2× (a rise read wrong must not stretch a study further than measured)
+    held = timescale.time_scale({"bolus_rise_s": 60.0, "after_arrival_s": 90.0}, [TRAINED])
+    assert held["factor"] == 2.0 and held["read_at_rise_s"] == 30.0 and held["held_by"] == "at most ×2"
     # an ensemble: compressed only when outside every member, inside the narrowest member's limit
     other = TRAINED | {"bolus_rise_s": [6.0, 16.0]}
     assert timescale.time_scale({"bolus_rise_s": 19.0}, [TRAINED, other]) is None

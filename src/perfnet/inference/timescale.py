@@ -52,6 +52,9 @@ POWERS: dict[str, int] = {"tmax": 1, "mtt": 1, "ttp": 1, "cbf": -1, "cbv": 0}
 #: Tmax better and lost CT's moving 71004 (hypoperfused Dice 0.84 → 0.64), the network's Tmax
 #: noise being multiplied by s; "limit" kept every study's Dice)
 READ_AT = "limit"
+#: the most a study is compressed: 2× (the flagged studies measured at stop 48 needed 1.02–1.61×);
+#: a rise read wrong (a noisy brain curve's late peak) must not stretch a study further than that
+MAX_FACTOR = 2.0
 
 
 def time_scale(described: dict[str, float], domains: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -78,6 +81,8 @@ def time_scale(described: dict[str, float], domains: list[dict[str, Any] | None]
         most = float(after) / max(float(v) for v in shortest if v is not None)
         if most < factor:
             factor, held_by = most, "acquisition after the arrival"
+    if factor > MAX_FACTOR:
+        factor, held_by = MAX_FACTOR, f"at most ×{MAX_FACTOR:g}"
     if factor <= 1.0:
         return None
     record = {
