@@ -52,7 +52,7 @@ POWERS: dict[str, int] = {"tmax": 1, "mtt": 1, "ttp": 1, "cbf": -1, "cbv": 0}
 #: Tmax better and lost CT's moving 71004 (hypoperfused Dice 0.84 → 0.64), the network's Tmax
 #: noise being multiplied by s; "limit" kept every study's Dice)
 READ_AT = "limit"
-#: the most a study is compressed: 2× (the flagged studies measured at stop 48 needed 1.02–1.61×);
+#: the most a study is compressed: 2× (the flagged studies measured at stop 48 needed 1.01–1.61×);
 #: a rise read wrong (a noisy brain curve's late peak) must not stretch a study further than that
 MAX_FACTOR = 2.0
 
