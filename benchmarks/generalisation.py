@@ -107,14 +107,20 @@ def preprocessed(series: Any) -> Any:
 
 
 def analyse(
-    method: str, prepared: Any, weights: str | list[str] | None, out: Path, truth: Any = None
+    method: str,
+    prepared: Any,
+    weights: str | list[str] | None,
+    out: Path,
+    truth: Any = None,
+    time_scaling: bool = False,
 ) -> dict[str, Any]:
     """``perfnet analyze`` (cmd_analyze's path, no report) from the shared preprocessing
     ``prepared`` (each method gets its own shallow copy: the conventional pipeline releases the
     frames it has copied): maps (TTP from the first acquired frame), lesions, the outputs written
     to ``out``; the input QC flags and the voxels kept out of the arterial search are the shared
     step's, as in ``perfnet analyze``. Method ``truth``: the phantom's true maps and brain
-    (``truth``) through the same lesion rule, what the rule gives on perfect maps."""
+    (``truth``) through the same lesion rule, what the rule gives on perfect maps. ``time_scaling``:
+    the CNN's opt-in reading of a slow bolus (``analyze --time-scaling``)."""
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.inference import analyze_cnn
     from perfnet.io.outputs import write_output_set
@@ -128,7 +134,9 @@ def analyse(
         true_maps = {k: v for k, v in truth.maps.items() if k in ("cbf", "cbv", "mtt", "ttp", "tmax")}
         maps = PerfusionMaps(true_maps, series.affine, truth.masks["brain"], "truth", {"method": "truth"})
     elif method in ("cnn", "candidate"):
-        maps, _ = analyze_cnn(series, weights, device="cpu", prepared=replace(prepared))
+        maps, _ = analyze_cnn(
+            series, weights, device="cpu", prepared=replace(prepared), time_scaling=time_scaling
+        )
     else:
         options = AnalysisOptions(method=method, device="cpu")
         result = analyze(series, options, prepared=replace(prepared))
@@ -163,7 +171,14 @@ def run_study(
     for method in args.methods:
         out = work / f"{style}-{modality}-{index}" / method
         weights = {"cnn": args.weights_by_modality, "candidate": args.candidate_by_modality}
-        result = analyse(method, prepared, weights.get(method, {}).get(modality), out, truth)
+        result = analyse(
+            method,
+            prepared,
+            weights.get(method, {}).get(modality),
+            out,
+            truth,
+            getattr(args, "time_scaling", False),
+        )
         metrics = evaluate_study(out, truth_dir / "truth")
         found_core = float(result["lesions"]["volumes_ml"]["core"])
         rows.append(
@@ -325,6 +340,11 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         help="second CNN's weights, method 'candidate' (per modality)",
+    )
+    parser.add_argument(
+        "--time-scaling",
+        action="store_true",
+        help="the CNN reads a slow bolus on a compressed time axis (analyze --time-scaling; opt-in)",
     )
     parser.add_argument("--size", type=int, default=128, help="in-plane matrix")
     parser.add_argument("--slices", type=int, default=8)

@@ -278,8 +278,8 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
         "--device",
     ),
     "--device bogus": (lambda d, s: [s, "--device", "bogus"], "unknown device"),
-    "--no-time-scaling osvd": (
-        lambda d, s: [s, "--method", "osvd", "--no-time-scaling"],
+    "--time-scaling osvd": (
+        lambda d, s: [s, "--method", "osvd", "--time-scaling"],
         "only with --method cnn",
     ),
     "corrupt weights": (

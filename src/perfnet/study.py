@@ -203,7 +203,7 @@ def analyze(
     on_loaded: Callable[[PerfusionSeries], None] | None = None,
     record_input_path: bool = False,
     cross_check: str | None = None,
-    time_scaling: bool = True,
+    time_scaling: bool = False,
 ) -> StudyResult:
     """Analyse one study (a NIfTI file, a DICOM folder or a :class:`PerfusionSeries`) with a
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
@@ -217,17 +217,17 @@ def analyze(
     ``cross_check`` (CNN methods): a conventional method run on the same preprocessed series whose
     core the CNN's is compared with (:mod:`perfnet.inference.crosscheck`: flag ``cnn_core_disagrees``,
     provenance ``cross_check``).
-    ``time_scaling`` (CNN methods): a bolus slower than the network trained on read on a compressed
-    time axis (:mod:`perfnet.inference.timescale`); False: as acquired."""
+    ``time_scaling`` (CNN methods, opt-in): a bolus slower than the network trained on read on a
+    compressed time axis (:mod:`perfnet.inference.timescale`; measured, not a default)."""
     from perfnet.registry import DEFAULT_METHOD, method_names, method_spec
 
     started = time.perf_counter()
     spec = method_spec(method or DEFAULT_METHOD)
     if weights is not None and not spec.takes_weights:
         raise PerfnetInputError("--weights", f"method {spec.name} takes no weights")
-    if not time_scaling and spec.kind != "cnn":
+    if time_scaling and spec.kind != "cnn":
         raise PerfnetInputError(
-            "--no-time-scaling", f"sets how a CNN reads a slow bolus; method {spec.name} is not a CNN"
+            "--time-scaling", f"sets how a CNN reads a slow bolus; method {spec.name} is not a CNN"
         )
     if cross_check is not None:
         if spec.kind != "cnn":

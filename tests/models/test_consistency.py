@@ -118,11 +118,9 @@ def test_bundled_mr_reads_a_study_it_failed_once_its_dropout_is_evaluated_as_tra
     prepared = prepare_series(study.series)
     brain = study.truth.masks["brain"]
     truth = study.truth.maps["tmax"][brain] > 6
-    # read as acquired, as measured (its slow bolus is read on a compressed axis since stop 48)
-    as_acquired = {"device": "cpu", "prepared": prepared, "consistency": False, "time_scaling": False}
-    maps = predict(prepared.series, **as_acquired)
+    maps = predict(prepared.series, device="cpu", prepared=prepared, consistency=False)
     assert dice(maps["tmax"][brain] > 6, truth) > 0.8
     old = torch.nn.AlphaDropout.forward  # the identity in eval mode
     monkeypatch.setattr(ExpectedAlphaDropout, "forward", old)
-    before = predict(prepared.series, **as_acquired)
+    before = predict(prepared.series, device="cpu", prepared=prepared, consistency=False)
     assert dice(before["tmax"][brain] > 6, truth) < 0.4

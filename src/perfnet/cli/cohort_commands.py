@@ -132,12 +132,12 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         if args.method != "cnn":
             raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
         options += ["--cross-check", args.cross_check]
-    if args.no_time_scaling:
+    if args.time_scaling:
         if args.method != "cnn":
             raise PerfnetInputError(
-                "--no-time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn"
+                "--time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn"
             )
-        options += ["--no-time-scaling"]
+        options += ["--time-scaling"]
     progress = _cohort_progress()
     summary = run_cohort(
         args.root,

@@ -78,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         " provenance cross_check)",
     )
     p.add_argument(
-        "--no-time-scaling",
+        "--time-scaling",
         action="store_true",
-        help="--method cnn: read a bolus slower than the network trained on as acquired, not on a"
-        " compressed time axis (flagged outside_training_domain either way; provenance time_scale)",
+        help="--method cnn, experimental: read a bolus slower than the network trained on on a"
+        " compressed time axis and map its maps back (flagged outside_training_domain either way;"
+        " provenance time_scale; README 'A slow bolus': not a default, it does not generalise yet)",
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
@@ -370,9 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         " (analyze --cross-check)",
     )
     p.add_argument(
-        "--no-time-scaling",
+        "--time-scaling",
         action="store_true",
-        help="--method cnn: a slow bolus read as acquired (analyze --no-time-scaling)",
+        help="--method cnn, experimental: a slow bolus read on a compressed axis (analyze --time-scaling)",
     )
     p.add_argument(
         "--find-adc",

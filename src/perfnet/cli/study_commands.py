@@ -76,10 +76,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             load_weights(weights)
     if args.cross_check is not None and args.method != "cnn":
         raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
-    if args.no_time_scaling and args.method != "cnn":
-        raise PerfnetInputError(
-            "--no-time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn"
-        )
+    if args.time_scaling and args.method != "cnn":
+        raise PerfnetInputError("--time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn")
     destination, keep, layout = bids.destination(
         args.input, args.out, args.method, args.bids, args.subject, args.session
     )
@@ -117,7 +115,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             ),
             skip_frames=args.skip_frames,
             cross_check=args.cross_check,
-            time_scaling=not args.no_time_scaling,
+            time_scaling=args.time_scaling,
         )
         result.run_id = result.provenance["run_id"] = output.run_id
         written = result.write(output.staging, formats, layout=layout, anonymize=args.anonymize)

@@ -362,7 +362,7 @@ def predict(
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
     consistency: bool = True,
-    time_scaling: bool = True,
+    time_scaling: bool = False,
 ) -> PerfusionMaps:
     """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
 
@@ -376,9 +376,10 @@ def predict(
     ``consistency``: the shift-consistency self-check (:mod:`perfnet.inference.consistency`; two
     more passes without flips, with the time grid started 3 s earlier and later) and its
     ``cnn_inconsistent`` flag.
-    ``time_scaling``: a study whose bolus rises slower than the networks trained on (beyond their
-    domain's margin) is read on a time axis compressed into it and its maps mapped back
-    (:mod:`perfnet.inference.timescale`; provenance ``time_scale``); False: read as acquired.
+    ``time_scaling`` (opt-in): a study whose bolus rises slower than the networks trained on
+    (beyond their domain's margin) is read on a time axis compressed into it and its maps mapped
+    back (:mod:`perfnet.inference.timescale`, provenance ``time_scale``; measured at stop 48 and
+    not a default: it helped the benchmark's flagged studies and not fresh ones).
     ``weights``: one file, or several (an ensemble, e.g. the k fold models of one ``perfnet train``
     run, nnU-Net style): every map is the members' mean, its uncertainty the Laplace scale of their
     mixture (the members' scales and their spread), the shift check runs on the mean, and the
@@ -516,7 +517,7 @@ def analyze_cnn(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
-    time_scaling: bool = True,
+    time_scaling: bool = False,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
     """`analyze --method cnn`: the shared preprocessing (:func:`perfnet.preprocess.shared.preprocess`:
     non-steady-state leading frames dropped, rigid motion correction with unalignable frames
@@ -554,7 +555,7 @@ def run_method(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
-    time_scaling: bool = True,
+    time_scaling: bool = False,
     **_: Any,
 ) -> tuple[PerfusionMaps, PerfusionSeries, None]:
     """The ``cnn`` method of :mod:`perfnet.registry`: maps, the series the model saw, no AIF."""
