@@ -286,10 +286,10 @@ def analyze(
             "device": device,
             "skip_frames": skip_frames,
             "prepared": prepared,
+            "time_scaling": time_scaling,
             **masks,
         }
-        own = {"time_scaling": time_scaling} if spec.kind == "cnn" else {}  # the CNN's alone
-        maps, analysed, aif = spec.run(series, weights=weights, progress=progress, **options, **own)
+        maps, analysed, aif = spec.run(series, weights=weights, progress=progress, **options)
         from perfnet.lesions import segment_map_set
 
         lesions = segment_map_set(maps, analysed, settings, adc=adc_map) | {"preset": lesion_preset}

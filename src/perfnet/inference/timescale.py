@@ -18,14 +18,15 @@ network's training envelope by more than the margin of
 :data:`perfnet.inference.domain.MARGINS` (a study inside the margin is read as acquired: on the
 CT style-B studies whose rise lies between the envelope and its margin, compressing them to the
 envelope changed Tmax MAEC by −0.07 to +0.10 s, nothing to gain). How much: the least that brings
-the rise inside, s = rise / the flag's limit (:data:`READ_AT`), held so that the compressed
-acquisition still runs at least as long after the bolus arrival as the shortest one the network
-trained on. The compression has a cost: whatever the network reads wrong on the compressed axis
-comes back s times larger (measured: compressing further, to the envelope itself, turned a few
-healthy voxels of a moving CT study into 7 s of Tmax). The study stays flagged
-``outside_training_domain`` for its rise (the maps are an extrapolation by the model's symmetry,
-not a study like its training ones); provenance.json's ``time_scale`` says by how much it was
-compressed, and its ``time_grid`` is the compressed axis the network read.
+the rise inside, s = rise / the flag's limit, held so that the compressed acquisition still runs
+at least as long after the bolus arrival as the shortest one the network trained on. The
+compression has a cost: whatever the network reads wrong on the compressed axis comes back s
+times larger (measured: compressing further, to the envelope itself, read MR style B's flagged
+studies' Tmax better but turned a few hundred healthy voxels of a moving CT study into 7 s of
+Tmax, hypoperfused Dice 0.84 → 0.64; just inside the limit kept every Dice). The study stays
+flagged ``outside_training_domain`` for its rise (the maps are an extrapolation by the model's
+symmetry, not a study like its training ones); provenance.json's ``time_scale`` says by how much
+it was compressed, and its ``time_grid`` is the compressed axis the network read.
 
 Measured at stop 48 (README "A slow bolus", ``benchmarks/generalisation.py --time-scaling``): on
 the benchmark's style-B studies the bolus-rise check flags, Tmax MAEC 1.47 → 1.14 s (MR, 7
@@ -50,12 +51,6 @@ if TYPE_CHECKING:
 
 #: how each map's value scales with the time axis (value in real time = value read × s ** power)
 POWERS: dict[str, int] = {"tmax": 1, "mtt": 1, "ttp": 1, "cbf": -1, "cbv": 0}
-#: where the compressed rise lands: "limit", just inside the flag's limit (the envelope × its margin;
-#: the least compression that brings the study inside), or "envelope", the slowest rise trained on
-#: (measured at stop 48, README "A slow bolus": "envelope" read MR style B's flagged studies'
-#: Tmax better and lost CT's moving 71004 (hypoperfused Dice 0.84 → 0.64), the network's Tmax
-#: noise being multiplied by s; "limit" kept every study's Dice)
-READ_AT = "limit"
 #: the most a study is compressed: 2× (the flagged studies measured at stop 48 needed 1.01–1.61×);
 #: a rise read wrong (a noisy brain curve's late peak) must not stretch a study further than that
 MAX_FACTOR = 2.0
@@ -74,15 +69,15 @@ def time_scale(described: dict[str, float], domains: list[dict[str, Any] | None]
     if not all(lim is not None and rise > lim for lim in limits):
         return None
     slowest = min(float(domain.envelope_bound("bolus_rise_s", d) or 0.0) for d in known)
-    target = min(limits) if READ_AT == "limit" else slowest
-    if not target or target <= 0:
+    target = min(lim for lim in limits if lim is not None)  # just inside the narrowest member's limit
+    if target <= 0:
         return None
     factor = rise / target
     after = described.get("after_arrival_s")
-    shortest = [domain.envelope_bound("after_arrival_s", d) for d in known if "after_arrival_s" in d]
+    shortest = [b for d in known if (b := domain.envelope_bound("after_arrival_s", d)) is not None]
     held_by = None
     if after is not None and shortest:
-        most = float(after) / max(float(v) for v in shortest if v is not None)
+        most = float(after) / max(shortest)
         if most < factor:
             factor, held_by = most, "acquisition after the arrival"
     if factor > MAX_FACTOR:
