@@ -112,7 +112,7 @@ def analyse(
     weights: str | list[str] | None,
     out: Path,
     truth: Any = None,
-    time_scaling: bool = False,
+    time_scaling: bool | str | None = None,
 ) -> dict[str, Any]:
     """``perfnet analyze`` (cmd_analyze's path, no report) from the shared preprocessing
     ``prepared`` (each method gets its own shallow copy: the conventional pipeline releases the
@@ -120,7 +120,7 @@ def analyse(
     to ``out``; the input QC flags and the voxels kept out of the arterial search are the shared
     step's, as in ``perfnet analyze``. Method ``truth``: the phantom's true maps and brain
     (``truth``) through the same lesion rule, what the rule gives on perfect maps. ``time_scaling``:
-    the CNN's opt-in reading of a slow bolus (``analyze --time-scaling``)."""
+    how the CNN reads a slow bolus (``analyze --time-scaling``; None: the default, gated)."""
     from perfnet.conventional.pipeline import AnalysisOptions, analyze
     from perfnet.inference import analyze_cnn
     from perfnet.io.outputs import write_output_set
@@ -177,7 +177,7 @@ def run_study(
             weights.get(method, {}).get(modality),
             out,
             truth,
-            getattr(args, "time_scaling", False),
+            getattr(args, "time_scaling", None),
         )
         metrics = evaluate_study(out, truth_dir / "truth")
         found_core = float(result["lesions"]["volumes_ml"]["core"])
@@ -209,6 +209,10 @@ def run_study(
                 "seconds": round(result["seconds"] + motion_seconds, 2),
                 # a slow bolus the CNN read on a compressed time axis (perfnet.inference.timescale)
                 "time_scale": (result["maps"].provenance.get("time_scale") or {}).get("factor"),
+                # the gated mode's reading of the healthy tissue as acquired, where the study is flagged
+                "late_read_s": (result["maps"].provenance.get("time_scale_gate") or {}).get(
+                    "healthy_tmax_median_s"
+                ),
                 # the study's flags: the method's and the lesion checks', as perfnet analyze merges them
                 "flags": [
                     f["code"]
@@ -225,6 +229,7 @@ def run_study(
             f"  rCBF r {_fmt(r['rcbf_r'])}  core {found_core:6.1f}/{true_core:6.1f} mL"
             f"  ({r['seconds']:.0f} s)"
             + (f"  time ×{r['time_scale']:.2f}" if r["time_scale"] else "")
+            + (f"  (healthy Tmax {r['late_read_s']:.2f} s as acquired)" if r["late_read_s"] else "")
             + (f"  [{','.join(r['flags'])}]" if r["flags"] else ""),
             flush=True,
         )
@@ -343,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--time-scaling",
-        action="store_true",
-        help="the CNN reads a slow bolus on a compressed time axis (analyze --time-scaling; opt-in)",
+        choices=("off", "gated", "always"),
+        help="how the CNN reads a slow bolus (analyze --time-scaling; default: gated, perfnet's own)",
     )
     parser.add_argument("--size", type=int, default=128, help="in-plane matrix")
     parser.add_argument("--slices", type=int, default=8)

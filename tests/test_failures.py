@@ -279,7 +279,7 @@ BAD: dict[str, tuple[Callable[[Path, Path], list[object]], str]] = {
     ),
     "--device bogus": (lambda d, s: [s, "--device", "bogus"], "unknown device"),
     "--time-scaling osvd": (
-        lambda d, s: [s, "--method", "osvd", "--time-scaling"],
+        lambda d, s: [s, "--method", "osvd", "--time-scaling", "gated"],
         "only with --method cnn",
     ),
     "corrupt weights": (

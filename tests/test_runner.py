@@ -110,7 +110,7 @@ def test_bad_cohort_input_is_refused_before_any_work(cohort: Path, tmp_path: Pat
         ([str(cohort), "--part", "5/4"], "K/N"),
         ([str(cohort), "--scheduler", "tcp://127.0.0.1:9"], "cannot reach"),
         ([str(cohort), "--method", "osvd", "--cross-check", "osvd"], "--method cnn"),
-        ([str(cohort), "--method", "osvd", "--time-scaling"], "--method cnn"),
+        ([str(cohort), "--method", "osvd", "--time-scaling", "always"], "--method cnn"),
     ]:
         out = tmp_path / "deriv"
         code = main(["cohort", *args, "--out", str(out)])
@@ -138,9 +138,12 @@ def test_cohort_hands_the_cross_check_to_every_study(cohort: Path, tmp_path: Pat
     )
     assert seen == {"method": "cnn", "options": ["--cross-check", "osvd"]}
     assert (
-        main(["cohort", str(cohort), "--out", str(tmp_path / "e"), "--method", "cnn", "--time-scaling"]) == 0
+        main(
+            ["cohort", str(cohort), "--out", str(tmp_path / "e"), "--method", "cnn", "--time-scaling", "off"]
+        )
+        == 0
     )
-    assert seen == {"method": "cnn", "options": ["--time-scaling"]}
+    assert seen == {"method": "cnn", "options": ["--time-scaling", "off"]}
 
 
 def test_dicom_series_folders_are_studies_labelled_by_hash(tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def analyze(
     on_loaded: Callable[[PerfusionSeries], None] | None = None,
     record_input_path: bool = False,
     cross_check: str | None = None,
-    time_scaling: bool = False,
+    time_scaling: bool | str | None = None,
 ) -> StudyResult:
     """Analyse one study (a NIfTI file, a DICOM folder or a :class:`PerfusionSeries`) with a
     method of :data:`perfnet.registry.METHODS` (default: oSVD); maps, lesions, QC and provenance.
@@ -217,18 +217,23 @@ def analyze(
     ``cross_check`` (CNN methods): a conventional method run on the same preprocessed series whose
     core the CNN's is compared with (:mod:`perfnet.inference.crosscheck`: flag ``cnn_core_disagrees``,
     provenance ``cross_check``).
-    ``time_scaling`` (CNN methods, opt-in): a bolus slower than the network trained on read on a
-    compressed time axis (:mod:`perfnet.inference.timescale`; measured, not a default)."""
+    ``time_scaling`` (CNN methods): how a bolus slower than the network trained on is read
+    (:mod:`perfnet.inference.timescale`: ``"gated"``, the default for None; ``"always"`` or True;
+    ``"off"`` or False)."""
     from perfnet.registry import DEFAULT_METHOD, method_names, method_spec
 
     started = time.perf_counter()
     spec = method_spec(method or DEFAULT_METHOD)
     if weights is not None and not spec.takes_weights:
         raise PerfnetInputError("--weights", f"method {spec.name} takes no weights")
-    if time_scaling and spec.kind != "cnn":
-        raise PerfnetInputError(
-            "--time-scaling", f"sets how a CNN reads a slow bolus; method {spec.name} is not a CNN"
-        )
+    if time_scaling is not None:
+        from perfnet.inference.timescale import mode_of
+
+        mode_of(time_scaling)  # a mode it does not know: refused before any work
+        if spec.kind != "cnn":
+            raise PerfnetInputError(
+                "--time-scaling", f"sets how a CNN reads a slow bolus; method {spec.name} is not a CNN"
+            )
     if cross_check is not None:
         if spec.kind != "cnn":
             raise PerfnetInputError("--cross-check", f"checks a CNN's core; method {spec.name} is not a CNN")

@@ -103,3 +103,16 @@ def test_report_names_the_network_and_why_routing_chose_it() -> None:
         "<p>Network: <code>mr.pt</code>; read on a time axis compressed ×1.24 (the bolus rises in 22.9 s,"
         " the network trained on ≤ 14.8 s) and its maps mapped back.</p>"
     )
+    # the gated mode (the default) says why it compressed, or why it did not
+    gate = {"healthy_tmax_median_s": 3.43, "late_above_s": 2.3, "compressed": True, "factor": 1.2355}
+    assert _network_line(slow | {"time_scale_gate": gate}) == (
+        "<p>Network: <code>mr.pt</code>; read on a time axis compressed ×1.24 (the bolus rises in 22.9 s,"
+        " the network trained on ≤ 14.8 s) and its maps mapped back, because read as acquired its healthy"
+        " tissue's median Tmax was 3.4 s (late above 2.3 s).</p>"
+    )
+    on_time = gate | {"compressed": False, "healthy_tmax_median_s": 1.6}
+    kept = {"weights": "/w/mr.pt", "time_scale_gate": on_time}
+    assert _network_line(kept) == (
+        "<p>Network: <code>mr.pt</code>; the bolus rises slower than the network trained on, read as"
+        " acquired (its healthy tissue's median Tmax 1.6 s, not late: ≤ 2.3 s).</p>"
+    )

@@ -1,5 +1,5 @@
-"""A bolus slower than the networks trained on, read on a compressed time axis
-(:mod:`perfnet.inference.timescale`)."""
+"""A bolus slower than the networks trained on, read on a compressed time axis where the reading
+as acquired is late (:mod:`perfnet.inference.timescale`)."""
 
 from __future__ import annotations
 
@@ -55,13 +55,28 @@ def test_maps_read_on_the_compressed_axis_are_mapped_back() -> None:
     assert timescale.calibration({"factor": 1.2}, 2.0) == {"factor": 1.2}
 
 
+def test_the_gate_reads_the_healthy_tissue_of_a_reading() -> None:
+    """A reading is late where the median Tmax over the brain voxels it reads ≤ 6 s exceeds 2.3 s
+    (a lesion's Tmax above 6 s does not move it); the modes' names."""
+    brain = np.ones(10, dtype=bool)
+    on_time = np.array([1.0] * 5 + [2.0] * 3 + [9.0, 12.0], dtype=np.float32)
+    assert timescale.healthy_median(on_time, brain) == 1.0 and not timescale.late_read(1.0)
+    late = np.array([2.5] * 6 + [8.0] * 4, dtype=np.float32)
+    assert timescale.healthy_median(late, brain) == 2.5 and timescale.late_read(2.5)
+    assert timescale.healthy_median(np.full(10, 8.0), brain) is None and not timescale.late_read(None)
+    assert timescale.mode_of(None) == timescale.DEFAULT_MODE == "gated"
+    assert timescale.mode_of(True) == "always" and timescale.mode_of(False) == "off"
+    with pytest.raises(PerfnetInputError, match="--time-scaling"):
+        timescale.mode_of("sometimes")
+
+
 @pytest.mark.parametrize("modality", ["MR", "CT"])
-def test_a_slow_bolus_read_compressed_is_read_on_time(modality: str) -> None:
+def test_a_slow_bolus_read_late_is_read_again_compressed(modality: str, monkeypatch) -> None:
     """The shape-12, 16 s bolus of the slow-bolus domain test (brain rise 23–30 s; the networks
-    trained on ≤ 12.7 (CT) / 14.8 s (MR)): read as acquired, its healthy Tmax comes out late
-    (stop 48, seed 4242: MR +3.7 s, CT +1.5 s); compressed just inside the limit and mapped back,
-    within 0.5 s, and TTP nearer its truth. The study stays flagged for its rise. (Opt-in: on fresh
-    flagged style-B seeds it gained nothing and lost a core, README "A slow bolus".)"""
+    trained on ≤ 12.7 (CT) / 14.8 s (MR)): read as acquired (``off``), its healthy Tmax comes out
+    late (stop 48, seed 4242: MR +3.7 s, CT +1.5 s) and so does the network's own healthy median;
+    the default (``gated``) sees that and reads it again compressed just inside the limit, mapped
+    back: within 0.5 s, and TTP nearer its truth. The study stays flagged for its rise."""
     acquisition = {"matrix": 64, "slices": 4, "frames": 90, "frame_interval_s": 1.2, "timing": "uniform"}
     cfg = PhantomConfig.draw(
         4242, modality, motion=False, lesion="penumbra", aif_alpha=12.0, aif_fwhm_s=16.0, **acquisition
@@ -69,28 +84,47 @@ def test_a_slow_bolus_read_compressed_is_read_on_time(modality: str) -> None:
     study = simulate_study(cfg)
     truth = study.truth
     healthy = truth.masks["brain"] & ~truth.masks["hypoperfused"]
-    # perfnet.analyze, as `perfnet analyze --method cnn [--time-scaling]`
+    # perfnet.analyze, as `perfnet analyze --method cnn [--time-scaling off]`
     read = {
-        ts: perfnet.analyze(study.series, "cnn", device="cpu", time_scaling=bool(ts)).maps for ts in (0, 1)
+        mode: perfnet.analyze(study.series, "cnn", device="cpu", time_scaling=mode).maps
+        for mode in ("off", None)
     }
     bias = {}
-    for ts, maps in read.items():
+    for mode, maps in read.items():
         inside = healthy & maps.brain_mask
-        bias[ts] = {k: float(np.median(maps[k][inside] - truth.maps[k][inside])) for k in ("tmax", "ttp")}
-    assert "time_scale" not in read[0].provenance
-    scaled = read[1].provenance["time_scale"]
-    rise = read[1].provenance["study_descriptors"]["bolus_rise_s"]
-    limit = domain.limit("bolus_rise_s", read[1].provenance["training_domain"])
+        bias[mode] = {k: float(np.median(maps[k][inside] - truth.maps[k][inside])) for k in ("tmax", "ttp")}
+    off, gated = read["off"], read[None]
+    assert "time_scale" not in off.provenance and "time_scale_gate" not in off.provenance
+    # the gate's median is the reading as acquired's own
+    gate = gated.provenance["time_scale_gate"]
+    median = timescale.healthy_median(off["tmax"], off.brain_mask)
+    assert gate["healthy_tmax_median_s"] == pytest.approx(median, abs=1e-3) and median > 2.3
+    assert gate["compressed"] is True and gate["late_above_s"] == timescale.LATE_READ_S
+    scaled = gated.provenance["time_scale"]
+    assert scaled["mode"] == "gated" and scaled["factor"] == gate["factor"]
+    rise = gated.provenance["study_descriptors"]["bolus_rise_s"]
+    limit = domain.limit("bolus_rise_s", gated.provenance["training_domain"])
     assert scaled["factor"] == pytest.approx(rise / limit, abs=1e-3) and scaled["factor"] > 1.3
-    assert bias[0]["tmax"] > 1.2 and abs(bias[1]["tmax"]) < 0.5
+    assert bias["off"]["tmax"] > 1.2 and abs(bias[None]["tmax"]) < 0.5
     # the shift check moved the compressed grid by 3 s: 3 × s of the study's own seconds
-    checked = read[1].provenance["shift_consistency"]
+    checked = gated.provenance["shift_consistency"]
     assert checked["shift_s"] == pytest.approx(3.0 * scaled["factor"], abs=1e-3)
     assert sorted(checked["shifts"]) == sorted(f"{k * scaled['factor']:+g}" for k in (-3.0, 3.0))
-    assert abs(bias[1]["ttp"]) < abs(bias[0]["ttp"])
+    assert abs(bias[None]["ttp"]) < abs(bias["off"]["ttp"])
     for maps in read.values():
         codes = [f["code"] for f in maps.provenance["qc_flags"]]
         assert "outside_training_domain" in codes and maps.provenance["verdict"] == "unreliable"
+    if modality == "CT":  # the other modes, on the cheaper study
+        always = perfnet.analyze(study.series, "cnn", device="cpu", time_scaling="always").maps
+        assert always.provenance["time_scale"] == scaled | {"mode": "always"}
+        assert "time_scale_gate" not in always.provenance
+        assert np.array_equal(always["tmax"], gated["tmax"])
+        # a reading on time is kept as acquired: the gate set above this one's median
+        monkeypatch.setattr(timescale, "LATE_READ_S", median + 0.1)
+        kept = perfnet.analyze(study.series, "cnn", device="cpu").maps
+        assert "time_scale" not in kept.provenance
+        assert kept.provenance["time_scale_gate"]["compressed"] is False
+        assert np.array_equal(kept["tmax"], off["tmax"])
 
 
 def test_time_scaling_is_a_cnn_option() -> None:

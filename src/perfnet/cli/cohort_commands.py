@@ -132,12 +132,12 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         if args.method != "cnn":
             raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
         options += ["--cross-check", args.cross_check]
-    if args.time_scaling:
+    if args.time_scaling is not None:
         if args.method != "cnn":
             raise PerfnetInputError(
                 "--time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn"
             )
-        options += ["--time-scaling"]
+        options += ["--time-scaling", args.time_scaling]
     progress = _cohort_progress()
     summary = run_cohort(
         args.root,

@@ -79,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-scaling",
-        action="store_true",
-        help="--method cnn, experimental: read a bolus slower than the network trained on on a"
-        " compressed time axis and map its maps back (flagged outside_training_domain either way;"
-        " provenance time_scale; README 'A slow bolus': not a default, it does not generalise yet)",
+        choices=("off", "gated", "always"),
+        metavar="MODE",
+        help="--method cnn: how a bolus slower than the network trained on is read (flagged"
+        " outside_training_domain either way). gated (the default): as acquired, and again on a"
+        " compressed time axis, its maps mapped back, where the reading as acquired puts the healthy"
+        " tissue's Tmax late (provenance time_scale_gate, time_scale); always:"
+        " compressed whatever the reading; off: as acquired (README 'A slow bolus')",
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")
@@ -372,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-scaling",
-        action="store_true",
-        help="--method cnn, experimental: a slow bolus read on a compressed axis (analyze --time-scaling)",
+        choices=("off", "gated", "always"),
+        metavar="MODE",
+        help="--method cnn: how a slow bolus is read (analyze --time-scaling; default gated)",
     )
     p.add_argument(
         "--find-adc",

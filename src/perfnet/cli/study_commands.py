@@ -76,7 +76,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             load_weights(weights)
     if args.cross_check is not None and args.method != "cnn":
         raise PerfnetInputError("--cross-check", "checks a CNN's core: only with --method cnn")
-    if args.time_scaling and args.method != "cnn":
+    if args.time_scaling is not None and args.method != "cnn":
         raise PerfnetInputError("--time-scaling", "sets how a CNN reads a slow bolus: only with --method cnn")
     destination, keep, layout = bids.destination(
         args.input, args.out, args.method, args.bids, args.subject, args.session

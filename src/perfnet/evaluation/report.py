@@ -235,6 +235,16 @@ def _network_line(provenance: dict[str, Any]) -> str:
             f" {float(scaled['bolus_rise_s']):.1f} s, the network trained on ≤"
             f" {float(scaled['trained_rise_s']):.1f} s) and its maps mapped back"
         )
+    gate = provenance.get("time_scale_gate")
+    if gate and gate.get("healthy_tmax_median_s") is not None:  # the gated mode's verdict
+        median, above = float(gate["healthy_tmax_median_s"]), float(gate["late_above_s"])
+        text += (
+            f", because read as acquired its healthy tissue's median Tmax was {median:.1f} s"
+            f" (late above {above:g} s)"
+            if gate.get("compressed")
+            else f"; the bolus rises slower than the network trained on, read as acquired (its healthy"
+            f" tissue's median Tmax {median:.1f} s, not late: ≤ {above:g} s)"
+        )
     return f"<p>{text}.</p>"
 
 

@@ -350,6 +350,39 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     return chosen, {"weights": chosen.name, "instead_of": paths[0].name, "because": because}
 
 
+def _read(
+    members: list[tuple[Path, torch.nn.Module, dict[str, Any]]],
+    prepared: Preprocessed,
+    flips: bool,
+    batch_slices: int,
+    dev: torch.device,
+    progress: Progress | None,
+    factor: float,
+    check: bool,
+) -> tuple[_Mixture, dict[float, np.ndarray], ModelInput]:
+    """The members' maps of ``prepared`` read on its time axis compressed by ``factor`` (1: as
+    acquired): their mixture, the shift check's shifted Tmax summed over the members (``check``)
+    and the first member's model input (brain mask and grid)."""
+    shape = prepared.series.spatial_shape
+    mixture = _Mixture()
+    shifted: dict[float, np.ndarray] = {}
+    inp: ModelInput | None = None
+    for i, (_, model, cfg) in enumerate(members):  # one member's model input alive at a time
+        member_maps, member_scales, member_inp, size = _member_maps(
+            model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None, factor
+        )  # progress of the first member (the others take as long)
+        mixture.add(member_maps, member_scales)
+        if check:  # the shift check runs on the members' mean shifted Tmax
+            for k, v in _shifted_tmax(model, cfg, member_inp, shape, size, dev, batch_slices).items():
+                v = timescale.restored(v, "tmax", factor).astype(np.float64)
+                shifted[k] = shifted[k] + v if k in shifted else v
+        if inp is None:
+            inp = member_inp  # the first member's input: brain mask and grid
+        del member_inp, member_maps, member_scales
+    assert inp is not None
+    return mixture, shifted, inp
+
+
 def predict(
     series: PerfusionSeries,
     weights: str | Path | Sequence[str | Path] | None = None,
@@ -362,7 +395,7 @@ def predict(
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
     consistency: bool = True,
-    time_scaling: bool = False,
+    time_scaling: bool | str | None = None,
 ) -> PerfusionMaps:
     """Perfusion maps of a series from a CNN (the bundled weights of its modality by default).
 
@@ -376,10 +409,12 @@ def predict(
     ``consistency``: the shift-consistency self-check (:mod:`perfnet.inference.consistency`; two
     more passes without flips, with the time grid started 3 s earlier and later) and its
     ``cnn_inconsistent`` flag.
-    ``time_scaling`` (opt-in): a study whose bolus rises slower than the networks trained on
-    (beyond their domain's margin) is read on a time axis compressed into it and its maps mapped
-    back (:mod:`perfnet.inference.timescale`, provenance ``time_scale``; measured at stop 48 and
-    not a default: it helped the benchmark's flagged studies and not fresh ones).
+    ``time_scaling``: how a study whose bolus rises slower than the networks trained on (beyond
+    their domain's margin) is read (:mod:`perfnet.inference.timescale`): ``"gated"`` (None, the
+    default) reads it as acquired and, where that reading puts the healthy tissue's Tmax late,
+    again on a time axis compressed into the trained rises, its maps mapped back (provenance
+    ``time_scale_gate``: the gate's numbers; ``time_scale``: the compression, where applied);
+    ``"always"`` (True) compresses every such study; ``"off"`` (False) reads it as acquired.
     ``weights``: one file, or several (an ensemble, e.g. the k fold models of one ``perfnet train``
     run, nnU-Net style): every map is the members' mean, its uncertainty the Laplace scale of their
     mixture (the members' scales and their spread), the shift check runs on the mean, and the
@@ -398,32 +433,34 @@ def predict(
     members = _members(weights, series.modality, dev)
     path, _, config = members[0]
     maps = config["maps"]
-    nx, ny, nz = series.spatial_shape
     check = consistency and config.get("align_lead_s") is not None and "tmax" in maps
     described = domain.describe(prepared)
     # a bolus slower than the networks trained on: read on a compressed time axis (timescale)
+    mode = timescale.mode_of(time_scaling)
     scaled = (
         timescale.time_scale(described, [cfg.get("domain") for _, _, cfg in members])
-        if time_scaling
+        if mode != "off"
         else None
     )
-    factor = float(scaled["factor"]) if scaled else 1.0
-    mixture = _Mixture()
-    shifted: dict[float, np.ndarray] = {}
-    inp: ModelInput | None = None
-    for i, (_, model, cfg) in enumerate(members):  # one member's model input alive at a time
-        member_maps, member_scales, member_inp, size = _member_maps(
-            model, cfg, prepared, flips, batch_slices, dev, progress if i == 0 else None, factor
-        )  # progress of the first member (the others take as long)
-        mixture.add(member_maps, member_scales)
-        if check:  # the shift check runs on the members' mean shifted Tmax
-            for k, v in _shifted_tmax(model, cfg, member_inp, (nx, ny, nz), size, dev, batch_slices).items():
-                v = timescale.restored(v, "tmax", factor).astype(np.float64)
-                shifted[k] = shifted[k] + v if k in shifted else v
-        if inp is None:
-            inp = member_inp  # the first member's input: brain mask and grid
-        del member_inp, member_maps, member_scales
-    assert inp is not None
+    factor = float(scaled["factor"]) if scaled and mode == "always" else 1.0
+    mixture, shifted, inp = _read(members, prepared, flips, batch_slices, dev, progress, factor, check)
+    gate = None
+    if scaled and mode == "gated":  # compressed only where the reading as acquired is late
+        median = timescale.healthy_median(mixture.maps().get("tmax", np.zeros(0)), inp.brain)
+        late = timescale.late_read(median)
+        gate = {
+            "healthy_tmax_median_s": None if median is None else round(median, 3),
+            "late_above_s": timescale.LATE_READ_S,
+            "compressed": late,
+            "factor": scaled["factor"],
+        }
+        if late:
+            del mixture, shifted, inp
+            factor = float(scaled["factor"])
+            mixture, shifted, inp = _read(
+                members, prepared, flips, batch_slices, dev, progress, factor, check
+            )
+    scaled = scaled | {"mode": mode} if scaled and factor != 1.0 else None
     mean, scales = mixture.maps(), mixture.scales()
     out: dict[str, np.ndarray] = {}
     for name in maps:
@@ -490,6 +527,8 @@ def predict(
         ),
         # the time axis the network read the study on, where compressed (timescale)
         **({"time_scale": scaled} if scaled else {}),
+        # a flagged slow bolus under the gated mode: the reading as acquired and the gate's verdict
+        **({"time_scale_gate": gate} if gate else {}),
         # the core from the network's core head (perfnet.lesions reads core_probability.nii.gz)
         **({"core_head": config["core_head"]} if config.get("core_head") else {}),
         "device": str(dev),
@@ -517,7 +556,7 @@ def analyze_cnn(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
-    time_scaling: bool = False,
+    time_scaling: bool | str | None = None,
 ) -> tuple[PerfusionMaps, PerfusionSeries]:
     """`analyze --method cnn`: the shared preprocessing (:func:`perfnet.preprocess.shared.preprocess`:
     non-steady-state leading frames dropped, rigid motion correction with unalignable frames
@@ -555,7 +594,7 @@ def run_method(
     progress: Progress | None = None,
     skip_frames: int | None = None,
     prepared: Preprocessed | None = None,
-    time_scaling: bool = False,
+    time_scaling: bool | str | None = None,
     **_: Any,
 ) -> tuple[PerfusionMaps, PerfusionSeries, None]:
     """The ``cnn`` method of :mod:`perfnet.registry`: maps, the series the model saw, no AIF."""
