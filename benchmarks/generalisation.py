@@ -152,6 +152,7 @@ def run_study(
     style: str, modality: str, index: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
     from perfnet.evaluation import evaluate_study
+    from perfnet.inference.timescale import healthy_median
     from perfnet.phantom.cohort import write_study
     from perfnet.phantom.styles import draw_config, simulate
 
@@ -209,6 +210,12 @@ def run_study(
                 "seconds": round(result["seconds"] + motion_seconds, 2),
                 # a slow bolus the CNN read on a compressed time axis (perfnet.inference.timescale)
                 "time_scale": (result["maps"].provenance.get("time_scale") or {}).get("factor"),
+                # the method's own healthy Tmax: the median over the brain it reads <= 6 s (the gate's
+                # measure, perfnet.inference.timescale.healthy_median), against the truth's
+                "healthy_tmax_s": healthy_median(result["maps"]["tmax"], result["maps"].brain_mask),
+                "true_healthy_tmax_s": float(
+                    np.median(truth.maps["tmax"][truth.masks["brain"] & ~truth.masks["hypoperfused"]])
+                ),
                 # the gated mode's reading of the healthy tissue as acquired, where the study is flagged
                 "late_read_s": (result["maps"].provenance.get("time_scale_gate") or {}).get(
                     "healthy_tmax_median_s"
