@@ -336,6 +336,7 @@ def print_worse_than_osvd(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from perfnet.errors import PerfnetInputError
+    from perfnet.inference.timescale import MODES
     from perfnet.inference.weights import bundled_weights, load_weights
 
     parser = argparse.ArgumentParser(
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--time-scaling",
-        choices=("off", "gated", "always"),
+        choices=MODES,
         help="how the CNN reads a slow bolus (analyze --time-scaling; default: gated, perfnet's own)",
     )
     parser.add_argument("--size", type=int, default=128, help="in-plane matrix")

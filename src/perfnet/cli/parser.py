@@ -20,6 +20,7 @@ from perfnet.cli.options import (
     unit_range,
 )
 from perfnet.cli.study_commands import cmd_analyze, cmd_convert, cmd_demo, cmd_evaluate, cmd_info
+from perfnet.inference.timescale import MODES as TIME_SCALING_MODES
 from perfnet.registry import DEFAULT_METHOD, method_names
 
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-scaling",
-        choices=("off", "gated", "always"),
+        choices=TIME_SCALING_MODES,
         metavar="MODE",
         help="--method cnn: how a bolus slower than the network trained on is read (flagged"
         " outside_training_domain either way). gated (the default): as acquired, and again on a"
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--time-scaling",
-        choices=("off", "gated", "always"),
+        choices=TIME_SCALING_MODES,
         metavar="MODE",
         help="--method cnn: how a slow bolus is read (analyze --time-scaling; default gated)",
     )
