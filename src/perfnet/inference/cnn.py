@@ -444,9 +444,10 @@ def predict(
     )
     factor = float(scaled["factor"]) if scaled and mode == "always" else 1.0
     mixture, shifted, inp = _read(members, prepared, flips, batch_slices, dev, progress, factor, check)
+    mean = mixture.maps()
     gate = None
     if scaled and mode == "gated":  # compressed only where the reading as acquired is late
-        median = timescale.healthy_median(mixture.maps().get("tmax", np.zeros(0)), inp.brain)
+        median = timescale.healthy_median(mean.get("tmax", np.zeros(0)), inp.brain)
         late = timescale.late_read(median)
         gate = {
             "healthy_tmax_median_s": None if median is None else round(median, 3),
@@ -455,13 +456,14 @@ def predict(
             "factor": scaled["factor"],
         }
         if late:
-            del mixture, shifted, inp
+            del mixture, mean, shifted, inp
             factor = float(scaled["factor"])
             mixture, shifted, inp = _read(
                 members, prepared, flips, batch_slices, dev, progress, factor, check
             )
+            mean = mixture.maps()
     scaled = scaled | {"mode": mode} if scaled and factor != 1.0 else None
-    mean, scales = mixture.maps(), mixture.scales()
+    scales = mixture.scales()
     out: dict[str, np.ndarray] = {}
     for name in maps:
         out[name] = np.where(inp.brain, mean[name], 0.0).astype(np.float32)
