@@ -9,6 +9,7 @@ import pytest
 import perfnet
 from perfnet.errors import PerfnetInputError
 from perfnet.inference import domain, timescale
+from perfnet.inference.cnn import COMPRESSED_STEP
 from perfnet.phantom import PhantomConfig, simulate_study
 
 TRAINED = {"bolus_rise_s": [6.0, 12.0], "after_arrival_s": [30.0, 100.0], "head_motion_mm": [0.0, 0.5]}
@@ -85,8 +86,15 @@ def test_a_slow_bolus_read_late_is_read_again_compressed(modality: str, monkeypa
     truth = study.truth
     healthy = truth.masks["brain"] & ~truth.masks["hypoperfused"]
     # perfnet.analyze, as `perfnet analyze --method cnn [--time-scaling off]`
+    steps: dict[str | None, list[tuple[str, float]]] = {"off": [], None: []}
     read = {
-        mode: perfnet.analyze(study.series, "cnn", device="cpu", time_scaling=mode).maps
+        mode: perfnet.analyze(
+            study.series,
+            "cnn",
+            device="cpu",
+            time_scaling=mode,
+            progress=lambda s, f, m=mode: steps[m].append((s, f)),
+        ).maps
         for mode in ("off", None)
     }
     bias = {}
@@ -111,6 +119,10 @@ def test_a_slow_bolus_read_late_is_read_again_compressed(modality: str, monkeypa
     assert checked["shift_s"] == pytest.approx(3.0 * scaled["factor"], abs=1e-3)
     assert sorted(checked["shifts"]) == sorted(f"{k * scaled['factor']:+g}" for k in (-3.0, 3.0))
     assert abs(bias[None]["ttp"]) < abs(bias["off"]["ttp"])
+    # progress: the second reading is its own step, not the first one starting over
+    started = [s for s, f in steps[None] if f == 0.0]
+    assert started.count("network") == 1 == started.count("network" + COMPRESSED_STEP)
+    assert [s for s, f in steps["off"] if f == 0.0].count("network") == 1
     for maps in read.values():
         codes = [f["code"] for f in maps.provenance["qc_flags"]]
         assert "outside_training_domain" in codes and maps.provenance["verdict"] == "unreliable"

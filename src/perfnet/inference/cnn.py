@@ -383,6 +383,20 @@ def _read(
     return mixture, shifted, inp
 
 
+#: suffix of the progress steps of a gated study's second reading, so that a progress display
+#: shows a second pass instead of the first one starting over
+COMPRESSED_STEP = " (again, compressed time axis)"
+
+
+def _relabelled(progress: Progress, suffix: str) -> Progress:
+    """``progress`` with ``suffix`` appended to every step's name."""
+
+    def report(step: str, fraction: float) -> None:
+        progress(step + suffix, fraction)
+
+    return report
+
+
 def predict(
     series: PerfusionSeries,
     weights: str | Path | Sequence[str | Path] | None = None,
@@ -458,9 +472,8 @@ def predict(
         if late:
             del mixture, mean, shifted, inp
             factor = float(scaled["factor"])
-            mixture, shifted, inp = _read(
-                members, prepared, flips, batch_slices, dev, progress, factor, check
-            )
+            again = None if progress is None else _relabelled(progress, COMPRESSED_STEP)
+            mixture, shifted, inp = _read(members, prepared, flips, batch_slices, dev, again, factor, check)
             mean = mixture.maps()
     scaled = scaled | {"mode": mode} if scaled and factor != 1.0 else None
     scales = mixture.scales()
