@@ -289,7 +289,21 @@ METRICS = (
 )
 
 
-def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> None:
+#: what the bundled networks trained on (their weights predate the training record of the styles)
+BUNDLED_STYLES = "geometric (the bundled recipe's cohorts)"
+
+
+def trained_on(config: dict[str, Any]) -> str:
+    """The phantom styles a CNN's weights trained on, as the cross-style gap's header says them."""
+    from perfnet.inference.weights import trained_styles
+
+    styles = trained_styles(config)
+    return "not recorded" if styles is None else (" + ".join(styles) or "no phantom")
+
+
+def print_tables(
+    table: dict[tuple[str, str, str], dict[str, float | None]], trained: dict[str, str] | None = None
+) -> None:
     print("\nmeans per modality, style and method")
     header = f"  {'modality':8s} {'style':9s} {'method':9s} " + " ".join(
         f"{label:>13s}" for _, label in METRICS
@@ -298,7 +312,9 @@ def print_tables(table: dict[tuple[str, str, str], dict[str, float | None]]) -> 
     for (modality, style, method), values in table.items():
         cells = " ".join(f"{_fmt(values[key], 2):>13s}" for key, _ in METRICS)
         print(f"  {modality:8s} {style:9s} {method:9s} {cells}")
-    print("\ncross-style gap (style mni − style geometric; the bundled CNN was trained on geometric only)")
+    print("\ncross-style gap (style mni − style geometric)")
+    for label, styles in (trained or {}).items():
+        print(f"  {label} trained on: {styles}")
     print(f"  {'modality':8s} {'method':9s} " + " ".join(f"{label:>13s}" for _, label in METRICS[:6]))
     for modality in sorted({k[0] for k in table}):
         for method in sorted({k[2] for k in table if k[0] == modality}):
@@ -370,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     args.weights_by_modality, args.candidate_by_modality = {}, {}
+    args.trained = {}  # "CT cnn" → the phantom styles its weights trained on
     for paths, by_modality in (
         (args.weights, args.weights_by_modality),
         (args.candidate, args.candidate_by_modality),
@@ -377,7 +394,10 @@ def main(argv: list[str] | None = None) -> None:
         for path in paths:  # "a.pt,b.pt": an ensemble of those files (their maps averaged)
             files = [f for f in path.split(",") if f]
             _, config = load_weights(files[0])
-            by_modality[str(config.get("modality", "CT")).upper()] = files if len(files) > 1 else files[0]
+            modality = str(config.get("modality", "CT")).upper()
+            by_modality[modality] = files if len(files) > 1 else files[0]
+            method = "cnn" if by_modality is args.weights_by_modality else "candidate"
+            args.trained[f"{modality} {method}"] = trained_on(config)
     if args.candidate and "candidate" not in args.methods:
         args.methods.append("candidate")
     if "cnn" in args.methods:
@@ -388,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
                 except PerfnetInputError as exc:
                     print(f"generalisation: no CNN for {modality} ({exc})")
                     args.methods = [m for m in args.methods if m != "cnn"]
+                    continue
+                args.trained[f"{modality} cnn"] = BUNDLED_STYLES
     print(
         f"generalisation: {args.studies} studies per style {styles} and modality {modalities},"
         f" {args.size}²×{args.slices}, methods {args.methods}, seeds {SEED_BASE}+",
@@ -413,13 +435,14 @@ def main(argv: list[str] | None = None) -> None:
             for study in studies:
                 rows += run_study(*study, args, Path(tmp))
     table = summarise(rows)
-    print_tables(table)
+    print_tables(table, {k: v for k, v in sorted(args.trained.items()) if k.split()[1] in args.methods})
     print_worse_than_osvd(rows)
     print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         means = [{"modality": k[0], "style": k[1], "method": k[2], **v} for k, v in table.items()]
-        args.json.write_text(json.dumps({"rows": rows, "means": means}, indent=1) + "\n")
+        document = {"rows": rows, "means": means, "trained_on": args.trained}
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
 
 
 if __name__ == "__main__":

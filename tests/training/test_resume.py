@@ -171,6 +171,22 @@ def test_rerunning_a_finished_run_keeps_its_results(
     assert (uninterrupted / "weights.pt").read_bytes() == weights
 
 
+def test_the_weights_record_the_phantom_styles_they_trained_on(uninterrupted: Path) -> None:
+    """The weights' training record names the phantom styles of its training studies (this
+    cohort: style A, geometric), and :func:`trained_styles` collects them over an ``--init`` chain
+    (benchmarks/generalisation.py's cross-style gap says what a network trained on)."""
+    from perfnet.inference.weights import trained_styles, weights_config
+
+    config = weights_config(uninterrupted / "weights.pt")
+    assert config["training"]["phantom_styles"] == ["geometric"] == trained_styles(config)
+    init = {"file": "a.pt", "training": config["training"]}
+    tuned = {"training": {"phantom_styles": ["mni"], "init": init}}
+    assert trained_styles(tuned) == ["geometric", "mni"]
+    # weights from before the record (the bundled ones): not recorded; a real cohort: none
+    assert trained_styles({"training": {"init": None}}) is None
+    assert trained_styles({"training": {"phantom_styles": []}}) == []
+
+
 def test_prepared_ahead_slices_are_trained_on_without_preparing_again(
     cohort: Path, uninterrupted: Path, tmp_path: Path
 ) -> None:

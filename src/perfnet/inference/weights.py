@@ -75,6 +75,22 @@ def weights_config(path: str | Path) -> dict[str, Any]:
     return _read(Path(path))["config"]
 
 
+def trained_styles(config: dict[str, Any]) -> list[str] | None:
+    """The phantom styles a network's training saw, its ``--init`` chain included (the weights'
+    ``training.phantom_styles``, recorded since stop 50; empty for a cohort without phantom truth);
+    None where no training in the chain recorded them (weights trained before, the bundled ones)."""
+    styles: set[str] = set()
+    recorded = False
+    training = config.get("training")
+    while isinstance(training, dict):
+        if isinstance(training.get("phantom_styles"), list):
+            recorded = True
+            styles.update(str(s) for s in training["phantom_styles"])
+        init = training.get("init")
+        training = init.get("training") if isinstance(init, dict) else None
+    return sorted(styles) if recorded else None
+
+
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model (eval mode) and its config from a weights file; never unpickles code."""
     path = Path(path)

@@ -62,6 +62,22 @@ def discover(root: str | Path) -> list[CohortStudy]:
     return studies
 
 
+def phantom_styles(studies: list[CohortStudy], names: set[str]) -> list[str]:
+    """The phantom styles (``perfnet simulate``'s ``truth/parameters.json`` ``style``: geometric,
+    mni) of the named studies, sorted; a study without one (a real cohort) adds none."""
+    styles = set()
+    for study in studies:
+        if study.name not in names:
+            continue
+        try:
+            style = json.loads((study.session_dir / "truth" / "parameters.json").read_text()).get("style")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(style, str):
+            styles.add(style)
+    return sorted(styles)
+
+
 def kfold_split(subjects: list[str], folds: int, seed: int) -> list[list[str]]:
     """Subjects shuffled by ``seed`` and dealt into ``folds`` validation groups (by patient)."""
     unique = sorted(set(subjects))

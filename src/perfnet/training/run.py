@@ -64,7 +64,7 @@ from perfnet.training.checkpoints import (
     truncate_logs,
     validation_scalars,
 )
-from perfnet.training.data import CohortStudy, discover, kfold_split
+from perfnet.training.data import CohortStudy, discover, kfold_split, phantom_styles
 from perfnet.training.dataset import Augmentation, Normalisation, SliceDataset
 from perfnet.training.prepare import PreparedStudy, SliceRecipe, prepare_cohort
 from perfnet.training.sampler import GlobalBatchSampler, ValidationShard
@@ -653,6 +653,8 @@ def _train_fold(
             "seconds": round(seconds, 1),
             "training_studies": len(train_set),
             "validation_studies": len(val_set),
+            # the phantom styles trained on (benchmarks/generalisation.py's cross-style gap)
+            "phantom_styles": phantom_styles(discover(cohort), {s.name for s in train_set}),
             "validation": val_metrics,
             "kept": kept,
             "seed": cfg.seed,
