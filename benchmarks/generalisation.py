@@ -387,16 +387,15 @@ def main(argv: list[str] | None = None) -> None:
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     args.weights_by_modality, args.candidate_by_modality = {}, {}
     args.trained = {}  # "CT cnn" → the phantom styles its weights trained on
-    for paths, by_modality in (
-        (args.weights, args.weights_by_modality),
-        (args.candidate, args.candidate_by_modality),
+    for method, paths, by_modality in (
+        ("cnn", args.weights, args.weights_by_modality),
+        ("candidate", args.candidate, args.candidate_by_modality),
     ):
         for path in paths:  # "a.pt,b.pt": an ensemble of those files (their maps averaged)
             files = [f for f in path.split(",") if f]
             _, config = load_weights(files[0])
             modality = str(config.get("modality", "CT")).upper()
             by_modality[modality] = files if len(files) > 1 else files[0]
-            method = "cnn" if by_modality is args.weights_by_modality else "candidate"
             args.trained[f"{modality} {method}"] = trained_on(config)
     if args.candidate and "candidate" not in args.methods:
         args.methods.append("candidate")

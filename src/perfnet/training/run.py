@@ -467,7 +467,7 @@ def _train(
         if writer:
             fold_dir.mkdir(exist_ok=True)
         plan["folds"][str(k)] = _train_fold(
-            k, cohort, out, fold_dir, cfg, resume, data, splits, start, writer, _modality(studies[0])
+            k, cohort, out, fold_dir, cfg, resume, data, splits, start, writer, studies
         )
         if writer:
             _write_json(out / "plan.json", plan)
@@ -496,10 +496,10 @@ def _train_fold(
     splits: list[list[str]],
     start: InitialWeights | None,
     writer: bool,
-    modality: str,
+    studies: list[CohortStudy],
 ) -> dict[str, Any]:
     """One fold: train (continuing from its newest good checkpoint), validate, write weights.pt;
-    returns the fold's plan entry."""
+    returns the fold's plan entry. ``studies``: the cohort's (``data`` is their prepared slices)."""
     val_subjects = set(splits[k])
     train_set = [s for s in data if s.subject not in val_subjects]
     val_set = [s for s in data if s.subject in val_subjects]
@@ -631,7 +631,7 @@ def _train_fold(
         "model": cfg.model,
         "model_kwargs": model_kwargs,
         "maps": cfg.maps,
-        "modality": modality,
+        "modality": _modality(studies[0]),
         "frame_interval": cfg.frame_interval,
         "frames": cfg.frames,
         "pixel_mm": cfg.pixel_mm,
@@ -654,7 +654,7 @@ def _train_fold(
             "training_studies": len(train_set),
             "validation_studies": len(val_set),
             # the phantom styles trained on (benchmarks/generalisation.py's cross-style gap)
-            "phantom_styles": phantom_styles(discover(cohort), {s.name for s in train_set}),
+            "phantom_styles": phantom_styles(studies, {s.name for s in train_set}),
             "validation": val_metrics,
             "kept": kept,
             "seed": cfg.seed,
