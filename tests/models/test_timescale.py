@@ -8,7 +8,7 @@ import pytest
 
 import perfnet
 from perfnet.errors import PerfnetInputError
-from perfnet.inference import domain, timescale
+from perfnet.inference import cnn, domain, timescale
 from perfnet.inference.cnn import COMPRESSED_STEP
 from perfnet.phantom import PhantomConfig, simulate_study
 
@@ -87,16 +87,25 @@ def test_a_slow_bolus_read_late_is_read_again_compressed(modality: str, monkeypa
     healthy = truth.masks["brain"] & ~truth.masks["hypoperfused"]
     # perfnet.analyze, as `perfnet analyze --method cnn [--time-scaling off]`
     steps: dict[str | None, list[tuple[str, float]]] = {"off": [], None: []}
-    read = {
-        mode: perfnet.analyze(
+    shift_checks: list[str | None] = []  # the shift check's readings (two passes each), per mode
+    shifted_tmax = cnn._shifted_tmax
+
+    def counted(*args, **kwargs):
+        shift_checks.append(mode)
+        return shifted_tmax(*args, **kwargs)
+
+    monkeypatch.setattr(cnn, "_shifted_tmax", counted)
+    read = {}
+    for mode in ("off", None):
+        read[mode] = perfnet.analyze(
             study.series,
             "cnn",
             device="cpu",
             time_scaling=mode,
             progress=lambda s, f, m=mode: steps[m].append((s, f)),
         ).maps
-        for mode in ("off", None)
-    }
+    # the gated study's shift check runs on the reading it keeps only, not on the discarded one
+    assert shift_checks == ["off", None]
     bias = {}
     for mode, maps in read.items():
         inside = healthy & maps.brain_mask
@@ -137,6 +146,8 @@ def test_a_slow_bolus_read_late_is_read_again_compressed(modality: str, monkeypa
         assert "time_scale" not in kept.provenance
         assert kept.provenance["time_scale_gate"]["compressed"] is False
         assert np.array_equal(kept["tmax"], off["tmax"])
+        # its shift check, run after the gate on the reading kept, is the reading as acquired's
+        assert kept.provenance["shift_consistency"] == off.provenance["shift_consistency"]
 
 
 def test_time_scaling_is_a_cnn_option() -> None:

@@ -373,14 +373,49 @@ def _read(
         )  # progress of the first member (the others take as long)
         mixture.add(member_maps, member_scales)
         if check:  # the shift check runs on the members' mean shifted Tmax
-            for k, v in _shifted_tmax(model, cfg, member_inp, shape, size, dev, batch_slices).items():
-                v = timescale.restored(v, "tmax", factor).astype(np.float64)
-                shifted[k] = shifted[k] + v if k in shifted else v
+            _add_shifted(shifted, model, cfg, member_inp, shape, size, dev, batch_slices, factor)
         if inp is None:
             inp = member_inp  # the first member's input: brain mask and grid
         del member_inp, member_maps, member_scales
     assert inp is not None
     return mixture, shifted, inp
+
+
+def _add_shifted(
+    shifted: dict[float, np.ndarray],
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    inp: ModelInput,
+    shape: tuple[int, int, int],
+    size: tuple[int, int],
+    dev: torch.device,
+    batch_slices: int,
+    factor: float,
+) -> None:
+    """One member's shifted Tmax (:func:`_shifted_tmax`, mapped back from a time axis compressed by
+    ``factor``) added to the members' sums in ``shifted``."""
+    for k, v in _shifted_tmax(model, config, inp, shape, size, dev, batch_slices).items():
+        v = timescale.restored(v, "tmax", factor).astype(np.float64)
+        shifted[k] = shifted[k] + v if k in shifted else v
+
+
+def _shift_read(
+    members: list[tuple[Path, torch.nn.Module, dict[str, Any]]],
+    prepared: Preprocessed,
+    first: ModelInput,
+    batch_slices: int,
+    dev: torch.device,
+) -> dict[float, np.ndarray]:
+    """The shift check's shifted Tmax of a reading as acquired that :func:`_read` made without it,
+    summed over the members: the first member's model input ``first`` reused, the others' built
+    again (:func:`_read` keeps one member's input alive at a time)."""
+    series = prepared.series
+    shifted: dict[float, np.ndarray] = {}
+    for i, (_, model, cfg) in enumerate(members):
+        inp = first if i == 0 else input_of(prepared, cfg)
+        size = model_size(series.spatial_shape[:2], series.voxel_size[:2], cfg.get("pixel_mm"))
+        _add_shifted(shifted, model, cfg, inp, series.spatial_shape, size, dev, batch_slices, 1.0)
+    return shifted
 
 
 #: suffix of the progress steps of a gated study's second reading, so that a progress display
@@ -457,10 +492,14 @@ def predict(
         else None
     )
     factor = float(scaled["factor"]) if scaled and mode == "always" else 1.0
-    mixture, shifted, inp = _read(members, prepared, flips, batch_slices, dev, progress, factor, check)
+    gated = bool(scaled) and mode == "gated"
+    # a gated study's shift check waits for the gate: it runs on the reading that is kept
+    mixture, shifted, inp = _read(
+        members, prepared, flips, batch_slices, dev, progress, factor, check and not gated
+    )
     mean = mixture.maps()
     gate = None
-    if scaled and mode == "gated":  # compressed only where the reading as acquired is late
+    if gated:  # compressed only where the reading as acquired is late
         median = timescale.healthy_median(mean.get("tmax", np.zeros(0)), inp.brain)
         late = timescale.late_read(median)
         gate = {
@@ -475,6 +514,8 @@ def predict(
             again = None if progress is None else _relabelled(progress, COMPRESSED_STEP)
             mixture, shifted, inp = _read(members, prepared, flips, batch_slices, dev, again, factor, check)
             mean = mixture.maps()
+        elif check:
+            shifted = _shift_read(members, prepared, inp, batch_slices, dev)
     scaled = scaled | {"mode": mode} if scaled and factor != 1.0 else None
     scales = mixture.scales()
     out: dict[str, np.ndarray] = {}
