@@ -353,7 +353,7 @@ def print_worse_than_osvd(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     from perfnet.errors import PerfnetInputError
     from perfnet.inference.timescale import MODES
-    from perfnet.inference.weights import bundled_weights, load_weights
+    from perfnet.inference.weights import bundled_weights, weights_config
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for path in paths:  # "a.pt,b.pt": an ensemble of those files (their maps averaged)
             files = [f for f in path.split(",") if f]
-            _, config = load_weights(files[0])
+            config = weights_config(files[0])  # the file's record, no model built
             modality = str(config.get("modality", "CT")).upper()
             by_modality[modality] = files if len(files) > 1 else files[0]
             args.trained[f"{modality} {method}"] = trained_on(config)
