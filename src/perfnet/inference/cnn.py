@@ -373,7 +373,9 @@ def _read(
         )  # progress of the first member (the others take as long)
         mixture.add(member_maps, member_scales)
         if check:  # the shift check runs on the members' mean shifted Tmax
-            _add_shifted(shifted, model, cfg, member_inp, shape, size, dev, batch_slices, factor)
+            _add_shifted(
+                shifted, _shifted_tmax(model, cfg, member_inp, shape, size, dev, batch_slices), factor
+            )
         if inp is None:
             inp = member_inp  # the first member's input: brain mask and grid
         del member_inp, member_maps, member_scales
@@ -381,20 +383,10 @@ def _read(
     return mixture, shifted, inp
 
 
-def _add_shifted(
-    shifted: dict[float, np.ndarray],
-    model: torch.nn.Module,
-    config: dict[str, Any],
-    inp: ModelInput,
-    shape: tuple[int, int, int],
-    size: tuple[int, int],
-    dev: torch.device,
-    batch_slices: int,
-    factor: float,
-) -> None:
-    """One member's shifted Tmax (:func:`_shifted_tmax`, mapped back from a time axis compressed by
-    ``factor``) added to the members' sums in ``shifted``."""
-    for k, v in _shifted_tmax(model, config, inp, shape, size, dev, batch_slices).items():
+def _add_shifted(shifted: dict[float, np.ndarray], member: dict[float, np.ndarray], factor: float) -> None:
+    """One member's shifted Tmax (:func:`_shifted_tmax`), mapped back from a time axis compressed
+    by ``factor``, added to the members' sums in ``shifted``."""
+    for k, v in member.items():
         v = timescale.restored(v, "tmax", factor).astype(np.float64)
         shifted[k] = shifted[k] + v if k in shifted else v
 
@@ -414,7 +406,9 @@ def _shift_read(
     for i, (_, model, cfg) in enumerate(members):
         inp = first if i == 0 else input_of(prepared, cfg)
         size = model_size(series.spatial_shape[:2], series.voxel_size[:2], cfg.get("pixel_mm"))
-        _add_shifted(shifted, model, cfg, inp, series.spatial_shape, size, dev, batch_slices, 1.0)
+        _add_shifted(
+            shifted, _shifted_tmax(model, cfg, inp, series.spatial_shape, size, dev, batch_slices), 1.0
+        )
     return shifted
 
 
