@@ -51,19 +51,13 @@ STYLES = {"A": "geometric", "B": "mni"}
 COHORT_SEEDS = {("CT", "A"): 15100, ("CT", "B"): 15200, ("MR", "A"): 15300, ("MR", "B"): 15400}
 #: the grid each modality's cohorts are simulated on (the bundled cohorts')
 GRIDS = {"CT": ["--size", "128"], "MR": ["--slices", "10"]}
-_COMMON = ["--log-maps=", "--shift=-3,8", "--batch-size", "8", "--folds", "5", "--fold", "0"]
-#: the reduced recipes: CT the bundled stage 1 (U-Net width 16, 1.8 mm, 4 epochs at 128² then the
-#: rest, linear targets) at 24 epochs instead of 57; MR the bundled stage 1 as it is (temporal
-#: network, arterial bolus patch, 27 epochs)
+#: the reduced recipes, from the bundled recipes' own first stages (tools/train_weights.py): CT's
+#: (U-Net width 16, 1.8 mm, 4 epochs at 128² then the rest, linear targets) at 24 epochs instead of
+#: 57 with the learning rate halved every 8; MR's as it is (temporal network, arterial bolus patch,
+#: 27 epochs). A later option overrides an earlier one.
 RECIPES = {
-    "CT": [
-        *("--model", "unet", "--width", "16", "--pixel-mm", "1.8", "--crop", "128"),
-        *("--pretrain-size", "128", "--pretrain-epochs", "4", *_COMMON, "--epochs", "24", "--lr-step", "8"),
-    ],
-    "MR": [
-        *("--model", "temporal", "--width", "32", "--pixel-mm", "2.0", "--crop", "32", "--val-every", "3"),
-        *(*_COMMON, "--bolus-rule", "arterial", "--epochs", "27", "--lr-step", "8"),
-    ],
+    "CT": [*train_weights.SETTINGS["ct"]["stages"][0]["train"], "--epochs", "24", "--lr-step", "8"],
+    "MR": list(train_weights.SETTINGS["mr"]["stages"][0]["train"]),
 }
 #: the metrics of the table (generalisation.py's means) and how they print
 TABLE = (("tmax_maec", "Tmax MAEC s", 2), ("hypoperfused_dice", "hypo Dice", 2), ("rcbf_r", "rCBF r", 2))
