@@ -53,7 +53,7 @@ def test_demo_writes_both_analyses_and_compares_them_with_truth(demo: tuple[Path
     strict=True,
     reason="issue 12: the bundled CT network reads the demo core's CBF at ~45 % of healthy tissue (truth"
     " 26 %): its core sits at a short delay (Tmax 8 s), and in its training lesions the lowest flow"
-    " always had the longest delay (README, section on the CNN's core, stop 31); 0.4 of 11 mL found",
+    " always had the longest delay (docs/cnn.md 'The CNN's core', stop 31); 0.4 of 11 mL found",
 )
 def test_the_demo_s_cnn_finds_half_the_true_core(demo: tuple[Path, str]) -> None:
     """The issue's Done criterion: the demo finds the demo study's core (here: at least half its

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Several (MR or CT) candidate recipes of tools/train_weights.py trained at once on one GPU machine (an
-# exploration, stop 29: README "GPU exploration"): the bundled recipe's cohorts simulated and
+# exploration, stop 29: docs/cnn.md "GPU exploration"): the bundled recipe's cohorts simulated and
 # prepared once with --jobs, shared by every candidate (cohorts linked, slices hard-linked), then one
 # `train_weights.py --candidate` process per recipe, each stage capped at MINUTES of wall time.
 # usage: tools/gpu_candidates.sh tools/train_weights.py MINUTES JOBS OUTDIR ["mr mr-beta ..."] [EVAL_STUDIES] [SCREEN] [STAGES]

@@ -196,7 +196,7 @@ SETTINGS = {
         # after the stages: the Laplace scale head fitted on the frozen backbone (maps unchanged),
         # then the core rule calibrated for its CBF (tools/calibrate_core.py); a core head fitted
         # on the frozen backbone (tools/fit_core_head.py) was measured at stop 30 and is not part
-        # of the recipe (README "The CNN's core")
+        # of the recipe (docs/cnn.md "The CNN's core")
         # The stages train the epochs the bundled model reached under time caps of 48 + 30 + 12 min
         # (57 + 30 + 12; the issue's 90 minutes of training, ~50 s an epoch on the machine of its
         # build); since stop 31 the epochs are fixed and the caps (100 + 60 + 24 min) only guards:
@@ -238,7 +238,7 @@ SETTINGS = {
     "mr": {
         # after the stages: the core rule calibrated for its CBF (tools/calibrate_core.py; stop 28),
         # since stop 45 with an offset: the network reads no flow as a floor of a few mL/100 g/min
-        # whatever the study's healthy flow, so the rule is read on the flow above it (README
+        # whatever the study's healthy flow, so the rule is read on the flow above it (docs/cnn.md
         # "The MR core rule's offset")
         "core_calibration": ["--offsets"],
         "cohorts": MR_COHORTS,
@@ -305,7 +305,7 @@ SETTINGS = {
     # hypo Dice A 0.72 -> 0.74, B 0.90 -> 0.88; core Dice A 0.43 -> 0.24, B 0.56 -> 0.38; false
     # core on 70004 41.8 -> 4.0 mL (plain rule: calibrate_core.py not run for this candidate).
     # Stop 41 (rebuilt: 15 epochs, 18 min): as the model for the studies the bundled network flags
-    # outside_training_domain only (README "Routing by training domain"), generalisation 24 + 24 CT
+    # outside_training_domain only (docs/cnn.md "Routing by training domain"), generalisation 24 + 24 CT
     # studies: style A hypo Dice 0.69 -> 0.78, Tmax MAEC 1.16 -> 0.98 s; style B 0.70 -> 0.77,
     # 1.20 -> 0.92 s, largest false core 26.6 -> 1.6 mL; static studies unchanged by construction.
     "ct-replay": _fine_tune(CT_REPLAY_COHORT, CT_INIT_COMMIT, FROZEN_NORM_FINE_TUNE, 18),
@@ -319,7 +319,7 @@ SETTINGS = {
     # Built at stop 42 (17.4 min of training, 15 epochs; scale head 164 s; core rule 33 %, factor
     # 1.1, 286 s): generalisation.py's 24 + 24 CT studies, routed vs ct.pt forced: style A Tmax
     # MAEC 1.16 -> 0.99 s, hypo Dice 0.69 -> 0.77, core 0.43 -> 0.48; style B 1.20 -> 0.92 s,
-    # 0.70 -> 0.77, 0.30 -> 0.33 (14 studies routed, all moving; README "Routing by training domain")
+    # 0.70 -> 0.77, 0.30 -> 0.33 (14 studies routed, all moving; docs/cnn.md "Routing by training domain")
     # Since stop 43 with truncated acquisitions (--truncate 12,40: half the samples cut 12-40 s after
     # the bolus arrival and reflect-padded, as inference pads a short series; targets the truth) at 12
     # epochs (12.9 min): a short acquisition cuts a delayed lesion's curve on its rise, which no CT
@@ -388,7 +388,7 @@ SETTINGS = {
     # but on the 12 + 12 generalisation studies (bundled routing kept) style B goes Tmax MAEC 1.13 ->
     # 1.08 s, hypoperfused Dice 0.84 -> 0.63, core Dice 0.41 -> 0.29 (every style-B study it reads
     # moves 0.4-2 s earlier: 71107 and 71111 lose their lesion); at --lr 1e-4 the same (0.97 s,
-    # 0.70, 0.27; style A 0.67 -> 0.74 s, 0.90 -> 0.88). README "A slow bolus"
+    # 0.70, 0.27; style A 0.67 -> 0.74 s, 0.90 -> 0.88). docs/cnn.md "A slow bolus"
     "mr-bolus": {
         "bundle": False,
         "cohorts": [MR_BOLUS_COHORT],
@@ -399,7 +399,7 @@ SETTINGS = {
     # and its margin) weighing 5× in the MSE (--low-flow-weight 4; issue 12.3's "loss weighting of
     # low-flow tissue"). ``ct-lowflow-control`` is the same run with weight 0 (what the fine-tune does
     # by itself). Measured at stop 24 (12 min each, 10 and 8 epochs on the shared 2-core machine; the
-    # numbers: README "The CNN's core"), weighted vs control, plain 30 % rule: 7 static test studies
+    # numbers: docs/cnn.md "The CNN's core"), weighted vs control, plain 30 % rule: 7 static test studies
     # core Dice 0.61 vs 0.54 (bundled calibrated 0.59); generalisation style B core Dice 0.49 vs
     # 0.31, style A false core on 70004 48.8 vs 23.2 mL; check set 6–11 core Dice A 0.48 vs 0.38,
     # B 0.56 vs 0.43, hypoperfused Dice B 0.76 vs 0.64. Not bundled: it needs a full rebuild, the
@@ -414,7 +414,7 @@ SETTINGS = {
     # question (issue 12.3, stop 31's finding): the network reads a core's CBF by its delay (the
     # demo's core, Tmax 8 s, at 45 % of healthy for a true 26 %), because in every training lesion
     # the lowest flow had the longest delay; do lesions whose delay is drawn apart from the CBF
-    # teach it to read the CBF from the curve? NOT at this scale (stop 32; README "The CNN's core"):
+    # teach it to read the CBF from the curve? NOT at this scale (stop 32; docs/cnn.md "The CNN's core"):
     # it and ct-decoupled-control (the same seeds, delay tied to the flow) are the same within noise
     # -- demo core read 0.42 / 0.41 (bundled 0.46; truth 0.26), found at 36 % 3.8 / 4.1 of 11 mL
     # (bundled 0.4); 7 unseen Tmax MAEC 0.85 / 0.89 s (0.90), core Dice at 36 % 0.53 / 0.53 (0.59),
@@ -447,7 +447,7 @@ SETTINGS = {
     # network's timing reference changes between studies; `arterial` lands on an artery in 19 of
     # the 24 generalisation studies (the other 5: 3 slabs without an artery, 2 moving studies).
     # ``mr-arterial-control`` is the same fine-tune with the early-peak patch. Measured at stop 25
-    # (12 epochs each, both at once on the shared 2-core machine; README "Where the bolus patch
+    # (12 epochs each, both at once on the shared 2-core machine; docs/cnn.md "Where the bolus patch
     # sits"), arterial / control / bundled on the 12 + 12 MR studies of benchmarks/generalisation.py:
     # style B Tmax MAEC 1.80 / 3.16 / 2.12 s, hypoperfused Dice 0.71 / 0.55 / 0.59; style A 1.34 /
     # 1.45 / 1.25 s, 0.84 / 0.82 / 0.90. Not bundled (the fine-tune itself costs style A); next: the
@@ -465,8 +465,9 @@ SETTINGS = {
     # NOT better across styles (stop 27, benchmarks/generalisation.py --modality mr, 12 + 12 studies,
     # this / bundled): style B Tmax MAEC 2.49 / 2.12 s, hypoperfused Dice 0.56 / 0.59, core Dice
     # 0.46 / 0.42, false core 39 / 27 mL (max 106 / 132); style A 1.27 / 1.25 s, 0.79 / 0.90, core
-    # 0.49 / 0.55 -- all with the old dropout evaluation (identity; README "MR re-measured at stop
-    # 27"). Re-scored AS TRAINED (models.temporal.ExpectedAlphaDropout), this / bundled as trained /
+    # 0.49 / 0.55 -- all with the old dropout evaluation (identity; docs/generalisation.md "MR
+    # re-measured at stop 27"). Re-scored AS TRAINED (models.temporal.ExpectedAlphaDropout), this /
+    # bundled as trained /
     # oSVD: style B Tmax MAEC 1.21 / 1.27 / 1.39 s, hypoperfused Dice 0.82 / 0.73 / 0.81, core Dice
     # 0.35 / 0.16 / 0.64, rCBF r 0.63 / 0.69 / 0.62, false core 0.2 (max 1.4) / 0.1 (0.5) / 0.8 (3.4)
     # mL; style A 0.70 / 0.86 / 1.84 s, 0.90 / 0.76 / 0.84, core 0.19 / 0.13 / 0.38, rCBF r 0.59 /
@@ -476,7 +477,7 @@ SETTINGS = {
     # (bundled at stop 28 as the `mr` recipe above, same stages: `python tools/train_weights.py mr`)
     # candidate, not bundled (written to --work): the `mr` recipe with beta-NLL
     # (--nll-beta 1) and each stage's best validated epoch (--keep best). Trained in full at stop 38
-    # (70 min of training here; README "`mr-beta` trained in full"): NOT bundled -- on style B
+    # (70 min of training here; docs/cnn.md "`mr-beta` trained in full"): NOT bundled -- on style B
     # (never trained on) ahead of the bundled network (Tmax MAEC 1.05 vs 1.21 s, core Dice 0.52 vs
     # 0.38, hypo Dice 0.83 vs 0.82), behind it on style A (hypo Dice 0.87 vs 0.90, a 27.9 mL false
     # core on the moving, flagged 70101) and on the 7 unseen studies (1.07 vs 0.99 s; core read
@@ -506,7 +507,7 @@ SETTINGS = {
     # shift range (-5..30 frames) and edge padding instead of -3..8 reflect (the grid-dependence
     # experiment of issue 12: does a network trained on arrivals anywhere in its window read Tmax
     # from the tissue's delay behind the bolus rather than from the window's start?). NOT better
-    # (stop 21, README "Trained from scratch with Hess's shift range"): its held-out patients
+    # (stop 21, docs/cnn.md "Trained from scratch with Hess's shift range"): its held-out patients
     # improved (Tmax MAEC 1.41 vs 1.44 s, hypo Dice 0.90 vs 0.86) but on the 12 style-B MR studies
     # of benchmarks/generalisation.py Tmax MAEC 2.81 vs 2.10 s, hypo Dice 0.44 vs 0.61 (false core
     # 6.5 vs 54.2 mL, core Dice 0.65 vs 0.50); `mr` stays the bundled recipe
@@ -545,7 +546,7 @@ def _variant(recipe: dict, *extra: str) -> dict:
 # voxels (target CBF < 40 % of the slice's median: the core and its margin) weighing 5x in the
 # Laplace loss (--low-flow-weight 4, as `ct-lowflow` in the U-Net's MSE): does weighting the
 # core's voxels, with and without beta-NLL, lift the MR core (issue 12.3)? Stage 1 on a lent GPU
-# (stop 29, 2.4 min each, README "GPU exploration"): held-out core Dice 0.64 (mr-lowflow) and 0.74
+# (stop 29, 2.4 min each, docs/cnn.md "GPU exploration"): held-out core Dice 0.64 (mr-lowflow) and 0.74
 # (mr-beta-lowflow) against 0.65 (mr) and 0.70 (mr-beta). mr-beta-lowflow trained in full here
 # (stop 29, 84 min): NOT bundled -- core Dice up (7 unseen studies 0.34 -> 0.50 at the plain
 # rule; style A 0.19 -> 0.25, B 0.35 -> 0.42) but hypoperfused Dice down (A 0.90 -> 0.83, B 0.82
@@ -615,7 +616,7 @@ SETTINGS["mr-apart-scratch"] = _apart(
 # the `mr-bolus` fine-tune: the slow studies are fixed (71100 1.87 -> 0.40 s, 71102 1.19 -> 0.31,
 # 71110 2.59 -> 0.58) and 71107 and 71111 read early enough to lose their lesion (hypo 0.77 -> 0.00,
 # 0.90 -> 0.07). So it is not forgetting: a network that has seen broad first passes reads style
-# B's broad tissue curves as partly a broad bolus. README "A slow bolus".
+# B's broad tissue curves as partly a broad bolus. docs/cnn.md "A slow bolus".
 SETTINGS["mr-bolus-scratch"] = {
     "bundle": False,
     "cohorts": [
@@ -853,7 +854,7 @@ SCALE_HEAD_CARD = [
     " `tools/fit_scale_head.py` (Laplace NLL on held-out patients of fold 0, then one temperature per"
     " map on separate calibration studies; the record is the weights' `scale_head` config); the maps"
     " are bit for bit those of the backbone alone. Its calibration on unseen studies is measured by"
-    " `python benchmarks/calibration.py` (last measured: README, section on the CNN uncertainty).",
+    " `python benchmarks/calibration.py` (last measured: docs/generalisation.md).",
 ]
 
 

@@ -19,7 +19,7 @@ Three groups of checks, all emitted through this module:
 * lesion checks (:func:`lesion_flags`) on the segmented lesions, the same for every method:
   hypoperfusion in both hemispheres (``bilateral_hypoperfusion``).
 
-The thresholds and where they come from are in the README (``perfnet analyze`` → QC).
+The thresholds and where they come from are in docs/analyze.md ("Quality control").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tmax: pure shifts of a real arterial curve, and the Kudo-style tile phantom (issue 11.4).
 
-Measured numbers and the reasons for each tolerance are in the README ("Tmax and the tile
-phantom").
+Measured numbers and the reasons for each tolerance are in docs/analyze.md ("Tmax, the CBV
+window and the tile phantom").
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_osvd_pure_shift_keeps_its_half_frame_offset() -> None:
     np.testing.assert_allclose(tmax[1:], SHIFTS[1:] - 0.5, atol=0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="oSVD reads a pure shift 0.5 s early (README: Tmax)")
+@pytest.mark.xfail(strict=True, reason="oSVD reads a pure shift 0.5 s early (docs/analyze.md: Tmax)")
 def test_osvd_pure_shift_within_target() -> None:
     np.testing.assert_allclose(shifted_tmax("osvd"), SHIFTS, atol=0.15)
 
@@ -71,7 +71,7 @@ def test_boxnlr_and_ssvd_pure_shift() -> None:
 #: Measured range of Tmax − delay over the noise-free exponential and gamma tiles (MTT 3.4–24 s,
 #: delays 0–3 s, AIF arrival 5.0 / 5.3 / 5.7 s): the regulariser blurs the residue's jump at the
 #: delay and its maximum lands 1–3 s later, more for longer MTT; box-NLR fits a box whose start
-#: lies up to 2 s before the delay of an exponential residue. Nothing here meets 0.2 s (README).
+#: lies up to 2 s before the delay of an exponential residue. Nothing here meets 0.2 s (docs/analyze.md).
 TILE_TMAX_RANGE = {
     "ssvd": (-1.0, 5.0),
     "csvd": (1.3, 3.2),

@@ -149,7 +149,7 @@ def test_bundled_ct_beats_osvd_on_unseen_noisy_phantoms() -> None:
     (rCBF < 30 %, the CNN's with the calibration its weights carry) against the phantom's truth core:
     a better Dice on average (measured 0.59 vs oSVD 0.41; 0.46 with the plain rule), a core found on
     every study with ≥ 10 mL of it (the plain rule found 3.3 of 15 mL on seed 4646), and no more core
-    than there is in all. Figures per study: src/perfnet/weights/ct.md and the README."""
+    than there is in all. Figures per study: src/perfnet/weights/ct.md and docs/cnn.md."""
     cnn, osvd = _versus_osvd("CT")
     report = {"seeds": SEEDS, "cnn": cnn.round(3).tolist(), "osvd": osvd.round(3).tolist()}
     assert (cnn[:, 0] <= 1.0).sum() >= 5 and cnn[:, 0].mean() <= 1.0, report
@@ -225,7 +225,7 @@ def test_the_mr_core_offset_holds_when_the_dsc_scale_changes() -> None:
     the same unseen study with its ΔR2* × 0.5 and × 2 keeps its reference CBF within a third,
     and the offset rule finds the 15 mL core at every scale. Measured here: reference 28.8 / 27.1 /
     27.5, core Dice 0.77 / 0.74 / 0.51 (through `analyze`'s preprocessing 0.78 / 0.76 / 0.67,
-    the factor alone 0.09 / 0.32 / 0.61; README "The MR core rule's offset")."""
+    the factor alone 0.09 / 0.32 / 0.61; docs/cnn.md "The MR core rule's offset")."""
     study = simulate_study(_unseen(4646, "MR"))
     data = study.series.data.astype(np.float64)
     s0 = np.maximum(data[..., :3].mean(axis=3, keepdims=True), 1e-3)
@@ -299,7 +299,7 @@ def test_bundled_ct_scale_head_leaves_maps_unchanged_and_writes_uncertainty(
         assert np.isfinite(u).all() and (u[brain] > 0).all() and (u[~brain] == 0).all(), name
     for name in ("cbf", "tmax"):  # b follows the error (r 0.64 and 0.46 measured on this study);
         # its level is not checked here: on this coarsely sampled study (34 frames, 1.7 s) the
-        # network's Tmax is 1 s late everywhere, a study-wide bias b does not see (README)
+        # network's Tmax is 1 s late everywhere, a study-wide bias b does not see (docs/cnn.md)
         error = np.abs(load_map(out / f"{name}.nii.gz")[0][brain] - study.truth.maps[name][brain])
         scale = load_map(out / f"{name}_uncertainty.nii.gz")[0][brain]
         assert np.corrcoef(scale, error)[0, 1] > 0.3, name

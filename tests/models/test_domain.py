@@ -248,7 +248,7 @@ def test_cnn_on_a_cut_off_acquisition_names_it_and_a_late_bolus_is_inside() -> N
 def test_a_study_outside_the_primary_network_goes_to_a_specialist_that_holds_it(
     tmp_path, monkeypatch
 ) -> None:
-    """Routing by training domain (README): with a specialist shipped beside ct.pt (here the same
+    """Routing by training domain (docs/cnn.md): with a specialist shipped beside ct.pt (here the same
     tensors with a domain reaching 10 mm of head motion), the moving nuisance study goes to it,
     unflagged, and provenance says why; a static study stays with ct.pt; explicit weights are
     never rerouted."""

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         " outside_training_domain either way). gated (the default): as acquired, and again on a"
         " compressed time axis, its maps mapped back, where the reading as acquired puts the healthy"
         " tissue's Tmax late (provenance time_scale_gate, time_scale); always:"
-        " compressed whatever the reading; off: as acquired (README 'A slow bolus')",
+        " compressed whatever the reading; off: as acquired (docs/cnn.md 'A slow bolus')",
     )
     p.add_argument("--no-motion-correction", action="store_true", help="skip rigid motion correction")
     p.add_argument("--no-filter", action="store_true", help="skip the guided bilateral filter")

@@ -321,7 +321,7 @@ def route(prepared: Preprocessed, modality: str) -> tuple[Path, dict[str, Any] |
     flagged) goes to the first specialist that trained on it
     (inside its envelope, no margin): a network that has seen such studies before one that has not
     (``benchmarks/truncation.py``: ``ct.pt`` on acquisitions ending 20–30 s after the arrival,
-    README "Routing by training domain")."""
+    docs/cnn.md "Routing by training domain")."""
     paths = bundled_networks(modality)
     if len(paths) == 1:
         return paths[0], None

@@ -8,7 +8,7 @@ Tmax where it was. Where it has not (a study unlike its training data), its Tmax
 instead of the bolus. On the generalisation benchmark's studies the networks whose hypoperfused
 region came apart (Dice against the truth 0.15–0.36 where oSVD had 0.25–0.96) changed that region
 by 50 to 900 mL under a 3 s shift, while most studies they read well stayed within Dice 0.8 of
-themselves (README "Shift-consistency check": the design and the check set, hits, misses and false
+themselves (docs/analyze.md "Shift-consistency check": the design and the check set, hits, misses and false
 alarms).
 
 :func:`shift_consistency` compares the Tmax > 6 s region of the main prediction with those of the

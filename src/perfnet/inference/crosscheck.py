@@ -1,7 +1,7 @@
 """The CNN's core cross-checked against a deconvolution method run on the same preprocessed series.
 
 The CT network's known failure is a core it reads at too high a CBF, so that the rCBF rule finds
-little or nothing (README "The CNN's core": the demo's 11 mL core, at a short delay, is read at
+little or nothing (docs/cnn.md "The CNN's core": the demo's 11 mL core, at a short delay, is read at
 45 % of healthy tissue and 0.4 mL of it is called; oSVD calls 7.9 mL). No check on the network's
 own output sees that, and the model-free peak-enhancement check (:mod:`perfnet.inference.enhancement`)
 does not separate a CT core (its peak stays at 0.8–0.9 of healthy tissue's, stop 31). A
@@ -12,7 +12,7 @@ hypoperfused region, :data:`MIN_RATIO` times the network's core or more, ``cnn_c
 or the diffusion core. The other way round, a core of :data:`MIN_MISSED_ML` or more that the
 network calls while the deconvolution calls under 1 / :data:`UNSUPPORTED_RATIO` of it inside the
 network's hypoperfused region raises ``cnn_core_unsupported`` (verdict review): an over-called
-core can deny a patient thrombectomy, and the candidates' false cores on moving studies (README,
+core can deny a patient thrombectomy, and the candidates' false cores on moving studies (docs/cnn.md
 "`mr-beta` trained in full") were of this kind. ``analyze --method cnn --cross-check osvd``
 (the study API's ``cross_check``) runs it; it costs one conventional analysis on the shared
 preprocessing (no second motion correction), so it is not on by default.
@@ -34,7 +34,8 @@ MIN_RATIO = 2.0
 #: the network's core (>= MIN_MISSED_ML) at least this many times the deconvolution's inside the
 #: network's hypoperfused region (counted as ≥ 1 mL): ``cnn_core_unsupported``. Higher than
 #: MIN_RATIO because deconvolution under-calls a core on noisy studies (at 2, four of 78 studies
-#: were flagged where the network's core was within 11 % of the truth or below it; README, stop 39)
+#: were flagged where the network's core was within 11 % of the truth or below it; stop 39,
+#: docs/analyze.md "Core cross-check")
 UNSUPPORTED_RATIO = 3.0
 
 

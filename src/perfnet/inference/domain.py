@@ -3,8 +3,8 @@
 A CNN regresses maps for studies like the ones it was trained on; far outside them it still
 returns maps, and they look as confident as any (the bundled CT U-Net, trained on studies without
 head motion, keeps a hypoperfused Dice of 0.94 on a static phantom but falls to 0.6 with 4 mm of
-corrected motion and to 0.3 with 8 mm, where oSVD on the same corrected series stays at 0.8; README
-"The CNN's training domain"). So training records, for the studies it trained on, a few
+corrected motion and to 0.3 with 8 mm, where oSVD on the same corrected series stays at 0.8; docs/analyze.md
+"Training-domain check"). So training records, for the studies it trained on, a few
 *descriptors* measured by the same preprocessing inference runs (:func:`describe`), as an
 *envelope* (min and max per descriptor) in the weights' ``domain`` entry; inference measures the
 study the same way and raises the QC flag ``outside_training_domain`` (verdict ``unreliable``: the
@@ -31,7 +31,7 @@ Descriptors (each from the preprocessed series every method analyses):
   injection, low cardiac output). Margin: ×1.25. Measured at stop 46: the bundled MR network
   trained on first passes of 4–10 s FWHM (brain rise 6–15 s) reads the healthy Tmax of a broad
   one late (style B at a population-AIF stretch of 1.4–1.6, rise 20–23 s: +0.6 to +2.7 s), and
-  fine-tuning it on broad ones moved the error to the others (README "A slow bolus").
+  fine-tuning it on broad ones moved the error to the others (docs/cnn.md "A slow bolus").
 
 The margins are judgement, not fits: a study a little outside the envelope is not known to fail,
 and a flag that fires on every study would be read as noise.

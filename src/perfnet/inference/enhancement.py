@@ -29,10 +29,10 @@ from perfnet.preprocess.concentration import to_concentration
 LOW_PEAK = 0.2
 #: The smallest region worth the flag (mL): the core size issue 12 asks the CNN to find. Measured
 #: at stop 28 (the 24 MR studies of benchmarks/generalisation.py and the 7 of the bundled-MR test,
-#: README "Missed-core check"): 71106 14.3 mL (its 118 mL core missed), every other study < 7 mL.
+#: docs/analyze.md "Missed-core check"): 71106 14.3 mL (its 118 mL core missed), every other study < 7 mL.
 MIN_ML = 10.0
 #: The modalities checked: MR, where it was measured (the CT network's core under-call is its CBF
-#: read too high in enhancing tissue, README "The CNN's core"; not measured for this check).
+#: read too high in enhancing tissue, docs/cnn.md "The CNN's core"; not measured for this check).
 MODALITIES = ("MR",)
 #: The network's Tmax below which it calls the tissue normal (s; the hypoperfusion threshold).
 NORMAL_TMAX_S = 6.0

@@ -178,7 +178,7 @@ def bolus_patch(
     those motion correction filled from outside the slab in some frame, whose curve is the edge of
     the moving head and rises and falls like no vessel (the MR motion nuisance, 6 mm slices: the
     centre on such a voxel of the first slice, the temporal network's Tmax ≈ 0.6 s in a lesion of
-    8.5 s; README "The bolus patch under motion"). Where every brain voxel is excluded, none is."""
+    8.5 s; docs/cnn.md "The bolus patch under motion"). Where every brain voxel is excluded, none is."""
     if rule not in BOLUS_RULES:
         raise ValueError(f"unknown bolus rule {rule!r} (one of {', '.join(BOLUS_RULES)})")
     if exclude is not None and (brain & ~exclude).any():

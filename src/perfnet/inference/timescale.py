@@ -7,7 +7,7 @@ With the tissue curve C(t) = CBF · (AIF ⊗ R)(t) and every time read as t' = t
 
 so the same frames given to a network with their times divided by s are a study whose bolus is s
 times narrower, whose Tmax, MTT and TTP are s times shorter, whose CBF is s times higher and whose
-CBV is the same. A network reads a bolus slower than any it trained on late (README "A slow
+CBV is the same. A network reads a bolus slower than any it trained on late (docs/cnn.md "A slow
 bolus": the bundled MR network's healthy Tmax +1.7 s on a first pass rising 23 s where its
 training rose at most 15 s; the CT U-Net +5 s on a 23 s rise); compressed into the rises it
 trained on, the same study is inside its training domain on that count, and its maps are the
@@ -28,7 +28,7 @@ flagged ``outside_training_domain`` for its rise (the maps are an extrapolation 
 symmetry, not a study like its training ones); provenance.json's ``time_scale`` says by how much
 it was compressed, and its ``time_grid`` is the compressed axis the network read.
 
-Measured at stop 48 (README "A slow bolus", ``benchmarks/generalisation.py --time-scaling
+Measured at stop 48 (docs/cnn.md "A slow bolus", ``benchmarks/generalisation.py --time-scaling
 always``): on the benchmark's style-B studies the bolus-rise check flags, Tmax MAEC 1.47 → 1.14 s
 (MR, 7 studies) and 1.06 → 0.61 s (CT, 4), Dice kept; on 16 other flagged style-B seeds, which
 played no part in its design, nothing gained (CT Tmax MAEC 0.81 → 0.80 s, hypoperfused Dice 0.868

@@ -110,7 +110,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 #: Bundled specialists per modality, after the primary ``<modality>.pt``, in the order inference
 #: tries them: a study outside the primary network's training domain goes to the first specialist
 #: whose domain holds it (:func:`perfnet.inference.cnn.route`). CT: ``ct-moving.pt`` (stop 42), the
-#: CT network fine-tuned on moving studies (README "Routing by training domain"; its card); MR:
+#: CT network fine-tuned on moving studies (docs/cnn.md "Routing by training domain"; its card); MR:
 #: ``mr-moving.pt`` (stop 44), the MR network fine-tuned on moving and cut-short studies.
 SPECIALISTS: dict[str, tuple[str, ...]] = {"CT": ("ct-moving.pt",), "MR": ("mr-moving.pt",)}
 

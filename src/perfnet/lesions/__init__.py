@@ -26,7 +26,7 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
 - a CNN whose weights carry a core head (``core_probability`` among its maps;
   ``tools/fit_core_head.py``): core = hypoperfused voxels with a probability ≥ the head's threshold
   instead of the rCBF rule (lesions.json ``core_source`` ``cnn core head``; the bundled weights
-  carry none: README "The core head");
+  carry none: docs/cnn.md "The core head");
 - clean-up per slice (slices are often thick): closing, opening (radii in mm), then islands under
   ``min_island_ml`` are removed (3D connectivity).
 

@@ -3,7 +3,7 @@
 Why (issue 12's core): the bundled U-Net (frames as channels) reads a core's CBF higher the
 earlier its bolus arrives — the same lesion at delays 7 / 11.5 / 16 s reads 0.40 / 0.32 / 0.25 of
 healthy CBF (truth 0.22 at each) — and training on lesions whose delay is unrelated to their flow
-does not teach that away (README, "Is the coupling in the training data at all?"): a first layer
+does not teach that away (docs/cnn.md, "Is the coupling in the training data at all?"): a first layer
 that mixes the frames by fixed weights sees a time-shifted curve as a different curve.
 
 Here the flow maps (CBF, CBV, MTT: every map that is not a time) come from a U-Net (Gava's, frames
@@ -76,7 +76,7 @@ class Aligner(nn.Module):
     (both separable, the same at every frame and voxel, so s moves with the curves and the centre
     moves frame for frame); the shift is anchor − round(centre). Frames moved in from beyond the
     grid repeat its first / last frame, which leaks the shift where a curve has not returned to
-    baseline by the grid's end (a plateau as long as the shift; README, "A delay-invariant flow
+    baseline by the grid's end (a plateau as long as the shift; docs/cnn.md, "A delay-invariant flow
     branch"): :class:`ShiftNet`'s flow U-Net reads only the first ``window`` aligned frames, which
     every curve moved at most T − window frames earlier fills with observed data.
     ``fractional``: the exact shift instead, the curves interpolated linearly in time. ``jitter``

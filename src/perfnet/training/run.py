@@ -19,9 +19,9 @@ Laplace likelihood. Both: Adam (lr 5e-4) halved every 4 epochs, brain-masked los
 
 Several GPUs or nodes: ``--accelerator gpu --devices 4 --strategy ddp`` (Lightning launches one
 process per device; on a cluster, start one ``perfnet train`` per node with Lightning's
-``--num-nodes``-style environment, see the README). The CPU path is what the tests run. Rank 0
-prepares the cohort (:mod:`perfnet.training.prepare`) before any rank reads it; every rank then
-reads single slices from ``RUN/slices`` (``loader_workers`` DataLoader processes each), its
+``--num-nodes``-style environment, see docs/cnn.md "Training at scale"). The CPU path is what the
+tests run. Rank 0 prepares the cohort (:mod:`perfnet.training.prepare`) before any rank reads it;
+every rank then reads single slices from ``RUN/slices`` (``loader_workers`` DataLoader processes each), its
 share of every global batch (:class:`GlobalBatchSampler`) and its shard of the validation set.
 """
 
