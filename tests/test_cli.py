@@ -214,3 +214,20 @@ def test_simulate_draws_a_wide_bolus(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert (config["aif_fwhm_s"], config["aif_alpha"]) == (drawn.aif_fwhm_s, drawn.aif_alpha)
         assert config["aif_fwhm_s"] != PhantomConfig.draw(14009 + i, "MR").aif_fwhm_s
     assert json.loads((out / "dataset_description.json").read_text())["WideBolus"] is True
+
+
+def test_simulate_draws_a_wide_dispersion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--wide-dispersion``: each study's tissue dispersion kernel shape drawn and recorded; style B
+    refuses it."""
+    out = tmp_path / "cohort"
+    args = ["--cases", "2", "--seed", "14020", "--size", "48", "--slices", "3"]
+    assert _run(capsys, "simulate", out, *args, "--wide-dispersion")[0] == 0
+    for i in (1, 2):
+        drawn = PhantomConfig.draw(14019 + i, "CT", wide_dispersion=True)
+        config = json.loads((out / f"sub-{i:04d}" / "ses-01" / "truth" / "parameters.json").read_text())[
+            "config"
+        ]
+        assert config["dispersion_shape"] == drawn.dispersion_shape > 1.0
+    assert json.loads((out / "dataset_description.json").read_text())["WideDispersion"] is True
+    code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", "--wide-dispersion")
+    assert code == 2 and "--wide-dispersion" in err and not (tmp_path / "b").exists()

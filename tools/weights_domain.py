@@ -61,7 +61,7 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
         for part in _parts(cohort):
             args = parser.parse_args(["simulate", "unused", *part])
             overrides = _phantom_overrides(args)
-            ranges = (args.delay_power, args.delay_mix, args.wide_bolus)
+            ranges = (args.delay_power, args.delay_mix, args.wide_bolus, args.wide_dispersion)
             configs += [
                 draw_config(args.style, args.seed + i, args.modality, *ranges, **overrides)
                 for i in range(min(per_cohort, args.cases))

@@ -104,6 +104,26 @@ def test_a_wide_bolus_draw_keeps_every_other_draw() -> None:
     assert abs((above[-1] - above[0]) - slow.aif_fwhm_s) < 0.05 * slow.aif_fwhm_s
 
 
+def test_a_wide_dispersion_draw_keeps_every_other_draw() -> None:
+    """``wide_dispersion`` draws the tissue dispersion kernel's gamma shape (1–6, log-uniform) from
+    that own stream: every other parameter is the plain draw's (shape 1: the exponential kernel),
+    and with ``wide_bolus`` both keep their own draws."""
+    import dataclasses
+
+    wide = [PhantomConfig.draw(s, "CT", wide_dispersion=True) for s in range(9, 209)]
+    plain = PhantomConfig.draw(9, "CT")
+    assert plain.dispersion_shape == 1.0
+    assert dataclasses.replace(wide[0], dispersion_shape=1.0) == plain
+    both = PhantomConfig.draw(9, "CT", wide_bolus=True, wide_dispersion=True)
+    assert both.dispersion_shape == wide[0].dispersion_shape
+    assert both.aif_fwhm_s == PhantomConfig.draw(9, "CT", wide_bolus=True).aif_fwhm_s
+    shape = np.array([c.dispersion_shape for c in wide])
+    assert 1.0 <= shape.min() < 1.1 and 5.5 < shape.max() <= 6.0
+    assert 2.0 < np.median(shape) < 3.0  # log-uniform: √6 = 2.45
+    with pytest.raises(PerfnetInputError, match="dispersion_shape"):
+        PhantomConfig.draw(9, "CT", dispersion_shape=0.5)
+
+
 def test_noise_does_not_change_truth() -> None:
     noisy, clean = small_study(12, "CT"), small_study(12, "CT", noise=False)
     for name in noisy.truth.maps:

@@ -455,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="style A: the arterial first pass drawn from a wider family (FWHM 4–16 s, gamma-variate"
         " shape 2–16: slow, near-symmetric boluses beside sharp ones; default 4–10 s, shape 2–5)",
     )
+    g.add_argument(
+        "--wide-dispersion",
+        action="store_true",
+        help="style A: the tissue dispersion kernel a gamma density of shape 1–6 (log-uniform) at the"
+        " drawn mean, so the effective residue peaks later than under the default exponential kernel",
+    )
     add_overwrite(p, "OUT")
     p.set_defaults(func=cmd_simulate)
 

@@ -142,13 +142,15 @@ def write_cohort(
     delay_power: tuple[float, float] | None = None,
     delay_mix: tuple[float, float] | None = None,
     wide_bolus: bool = False,
+    wide_dispersion: bool = False,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
     or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
     time (worker processes; the same cohort whatever ``jobs``). ``delay_power`` / ``delay_mix``
     (style A): each lesion's delay exponent and the delay's share of a second lesion weight drawn
     in those ranges (:meth:`PhantomConfig.draw`), so that a lesion's delay no longer follows its
-    CBF drop; ``wide_bolus`` (style A): the arterial first pass drawn from a wider family.
+    CBF drop; ``wide_bolus`` (style A): the arterial first pass drawn from a wider family;
+    ``wide_dispersion`` (style A): the tissue dispersion kernel drawn as a gamma density of shape 1–6.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -157,7 +159,9 @@ def write_cohort(
     overrides = overrides or {}
     check_style(style)  # then validate every study's parameters before simulating any
     configs = [
-        draw_config(style, seed + i, modality, delay_power, delay_mix, wide_bolus, **overrides)
+        draw_config(
+            style, seed + i, modality, delay_power, delay_mix, wide_bolus, wide_dispersion, **overrides
+        )
         for i in range(cases)
     ]
     rows: list[dict[str, Any]] = []
@@ -189,6 +193,7 @@ def write_cohort(
                     **({"DelayPowerRange": list(delay_power)} if delay_power else {}),
                     **({"DelayMixRange": list(delay_mix)} if delay_mix else {}),
                     **({"WideBolus": True} if wide_bolus else {}),
+                    **({"WideDispersion": True} if wide_dispersion else {}),
                 }
             )
         )

@@ -25,6 +25,9 @@ TIMINGS = ("uniform", "two-phase", "jittered")
 #: gamma-variate shape (log-uniform); the plain draw keeps 4–10 s and 2–5
 WIDE_BOLUS_FWHM_S = (4.0, 16.0)
 WIDE_BOLUS_ALPHA = (2.0, 16.0)
+#: ``PhantomConfig.draw(wide_dispersion=True)``: the tissue dispersion kernel's gamma shape
+#: (log-uniform; 1 is the plain draw's exponential kernel, larger shapes peak later at one mean)
+WIDE_DISPERSION_SHAPE = (1.0, 6.0)
 LESION_DELAY_RANGES = {"oligaemia": (2.5, 5.5), "penumbra": (7.0, 16.0), "core": (7.0, 16.0)}
 LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (0.04, 0.25)}
 LESION_MTT_RANGES = {"oligaemia": (1.2, 1.6), "penumbra": (1.4, 3.0), "core": (1.4, 3.0)}
@@ -77,7 +80,8 @@ class PhantomConfig:
     cbv_deep: float = 3.8  # 3.0–4.6
     perfusion_variation: float = 0.1  # 0.04–0.15 relative SD of a smooth multiplicative field
     baseline_delay_s: float = 0.7  # 0–1.5 s, normal tissue delay after the AIF
-    baseline_dispersion_s: float = 0.3  # 0–0.6 s exponential dispersion time constant
+    baseline_dispersion_s: float = 0.3  # 0–0.6 s mean of the tissue dispersion kernel
+    dispersion_shape: float = 1.0  # 1: exponential kernel; draw(wide_dispersion=True): gamma shape 1–6
     residue: str = "exponential"  # exponential | box | gamma | lognormal
     gamma_shape: float = 2.5  # 1.5–4 shape of the gamma transit-time distribution
     lognormal_sigma: float = 0.5  # 0.3–0.8 σ of the log-normal transit-time distribution
@@ -219,6 +223,7 @@ class PhantomConfig:
         delay_power: tuple[float, float] | None = None,
         delay_mix: tuple[float, float] | None = None,
         wide_bolus: bool = False,
+        wide_dispersion: bool = False,
         **overrides: Any,
     ) -> PhantomConfig:
         """Draw every parameter from its documented range with ``seed``, then apply ``overrides``.
@@ -230,6 +235,9 @@ class PhantomConfig:
         than the default 4–10 s FWHM at gamma-variate shape 2–5: FWHM 4–16 s and shape 2–16
         (log-uniform), so slow, near-symmetric boluses (slow injections, low cardiac output; the
         first pass of a population AIF is a Gaussian) are drawn beside the sharp ones.
+        ``wide_dispersion``: the tissue dispersion kernel drawn from that stream too, a gamma density
+        of shape 1–6 (log-uniform) at the drawn mean instead of the exponential (shape 1), so that
+        the effective residue's peak, which Tmax is, moves from the kernel's start towards its mean.
         """
         modality = modality.upper()
         if modality not in ("CT", "MR"):
@@ -308,7 +316,7 @@ class PhantomConfig:
         d["motion_translation_mm"] = u(0.5, 4)
         d["motion_rotation_deg"] = u(0.5, 4)
         own = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE1A]))
-        gamma, mix, width, shape = own.uniform(size=4)  # drawn always, used only when asked
+        gamma, mix, width, shape, kernel = own.uniform(size=5)  # drawn always, used only when asked
         if delay_power is not None:
             lo, hi = (float(v) for v in delay_power)
             if not 0 < lo <= hi <= 10:
@@ -324,6 +332,9 @@ class PhantomConfig:
             d["aif_fwhm_s"] = float(lo + width * (hi - lo))
             lo, hi = WIDE_BOLUS_ALPHA
             d["aif_alpha"] = float(np.exp(np.log(lo) + shape * (np.log(hi) - np.log(lo))))
+        if wide_dispersion:
+            lo, hi = WIDE_DISPERSION_SHAPE
+            d["dispersion_shape"] = float(np.exp(np.log(lo) + kernel * (np.log(hi) - np.log(lo))))
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise PerfnetInputError("phantom", f"unknown parameter(s): {', '.join(sorted(unknown))}")
@@ -353,6 +364,7 @@ def validated(cfg: PhantomConfig) -> PhantomConfig:
         ("fov_mm", 50 <= cfg.fov_mm <= 500, "must be 50–500 mm"),
         ("lesion_delay_power", 0 < cfg.lesion_delay_power <= 10, "must be in (0, 10]"),
         ("lesion_delay_mix", 0 <= cfg.lesion_delay_mix <= 1, "must be in [0, 1]"),
+        ("dispersion_shape", 1 <= cfg.dispersion_shape <= 100, "must be 1–100"),
     ]
     for name, ok, problem in checks:
         if not ok:

@@ -67,7 +67,12 @@ def _tissue_curves(
     beta_bin = np.clip(np.rint(params.dispersion / BETA_STEP), 0, 100).astype(np.int64)
     keys, rows = np.unique(mtt_bin * 1000 + beta_bin, return_inverse=True)
     table = build_curve_table(
-        aif_fine, cfg.residue, cfg.residue_shape, (keys // 1000) * MTT_STEP, (keys % 1000) * BETA_STEP
+        aif_fine,
+        cfg.residue,
+        cfg.residue_shape,
+        (keys // 1000) * MTT_STEP,
+        (keys % 1000) * BETA_STEP,
+        dispersion_shape=cfg.dispersion_shape,
     )
     scale = tissue_scale(params.cbf).astype(np.float32)
     curves = sample_shifted(table.curves, rows, params.delay, times) * scale[:, None]

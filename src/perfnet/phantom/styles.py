@@ -33,12 +33,14 @@ def draw_config(
     delay_power: tuple[float, float] | None = None,
     delay_mix: tuple[float, float] | None = None,
     wide_bolus: bool = False,
+    wide_dispersion: bool = False,
     **overrides: Any,
 ) -> Any:
     """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``);
     ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop;
     ``wide_bolus``: style A's arterial first pass drawn from a wider family (:meth:`PhantomConfig.draw`;
-    style B draws its own delay exponent and its own population-shaped bolus)."""
+    style B draws its own delay exponent and its own population-shaped bolus); ``wide_dispersion``:
+    style A's tissue dispersion kernel drawn as a gamma density of shape 1–6 (style B draws its own)."""
     if check_style(style) == "mni":
         from perfnet.phantom.mni import MniConfig
 
@@ -46,6 +48,7 @@ def draw_config(
             ("--delay-power", delay_power, "its own delay exponent"),
             ("--delay-mix", delay_mix, "its own delay exponent"),
             ("--wide-bolus", wide_bolus or None, "its own bolus shape"),
+            ("--wide-dispersion", wide_dispersion or None, "its own dispersion kernel"),
         ):
             if given is not None:
                 raise PerfnetInputError(option, f"style A (geometric) only: style B draws {what}")
@@ -53,7 +56,13 @@ def draw_config(
     from perfnet.phantom.config import PhantomConfig
 
     return PhantomConfig.draw(
-        seed, modality, delay_power=delay_power, delay_mix=delay_mix, wide_bolus=wide_bolus, **overrides
+        seed,
+        modality,
+        delay_power=delay_power,
+        delay_mix=delay_mix,
+        wide_bolus=wide_bolus,
+        wide_dispersion=wide_dispersion,
+        **overrides,
     )
 
 
