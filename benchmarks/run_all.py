@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["phantom", "conventional", "methods", "tiles", "cnn", "dose", "cohort", "training_memory"]
+ORDER = [
+    *("phantom", "conventional", "methods", "tiles", "cnn", "dose", "cohort", "training_memory"),
+    "tmax_convention",
+]
 
 
 def main() -> int:
