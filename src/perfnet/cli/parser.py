@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wide-dispersion",
         action="store_true",
         help="style A: the tissue dispersion kernel a gamma density of shape 1–6 (log-uniform) at the"
-        " drawn mean, so the effective residue peaks later than under the default exponential kernel",
+        " drawn mean instead of the exponential one (shape 1); the true Tmax moves with the shape",
     )
     add_overwrite(p, "OUT")
     p.set_defaults(func=cmd_simulate)

@@ -26,7 +26,7 @@ TIMINGS = ("uniform", "two-phase", "jittered")
 WIDE_BOLUS_FWHM_S = (4.0, 16.0)
 WIDE_BOLUS_ALPHA = (2.0, 16.0)
 #: ``PhantomConfig.draw(wide_dispersion=True)``: the tissue dispersion kernel's gamma shape
-#: (log-uniform; 1 is the plain draw's exponential kernel, larger shapes peak later at one mean)
+#: (log-uniform; 1 is the plain draw's exponential kernel, larger shapes peak nearer their mean)
 WIDE_DISPERSION_SHAPE = (1.0, 6.0)
 LESION_DELAY_RANGES = {"oligaemia": (2.5, 5.5), "penumbra": (7.0, 16.0), "core": (7.0, 16.0)}
 LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (0.04, 0.25)}
@@ -236,8 +236,9 @@ class PhantomConfig:
         (log-uniform), so slow, near-symmetric boluses (slow injections, low cardiac output; the
         first pass of a population AIF is a Gaussian) are drawn beside the sharp ones.
         ``wide_dispersion``: the tissue dispersion kernel drawn from that stream too, a gamma density
-        of shape 1–6 (log-uniform) at the drawn mean instead of the exponential (shape 1), so that
-        the effective residue's peak, which Tmax is, moves from the kernel's start towards its mean.
+        of shape 1–6 (log-uniform) at the drawn mean instead of the exponential (shape 1): a kernel
+        that peaks after its start, which moves the true Tmax (the effective residue's argmax) by a
+        few tenths of a second where the tissue curve barely changes.
         """
         modality = modality.upper()
         if modality not in ("CT", "MR"):
