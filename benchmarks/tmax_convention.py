@@ -53,18 +53,14 @@ def _peak(curve: np.ndarray) -> float:
     return float(style_b.parabolic_peak(curve[None, :])[0]) * DT
 
 
-def _style_a_curve(
-    aif: np.ndarray, family: str, rng: np.random.Generator, kernel_shape: float = 1.0
-) -> tuple[float, float]:
+def _style_a_curve(aif: np.ndarray, family: str, rng: np.random.Generator) -> tuple[float, float]:
     """(Tmax, tissue peak) of one healthy style-A curve: draws as ``PhantomConfig.draw`` does (the
     box residue without dispersion, plug flow, as ``perfnet.phantom.perfusion`` has it)."""
     mtt, beta = round(rng.uniform(3, 6), 1), round(rng.uniform(0, 0.6), 1)
     shape = rng.uniform(1.5, 4) if family == "gamma" else rng.uniform(0.3, 0.8)
     if family == "box":
         beta = 0.0
-    table = style_a.build_curve_table(
-        aif, family, shape, np.array([mtt]), np.array([beta]), dispersion_shape=kernel_shape
-    )
+    table = style_a.build_curve_table(aif, family, shape, np.array([mtt]), np.array([beta]))
     return float(table.tmax[0]), float(table.peak_time[0])
 
 
@@ -76,10 +72,9 @@ def _style_b_curve(aif: np.ndarray, family: str, rng: np.random.Generator) -> tu
     return float(table.tmax[0]), float(table.peak[0])
 
 
-def _offsets(pairs: list[tuple[float, float]], aif_peak: float | list[float]) -> np.ndarray:
-    tmax = np.array([p[0] for p in pairs])
-    lag = np.array([p[1] for p in pairs]) - np.asarray(aif_peak)
-    return tmax - lag
+def _offsets(pairs: list[tuple[float, float]], aif_peak: float) -> np.ndarray:
+    """Tmax − (tissue peak − arterial peak) of each (Tmax, tissue peak) pair."""
+    return np.array([tmax - (peak - aif_peak) for tmax, peak in pairs])
 
 
 def common_input(fwhm: float, draws: int, seed: int) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_a_gamma_dispersion_kernel_moves_tmax_not_the_curve() -> None:
     """``dispersion_shape`` k: a gamma kernel of the same mean β (rows sum to 1, mean β); at k = 1
     the exponential kernel bit for bit. Tmax (the effective residue's argmax) depends on the
     kernel's shape while the tissue curve hardly does: for an exponential residue (MTT 6 s) behind a
-    3 s-wide arterial bolus, β = 0.3 s, k 1 → 6 moves the true Tmax from 0.90 to 0.61 s and the
+    Gaussian arterial bolus of 5 s FWHM, β = 0.3 s, k 1 → 6 moves the true Tmax from 0.90 to 0.61 s and the
     curve's peak by < 0.02 s. A simulator's truth convention that the curves do not settle."""
     n = 2000
     t = np.arange(n) * FINE_DT
@@ -132,8 +132,8 @@ def test_a_gamma_dispersion_kernel_moves_tmax_not_the_curve() -> None:
 
 def test_a_wide_dispersion_study_keeps_its_truth_definitions() -> None:
     """A study drawn with ``wide_dispersion``: Tmax = delay + the argmax of its own kernel's
-    effective residue; the healthy tissue's Tmax differs from the exponential kernel's, CBF, CBV,
-    MTT and the masks do not."""
+    effective residue; the healthy tissue's Tmax differs from the exponential kernel's, CBF, CBV
+    and MTT do not."""
     cfg = PhantomConfig.draw(31, "CT", wide_dispersion=True, matrix=64, slices=3, coverage_mm=30.0)
     cfg = cfg.replace(dispersion_shape=4.0, residue="exponential", baseline_dispersion_s=0.5)
     wide, plain = (
