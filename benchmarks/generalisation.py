@@ -24,12 +24,18 @@ each method (style B − style A).
 
     python benchmarks/generalisation.py [--studies 6] [--first 0] [--modality ct,mr] [--styles geometric,mni]
         [--methods cnn,osvd,boxnlr] [--weights FILE ...] [--candidate FILE ...] [--size 128]
-        [--slices 8] [--json OUT]
+        [--slices 8] [--set NAME=VALUE ...] [--json OUT]
 
 ``--methods`` takes ``cnn``, ``candidate``, any conventional method (``osvd``, ``boxnlr``,
 ``ssvd``, ``csvd``, ``tikhonov``) and ``truth``: the phantom's
 true maps through the same lesion rule and contralateral reference, the rule's own ceiling (what
 any method's maps could give it; e.g. ``--methods truth`` alone, seconds per study).
+
+``--set NAME=VALUE`` (repeatable) overrides one drawn parameter of every study, every other
+parameter drawn as before (the draws apply overrides after drawing): a factor ablation, e.g. style
+B's studies with a residue family style A knows, ``--styles mni --set residue=exponential``, or
+without truncation, ``--set truncated=false``; the names are the style's config fields, checked
+before any study runs.
 
 ``--weights`` (repeatable, one file per modality, or ``a.pt,b.pt`` for an ensemble of files;
 the modality is read from the file) scores
@@ -148,6 +154,24 @@ def analyse(
     return {"maps": maps, "lesions": lesions, "seconds": seconds}
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` items as draw overrides: VALUE read as JSON (``false``, ``1.5``,
+    ``[1, 2]`` as a tuple), else taken as a string (``exponential``)."""
+    from perfnet.errors import PerfnetInputError
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise PerfnetInputError("--set", f"must be NAME=VALUE, got {item!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[name.strip()] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
 def run_study(
     style: str, modality: str, index: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
@@ -157,7 +181,8 @@ def run_study(
     from perfnet.phantom.styles import draw_config, simulate
 
     seed = study_seed(style, modality, index)
-    cfg = draw_config(style, seed, modality, matrix=args.size, slices=args.slices, lesion=lesion_of(index))
+    drawn = {"matrix": args.size, "slices": args.slices, "lesion": lesion_of(index), **args.overrides}
+    cfg = draw_config(style, seed, modality, **drawn)
     study = simulate(cfg)
     truth_dir = work / f"{style}-{modality}-{index}" / "truth-study"
     write_study(study, truth_dir, "sub-0001")
@@ -379,12 +404,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--json", type=Path, help="write every row and the means here")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one drawn parameter of every study (a JSON value, else a string), e.g."
+        " residue=exponential, truncated=false: one factor changed, every other drawn as before",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="studies at a time (worker processes, one thread each)"
     )
     args = parser.parse_args([] if argv is None and __name__ != "__main__" else argv)
     args.methods = [m for m in args.methods.split(",") if m]
+    args.overrides = parse_overrides(args.set)
     modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    if args.overrides:  # a misspelt name or a bad value fails here, before any study runs
+        from perfnet.phantom.styles import draw_config
+
+        for style in styles:
+            for modality in modalities:
+                draw_config(style, study_seed(style, modality, args.first), modality, **args.overrides)
     args.weights_by_modality, args.candidate_by_modality = {}, {}
     args.trained = {}  # "CT cnn" → the phantom styles its weights trained on
     for method, paths, by_modality in (
@@ -411,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.trained[f"{modality} cnn"] = BUNDLED_STYLES
     print(
         f"generalisation: {args.studies} studies per style {styles} and modality {modalities},"
-        f" {args.size}²×{args.slices}, methods {args.methods}, seeds {SEED_BASE}+",
+        f" {args.size}²×{args.slices}, methods {args.methods}, seeds {SEED_BASE}+"
+        + (f", set {args.overrides}" if args.overrides else ""),
         flush=True,
     )
     started = time.perf_counter()
@@ -440,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         means = [{"modality": k[0], "style": k[1], "method": k[2], **v} for k, v in table.items()]
-        document = {"rows": rows, "means": means, "trained_on": args.trained}
+        document = {"rows": rows, "means": means, "trained_on": args.trained, "overrides": args.overrides}
         args.json.write_text(json.dumps(document, indent=1) + "\n")
 
 

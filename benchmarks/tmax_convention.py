@@ -1,6 +1,6 @@
 """How much of each phantom style's Tmax is a convention the curves do not show (issue 12.1).
 
-    python benchmarks/tmax_convention.py [--draws 40] [--seed 0] [--json FILE]
+    python benchmarks/tmax_convention.py [--draws 200] [--seed 0] [--json FILE]
 
 Both phantom styles define the true Tmax alike: the delay plus the argmax of the effective residue
 h = D ⊗ R (dispersion kernel ⊗ residue). They differ in what they draw for D and R (style A:
@@ -8,7 +8,8 @@ exponential, box, gamma and log-normal residues, an exponential kernel; style B:
 gamma with a minimum transit, lagged-normal and two-compartment residues, a gamma kernel) and in
 the arterial input (A: a gamma variate; B: Parker's population curve, stretched). A network learns
 Tmax from the tissue curve, whose peak it sees; so the measure here is, for healthy tissue
-(MTT 3–6 s, each style's own kernel-mean range and family parameters, noise-free, no delay),
+(MTT 3–6 s; the family parameters and the dispersion kernel of configs drawn as each style draws
+its studies, ``draw_config``, so the ranges are the styles' own; noise-free, no delay),
 Tmax − (tissue peak − arterial peak): one number per curve that two simulators agree on if they
 map alike curves to alike Tmax.
 
@@ -37,14 +38,20 @@ from typing import Any
 
 import numpy as np
 
+from perfnet.phantom import config as style_a_config
 from perfnet.phantom import physiology as style_a
+from perfnet.phantom.mni import config as style_b_config
 from perfnet.phantom.mni import physiology as style_b
 from perfnet.phantom.styles import draw_config
 
 DT = 0.1  # s, both styles' fine grid
 N = 1600  # fine samples (160 s)
-A_FAMILIES = {"exponential": 0.25, "box": 0.25, "gamma": 0.25, "lognormal": 0.25}  # rng.choice
-B_FAMILIES = {"exponential": 0.2, "gamma": 0.3, "lagged-normal": 0.25, "two-compartment": 0.25}
+#: each style's residue families and how often its draw picks them (style A: equally often)
+FAMILIES = {
+    "A": dict.fromkeys(style_a_config.RESIDUE_FAMILIES, 1.0 / len(style_a_config.RESIDUE_FAMILIES)),
+    "B": dict(zip(style_b_config.RESIDUE_FAMILIES, style_b_config.RESIDUE_WEIGHTS, strict=True)),
+}
+STYLE_NAMES = {"A": "geometric", "B": "mni"}
 KERNEL_SHAPES = (1.0, 2.0, 3.0, 6.0)
 
 
@@ -53,23 +60,25 @@ def _peak(curve: np.ndarray) -> float:
     return float(style_b.parabolic_peak(curve[None, :])[0]) * DT
 
 
-def _style_a_curve(aif: np.ndarray, family: str, rng: np.random.Generator) -> tuple[float, float]:
-    """(Tmax, tissue peak) of one healthy style-A curve: draws as ``PhantomConfig.draw`` does (the
-    box residue without dispersion, plug flow, as ``perfnet.phantom.perfusion`` has it)."""
-    mtt, beta = round(rng.uniform(3, 6), 1), round(rng.uniform(0, 0.6), 1)
-    shape = rng.uniform(1.5, 4) if family == "gamma" else rng.uniform(0.3, 0.8)
-    if family == "box":
-        beta = 0.0
-    table = style_a.build_curve_table(aif, family, shape, np.array([mtt]), np.array([beta]))
-    return float(table.tmax[0]), float(table.peak_time[0])
-
-
-def _style_b_curve(aif: np.ndarray, family: str, rng: np.random.Generator) -> tuple[float, float]:
-    """(Tmax, tissue peak) of one healthy style-B curve: draws as ``MniConfig.draw`` does."""
-    mtt, beta, kernel = round(rng.uniform(3, 6), 1), round(rng.uniform(0.2, 0.8), 1), rng.uniform(1.5, 5)
-    params = style_b.residue_parameters(family, (rng.uniform(), rng.uniform()))
-    table = style_b.tissue_table(aif, family, params, kernel, np.array([mtt]), np.array([beta]))
+def _healthy_curve(style: str, cfg: Any, aif: np.ndarray, mtt: float) -> tuple[float, float]:
+    """(Tmax, tissue peak) of one healthy curve of MTT ``mtt`` s with the residue family, family
+    parameters and dispersion kernel (mean and shape) of the drawn config ``cfg`` of ``style``;
+    style A's box residue without dispersion (plug flow, as ``perfnet.phantom.perfusion`` has it)."""
+    beta = 0.0 if cfg.residue == "box" else round(float(cfg.baseline_dispersion_s), 1)
+    mtts, betas = np.array([mtt]), np.array([beta])
+    if style == "A":
+        table = style_a.build_curve_table(
+            aif, cfg.residue, cfg.residue_shape, mtts, betas, dispersion_shape=cfg.dispersion_shape
+        )
+        return float(table.tmax[0]), float(table.peak_time[0])
+    params = style_b.residue_parameters(cfg.residue, cfg.residue_shape)
+    table = style_b.tissue_table(aif, cfg.residue, params, cfg.dispersion_shape, mtts, betas)
     return float(table.tmax[0]), float(table.peak[0])
+
+
+def _draws(style: str, seed: int, draws: int, **overrides: Any) -> list[Any]:
+    """``draws`` configs of ``style`` (CT) drawn as its studies are, seeds ``seed`` on."""
+    return [draw_config(STYLE_NAMES[style], seed + i, "CT", **overrides) for i in range(draws)]
 
 
 def _offsets(pairs: list[tuple[float, float]], aif_peak: float) -> np.ndarray:
@@ -78,42 +87,48 @@ def _offsets(pairs: list[tuple[float, float]], aif_peak: float) -> np.ndarray:
 
 
 def common_input(fwhm: float, draws: int, seed: int) -> dict[str, Any]:
-    """Table 1: every family of both styles behind one Gaussian arterial input of ``fwhm`` s."""
+    """Table 1: every family of both styles behind one Gaussian arterial input of ``fwhm`` s: per
+    family, ``draws`` configs drawn with that family (their family parameters and kernels)."""
     t = np.arange(N) * DT
     aif = np.exp(-0.5 * ((t - 20.0) / (fwhm / 2.3548)) ** 2)
     rng = np.random.default_rng([seed, int(fwhm * 10)])
     rows: dict[str, dict[str, float]] = {}
-    for style, families, curve in (("A", A_FAMILIES, _style_a_curve), ("B", B_FAMILIES, _style_b_curve)):
+    for style, families in FAMILIES.items():
         for family in families:
-            offsets = _offsets([curve(aif, family, rng) for _ in range(draws)], 20.0)
+            configs = _draws(style, seed, draws, residue=family)
+            pairs = [_healthy_curve(style, cfg, aif, _mtt(rng)) for cfg in configs]
+            offsets = _offsets(pairs, 20.0)
             rows[f"{style} {family}"] = {"mean": float(offsets.mean()), "sd": float(offsets.std())}
     means = {
         style: sum(w * rows[f"{style} {f}"]["mean"] for f, w in families.items())
-        for style, families in (("A", A_FAMILIES), ("B", B_FAMILIES))
+        for style, families in FAMILIES.items()
     }
     return {"fwhm_s": fwhm, "families": rows, "style_means": means, "difference_s": means["B"] - means["A"]}
 
 
 def own_input(draws: int, seed: int) -> dict[str, Any]:
-    """Table 2: each style's curves behind its own drawn arterial inputs (one per draw)."""
+    """Table 2: each style's curves behind its own drawn arterial inputs: ``draws`` configs as drawn
+    (family, kernel and arterial input each the config's own)."""
     t = np.arange(N) * DT
     rng = np.random.default_rng([seed, 2])
     out: dict[str, Any] = {}
-    for style, name, families, curve, make_aif in (
-        ("A", "geometric", A_FAMILIES, _style_a_curve, style_a.ArterialInput.from_config),
-        ("B", "mni", B_FAMILIES, _style_b_curve, style_b.PopulationAIF.from_config),
+    for style, make_aif in (
+        ("A", style_a.ArterialInput.from_config),
+        ("B", style_b.PopulationAIF.from_config),
     ):
         offsets: list[float] = []
-        for i in range(draws):
-            cfg = draw_config(name, seed + i, "CT")
+        for cfg in _draws(style, seed, draws):
             aif = make_aif(cfg)(t)
-            aif_peak = _peak(aif)
-            family = str(rng.choice(list(families), p=list(families.values())))
-            offsets += list(_offsets([curve(aif, family, rng)], aif_peak))
+            offsets += list(_offsets([_healthy_curve(style, cfg, aif, _mtt(rng))], _peak(aif)))
         values = np.array(offsets)
         out[style] = {"mean": float(values.mean()), "sd": float(values.std())}
     out["difference_s"] = out["B"]["mean"] - out["A"]["mean"]
     return out
+
+
+def _mtt(rng: np.random.Generator) -> float:
+    """A healthy mean transit time: 3–6 s (both styles' grey and white matter), to 0.1 s."""
+    return round(float(rng.uniform(3, 6)), 1)
 
 
 def kernel_shapes() -> dict[str, Any]:
@@ -136,7 +151,9 @@ def kernel_shapes() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--draws", type=int, default=40, help="curves per family (table 1) and per style (2)")
+    parser.add_argument(
+        "--draws", type=int, default=200, help="curves per family (table 1) and per style (2)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

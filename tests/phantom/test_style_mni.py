@@ -280,6 +280,20 @@ def test_ct_noise_has_the_fbp_noise_power_spectrum() -> None:
     assert 0 < peak < len(bands) - 1 and bands[0] < 0.3 * bands[peak] and bands[-1] < 0.1 * bands[peak]
 
 
+def test_white_ct_noise_texture_keeps_the_sd_and_loses_the_correlation() -> None:
+    """``noise_texture="white"`` (an override, never drawn): the same dose-derived SD, no in-plane
+    correlation; every other parameter, and so the clean series, as drawn."""
+    overrides = {"matrix": 128, "slices": 4, "fov_mm": 200.0, "nps_cutoff_lp_mm": 0.35, "dose_mas": 80.0}
+    assert MniConfig.draw(7, "CT").noise_texture == "fbp"
+    white = mni_study(7, "CT", noise_texture="white", **overrides)
+    clean = mni_study(7, "CT", noise=False, **overrides)
+    noise = (white.series.data - clean.series.data).astype(np.float64)
+    assert noise.std() == pytest.approx(white.config.ct_noise_sd, rel=0.03)
+    assert abs(np.mean(noise[1:] * noise[:-1]) / noise.var()) < 0.02
+    with pytest.raises(PerfnetInputError, match="noise_texture"):
+        MniConfig.draw(7, "CT", noise_texture="pink")
+
+
 def test_mr_leakage_changes_the_tail_as_modelled() -> None:
     """Boxerman–Weisskoff: ΔR2*_obs = ΔR2* − K₂∫ΔR2* in the core's pure-tissue voxels."""
     common = {"lesion": "core", "territory": "MCA", "slab_center_mm": 5.0, "non_steady_state": False}

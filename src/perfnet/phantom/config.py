@@ -17,7 +17,7 @@ import numpy as np
 
 from perfnet.errors import PerfnetInputError
 
-RESIDUE_FAMILIES = ("exponential", "box", "gamma", "lognormal")
+RESIDUE_FAMILIES = ("exponential", "box", "gamma", "lognormal")  # drawn with equal probability
 LESION_KINDS = ("none", "oligaemia", "penumbra", "core")
 TERRITORIES = ("MCA", "ACA", "PCA")
 TIMINGS = ("uniform", "two-phase", "jittered")

@@ -107,9 +107,14 @@ def nps_filter(n: int, pixel_mm: float, cutoff_lp_mm: float) -> np.ndarray:
 
 
 def add_ct_noise(signal: np.ndarray, cfg: MniConfig, rng: np.random.Generator) -> None:
-    """Correlated CT noise (FBP noise power spectrum) added in place, a few frames at a time."""
+    """Correlated CT noise (FBP noise power spectrum) added in place, a few frames at a time;
+    ``noise_texture="white"``: uncorrelated noise of the same SD."""
     sd = cfg.effective_noise_sd
     if sd <= 0:
+        return
+    if cfg.noise_texture == "white":
+        for t in range(signal.shape[3]):
+            signal[..., t] += np.float32(sd) * rng.standard_normal(signal.shape[:3], dtype=np.float32)
         return
     nx, ny = signal.shape[:2]
     if nx != ny:

@@ -23,10 +23,15 @@ import numpy as np
 from perfnet.errors import PerfnetInputError
 
 RESIDUE_FAMILIES = ("exponential", "gamma", "lagged-normal", "two-compartment")
+#: how often :meth:`MniConfig.draw` draws each of them
+RESIDUE_WEIGHTS = (0.2, 0.3, 0.25, 0.25)
 LESION_KINDS = ("none", "oligaemia", "penumbra", "core")
 TERRITORIES = ("MCA", "ACA", "PCA")
 OCCLUSION_LEVELS = ("proximal", "distal")
 TIMINGS = ("uniform", "two-phase", "jittered")
+#: CT noise textures: ``fbp`` (drawn: the filtered back-projection noise power spectrum) and
+#: ``white`` (never drawn; an override that takes the texture out, e.g. for a factor ablation)
+NOISE_TEXTURES = ("fbp", "white")
 #: Time from the bolus arrival to the first-pass peak of the unstretched population AIF (3.5 σ₁).
 AIF_PEAK_AFTER_ARRIVAL_S = 3.5 * 0.0563 * 60.0
 LESION_DELAY_RANGES = {"oligaemia": (1.5, 3.5), "severe": (6.0, 14.0)}
@@ -132,6 +137,7 @@ class MniConfig:
     noise_sd: float | None = None  # CT: overrides the dose-derived SD (HU)
     noise_sd_100mas: float = 14.0  # CT 10–20 HU at 100 mAs and 5 mm slices
     nps_cutoff_lp_mm: float = 0.6  # CT 0.35–0.9 cycles/mm: cut-off of the Hann apodisation window
+    noise_texture: str = "fbp"  # CT: fbp (the FBP noise power spectrum); white: an override, not drawn
     snr: float = 50.0  # MR: grey-matter baseline / noise SD, 12–120
     echo_time_s: float = 0.035  # MR 0.025–0.045
     s0: float = 1000.0  # MR grey-matter baseline, 200–4000
@@ -277,7 +283,7 @@ class MniConfig:
         d["posterior_delay_s"] = u(0, 0.8)
         d["baseline_dispersion_s"] = u(0.2, 0.8)
         d["dispersion_shape"] = u(1.5, 5)
-        d["residue"] = str(rng.choice(RESIDUE_FAMILIES, p=[0.2, 0.3, 0.25, 0.25]))
+        d["residue"] = str(rng.choice(RESIDUE_FAMILIES, p=list(RESIDUE_WEIGHTS)))
         d["residue_shape"] = (u(), u())  # quantiles, mapped to each family's range in physiology
         d["arrival_s"] = u(2, 16)
         d["aif_peak"] = u(180, 650) if ct else u(100, 450)
@@ -369,6 +375,7 @@ def validated(cfg: MniConfig) -> MniConfig:
         ("fov_mm", 50 <= cfg.fov_mm <= 500, "must be 50–500 mm"),
         ("field_strength_t", cfg.field_strength_t in T1_SECONDS, "must be 1.5 or 3"),
         ("dispersion_shape", cfg.dispersion_shape >= 1.0, "must be ≥ 1"),
+        ("noise_texture", cfg.noise_texture in NOISE_TEXTURES, f"must be one of {', '.join(NOISE_TEXTURES)}"),
     ]
     for name, ok, problem in checks:
         if not ok:
