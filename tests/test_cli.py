@@ -231,3 +231,21 @@ def test_simulate_draws_a_wide_dispersion(tmp_path: Path, capsys: pytest.Capture
     assert json.loads((out / "dataset_description.json").read_text())["WideDispersion"] is True
     code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", "--wide-dispersion")
     assert code == 2 and "--wide-dispersion" in err and not (tmp_path / "b").exists()
+
+
+def test_simulate_draws_a_wide_residue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--wide-residue``: each study's gamma shape and log-normal σ drawn from the wide ranges and
+    recorded; style B refuses it."""
+    out = tmp_path / "cohort"
+    args = ["--cases", "2", "--seed", "14020", "--size", "48", "--slices", "3"]
+    assert _run(capsys, "simulate", out, *args, "--wide-residue")[0] == 0
+    for i in (1, 2):
+        drawn = PhantomConfig.draw(14019 + i, "CT", wide_residue=True)
+        config = json.loads((out / f"sub-{i:04d}" / "ses-01" / "truth" / "parameters.json").read_text())[
+            "config"
+        ]
+        assert config["gamma_shape"] == drawn.gamma_shape != PhantomConfig.draw(14019 + i, "CT").gamma_shape
+        assert config["lognormal_sigma"] == drawn.lognormal_sigma
+    assert json.loads((out / "dataset_description.json").read_text())["WideResidue"] is True
+    code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", "--wide-residue")
+    assert code == 2 and "--wide-residue" in err and not (tmp_path / "b").exists()

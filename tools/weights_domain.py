@@ -63,7 +63,14 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
             overrides = _phantom_overrides(args)
             ranges = (args.delay_power, args.delay_mix, args.wide_bolus, args.wide_dispersion)
             configs += [
-                draw_config(args.style, args.seed + i, args.modality, *ranges, **overrides)
+                draw_config(
+                    args.style,
+                    args.seed + i,
+                    args.modality,
+                    *ranges,
+                    wide_residue=args.wide_residue,
+                    **overrides,
+                )
                 for i in range(min(per_cohort, args.cases))
             ]
     return configs

@@ -124,6 +124,29 @@ def test_a_wide_dispersion_draw_keeps_every_other_draw() -> None:
         PhantomConfig.draw(9, "CT", dispersion_shape=0.5)
 
 
+def test_a_wide_residue_draw_keeps_every_other_draw() -> None:
+    """``wide_residue`` draws the gamma residue's shape (1.5–16, log-uniform) and the log-normal
+    residue's σ (0.15–0.8) from that own stream: every other parameter is the plain draw's, and
+    with ``wide_dispersion`` both keep their own draws."""
+    import dataclasses
+
+    wide = [PhantomConfig.draw(s, "CT", wide_residue=True) for s in range(9, 209)]
+    plain = PhantomConfig.draw(9, "CT")
+    assert (
+        dataclasses.replace(wide[0], gamma_shape=plain.gamma_shape, lognormal_sigma=plain.lognormal_sigma)
+        == plain
+    )
+    both = PhantomConfig.draw(9, "CT", wide_dispersion=True, wide_residue=True)
+    assert both.gamma_shape == wide[0].gamma_shape
+    assert both.dispersion_shape == PhantomConfig.draw(9, "CT", wide_dispersion=True).dispersion_shape
+    shape = np.array([c.gamma_shape for c in wide])
+    sigma = np.array([c.lognormal_sigma for c in wide])
+    assert 1.5 <= shape.min() < 1.7 and 14 < shape.max() <= 16.0
+    assert 4.0 < np.median(shape) < 6.0  # log-uniform: √24 = 4.9
+    assert 0.15 <= sigma.min() < 0.2 and 0.75 < sigma.max() <= 0.8
+    assert [c.residue for c in wide] == [PhantomConfig.draw(s, "CT").residue for s in range(9, 209)]
+
+
 def test_noise_does_not_change_truth() -> None:
     noisy, clean = small_study(12, "CT"), small_study(12, "CT", noise=False)
     for name in noisy.truth.maps:

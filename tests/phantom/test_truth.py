@@ -147,6 +147,21 @@ def test_a_wide_dispersion_study_keeps_its_truth_definitions() -> None:
     assert -0.6 < shift < -0.1, shift  # shape 4 at β ≈ 0.35–0.8 s: an earlier argmax
 
 
+def test_a_narrow_transit_time_distribution_peaks_its_effective_residue_later() -> None:
+    """The truth Tmax of a gamma residue (``wide_residue`` draws shapes up to 16) is the argmax of
+    the dispersed residue: near the delay for a broad distribution, later for a narrow one, whose
+    residue stays near 1 for a good part of the MTT; the tissue curve's peak moves far less."""
+    t = np.arange(1600) * 0.1
+    aif = np.exp(-0.5 * ((t - 20.0) / (5.0 / 2.3548)) ** 2)
+    tmax, peak = [], []
+    for shape in (1.5, 4.0, 16.0):
+        table = build_curve_table(aif, "gamma", shape, np.array([5.0]), np.array([0.3]))
+        tmax.append(float(table.tmax[0]))
+        peak.append(float(table.peak_time[0]))
+    assert tmax[0] < 1.0 < tmax[1] < tmax[2], tmax
+    assert tmax[2] - tmax[0] > 2 * (peak[2] - peak[0]) > 0, (tmax, peak)
+
+
 def test_aif_shape() -> None:
     study = small_study(5, "CT", noise=False)
     cfg, aif, times = study.config, study.truth.aif, study.truth.times

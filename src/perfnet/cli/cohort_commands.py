@@ -234,6 +234,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         delay_mix=args.delay_mix,
         wide_bolus=args.wide_bolus,
         wide_dispersion=args.wide_dispersion,
+        wide_residue=args.wide_residue,
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0

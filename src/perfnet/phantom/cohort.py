@@ -143,6 +143,7 @@ def write_cohort(
     delay_mix: tuple[float, float] | None = None,
     wide_bolus: bool = False,
     wide_dispersion: bool = False,
+    wide_residue: bool = False,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
     or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
@@ -150,7 +151,8 @@ def write_cohort(
     (style A): each lesion's delay exponent and the delay's share of a second lesion weight drawn
     in those ranges (:meth:`PhantomConfig.draw`), so that a lesion's delay no longer follows its
     CBF drop; ``wide_bolus`` (style A): the arterial first pass drawn from a wider family;
-    ``wide_dispersion`` (style A): the tissue dispersion kernel drawn as a gamma density of shape 1–6.
+    ``wide_dispersion`` (style A): the tissue dispersion kernel drawn as a gamma density of shape 1–6;
+    ``wide_residue`` (style A): the gamma and log-normal residues' shapes drawn from wider ranges.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -160,7 +162,15 @@ def write_cohort(
     check_style(style)  # then validate every study's parameters before simulating any
     configs = [
         draw_config(
-            style, seed + i, modality, delay_power, delay_mix, wide_bolus, wide_dispersion, **overrides
+            style,
+            seed + i,
+            modality,
+            delay_power,
+            delay_mix,
+            wide_bolus,
+            wide_dispersion,
+            wide_residue=wide_residue,
+            **overrides,
         )
         for i in range(cases)
     ]
@@ -194,6 +204,7 @@ def write_cohort(
                     **({"DelayMixRange": list(delay_mix)} if delay_mix else {}),
                     **({"WideBolus": True} if wide_bolus else {}),
                     **({"WideDispersion": True} if wide_dispersion else {}),
+                    **({"WideResidue": True} if wide_residue else {}),
                 }
             )
         )

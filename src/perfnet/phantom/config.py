@@ -28,6 +28,11 @@ WIDE_BOLUS_ALPHA = (2.0, 16.0)
 #: ``PhantomConfig.draw(wide_dispersion=True)``: the tissue dispersion kernel's gamma shape
 #: (log-uniform; 1 is the plain draw's exponential kernel, larger shapes peak nearer their mean)
 WIDE_DISPERSION_SHAPE = (1.0, 6.0)
+#: ``PhantomConfig.draw(wide_residue=True)``: the gamma residue's shape (log-uniform; the plain draw
+#: keeps 1.5–4) and the log-normal residue's σ (uniform; plain 0.3–0.8): transit-time distributions
+#: from broad to narrow (a shape of 16 holds most of the tracer for ~half the MTT, near plug flow)
+WIDE_RESIDUE_GAMMA_SHAPE = (1.5, 16.0)
+WIDE_RESIDUE_LOGNORMAL_SIGMA = (0.15, 0.8)
 LESION_DELAY_RANGES = {"oligaemia": (2.5, 5.5), "penumbra": (7.0, 16.0), "core": (7.0, 16.0)}
 LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (0.04, 0.25)}
 LESION_MTT_RANGES = {"oligaemia": (1.2, 1.6), "penumbra": (1.4, 3.0), "core": (1.4, 3.0)}
@@ -83,8 +88,8 @@ class PhantomConfig:
     baseline_dispersion_s: float = 0.3  # 0–0.6 s mean of the tissue dispersion kernel
     dispersion_shape: float = 1.0  # 1: exponential kernel; draw(wide_dispersion=True): gamma shape 1–6
     residue: str = "exponential"  # exponential | box | gamma | lognormal
-    gamma_shape: float = 2.5  # 1.5–4 shape of the gamma transit-time distribution
-    lognormal_sigma: float = 0.5  # 0.3–0.8 σ of the log-normal transit-time distribution
+    gamma_shape: float = 2.5  # 1.5–4 (draw(wide_residue=True): 1.5–16) shape of the gamma transit times
+    lognormal_sigma: float = 0.5  # 0.3–0.8 (wide_residue: 0.15–0.8) σ of the log-normal transit times
 
     # --- arterial input and venous output --------------------------------------------------
     arrival_s: float = 6.0  # 2–15 s bolus arrival in the arteries
@@ -224,6 +229,7 @@ class PhantomConfig:
         delay_mix: tuple[float, float] | None = None,
         wide_bolus: bool = False,
         wide_dispersion: bool = False,
+        wide_residue: bool = False,
         **overrides: Any,
     ) -> PhantomConfig:
         """Draw every parameter from its documented range with ``seed``, then apply ``overrides``.
@@ -238,7 +244,11 @@ class PhantomConfig:
         ``wide_dispersion``: the tissue dispersion kernel drawn from that stream too, a gamma density
         of shape 1–6 (log-uniform) at the drawn mean instead of the exponential (shape 1): a kernel
         that peaks after its start, which moves the true Tmax (the effective residue's argmax) by a
-        few tenths of a second where the tissue curve barely changes.
+        few tenths of a second where the tissue curve barely changes. ``wide_residue``: the gamma
+        residue's shape (1.5–16, log-uniform) and the log-normal residue's σ (0.15–0.8) drawn from
+        that stream too, wider than the plain 1.5–4 and 0.3–0.8: narrow transit-time distributions,
+        whose residue stays near 1 for a good part of the MTT, beside the broad ones; where the
+        effective residue peaks, which is the true Tmax, moves later for them.
         """
         modality = modality.upper()
         if modality not in ("CT", "MR"):
@@ -317,7 +327,8 @@ class PhantomConfig:
         d["motion_translation_mm"] = u(0.5, 4)
         d["motion_rotation_deg"] = u(0.5, 4)
         own = np.random.default_rng(np.random.SeedSequence([int(seed), 0xDE1A]))
-        gamma, mix, width, shape, kernel = own.uniform(size=5)  # drawn always, used only when asked
+        # drawn always, used only when asked (a longer draw keeps the earlier values)
+        gamma, mix, width, shape, kernel, transit_shape, transit_sigma = own.uniform(size=7)
         if delay_power is not None:
             lo, hi = (float(v) for v in delay_power)
             if not 0 < lo <= hi <= 10:
@@ -336,6 +347,11 @@ class PhantomConfig:
         if wide_dispersion:
             lo, hi = WIDE_DISPERSION_SHAPE
             d["dispersion_shape"] = float(np.exp(np.log(lo) + kernel * (np.log(hi) - np.log(lo))))
+        if wide_residue:
+            lo, hi = WIDE_RESIDUE_GAMMA_SHAPE
+            d["gamma_shape"] = float(np.exp(np.log(lo) + transit_shape * (np.log(hi) - np.log(lo))))
+            lo, hi = WIDE_RESIDUE_LOGNORMAL_SIGMA
+            d["lognormal_sigma"] = float(lo + transit_sigma * (hi - lo))
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise PerfnetInputError("phantom", f"unknown parameter(s): {', '.join(sorted(unknown))}")

@@ -34,13 +34,16 @@ def draw_config(
     delay_mix: tuple[float, float] | None = None,
     wide_bolus: bool = False,
     wide_dispersion: bool = False,
+    wide_residue: bool = False,
     **overrides: Any,
 ) -> Any:
     """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``);
     ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop;
     ``wide_bolus``: style A's arterial first pass drawn from a wider family (:meth:`PhantomConfig.draw`;
     style B draws its own delay exponent and its own population-shaped bolus); ``wide_dispersion``:
-    style A's tissue dispersion kernel drawn as a gamma density of shape 1–6 (style B draws its own)."""
+    style A's tissue dispersion kernel drawn as a gamma density of shape 1–6 (style B draws its own);
+    ``wide_residue``: style A's gamma and log-normal residues drawn from narrower transit-time
+    distributions too (style B draws its own families)."""
     if check_style(style) == "mni":
         from perfnet.phantom.mni import MniConfig
 
@@ -49,6 +52,7 @@ def draw_config(
             ("--delay-mix", delay_mix, "its own delay exponent"),
             ("--wide-bolus", wide_bolus or None, "its own bolus shape"),
             ("--wide-dispersion", wide_dispersion or None, "its own dispersion kernel"),
+            ("--wide-residue", wide_residue or None, "its own residue families"),
         ):
             if given is not None:
                 raise PerfnetInputError(option, f"style A (geometric) only: style B draws {what}")
@@ -62,6 +66,7 @@ def draw_config(
         delay_mix=delay_mix,
         wide_bolus=wide_bolus,
         wide_dispersion=wide_dispersion,
+        wide_residue=wide_residue,
         **overrides,
     )
 
