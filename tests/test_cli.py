@@ -216,36 +216,31 @@ def test_simulate_draws_a_wide_bolus(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads((out / "dataset_description.json").read_text())["WideBolus"] is True
 
 
-def test_simulate_draws_a_wide_dispersion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--wide-dispersion``: each study's tissue dispersion kernel shape drawn and recorded; style B
-    refuses it."""
+@pytest.mark.parametrize(
+    ("option", "fields", "description"),
+    [
+        ("--wide-dispersion", ("dispersion_shape",), "WideDispersion"),
+        ("--wide-residue", ("gamma_shape", "lognormal_sigma"), "WideResidue"),
+    ],
+)
+def test_simulate_draws_a_wide_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, fields: tuple[str, ...], description: str
+) -> None:
+    """``--wide-dispersion`` (the tissue dispersion kernel's shape) and ``--wide-residue`` (the gamma
+    residue's shape, the log-normal σ): each study's values drawn as the draw's option draws them,
+    other than the plain draw's, and recorded; style B refuses both."""
     out = tmp_path / "cohort"
     args = ["--cases", "2", "--seed", "14020", "--size", "48", "--slices", "3"]
-    assert _run(capsys, "simulate", out, *args, "--wide-dispersion")[0] == 0
+    assert _run(capsys, "simulate", out, *args, option)[0] == 0
+    keyword = option.removeprefix("--").replace("-", "_")
     for i in (1, 2):
-        drawn = PhantomConfig.draw(14019 + i, "CT", wide_dispersion=True)
+        drawn = PhantomConfig.draw(14019 + i, "CT", **{keyword: True})
+        plain = PhantomConfig.draw(14019 + i, "CT")
         config = json.loads((out / f"sub-{i:04d}" / "ses-01" / "truth" / "parameters.json").read_text())[
             "config"
         ]
-        assert config["dispersion_shape"] == drawn.dispersion_shape > 1.0
-    assert json.loads((out / "dataset_description.json").read_text())["WideDispersion"] is True
-    code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", "--wide-dispersion")
-    assert code == 2 and "--wide-dispersion" in err and not (tmp_path / "b").exists()
-
-
-def test_simulate_draws_a_wide_residue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``--wide-residue``: each study's gamma shape and log-normal σ drawn from the wide ranges and
-    recorded; style B refuses it."""
-    out = tmp_path / "cohort"
-    args = ["--cases", "2", "--seed", "14020", "--size", "48", "--slices", "3"]
-    assert _run(capsys, "simulate", out, *args, "--wide-residue")[0] == 0
-    for i in (1, 2):
-        drawn = PhantomConfig.draw(14019 + i, "CT", wide_residue=True)
-        config = json.loads((out / f"sub-{i:04d}" / "ses-01" / "truth" / "parameters.json").read_text())[
-            "config"
-        ]
-        assert config["gamma_shape"] == drawn.gamma_shape != PhantomConfig.draw(14019 + i, "CT").gamma_shape
-        assert config["lognormal_sigma"] == drawn.lognormal_sigma
-    assert json.loads((out / "dataset_description.json").read_text())["WideResidue"] is True
-    code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", "--wide-residue")
-    assert code == 2 and "--wide-residue" in err and not (tmp_path / "b").exists()
+        for name in fields:
+            assert config[name] == getattr(drawn, name) != getattr(plain, name)
+    assert json.loads((out / "dataset_description.json").read_text())[description] is True
+    code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", option)
+    assert code == 2 and option in err and not (tmp_path / "b").exists()
