@@ -181,7 +181,8 @@ def run_study(
     from perfnet.phantom.styles import draw_config, simulate
 
     seed = study_seed(style, modality, index)
-    drawn = {"matrix": args.size, "slices": args.slices, "lesion": lesion_of(index), **args.overrides}
+    overrides = getattr(args, "overrides", {})  # main's --set; a caller's own namespace may have none
+    drawn = {"matrix": args.size, "slices": args.slices, "lesion": lesion_of(index), **overrides}
     cfg = draw_config(style, seed, modality, **drawn)
     study = simulate(cfg)
     truth_dir = work / f"{style}-{modality}-{index}" / "truth-study"
