@@ -51,7 +51,7 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
     """The drawn configs of the first ``per_cohort`` studies of each of the recipe's cohorts."""
     from train_weights import SETTINGS, _parts
 
-    from perfnet.cli.cohort_commands import _phantom_overrides
+    from perfnet.cli.cohort_commands import _draw_options, _phantom_overrides
     from perfnet.cli.parser import build_parser
     from perfnet.phantom.styles import draw_config
 
@@ -61,16 +61,9 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
         for part in _parts(cohort):
             args = parser.parse_args(["simulate", "unused", *part])
             overrides = _phantom_overrides(args)
-            ranges = (args.delay_power, args.delay_mix, args.wide_bolus, args.wide_dispersion)
+            options = _draw_options(args)
             configs += [
-                draw_config(
-                    args.style,
-                    args.seed + i,
-                    args.modality,
-                    *ranges,
-                    wide_residue=args.wide_residue,
-                    **overrides,
-                )
+                draw_config(args.style, args.seed + i, args.modality, **options, **overrides)
                 for i in range(min(per_cohort, args.cases))
             ]
     return configs

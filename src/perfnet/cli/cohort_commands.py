@@ -204,6 +204,18 @@ def _phantom_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
+def _draw_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``simulate`` options that change how style A draws a study rather than fix a parameter
+    (``draw_config``'s and ``write_cohort``'s keywords of the same names)."""
+    return {
+        "delay_power": args.delay_power,
+        "delay_mix": args.delay_mix,
+        "wide_bolus": args.wide_bolus,
+        "wide_dispersion": args.wide_dispersion,
+        "wide_residue": args.wide_residue,
+    }
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from perfnet.phantom import write_cohort
 
@@ -230,11 +242,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         style=args.style,
         jobs=args.jobs,
-        delay_power=args.delay_power,
-        delay_mix=args.delay_mix,
-        wide_bolus=args.wide_bolus,
-        wide_dispersion=args.wide_dispersion,
-        wide_residue=args.wide_residue,
+        **_draw_options(args),
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
