@@ -244,3 +244,25 @@ def test_simulate_draws_a_wide_range(
     assert json.loads((out / "dataset_description.json").read_text())[description] is True
     code, _, err = _run(capsys, "simulate", tmp_path / "b", *args, "--style", "mni", option)
     assert code == 2 and option in err and not (tmp_path / "b").exists()
+
+
+def test_every_draw_option_is_a_simulate_flag() -> None:
+    """Each :class:`DrawOptions` field is the ``dest`` of the ``simulate`` flag its metadata names
+    (``_draw_options`` reads the parsed flags by field name), and style B refuses it by that flag."""
+    import dataclasses
+
+    from perfnet.cli.cohort_commands import _draw_options
+    from perfnet.cli.parser import build_parser
+    from perfnet.errors import PerfnetInputError
+    from perfnet.phantom.config import DrawOptions
+    from perfnet.phantom.styles import draw_config
+
+    parser = build_parser()
+    assert _draw_options(parser.parse_args(["simulate", "out"])) == DrawOptions()
+    for f in dataclasses.fields(DrawOptions):
+        flag = f.metadata["flag"]
+        argv = [flag] if f.type == "bool" else [flag, "0.5,1"]
+        options = _draw_options(parser.parse_args(["simulate", "out", *argv]))
+        assert options.chosen() == [f] and f.metadata["bids"] in options.description()
+        with pytest.raises(PerfnetInputError, match=flag):
+            draw_config("mni", 1, "CT", options)

@@ -63,7 +63,7 @@ def cohort_configs(modality: str, per_cohort: int) -> list:
             overrides = _phantom_overrides(args)
             options = _draw_options(args)
             configs += [
-                draw_config(args.style, args.seed + i, args.modality, **options, **overrides)
+                draw_config(args.style, args.seed + i, args.modality, options, **overrides)
                 for i in range(min(per_cohort, args.cases))
             ]
     return configs

@@ -8,9 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfnet.errors import PerfnetInputError
+
+if TYPE_CHECKING:
+    from perfnet.phantom.config import DrawOptions
 
 
 def _progress(iterable: Any, **kwargs: Any) -> Any:
@@ -204,16 +207,14 @@ def _phantom_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def _draw_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``simulate`` options that change how style A draws a study rather than fix a parameter
-    (``draw_config``'s and ``write_cohort``'s keywords of the same names)."""
-    return {
-        "delay_power": args.delay_power,
-        "delay_mix": args.delay_mix,
-        "wide_bolus": args.wide_bolus,
-        "wide_dispersion": args.wide_dispersion,
-        "wide_residue": args.wide_residue,
-    }
+def _draw_options(args: argparse.Namespace) -> DrawOptions:
+    """The ``simulate`` options that change how style A draws a study rather than fix a parameter:
+    a :class:`~perfnet.phantom.config.DrawOptions` (its fields are the options' ``dest``)."""
+    import dataclasses
+
+    from perfnet.phantom.config import DrawOptions
+
+    return DrawOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DrawOptions)})
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -242,7 +243,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         style=args.style,
         jobs=args.jobs,
-        **_draw_options(args),
+        options=_draw_options(args),
     )
     print(f"wrote {len(rows)} studies to {args.out} in {time.perf_counter() - started:.1f} s")
     return 0

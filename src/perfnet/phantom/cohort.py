@@ -24,6 +24,7 @@ import numpy as np
 from perfnet import __version__
 from perfnet.io import atomic_output_dir, save_map, save_series_nifti
 from perfnet.io.outputs import to_jsonable
+from perfnet.phantom.config import DrawOptions
 from perfnet.phantom.study import PhantomStudy
 from perfnet.phantom.styles import DEFAULT_STYLE, check_style, draw_config, simulate, style_of
 
@@ -139,20 +140,14 @@ def write_cohort(
     overwrite: bool = False,
     style: str = DEFAULT_STYLE,
     jobs: int = 1,
-    delay_power: tuple[float, float] | None = None,
-    delay_mix: tuple[float, float] | None = None,
-    wide_bolus: bool = False,
-    wide_dispersion: bool = False,
-    wide_residue: bool = False,
+    options: DrawOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Simulate ``cases`` studies (seeds seed … seed+cases−1) of phantom ``style`` (``geometric``
     or ``mni``, see :mod:`perfnet.phantom.styles`) into the cohort folder ``out``, ``jobs`` at a
-    time (worker processes; the same cohort whatever ``jobs``). ``delay_power`` / ``delay_mix``
-    (style A): each lesion's delay exponent and the delay's share of a second lesion weight drawn
-    in those ranges (:meth:`PhantomConfig.draw`), so that a lesion's delay no longer follows its
-    CBF drop; ``wide_bolus`` (style A): the arterial first pass drawn from a wider family;
-    ``wide_dispersion`` (style A): the tissue dispersion kernel drawn as a gamma density of shape 1–6;
-    ``wide_residue`` (style A): the gamma and log-normal residues' shapes drawn from wider ranges.
+    time (worker processes; the same cohort whatever ``jobs``). ``options`` (style A,
+    :class:`~perfnet.phantom.config.DrawOptions`): how each study is drawn beside its parameters
+    (a lesion delay apart from its CBF drop, wider bolus, dispersion and residue families),
+    recorded in ``dataset_description.json``.
 
     The cohort appears in ``out`` only once every study is written (nothing partial is left on
     failure). Returns the participants table rows.
@@ -160,20 +155,7 @@ def write_cohort(
     out = Path(out)
     overrides = overrides or {}
     check_style(style)  # then validate every study's parameters before simulating any
-    configs = [
-        draw_config(
-            style,
-            seed + i,
-            modality,
-            delay_power,
-            delay_mix,
-            wide_bolus,
-            wide_dispersion,
-            wide_residue=wide_residue,
-            **overrides,
-        )
-        for i in range(cases)
-    ]
+    configs = [draw_config(style, seed + i, modality, options, **overrides) for i in range(cases)]
     rows: list[dict[str, Any]] = []
     indices: Iterable[int] = range(cases)
     if progress is not None:
@@ -200,11 +182,7 @@ def write_cohort(
                     "PhantomStyle": style,
                     "Cases": cases,
                     "Overrides": overrides,
-                    **({"DelayPowerRange": list(delay_power)} if delay_power else {}),
-                    **({"DelayMixRange": list(delay_mix)} if delay_mix else {}),
-                    **({"WideBolus": True} if wide_bolus else {}),
-                    **({"WideDispersion": True} if wide_dispersion else {}),
-                    **({"WideResidue": True} if wide_residue else {}),
+                    **(options or DrawOptions()).description(),
                 }
             )
         )

@@ -37,6 +37,54 @@ LESION_DELAY_RANGES = {"oligaemia": (2.5, 5.5), "penumbra": (7.0, 16.0), "core":
 LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (0.04, 0.25)}
 LESION_MTT_RANGES = {"oligaemia": (1.2, 1.6), "penumbra": (1.4, 3.0), "core": (1.4, 3.0)}
 
+
+def _option(flag: str, bids: str, style_b: str) -> Any:
+    """A :class:`DrawOptions` field's documentation: its ``simulate`` flag, its key in a cohort's
+    ``dataset_description.json`` and what style B draws in its place."""
+    return {"flag": flag, "bids": bids, "style_b": style_b}
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    """How style A draws a study, beside the drawn parameters themselves (``simulate``'s
+    ``--delay-power``, ``--delay-mix``, ``--wide-bolus``, ``--wide-dispersion``, ``--wide-residue``;
+    :meth:`PhantomConfig.draw` documents each): one value that ``write_cohort`` and ``draw_config``
+    pass on whole, so an option is a field here, its use in the draw and its flag. The default
+    (nothing set) is the plain draw."""
+
+    delay_power: tuple[float, float] | None = field(
+        default=None, metadata=_option("--delay-power", "DelayPowerRange", "its own delay exponent")
+    )
+    delay_mix: tuple[float, float] | None = field(
+        default=None, metadata=_option("--delay-mix", "DelayMixRange", "its own delay exponent")
+    )
+    wide_bolus: bool = field(
+        default=False, metadata=_option("--wide-bolus", "WideBolus", "its own bolus shape")
+    )
+    wide_dispersion: bool = field(
+        default=False, metadata=_option("--wide-dispersion", "WideDispersion", "its own dispersion kernel")
+    )
+    wide_residue: bool = field(
+        default=False, metadata=_option("--wide-residue", "WideResidue", "its own residue families")
+    )
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as :meth:`PhantomConfig.draw`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def chosen(self) -> list[dataclasses.Field[Any]]:
+        """The fields set away from the plain draw."""
+        return [f for f in dataclasses.fields(self) if getattr(self, f.name) not in (None, False)]
+
+    def description(self) -> dict[str, Any]:
+        """A cohort's ``dataset_description.json`` entries for the options set (ranges as lists)."""
+        out: dict[str, Any] = {}
+        for f in self.chosen():
+            value = getattr(self, f.name)
+            out[f.metadata["bids"]] = list(value) if isinstance(value, tuple) else True
+        return out
+
+
 #: CT image noise at the reference tube current-time product; σ ∝ 1/√mAs.
 CT_NOISE_SD_AT_REFERENCE = 15.0  # HU
 CT_REFERENCE_MAS = 100.0

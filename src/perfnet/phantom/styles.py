@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from perfnet.errors import PerfnetInputError
+from perfnet.phantom.config import DrawOptions, PhantomConfig
 
 STYLES = ("geometric", "mni")
 DEFAULT_STYLE = "geometric"
@@ -30,45 +31,22 @@ def draw_config(
     style: str,
     seed: int,
     modality: str,
-    delay_power: tuple[float, float] | None = None,
-    delay_mix: tuple[float, float] | None = None,
-    wide_bolus: bool = False,
-    wide_dispersion: bool = False,
-    wide_residue: bool = False,
+    options: DrawOptions | None = None,
     **overrides: Any,
 ) -> Any:
     """The drawn parameters of one study of ``style`` (``PhantomConfig`` or ``MniConfig``);
-    ``delay_power`` / ``delay_mix``: style A's lesion delay drawn apart from its CBF drop;
-    ``wide_bolus``: style A's arterial first pass drawn from a wider family (:meth:`PhantomConfig.draw`;
-    style B draws its own delay exponent and its own population-shaped bolus); ``wide_dispersion``:
-    style A's tissue dispersion kernel drawn as a gamma density of shape 1–6 (style B draws its own);
-    ``wide_residue``: style A's gamma and log-normal residues drawn from narrower transit-time
-    distributions too (style B draws its own families)."""
+    ``options`` (:class:`~perfnet.phantom.config.DrawOptions`): how style A draws it (its lesion
+    delay apart from its CBF drop, wider bolus, dispersion and residue families;
+    :meth:`PhantomConfig.draw`); style B draws its own and refuses them."""
+    options = options or DrawOptions()
     if check_style(style) == "mni":
         from perfnet.phantom.mni import MniConfig
 
-        for option, given, what in (
-            ("--delay-power", delay_power, "its own delay exponent"),
-            ("--delay-mix", delay_mix, "its own delay exponent"),
-            ("--wide-bolus", wide_bolus or None, "its own bolus shape"),
-            ("--wide-dispersion", wide_dispersion or None, "its own dispersion kernel"),
-            ("--wide-residue", wide_residue or None, "its own residue families"),
-        ):
-            if given is not None:
-                raise PerfnetInputError(option, f"style A (geometric) only: style B draws {what}")
+        if chosen := options.chosen():
+            flag, theirs = chosen[0].metadata["flag"], chosen[0].metadata["style_b"]
+            raise PerfnetInputError(flag, f"style A (geometric) only: style B draws {theirs}")
         return MniConfig.draw(seed, modality, **overrides)
-    from perfnet.phantom.config import PhantomConfig
-
-    return PhantomConfig.draw(
-        seed,
-        modality,
-        delay_power=delay_power,
-        delay_mix=delay_mix,
-        wide_bolus=wide_bolus,
-        wide_dispersion=wide_dispersion,
-        wide_residue=wide_residue,
-        **overrides,
-    )
+    return PhantomConfig.draw(seed, modality, **options.keywords(), **overrides)
 
 
 def simulate(cfg: Any, noise: bool | None = None) -> Any:
