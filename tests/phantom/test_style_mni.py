@@ -3,6 +3,7 @@ and non-steady-state frames, offline template, cohort and CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import socket
@@ -292,6 +293,32 @@ def test_white_ct_noise_texture_keeps_the_sd_and_loses_the_correlation() -> None
     assert abs(np.mean(noise[1:] * noise[:-1]) / noise.var()) < 0.02
     with pytest.raises(PerfnetInputError, match="noise_texture"):
         MniConfig.draw(7, "CT", noise_texture="pink")
+
+
+def test_a_gamma_first_pass_keeps_the_aifs_peak_time_width_and_area() -> None:
+    """``aif_model="gamma"`` (an override, never drawn): the first-pass Gaussian becomes a gamma
+    variate of the same peak time, FWHM and area, skewed (it rises later and falls slower);
+    recirculation and washout, and every drawn parameter, as before."""
+    from perfnet.phantom.mni.physiology import PopulationAIF, gamma_first_pass
+
+    dt = np.arange(-30.0, 60.0, 0.001)
+    g = gamma_first_pass(dt, 3.4, 3.0)
+    above = dt[g >= 0.5 * g.max()]
+    assert g.sum() * 0.001 == pytest.approx(1.0, abs=1e-6) and abs(dt[np.argmax(g)]) < 2e-3
+    assert above[-1] - above[0] == pytest.approx(2 * np.sqrt(2 * np.log(2)) * 3.4, abs=0.01)
+    assert -above[0] < above[-1]  # skewed: a longer fall than rise
+
+    drawn = MniConfig.draw(7, "CT")
+    gamma = MniConfig.draw(7, "CT", aif_model="gamma")
+    assert drawn.aif_model == "population" and dataclasses.replace(gamma, aif_model="population") == drawn
+    t = np.arange(0.0, 120.0, 0.01)
+    population, skewed = (PopulationAIF.from_config(c)(t) for c in (drawn, gamma))
+    assert skewed.max() == pytest.approx(drawn.aif_peak) == population.max()
+    assert abs(t[np.argmax(skewed)] - t[np.argmax(population)]) < 0.05
+    assert skewed.sum() == pytest.approx(population.sum(), rel=0.03)
+    assert np.abs(skewed - population).max() > 0.1 * drawn.aif_peak
+    with pytest.raises(PerfnetInputError, match="aif_model"):
+        MniConfig.draw(7, "CT", aif_model="parker")
 
 
 def test_mr_leakage_changes_the_tail_as_modelled() -> None:

@@ -32,6 +32,12 @@ TIMINGS = ("uniform", "two-phase", "jittered")
 #: CT noise textures: ``fbp`` (drawn: the filtered back-projection noise power spectrum) and
 #: ``white`` (never drawn; an override that takes the texture out, e.g. for a factor ablation)
 NOISE_TEXTURES = ("fbp", "white")
+#: Arterial first-pass shapes: ``population`` (drawn: Parker's Gaussian) and ``gamma`` (never
+#: drawn; an override: a gamma variate of shape :data:`AIF_GAMMA_SHAPE` with the Gaussian's peak
+#: time, width and area, the recirculation and washout kept: style A's kind of first pass, for a
+#: factor ablation of the arterial shape)
+AIF_MODELS = ("population", "gamma")
+AIF_GAMMA_SHAPE = 3.0
 #: Time from the bolus arrival to the first-pass peak of the unstretched population AIF (3.5 σ₁).
 AIF_PEAK_AFTER_ARRIVAL_S = 3.5 * 0.0563 * 60.0
 LESION_DELAY_RANGES = {"oligaemia": (1.5, 3.5), "severe": (6.0, 14.0)}
@@ -98,6 +104,7 @@ class MniConfig:
     arrival_s: float = 6.0  # 2–16 s
     aif_peak: float = 400.0  # CT 180–650 HU; MR ΔR2* 100–450 1/s
     aif_stretch: float = 1.0  # 0.7–1.7 time stretch of the population curve
+    aif_model: str = "population"  # first pass: population (Gaussian); gamma: an override, not drawn
     recirculation_factor: float = 1.0  # 0.4–1.6 × the population recirculation
     washout_factor: float = 1.0  # 0–1.6 × the population plateau
     venous_transit_s: float = 6.5  # 5–9 s mean transit of the lagged-normal venous kernel
@@ -375,6 +382,7 @@ def validated(cfg: MniConfig) -> MniConfig:
         ("fov_mm", 50 <= cfg.fov_mm <= 500, "must be 50–500 mm"),
         ("field_strength_t", cfg.field_strength_t in T1_SECONDS, "must be 1.5 or 3"),
         ("dispersion_shape", cfg.dispersion_shape >= 1.0, "must be ≥ 1"),
+        ("aif_model", cfg.aif_model in AIF_MODELS, f"must be one of {', '.join(AIF_MODELS)}"),
         ("noise_texture", cfg.noise_texture in NOISE_TEXTURES, f"must be one of {', '.join(NOISE_TEXTURES)}"),
     ]
     for name, ok, problem in checks:

@@ -255,8 +255,9 @@ def simulate_mni_study(cfg: MniConfig, noise: bool | None = None) -> MniStudy:
         "volumes_ml": volumes,
         "aif": {
             "units": "HU" if cfg.modality == "CT" else "1/s (ΔR2*)",
-            "model": "Parker et al. 2006 population AIF, stretched and rescaled",
-            **{k: float(v) for k, v in aif.__dict__.items()},
+            "model": "Parker et al. 2006 population AIF, stretched and rescaled"
+            + (", its first pass a gamma variate (aif_model gamma)" if aif.first_pass == "gamma" else ""),
+            **{k: v if isinstance(v, str) else float(v) for k, v in aif.__dict__.items()},
             "peak": float(cfg.aif_peak),
         },
         "seconds": round(time.perf_counter() - started, 3),
