@@ -28,6 +28,12 @@ reuses them when the file exists, so the choice can be re-made without analysing
 record also keeps how firmly the studies fix the choice (``bootstrap``: the threshold chosen on
 200 resamples of them, 5th–95th percentile; the source line states it).
 
+``--cut LO,HI``: the studies of every second block of six (i // 6 odd: 6–11, 18–23, …; each block
+holds the whole lesion mix) end a drawn LO–HI s after the phantom's arterial arrival (uniform, from
+the study's seed), the others as drawn: for a specialist that routing gives cut-short acquisitions
+too (``ct-moving.pt`` also reads every CT study ending under 30 s after the arrival,
+:data:`perfnet.inference.domain.ROUTED_WITHIN_MARGIN`), so its rule is fitted on what it reads.
+
 ``--offsets`` also fits an offset (:data:`perfnet.training.core_calibration.OFFSETS`, the network's
 CBF units) with the threshold: core where CBF − offset < threshold × (reference − offset), the rule
 read on the flow above the network's reading of no flow (``choose_offset``; the record's
@@ -56,6 +62,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_SEED = 16000
 LESIONS = ("core", "core", "penumbra", "core", "none", "core")
+CUT_STREAM = 0xC07  # --cut: the study's cut drawn from its seed and this
+
+
+def parse_cut(text: str) -> tuple[float, float]:
+    """``--cut LO,HI`` (seconds after the arterial arrival, 0 < LO <= HI)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"LO,HI seconds, got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"needs 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def score_study(
@@ -65,9 +83,11 @@ def score_study(
     modality: str,
     motion: bool | None = None,
     offsets: bool = False,
+    cut: tuple[float, float] | None = None,
 ) -> dict:
     """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold (and
-    per offset with ``offsets``); ``motion`` True: head motion forced on (its amplitude still drawn)."""
+    per offset with ``offsets``); ``motion`` True: head motion forced on (its amplitude still drawn);
+    ``cut`` (lo, hi): the acquisition ends a drawn lo–hi s after the arterial arrival."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
@@ -76,10 +96,16 @@ def score_study(
     forced = {} if motion is None else {"motion": motion}
     cfg = draw_config("geometric", seed, modality, matrix=128, slices=8, lesion=lesion, **forced)
     study = simulate(cfg)
-    maps, seen = analyze_cnn(study.series, weights, device="cpu")
+    series, cut_after_s = study.series, None
+    if cut is not None:
+        cut_after_s = float(np.random.default_rng([seed, CUT_STREAM]).uniform(*cut))
+        keep = series.times <= cfg.arrival_s + cut_after_s
+        series = series.with_data(np.ascontiguousarray(series.data[..., keep]), series.times[keep])
+    maps, seen = analyze_cnn(series, weights, device="cpu")
     exclude = csf_mask(seen, maps.brain_mask)
     scored = score_maps(maps, study.truth.masks["core"], exclude, OFFSETS if offsets else None)
-    return {"seed": seed, "lesion": lesion, **scored}
+    cut_record = {} if cut_after_s is None else {"cut_after_s": round(cut_after_s, 2)}
+    return {"seed": seed, "lesion": lesion, **cut_record, **scored}
 
 
 def main() -> int:
@@ -105,6 +131,13 @@ def main() -> int:
         action="store_true",
         help="every study with head motion (amplitude drawn): for a specialist that routing gives"
         " moving studies only (ct-moving.pt)",
+    )
+    parser.add_argument(
+        "--cut",
+        type=parse_cut,
+        metavar="LO,HI",
+        help="every second block of six studies ends a drawn LO–HI s after the arterial arrival: for a"
+        " specialist that also reads cut-short acquisitions (ct-moving.pt)",
     )
     parser.add_argument(
         "--offsets",
@@ -148,7 +181,8 @@ def main() -> int:
         for i in range(len(rows), args.studies):
             forced = True if args.motion else None
             seed, lesion = CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)]
-            row = score_study(seed, lesion, scored_by, modality, forced, args.offsets)
+            cut = args.cut if args.cut and (i // 6) % 2 else None
+            row = score_study(seed, lesion, scored_by, modality, forced, args.offsets, cut)
             rows.append(row)
             at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
             what = "core Dice" if row["has_core"] else "false core mL"
@@ -170,6 +204,9 @@ def main() -> int:
     names = ", ".join(m.name for m in members)
     whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
     moving = ", head motion forced on" if args.motion else ""
+    if args.cut:
+        n_cut = sum("cut_after_s" in r for r in rows)
+        moving += f", {n_cut} cut {args.cut[0]:g}–{args.cut[1]:g} s after the arterial arrival"
     at_rule = plain[1][f"{rule:.2f}"]  # the plain rule, no offset
     fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
     offset_spread = (
@@ -193,11 +230,13 @@ def main() -> int:
         "volume_ratio_max": VOLUME_RATIO_MAX,
         "bootstrap": spread,
         "motion": bool(args.motion),
+        **({"cut": list(args.cut)} if args.cut else {}),
         **({"offset": offset, "references": [references[0], references[-1]]} if offset else {}),
         "studies": [
             {
                 "seed": r["seed"],
                 "lesion": r["lesion"],
+                **({"cut_after_s": r["cut_after_s"]} if "cut_after_s" in r else {}),
                 "true_core_ml": r["true_ml"],
                 "core_ml": (r["offset_volumes"][f"{offset:g}"] if offset else r["volumes"])[
                     int(np.argmin(abs(THRESHOLDS - threshold)))

@@ -154,12 +154,20 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
     tool = load_tool("calibrate_core")
 
     def stand_in(
-        seed: int, lesion: str, weights, modality: str, motion: bool | None = None, offsets: bool = False
+        seed: int,
+        lesion: str,
+        weights,
+        modality: str,
+        motion: bool | None = None,
+        offsets: bool = False,
+        cut: tuple[float, float] | None = None,
     ) -> dict:
         if scored is not None:
             scored.append(weights)
         assert motion in (None, True)
         row = _row(0.36, has_core=lesion != "none")
+        if cut is not None:
+            row["cut_after_s"] = cut[0]
         row |= {
             "seed": seed,
             "lesion": lesion,
@@ -262,6 +270,46 @@ def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, mo
         with pytest.raises(RuntimeError, match="drawn"):
             real.score_study(16004, "none", BUNDLED / "ct.pt", "CT", motion)
     assert drawn[0].motion is True and drawn[0].motion_translation_mm == drawn[1].motion_translation_mm
+
+
+def test_calibrate_core_cuts_every_second_block_of_studies(tmp_path, monkeypatch) -> None:
+    """``--cut LO,HI`` (the recipe of ``ct-moving.pt``, which routing also gives acquisitions cut
+    short): studies 6–11, 18–23, … end a drawn LO–HI s after the phantom's arterial arrival, the
+    record and its source say how many; a bad range is refused."""
+    import sys
+
+    from perfnet.inference import cnn as cnn_inference
+    from perfnet.inference.weights import BUNDLED
+    from tool_modules import load_tool
+
+    tool, argv, record = _calibrate_mr(monkeypatch, tmp_path, 14, "--cut", "12,30")
+    assert record["cut"] == [12.0, 30.0]
+    assert [i for i, s in enumerate(record["studies"]) if "cut_after_s" in s] == list(range(6, 12))
+    assert "6 cut 12–30 s after the arterial arrival" in record["source"]
+    for bad in ("30,12", "0,5", "x"):
+        monkeypatch.setattr(sys, "argv", [*argv, "--cut", bad])
+        with pytest.raises(SystemExit):
+            tool.main()
+
+    seen = []
+
+    def stop(series, *args, **kwargs):
+        seen.append(series)
+        raise RuntimeError("read")
+
+    monkeypatch.setattr(cnn_inference, "analyze_cnn", stop)
+    real = load_tool("calibrate_core", "calibrate_core_cut")
+    for cut in (None, (12.0, 30.0)):
+        with pytest.raises(RuntimeError, match="read"):
+            real.score_study(16004, "none", BUNDLED / "ct.pt", "CT", None, False, cut)
+    from perfnet.phantom.styles import draw_config
+
+    cfg = draw_config("geometric", 16004, "CT", matrix=128, slices=8, lesion="none")
+    full, cut_short = seen
+    assert full.times[-1] == pytest.approx(cfg.frame_times()[-1])
+    after = cut_short.times[-1] - cfg.arrival_s
+    assert 12.0 - 3.0 < after <= 30.0 and len(cut_short.times) < len(full.times)
+    assert cut_short.data.shape[-1] == len(cut_short.times)
 
 
 def test_calibrate_core_calibrates_an_ensemble_with_one_record(tmp_path, monkeypatch) -> None:
