@@ -141,9 +141,21 @@ CT_DECOUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE
 #: Its control: the same seeds and arguments without the decoupling (γ = 1, m = 0: every other
 #: parameter of each study the same, perfnet.phantom.config.PhantomConfig.draw).
 CT_COUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_STUDIES)]
+#: ``ct-residue`` cohort (style A, static): 24 of the bundled CT network's own static training
+#: studies (seeds 10000–10023, replayed against forgetting) and 40 new static studies drawn with
+#: ``--wide-residue`` (the gamma residue's shape 1.5–16, the log-normal σ 0.15–0.8: narrow
+#: transit-time distributions beside the broad ones); ``ct-residue-control`` the same seeds drawn
+#: plainly. New seeds 15500–15539: disjoint from the tests (< 10000), the other cohorts (10000–14039),
+#: benchmarks/cross_style.py's (15100–15447), the calibration studies (16000+), the core head's
+#: (17000+) and the benchmarks (70000+).
+_RESIDUE_STUDIES = ("ct", 40, 15500, "--size", "128")
+CT_RESIDUE_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_RESIDUE_STUDIES, "--wide-residue")]
+CT_RESIDUE_CONTROL = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_RESIDUE_STUDIES)]
 #: The stage of ``ct-replay`` and ``ct-lowflow``: stage-3 settings at lr 5e-5 with the batch-norm
 #: statistics of the init kept.
 FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
+#: The stage of ``ct-residue`` and its control: that fine-tune for a fixed 10 epochs.
+RESIDUE_FINE_TUNE = [*FROZEN_NORM_FINE_TUNE, "--epochs", "10"]
 
 #: ``mr-moving`` cohort (style A only; style B is the held-out style of benchmarks/generalisation.py):
 #: 32 of the bundled MR network's own static stage-2 training studies (``MR_COHORTS[1]``'s
@@ -425,6 +437,14 @@ SETTINGS = {
     "ct-decoupled-control": _fine_tune(
         CT_COUPLED_COHORT, CT_INIT_COMMIT, [*FROZEN_NORM_FINE_TUNE, "--epochs", "12"], 40
     ),
+    # candidate, not bundled (written to --work): the bundled ct.pt's backbone fine-tuned with its
+    # batch-norm statistics kept on CT_RESIDUE_COHORT for 10 epochs (the time cap a guard), and its
+    # control on the same seeds drawn plainly. The question (stop 53's ablation): style B's residue
+    # families (a gamma with a minimum transit, the lagged-normal) carry the bundled network's
+    # per-study deficits on uncut style-B studies; does training across narrower transit-time
+    # distributions close them? Measured at stop 54 (docs/generalisation.md).
+    "ct-residue": _fine_tune(CT_RESIDUE_COHORT, BUILT, RESIDUE_FINE_TUNE, 60),
+    "ct-residue-control": _fine_tune(CT_RESIDUE_CONTROL, BUILT, RESIDUE_FINE_TUNE, 60),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
     # ct-lowflow-control (48 of its own static training studies, batch-norm statistics kept, lr
     # 5e-5, 12 epochs) with the regional-delay augmentation, delays only (perfnet train

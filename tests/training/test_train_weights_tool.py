@@ -136,11 +136,12 @@ def _seed_ranges(tool) -> list[tuple[str, int, int, tuple[str, ...]]]:
 def test_recipe_seeds_stay_clear_of_the_tests_and_benchmarks_and_of_each_other() -> None:
     """Every recipe's studies are seeded in [10000, 70000): the tests draw seeds below 10000, the
     benchmarks 70000 and above. Two calls whose seeds overlap use the same arguments (a replay of
-    the same studies) or differ only in the lesion-delay decoupling (a control on the same seeds)."""
+    the same studies) or differ only in how the draw is widened (the lesion-delay decoupling, wider
+    residue families: a control on the same seeds)."""
     module = load_tool("train_weights", "train_weights_seeds")
     calls = _seed_ranges(module)
     assert len(calls) > 10
-    decoupling = {"--delay-power", "--delay-mix", *module._APART[1::2]}
+    decoupling = {"--delay-power", "--delay-mix", *module._APART[1::2], "--wide-residue"}
     for modality, first, end, rest in calls:
         assert 10000 <= first < end <= 70000, (modality, first, end)
         for other in calls:
