@@ -248,6 +248,16 @@ def test_calibrate_core_with_offsets_records_the_offset_and_its_references(tmp_p
         tool.main()
 
 
+def _stop_and_keep(kept: list, message: str) -> Any:
+    """A stand-in that keeps its first argument in ``kept`` and stops the caller there."""
+
+    def stop(first: Any, *args: Any, **kwargs: Any) -> Any:
+        kept.append(first)
+        raise RuntimeError(message)
+
+    return stop
+
+
 def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, monkeypatch) -> None:
     """``--motion`` (the recipe of ``ct-moving.pt``, which routing gives moving studies only):
     every calibration study is drawn with head motion, and the record says so."""
@@ -258,13 +268,8 @@ def test_calibrate_core_on_moving_studies_for_the_motion_specialist(tmp_path, mo
     _, _, record = _calibrate_mr(monkeypatch, tmp_path, 3, "--motion")
     assert record["motion"] is True and "head motion forced on" in record["source"]
 
-    drawn = []
-
-    def stop(cfg, *args, **kwargs):
-        drawn.append(cfg)
-        raise RuntimeError("drawn")
-
-    monkeypatch.setattr(styles, "simulate", stop)
+    drawn: list = []
+    monkeypatch.setattr(styles, "simulate", _stop_and_keep(drawn, "drawn"))
     real = load_tool("calibrate_core", "calibrate_core_real")
     for motion in (True, None):
         with pytest.raises(RuntimeError, match="drawn"):
@@ -291,13 +296,8 @@ def test_calibrate_core_cuts_every_second_block_of_studies(tmp_path, monkeypatch
         with pytest.raises(SystemExit):
             tool.main()
 
-    seen = []
-
-    def stop(series, *args, **kwargs):
-        seen.append(series)
-        raise RuntimeError("read")
-
-    monkeypatch.setattr(cnn_inference, "analyze_cnn", stop)
+    seen: list = []
+    monkeypatch.setattr(cnn_inference, "analyze_cnn", _stop_and_keep(seen, "read"))
     real = load_tool("calibrate_core", "calibrate_core_cut")
     for cut in (None, (12.0, 30.0)):
         with pytest.raises(RuntimeError, match="read"):
