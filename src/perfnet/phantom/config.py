@@ -38,7 +38,7 @@ LESION_CBF_RANGES = {"oligaemia": (0.7, 0.9), "penumbra": (0.35, 0.7), "core": (
 LESION_MTT_RANGES = {"oligaemia": (1.2, 1.6), "penumbra": (1.4, 3.0), "core": (1.4, 3.0)}
 
 
-def _option(flag: str, bids: str, style_b: str) -> Any:
+def _option(flag: str, bids: str, style_b: str) -> dict[str, str]:
     """A :class:`DrawOptions` field's documentation: its ``simulate`` flag, its key in a cohort's
     ``dataset_description.json`` and what style B draws in its place."""
     return {"flag": flag, "bids": bids, "style_b": style_b}
