@@ -442,7 +442,10 @@ SETTINGS = {
     # control on the same seeds drawn plainly. The question (stop 53's ablation): style B's residue
     # families (a gamma with a minimum transit, the lagged-normal) carry the bundled network's
     # per-study deficits on uncut style-B studies; does training across narrower transit-time
-    # distributions close them? Measured at stop 54 (docs/generalisation.md).
+    # distributions close them? NOT as a fine-tune (stop 54, docs/generalisation.md "Trained across
+    # transit-time distributions"): both runs lift 71006 and 71011 over oSVD − 0.05 hypo Dice (so the
+    # extra training does it, not the families); --wide-residue then reads style B's Tmax 0.01 s better
+    # (0.71 vs 0.72; 71011 0.96 -> 0.73) and style A's 0.07 s worse (0.87 vs 0.80), cores alike.
     "ct-residue": _fine_tune(CT_RESIDUE_COHORT, BUILT, RESIDUE_FINE_TUNE, 60),
     "ct-residue-control": _fine_tune(CT_RESIDUE_CONTROL, BUILT, RESIDUE_FINE_TUNE, 60),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
