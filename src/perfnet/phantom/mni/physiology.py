@@ -112,9 +112,10 @@ class PopulationAIF:
 def gamma_first_pass(dt: np.ndarray, sigma: float, alpha: float) -> np.ndarray:
     """A unit-area gamma variate x^α e^(−x/b) peaking at ``dt`` = 0 with the full width at half
     maximum of a Gaussian of SD ``sigma`` (``dt``: time from the peak)."""
-    x = np.linspace(0.0, alpha + 12.0 * np.sqrt(alpha + 1.0), 200001)  # x^α e^(−x): mode α
-    half = np.flatnonzero(x**alpha * np.exp(-x) >= 0.5 * alpha**alpha * np.exp(-alpha))
-    b = 2.0 * np.sqrt(2.0 * np.log(2.0)) * sigma / float(x[half[-1]] - x[half[0]])
+    # x^α e^(−x) (mode α) is at half its peak where x = −α·W(−2^(−1/α)/e), W's two real branches
+    z = -(2.0 ** (-1.0 / alpha)) / np.e
+    width = alpha * float(special.lambertw(z, 0).real - special.lambertw(z, -1).real)
+    b = 2.0 * np.sqrt(2.0 * np.log(2.0)) * sigma / width
     u = np.maximum(np.asarray(dt, dtype=np.float64) / b + alpha, 0.0)
     return np.where(u > 0, u**alpha * np.exp(-u) / (special.gamma(alpha + 1.0) * b), 0.0)
 
