@@ -203,17 +203,17 @@ def main() -> int:
     n_core = sum(r["has_core"] for r in rows)
     names = ", ".join(m.name for m in members)
     whose = f"an ensemble of {len(members)} ({names}), " if len(members) > 1 else ""
-    moving = ", head motion forced on" if args.motion else ""
+    drawn_as = ", head motion forced on" if args.motion else ""
     if args.cut:
         n_cut = sum("cut_after_s" in r for r in rows)
-        moving += f", {n_cut} cut {args.cut[0]:g}–{args.cut[1]:g} s after the arterial arrival"
+        drawn_as += f", {n_cut} cut {args.cut[0]:g}–{args.cut[1]:g} s after the arterial arrival"
     at_rule = plain[1][f"{rule:.2f}"]  # the plain rule, no offset
     fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
     offset_spread = (
         f", offset {spread['offset_p5']:g}–{spread['offset_p95']:g}" if "offset_p5" in spread else ""
     )
     source = (
-        f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{moving}"
+        f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{drawn_as}"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
         f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {fitted} against"
         f" {at_rule:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"

@@ -137,10 +137,13 @@ CT_LOWFLOW_COHORT = _cohort("ct", 48, 10000, "--size", "128")
 #: (70000+). The decoupled part's arguments, and the drawn decoupling itself:
 _CORE_STUDIES = ("ct", 40, 14000, "--size", "128", "--lesion", "core")
 _APART = ("--delay-power", "0.3,2", "--delay-mix", "0,0.8")
-CT_DECOUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_STUDIES, *_APART)]
+#: 24 of the bundled CT network's own static training studies (seeds 10000–10023), the replay
+#: against forgetting that the decoupling and residue fine-tunes and their controls share.
+_CT_OWN_24 = _cohort("ct", 24, 10000, "--size", "128")
+CT_DECOUPLED_COHORT = [_CT_OWN_24, _cohort(*_CORE_STUDIES, *_APART)]
 #: Its control: the same seeds and arguments without the decoupling (γ = 1, m = 0: every other
 #: parameter of each study the same, perfnet.phantom.config.PhantomConfig.draw).
-CT_COUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_STUDIES)]
+CT_COUPLED_COHORT = [_CT_OWN_24, _cohort(*_CORE_STUDIES)]
 #: ``ct-residue`` cohort (style A, static): 24 of the bundled CT network's own static training
 #: studies (seeds 10000–10023, replayed against forgetting) and 40 new static studies drawn with
 #: ``--wide-residue`` (the gamma residue's shape 1.5–16, the log-normal σ 0.15–0.8: narrow
@@ -149,8 +152,8 @@ CT_COUPLED_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_CORE_S
 #: benchmarks/cross_style.py's (15100–15447), the calibration studies (16000+), the core head's
 #: (17000+) and the benchmarks (70000+).
 _RESIDUE_STUDIES = ("ct", 40, 15500, "--size", "128")
-CT_RESIDUE_COHORT = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_RESIDUE_STUDIES, "--wide-residue")]
-CT_RESIDUE_CONTROL = [_cohort("ct", 24, 10000, "--size", "128"), _cohort(*_RESIDUE_STUDIES)]
+CT_RESIDUE_COHORT = [_CT_OWN_24, _cohort(*_RESIDUE_STUDIES, "--wide-residue")]
+CT_RESIDUE_CONTROL = [_CT_OWN_24, _cohort(*_RESIDUE_STUDIES)]
 #: The stage of ``ct-replay`` and ``ct-lowflow``: stage-3 settings at lr 5e-5 with the batch-norm
 #: statistics of the init kept.
 FROZEN_NORM_FINE_TUNE = [*UNET, *FEWER_FRAMES, "--lr", "5e-5", "--freeze-norm"]
