@@ -449,8 +449,21 @@ SETTINGS = {
     # transit-time distributions"): both runs lift 71006 and 71011 over oSVD − 0.05 hypo Dice (so the
     # extra training does it, not the families); --wide-residue then reads style B's Tmax 0.01 s better
     # (0.71 vs 0.72; 71011 0.96 -> 0.73) and style A's 0.07 s worse (0.87 vs 0.80), cores alike.
+    # Stop 55 measured the control as the bundled recipe's stage 4 (its domain record the 3-stage
+    # network's, scale head refitted): NOT bundled -- 13 -> 8 of 48 CT studies under oSVD's bar and
+    # smaller false cores, but core Dice -0.01..-0.04 and the core read no longer steady with the
+    # dose (4343 at 40 / 320 mAs 0.397 / 0.321, bundled 0.336 / 0.341; tests/models/test_bundled.py
+    # fails); docs/generalisation.md "A fourth stage? Measured, not bundled".
     "ct-residue": _fine_tune(CT_RESIDUE_COHORT, BUILT, RESIDUE_FINE_TUNE, 60),
     "ct-residue-control": _fine_tune(CT_RESIDUE_CONTROL, BUILT, RESIDUE_FINE_TUNE, 60),
+    # candidate, not bundled (written to --work): ct-residue-control with the low-flow voxels
+    # weighing 5x (--low-flow-weight 4, stop 24's ct-lowflow weight). The question (stop 55): does
+    # the weight keep the control's per-study gains without its core loss? NOT after calibration
+    # (11 min with the control's slices; core rule 32 %): the same 13 -> 8 studies under the bar,
+    # core Dice A 0.51 / 0.45, B 0.38 / 0.18 on studies 0-11 / 12-23 (bundled 0.52 / 0.44, 0.43 /
+    # 0.22), cores read nearer the truth (0.27 against the bundled 0.31, truth 0.22) but 4343's
+    # core read 0.328 / 0.265 at 40 / 320 mAs (the bundled-weights test's dose bar is 0.05)
+    "ct-refine-lowflow": _fine_tune(CT_RESIDUE_CONTROL, BUILT, [*RESIDUE_FINE_TUNE, *LOW_FLOW], 60),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
     # ct-lowflow-control (48 of its own static training studies, batch-norm statistics kept, lr
     # 5e-5, 12 epochs) with the regional-delay augmentation, delays only (perfnet train
