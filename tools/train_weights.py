@@ -464,6 +464,12 @@ SETTINGS = {
     # 0.22), cores read nearer the truth (0.27 against the bundled 0.31, truth 0.22) but 4343's
     # core read 0.328 / 0.265 at 40 / 320 mAs (the bundled-weights test's dose bar is 0.05)
     "ct-refine-lowflow": _fine_tune(CT_RESIDUE_CONTROL, BUILT, [*RESIDUE_FINE_TUNE, *LOW_FLOW], 60),
+    # candidate, not bundled (written to --work): ct-residue-control with the noise augmentation
+    # reaching 1.5x the input scale (--noise-max 1.5: up to ~13 HU added on the CT input, where the
+    # bundled 0.5 adds up to ~4 HU and a 40 mAs study carries ~10-15 HU more than a 320 mAs one).
+    # The question (stop 55): is the fine-tunes' lost dose steadiness (4343 at 40 mAs) the training's
+    # noise reach?
+    "ct-refine-noise": _fine_tune(CT_RESIDUE_CONTROL, BUILT, [*RESIDUE_FINE_TUNE, "--noise-max", "1.5"], 60),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
     # ct-lowflow-control (48 of its own static training studies, batch-norm statistics kept, lr
     # 5e-5, 12 epochs) with the regional-delay augmentation, delays only (perfnet train

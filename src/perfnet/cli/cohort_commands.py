@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         thin=_int_list(args.thin, "--thin"),
         freeze_norm=args.freeze_norm,
         low_flow_weight=args.low_flow_weight,
+        noise=args.noise_max,
         regional_delay=_pair(args.regional_delay, "--regional-delay"),
         truncate=_pair(args.truncate, "--truncate", float),
         nll_beta=args.nll_beta,

@@ -200,6 +200,10 @@ class TrainConfig:
                     "--truncate", f"LO {cut_lo:g} s is past the end of the {c.frames}-frame grid"
                 )
         c.truncate = (cut_lo, cut_hi)
+        if not 0.0 <= c.noise <= 10.0:
+            raise PerfnetInputError(
+                "--noise-max", f"must be in [0, 10] (a fraction of the input scale), got {c.noise:g}"
+            )
         if c.loader_workers is not None and c.loader_workers < 0:
             raise PerfnetInputError("--loader-workers", "must be 0 or more")
         if c.jobs < 1:
