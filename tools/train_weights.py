@@ -468,7 +468,10 @@ SETTINGS = {
     # reaching 1.5x the input scale (--noise-max 1.5: up to ~13 HU added on the CT input, where the
     # bundled 0.5 adds up to ~4 HU and a 40 mAs study carries ~10-15 HU more than a 320 mAs one).
     # The question (stop 55): is the fine-tunes' lost dose steadiness (4343 at 40 mAs) the training's
-    # noise reach?
+    # noise reach? NO (12 min with the control's slices; core rule 37 %): the best of the stage-4
+    # candidates on the benchmark (style A hypo Dice 0.80, 70004's false core 17.8 mL; 13 -> 8 of 48
+    # studies under oSVD's bar) but 4343's core read at 40 / 320 mAs 0.403 / 0.332 (bundled 0.336 /
+    # 0.341), noise-set core Dice 0.553 (bundled 0.590)
     "ct-refine-noise": _fine_tune(CT_RESIDUE_CONTROL, BUILT, [*RESIDUE_FINE_TUNE, "--noise-max", "1.5"], 60),
     # candidate, not bundled (written to --work): the bundled CT backbone fine-tuned as
     # ct-lowflow-control (48 of its own static training studies, batch-norm statistics kept, lr
