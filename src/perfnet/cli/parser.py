@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="noise augmentation: with probability 1/2 a sample gets Gaussian noise of SD drawn up to F"
         " times the input scale (another dose or SNR; default 0.5, about 4 HU on the CT network's"
-        " input, where 40 against 320 mAs adds about 10 HU)",
+        " input, where 40 against 320 mAs adds about 9–14 HU)",
     )
     p.add_argument(
         "--low-flow-weight",
