@@ -466,7 +466,8 @@ SETTINGS = {
     "ct-refine-lowflow": _fine_tune(CT_RESIDUE_CONTROL, BUILT, [*RESIDUE_FINE_TUNE, *LOW_FLOW], 60),
     # candidate, not bundled (written to --work): ct-residue-control with the noise augmentation
     # reaching 1.5x the input scale (--noise-max 1.5: up to ~13 HU added on the CT input, where the
-    # bundled 0.5 adds up to ~4 HU and a 40 mAs study carries ~10-15 HU more than a 320 mAs one).
+    # bundled 0.5 adds up to ~4 HU; a 40 mAs study's input carries ~10-15 HU of noise, a 320 mAs
+    # one's ~3.5-5, measured on 4343 and 4444).
     # The question (stop 55): is the fine-tunes' lost dose steadiness (4343 at 40 mAs) the training's
     # noise reach? NO (12 min with the control's slices; core rule 37 %): the best of the stage-4
     # candidates on the benchmark (style A hypo Dice 0.80, 70004's false core 17.8 mL; 13 -> 8 of 48
