@@ -65,6 +65,7 @@ from perfnet.constants import CORE_PROBABILITY
 from perfnet.evaluation import dice, maec
 from perfnet.inference import predict
 from perfnet.lesions import PRESETS, calibrated, segment_lesions, voxel_volume_ml
+from perfnet.phantom.config import DrawOptions
 from perfnet.phantom.styles import draw_config, simulate
 from perfnet.training.core_calibration import MIN_CORE_ML
 
@@ -130,7 +131,8 @@ def _row(
         cores[f"{f:g}"] = segment_lesions(*args, replace(PRESETS["rapid"], cbf_calibration=f), exclude).core
     own = maps.provenance.get("core_calibration")
     if own:  # the rule the weights carry, as analyze applies it (its offset included)
-        cores["own"] = segment_lesions(*args, calibrated(PRESETS["rapid"], own), exclude).core
+        own_rule = calibrated(PRESETS["rapid"], own)  # a CBV weight reads the CBV map too
+        cores["own"] = segment_lesions(*args, own_rule, exclude, cbv=maps.maps.get("cbv")).core
     for key, core in cores.items():
         volume = round(float(core.sum() * ml), 1)
         row[f"core_{key}"] = [round(dice(core, true_core), 3) if has_core else None, volume]
@@ -144,12 +146,12 @@ def _unseen_config(args: argparse.Namespace, seed: int, **apart: Any) -> Any:
         args.style,
         seed,
         args.modality,
+        DrawOptions(**apart),
         matrix=128,
         slices=8,
         coverage_mm=64.0,
         lesion="core",
         motion=False,
-        **apart,
     )
 
 
