@@ -19,7 +19,7 @@ core; seeds ``CALIBRATION_SEED`` + i, disjoint from the tests (< 10000), the tra
 (10000–11119, 12100–12299, 20000–23011), the scale head's calibration studies (12000–12099) and the
 benchmarks (70000+; style B is never used here, so benchmarks/generalisation.py's style-B numbers
 stay out-of-style). Each is analysed as ``perfnet analyze --method cnn`` analyses it (shared
-preprocessing with motion correction, then the model); thresholds 0.15–0.60 in steps of 0.01
+preprocessing with motion correction, then the model); thresholds 0.15–0.80 in steps of 0.01
 are scored by the mean core Dice against the truth core over the studies with a core, among the
 thresholds that call no more core than there is in all (an over-called core can deny a patient
 thrombectomy) and put no more than ``FALSE_CORE_ML`` of core into any study without one
@@ -40,6 +40,12 @@ read on the flow above the network's reading of no flow (``choose_offset``; the 
 ``offset``, and ``references``, the lowest and highest reference CBF of the calibration studies,
 inside which :mod:`perfnet.lesions` holds the offset's share of a study's threshold). For a network
 whose regression puts a floor under a core's flow rather than scaling it (the MR network, stop 45).
+
+``--cbv`` fits a CBV weight w (:data:`perfnet.training.core_calibration.CBV_WEIGHTS`) with the
+threshold instead: core where the weighted geometric mean (rCBF · rCBV^w)^(1/(1+w)) < the threshold
+(``choose_cbv_weight``; the record's ``cbv_weight``), for a network that reads a core's flow partly
+by its delay and its blood volume without it (docs/cnn.md "A CBV-weighted core rule"). Not with
+``--offsets``.
 
 Several ``--weights`` calibrate an ensemble (``analyze --weights a.pt --weights b.pt``): the studies
 are scored on the members' mean maps, as inference reads them, and every member is written into
@@ -84,14 +90,16 @@ def score_study(
     motion: bool | None = None,
     offsets: bool = False,
     cut: tuple[float, float] | None = None,
+    cbv: bool = False,
 ) -> dict:
     """One phantom study analysed as `perfnet analyze --method cnn` does, scored per threshold (and
     per offset with ``offsets``); ``motion`` True: head motion forced on (its amplitude still drawn);
-    ``cut`` (lo, hi): the acquisition ends a drawn lo–hi s after the arterial arrival."""
+    ``cut`` (lo, hi): the acquisition ends a drawn lo–hi s after the arterial arrival; ``cbv``:
+    scored per CBV weight too."""
     from perfnet.inference import analyze_cnn
     from perfnet.phantom.styles import draw_config, simulate
     from perfnet.preprocess.mask import csf_mask
-    from perfnet.training.core_calibration import OFFSETS, score_maps
+    from perfnet.training.core_calibration import CBV_WEIGHTS, OFFSETS, score_maps
 
     forced = {} if motion is None else {"motion": motion}
     cfg = draw_config("geometric", seed, modality, matrix=128, slices=8, lesion=lesion, **forced)
@@ -103,7 +111,9 @@ def score_study(
         series = series.with_data(np.ascontiguousarray(series.data[..., keep]), series.times[keep])
     maps, seen = analyze_cnn(series, weights, device="cpu")
     exclude = csf_mask(seen, maps.brain_mask)
-    scored = score_maps(maps, study.truth.masks["core"], exclude, OFFSETS if offsets else None)
+    scored = score_maps(
+        maps, study.truth.masks["core"], exclude, OFFSETS if offsets else None, CBV_WEIGHTS if cbv else None
+    )
     cut_record = {} if cut_after_s is None else {"cut_after_s": round(cut_after_s, 2)}
     return {"seed": seed, "lesion": lesion, **cut_record, **scored}
 
@@ -145,7 +155,15 @@ def main() -> int:
         help="fit an offset (the network's reading of no flow) with the threshold: for a network whose"
         " core reads a floor, not a fraction, of the truth (mr.pt)",
     )
+    parser.add_argument(
+        "--cbv",
+        action="store_true",
+        help="fit a CBV weight with the threshold: core where (rCBF · rCBV^w)^(1/(1+w)) is below it, for a"
+        " network that reads a core's flow partly by its delay (docs/cnn.md)",
+    )
     args = parser.parse_args()
+    if args.cbv and args.offsets:
+        parser.error("--cbv and --offsets: one or the other")
     members = list(args.weights)
     if len(members) > 1 and (args.out is None or args.out.is_file()):
         parser.error("an ensemble's calibrated members need --out FOLDER")
@@ -160,6 +178,7 @@ def main() -> int:
         VOLUME_RATIO_MAX,
         bootstrap,
         choose,
+        choose_cbv_weight,
         choose_offset,
     )
 
@@ -182,7 +201,7 @@ def main() -> int:
             forced = True if args.motion else None
             seed, lesion = CALIBRATION_SEED + i, LESIONS[i % len(LESIONS)]
             cut = args.cut if args.cut and (i // 6) % 2 else None
-            row = score_study(seed, lesion, scored_by, modality, forced, args.offsets, cut)
+            row = score_study(seed, lesion, scored_by, modality, forced, args.offsets, cut, args.cbv)
             rows.append(row)
             at_rule = row["scores"][int(np.argmin(abs(THRESHOLDS - rule)))]
             what = "core Dice" if row["has_core"] else "false core mL"
@@ -195,8 +214,13 @@ def main() -> int:
     rows = rows[: args.studies]
     if args.offsets and not all("offset_scores" in r for r in rows):
         parser.error(f"--offsets: the rows in {args.rows} were scored without offsets")
+    if args.cbv and not all("cbv_scores" in r for r in rows):
+        parser.error(f"--cbv: the rows in {args.rows} were scored without CBV weights")
     plain = choose(rows, rule)  # the factor alone (no offset)
     offset, threshold, curve = choose_offset(rows, rule) if args.offsets else (0.0, *plain)
+    weight = 0.0
+    if args.cbv:
+        weight, threshold, curve = choose_cbv_weight(rows, rule)
     factor = round(threshold / rule, 4)
     references = sorted(r["reference"] for r in rows if r.get("reference"))
     spread = bootstrap(rows, rule)
@@ -209,9 +233,13 @@ def main() -> int:
         drawn_as += f", {n_cut} cut {args.cut[0]:g}–{args.cut[1]:g} s after the arterial arrival"
     at_rule = plain[1][f"{rule:.2f}"]  # the plain rule, no offset
     fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
+    if weight:
+        fitted = f"{100 * threshold:.0f} % of (rCBF · rCBV^{weight:g})^(1/{1 + weight:g})"
     offset_spread = (
         f", offset {spread['offset_p5']:g}–{spread['offset_p95']:g}" if "offset_p5" in spread else ""
     )
+    if "cbv_weight_p5" in spread:
+        offset_spread = f", CBV weight {spread['cbv_weight_p5']:g}–{spread['cbv_weight_p95']:g}"
     source = (
         f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{drawn_as}"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
@@ -232,15 +260,20 @@ def main() -> int:
         "motion": bool(args.motion),
         **({"cut": list(args.cut)} if args.cut else {}),
         **({"offset": offset, "references": [references[0], references[-1]]} if offset else {}),
+        **({"cbv_weight": weight} if weight else {}),
         "studies": [
             {
                 "seed": r["seed"],
                 "lesion": r["lesion"],
                 **({"cut_after_s": r["cut_after_s"]} if "cut_after_s" in r else {}),
                 "true_core_ml": r["true_ml"],
-                "core_ml": (r["offset_volumes"][f"{offset:g}"] if offset else r["volumes"])[
-                    int(np.argmin(abs(THRESHOLDS - threshold)))
-                ],
+                "core_ml": (
+                    r["offset_volumes"][f"{offset:g}"]
+                    if offset
+                    else r["cbv_volumes"][f"{weight:g}"]
+                    if weight
+                    else r["volumes"]
+                )[int(np.argmin(abs(THRESHOLDS - threshold)))],
             }
             for r in rows
         ],
@@ -256,7 +289,7 @@ def main() -> int:
         save_weights(out, model, config)
         written.append(str(out))
     took = time.perf_counter() - started
-    offset_text = f", offset {offset:g}" if offset else ""
+    offset_text = f", offset {offset:g}" if offset else f", CBV weight {weight:g}" if weight else ""
     print(f"{source}; factor {factor}{offset_text} written to {', '.join(written)} ({took:.0f} s)")
     return 0
 

@@ -113,7 +113,7 @@ def validate(weights: Path, seeds: list[int]) -> list[dict[str, Any]]:
             "head": segment_lesions(
                 *args, PRESETS["rapid"], csf, core_probability=maps[CORE_PROBABILITY]
             ).core,
-            "rule": segment_lesions(*args, rule, csf).core,
+            "rule": segment_lesions(*args, rule, csf, cbv=maps.maps.get("cbv")).core,
         }
         for name, core in found.items():
             row[f"{name}_ml"] = round(float(core.sum() * ml), 2)

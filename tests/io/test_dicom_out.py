@@ -209,8 +209,8 @@ def test_the_summary_page_carries_the_qc_verdict_and_the_late_tissue() -> None:
 
 def test_the_summary_page_states_the_core_threshold_as_applied() -> None:
     """A calibrated core rule is stated as the relative threshold it came to for this study: the
-    factor's (× 1.2: 36 %) or, with an offset, lesions.json's ``core_threshold_percent``; the plain
-    rule adds no line."""
+    factor's (× 1.2: 36 %) or, with an offset, lesions.json's ``core_threshold_percent``; a
+    CBV-weighted index is named in a line of its own; the plain rule adds no line."""
     calibrated = "Core threshold calibrated for this method's CBF"
     plain = dicom_out.summary_lines(_lesions(), {}, "osvd", generated=False)
     assert not any(calibrated in line for line in plain)
@@ -220,3 +220,9 @@ def test_the_summary_page_states_the_core_threshold_as_applied() -> None:
     offset = _lesions() | {"core_threshold_percent": 37.3}
     offset["settings"] |= {"cbf_calibration": 2 / 3, "cbf_offset": 6.0}
     assert f"{calibrated}: 37.3%" in dicom_out.summary_lines(offset, {}, "cnn", generated=False)
+    weighed = _lesions() | {"core_threshold_percent": 66.0}
+    weighed["settings"] |= {"cbf_calibration": 2.2, "core_cbv_weight": 3.0}
+    lines = dicom_out.summary_lines(weighed, {}, "cnn", generated=False)
+    assert f"{calibrated}: 66.0%" in lines and "Core index: (rCBF × rCBV^3)^(1/4), CBV weighed in" in lines
+    factor_lines = dicom_out.summary_lines(factor, {}, "cnn", generated=False)
+    assert not any("Core index" in line for line in factor_lines)

@@ -209,6 +209,52 @@ def test_a_calibration_offset_reads_the_rule_on_the_flow_above_it(monkeypatch: p
     assert "above this method's 6" in out["core_rule"] and "here 29.6 % of 50" in out["core_rule"]
 
 
+def test_a_cbv_weight_finds_a_core_by_its_blood_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A core read at 45 % of the reference flow with a quarter of the reference blood volume, and
+    beside it hypoperfused tissue read at the same 45 % whose blood volume is kept (1.2×), as a
+    penumbra keeps it: rCBF alone at 42 % finds neither; with CBV weight 2 at 42 % the weighted
+    geometric mean (rCBF · rCBV²)^(1/3) is 0.30 in the core and 0.86 beside it, so the core is
+    found and the penumbra is not. The CBV reference is the same region's; the profile's core
+    volumes use the same index; lesions.json and the rule's words say so; the weight needs a
+    CBV map and is not combined with an offset."""
+    from dataclasses import replace
+
+    from perfnet.lesions import core_rule, segment_map_set
+
+    cbf, tmax, brain, affine = _box_study(core_cbf=22.5)
+    cbf[45:50, 20:60, 2:8] = 22.5  # the 24 mL beside the core: the same flow ...
+    cbv = np.where(brain, 4.0, 0.0)
+    cbv[35:45, 20:60, 2:8] = 1.0
+    cbv[45:50, 20:60, 2:8] = 4.8  # ... and its blood volume kept
+    plain = replace(RAW, cbf_calibration=1.4)
+    weighed = replace(plain, core_cbv_weight=2.0)
+    assert segment_lesions(cbf, tmax, brain, affine, plain, cbv=cbv).volumes_ml["core"] == 0
+    found = segment_lesions(cbf, tmax, brain, affine, weighed, cbv=cbv)
+    core = np.zeros_like(brain)
+    core[35:45, 20:60, 2:8] = True
+    assert found.volumes_ml["core"] == pytest.approx(48.0) and _dice(found.core, core) == 1.0
+    assert found.profile["core_volumes_ml"]["30"] == pytest.approx(48.0)  # index 0.30 < 0.42
+    assert found.profile["core_volumes_ml"]["20"] == 0  # nor below 0.28
+    with pytest.raises(PerfnetInputError, match="CBV map"):
+        segment_lesions(cbf, tmax, brain, affine, weighed)
+    for bad in ({"core_cbv_weight": -1.0}, {"core_cbv_weight": 9.0}, {"cbf_offset": 6.0}):
+        with pytest.raises(PerfnetInputError):
+            replace(weighed, **bad).check()
+    assert "rCBV^2" in core_rule(weighed) and "42.0 %" in core_rule(weighed)
+
+    record = {"factor": 1.4, "cbv_weight": 2.0, "source": "a test"}
+    maps = _calibrated_maps(cbf, tmax, brain, affine, record)
+    maps.maps["cbv"] = cbv.astype(np.float32)
+
+    class Series:
+        pass
+
+    monkeypatch.setattr("perfnet.preprocess.mask.csf_mask", lambda series, brain: np.zeros_like(brain))
+    out = segment_map_set(maps, Series(), RAW)  # type: ignore[arg-type]
+    assert out["volumes_ml"]["core"] == pytest.approx(48.0) and out["settings"]["core_cbv_weight"] == 2.0
+    assert "(rCBF · rCBV^2)^(1/3) < 42.0 %" in out["core_rule"] and "a test" in out["core_rule"]
+
+
 def test_hypoperfusion_on_both_sides_is_flagged() -> None:
     """A stroke is one-sided: hypoperfused tissue on the side without the lesion is measured per
     side and flagged (``bilateral_hypoperfusion``) from 10 mL and a quarter of the affected side."""

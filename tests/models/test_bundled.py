@@ -129,7 +129,8 @@ def _versus_osvd(modality: str) -> tuple[np.ndarray, np.ndarray]:
             ("osvd", analyze(study.series, AnalysisOptions(method="osvd", motion_correction=False)).maps),
         ):
             settings = calibrated(PRESETS["rapid"], maps.provenance.get("core_calibration"))
-            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, settings).core
+            cbv = maps.maps.get("cbv")  # the rule may weigh in rCBV (its calibration's cbv_weight)
+            core = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, settings, cbv=cbv).core
             rows[name].append(
                 (
                     _maec(maps["tmax"][brain], truth["tmax"][brain]),
@@ -235,7 +236,7 @@ def test_the_mr_core_offset_holds_when_the_dsc_scale_changes() -> None:
         scaled = (s0 * np.clip(data / s0, 1e-6, None) ** k).astype(study.series.data.dtype)
         maps = predict(replace(study.series, data=scaled), device="cpu", consistency=False)
         rule = calibrated(PRESETS["rapid"], maps.provenance["core_calibration"])
-        found = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, rule)
+        found = segment_lesions(maps["cbf"], maps["tmax"], brain, affine, rule, cbv=maps.maps.get("cbv"))
         reads[k] = (found.reference_cbf, dice(found.core, true_core))
     assert maps.provenance["core_calibration"]["offset"] > 0, reads
     for k in (0.5, 2.0):

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from perfnet.training.core_calibration import FALSE_CORE_ML, THRESHOLDS, choose, choose_offset, score_maps
+from perfnet.training.core_calibration import (
+    FALSE_CORE_ML,
+    THRESHOLDS,
+    bootstrap,
+    choose,
+    choose_cbv_weight,
+    choose_offset,
+    score_maps,
+)
 
 
 def _row(peak_at: float, has_core: bool = True, false_from: float | None = None) -> dict:
@@ -111,6 +119,45 @@ def test_choose_offset_takes_the_best_pair_within_the_bounds() -> None:
     assert choose_offset(tie)[:2] == (0.0, pytest.approx(0.35))
 
 
+def test_score_maps_with_cbv_weights_finds_a_core_by_its_blood_volume() -> None:
+    """A core read at 45 % of the reference flow, with a quarter of its blood volume: rCBF alone
+    finds it from the 0.46 threshold on; weighing in rCBV (w = 2) from (0.45 · 0.25²)^(1/3) =
+    0.304 on. Without a CBV map the weighted rule cannot be applied."""
+    from perfnet.errors import PerfnetInputError
+
+    maps, truth = _box_maps(22.5)
+    maps.maps["cbv"] = np.where(maps.brain_mask, 4.0, 0.0).astype(np.float32)
+    maps.maps["cbv"][truth] = 1.0
+    scored = score_maps(maps, truth, cbv_weights=[2.0])
+    assert set(scored["cbv_scores"]) == {"0", "2"} and scored["cbv_scores"]["0"] == scored["scores"]
+    plain = dict(zip(THRESHOLDS.round(2), scored["cbv_scores"]["0"], strict=True))
+    weighed = dict(zip(THRESHOLDS.round(2), scored["cbv_scores"]["2"], strict=True))
+    assert plain[0.45] == 0.0 and plain[0.46] == pytest.approx(1.0, abs=0.01)
+    assert weighed[0.30] == 0.0 and weighed[0.31] == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ValueError, match="not both"):
+        score_maps(maps, truth, offsets=[4.0], cbv_weights=[2.0])
+    del maps.maps["cbv"]
+    with pytest.raises(PerfnetInputError, match="CBV map"):
+        score_maps(maps, truth, cbv_weights=[2.0])
+
+
+def test_choose_cbv_weight_takes_the_best_pair_within_the_bounds() -> None:
+    """As for the offset: a weight is taken where it scores better within both bounds, not where it
+    puts false core into a study without one; ties go to the smaller weight (0: rCBF alone)."""
+
+    def as_cbv(row: dict) -> dict:
+        return row | {"cbv_scores": row.pop("offset_scores"), "cbv_volumes": row.pop("offset_volumes")}
+
+    better = [as_cbv(_offset_row({"0": (0.36, 0.6), "2": (0.55, 0.8)})) for _ in range(3)]
+    assert choose_cbv_weight(better)[:2] == (2.0, pytest.approx(0.55))
+    false = as_cbv(_offset_row({"0": (0.5, 0), "2": (0.3, 0)}, has_core=False))
+    weight, threshold, curve = choose_cbv_weight([*better, false])
+    assert weight == 0.0 and threshold == pytest.approx(0.36) and curve["0.36"] == pytest.approx(0.6)
+    tie = [as_cbv(_offset_row({"0": (0.35, 1.0), "2": (0.5, 1.0)}))]
+    assert choose_cbv_weight(tie)[:2] == (0.0, pytest.approx(0.35))
+    assert bootstrap(better, resamples=20)["cbv_weight_p95"] == 2.0
+
+
 def test_choose_never_calls_more_core_than_there_is() -> None:
     """The Dice optimum at 0.45 calls more core than the truth holds from 0.41 on: 0.40 is chosen."""
     rows = [
@@ -161,6 +208,7 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
         motion: bool | None = None,
         offsets: bool = False,
         cut: tuple[float, float] | None = None,
+        cbv: bool = False,
     ) -> dict:
         if scored is not None:
             scored.append(weights)
@@ -182,6 +230,13 @@ def _calibrate_core_tool(monkeypatch, scored: list | None = None):
                 "4": [1.05 * v for v in shifted] if row["has_core"] else shifted,
             }
             row["offset_volumes"] = {"0": row["volumes"], "4": list(np.where(THRESHOLDS > 0.25, 12.0, 9.0))}
+        if cbv:  # weighing in rCBV (w = 2) the Dice peaks higher, at 0.55
+            weighed = _row(0.55, has_core=row["has_core"])["scores"]
+            row["cbv_scores"] = {
+                "0": row["scores"],
+                "2": [1.05 * v for v in weighed] if row["has_core"] else weighed,
+            }
+            row["cbv_volumes"] = {"0": row["volumes"], "2": list(np.where(THRESHOLDS > 0.55, 12.0, 8.0))}
         return row
 
     monkeypatch.setattr(tool, "score_study", stand_in)
@@ -244,6 +299,29 @@ def test_calibrate_core_with_offsets_records_the_offset_and_its_references(tmp_p
     monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows)])
     assert tool.main() == 0
     monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows), "--offsets"])
+    with pytest.raises(SystemExit):
+        tool.main()
+
+
+def test_calibrate_core_with_cbv_records_the_weight(tmp_path, monkeypatch) -> None:
+    """``--cbv``: the (weight, threshold) pair scoring best is recorded (w = 2 at 55 %, above the
+    36 % of rCBF alone in the stand-in scores) with its spread, the source line names the index,
+    the per-study volumes are the weighted rule's; not with ``--offsets``, nor on rows scored
+    without CBV weights."""
+    import sys
+
+    tool, argv, record = _calibrate_mr(monkeypatch, tmp_path, 5, "--cbv")
+    assert record["cbv_weight"] == 2.0 and record["threshold"] == pytest.approx(0.55)
+    assert "offset" not in record and record["bootstrap"]["cbv_weight_p5"] == 2.0
+    assert "55 % of (rCBF · rCBV^2)^(1/3)" in record["source"] and "CBV weight 2–2" in record["source"]
+    assert [s["core_ml"] for s in record["studies"]] == [8.0] * 5
+    monkeypatch.setattr(sys, "argv", [*argv, "--cbv", "--offsets"])
+    with pytest.raises(SystemExit):
+        tool.main()
+    rows = tmp_path / "rows.json"
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows)])
+    assert tool.main() == 0
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", str(rows), "--cbv"])
     with pytest.raises(SystemExit):
         tool.main()
 

@@ -356,10 +356,13 @@ def write_report(
     tmax_thr = settings["tmax_threshold_s"]
     core_pct = 100 * settings["core_relative_cbf"]
     calibrated = settings.get("cbf_calibration", 1.0) != 1.0 or bool(settings.get("cbf_offset"))
+    calibrated = calibrated or bool(settings.get("core_cbv_weight"))
     core_text = (
         f"core threshold: CBF &lt; {core_pct:.0f} % of {lesions['reference_cbf']:.1f}"
         f" ({html.escape(settings['reference'])} reference)"
     )
+    if settings.get("core_cbv_weight"):
+        core_text += ", blood volume weighed in (below)"
     if lesions.get("core_source") == "adc":
         core_text = "core from the ADC map (diffusion), not from perfusion"
         calibrated = True  # state the rule as applied

@@ -268,7 +268,7 @@ class _Mixture:
 def _core_rule_of(config: dict[str, Any]) -> tuple[Any, ...]:
     """What of a weights' core calibration the core rule reads (members of an ensemble share it)."""
     calibration = config.get("core_calibration") or {}
-    return tuple(calibration.get(k) for k in ("factor", "offset", "references"))
+    return tuple(calibration.get(k) for k in ("factor", "offset", "references", "cbv_weight"))
 
 
 def _members(

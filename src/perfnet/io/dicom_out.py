@@ -398,6 +398,9 @@ def summary_lines(
     applied = float(lesions.get("core_threshold_percent", core_pct * factor))
     if abs(applied - core_pct) > 0.05:
         lines.append(f"Core threshold calibrated for this method's CBF: {applied:.1f}%")
+    weight = float(lesions["settings"].get("core_cbv_weight") or 0.0)
+    if weight and lesions.get("core_source") != "adc":
+        lines.append(f"Core index: (rCBF × rCBV^{weight:g})^(1/{1 + weight:g}), CBV weighed in")
     verdict = provenance.get("qc_verdict")
     notes = []
     if verdict:

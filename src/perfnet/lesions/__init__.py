@@ -23,6 +23,13 @@ Definitions (the RAPID convention, as in DEFUSE-3 and the phantom's truth masks)
   the true flow is near zero), and then the rule is read on the flow above it: core where
   CBF − offset < fraction × (reference − offset) (:meth:`LesionSettings.core_threshold`), the
   offset's share held to the references its calibration studies had;
+- a calibration may instead weigh in the relative CBV (``LesionSettings.core_cbv_weight`` w, CBV
+  read against the same reference region): core where the weighted geometric mean
+  (rCBF · rCBV^w)^(1/(1+w)) < the fraction (:meth:`LesionSettings.core_mask`). Blood volume is the
+  area under the tissue curve over the arterial one, so it does not depend on when the bolus
+  arrives, and it falls in the core while the penumbra keeps it; a network that reads a core's
+  flow partly by its delay reads its CBV without that bias (docs/cnn.md "A CBV-weighted core rule").
+  w = 0 is the rCBF rule; an offset and a CBV weight are not combined;
 - a CNN whose weights carry a core head (``core_probability`` among its maps;
   ``tools/fit_core_head.py``): core = hypoperfused voxels with a probability ≥ the head's threshold
   instead of the rCBF rule (lesions.json ``core_source`` ``cnn core head``; the bundled weights
@@ -88,6 +95,9 @@ class LesionSettings:
     #: the reference CBFs of the offset's calibration studies (lowest, highest): the offset's share
     #: of the threshold is taken at the study's reference held inside them; None: not held
     cbf_offset_references: tuple[float, float] | None = None
+    #: the weight w of relative CBV in the core index (module docstring): core where
+    #: (rCBF · rCBV^w)^(1/(1+w)) < the fraction; 0: rCBF alone
+    core_cbv_weight: float = 0.0
     #: the core from diffusion, ADC below this (mm²/s), instead of rCBF; None: no ADC map given
     adc_core_mm2_s: float | None = None
 
@@ -112,6 +122,25 @@ class LesionSettings:
             held = min(max(reference, low), high)
         return fraction * reference + self.cbf_offset * (1.0 - fraction) * reference / held
 
+    def core_mask(
+        self,
+        cbf: np.ndarray,
+        relative_cbv: np.ndarray | None,
+        reference: float,
+        fraction: float | None = None,
+    ) -> np.ndarray:
+        """Where the core rule holds (before the hypoperfused and clean-up steps): CBF below
+        :meth:`core_threshold`, or with a CBV weight w, rCBF · rCBV^w < fraction^(1+w) (rCBV
+        clipped at 0; ``relative_cbv`` the CBV over its reference, needed then)."""
+        fraction = self.core_fraction if fraction is None else fraction
+        threshold = self.core_threshold(reference, fraction)
+        w = self.core_cbv_weight
+        if not w:
+            return cbf < threshold
+        if relative_cbv is None:
+            raise PerfnetInputError(None, "the core rule weighs in rCBV: a CBV map is needed")
+        return cbf * np.clip(relative_cbv, 0.0, None) ** w < threshold * fraction**w
+
     def check(self) -> LesionSettings:
         if self.reference not in REFERENCES:
             raise PerfnetInputError(
@@ -125,6 +154,10 @@ class LesionSettings:
             raise PerfnetInputError(None, f"core CBF calibration {self.cbf_calibration} outside [0.5, 3]")
         if not 0.0 <= self.cbf_offset < 100.0:
             raise PerfnetInputError(None, f"core CBF offset {self.cbf_offset} outside [0, 100)")
+        if not 0.0 <= self.core_cbv_weight <= 8.0:
+            raise PerfnetInputError(None, f"core CBV weight {self.core_cbv_weight} outside [0, 8]")
+        if self.core_cbv_weight and self.cbf_offset:
+            raise PerfnetInputError(None, "a core rule with a CBF offset and a CBV weight: one or the other")
         held = self.cbf_offset_references
         if held is not None and not 0 < held[0] <= held[1]:
             raise PerfnetInputError(None, f"core CBF offset references {held} not a range")
@@ -284,6 +317,16 @@ def segment_lesions(
     if pool.sum() < 10:
         pool = healthy if healthy.sum() >= 10 else brain
     reference = float(np.median(cbf[pool])) if pool.any() else 0.0
+    relative_cbv = None
+    if cbv is not None:
+        cbv = np.nan_to_num(np.asarray(cbv, dtype=np.float64), nan=0.0)
+        if cbv.shape != brain.shape:
+            raise PerfnetInputError(None, f"CBV map {cbv.shape} and brain mask {brain.shape} differ")
+        cbv_reference = float(np.median(cbv[pool])) if pool.any() else 0.0
+        if cbv_reference > 0:
+            relative_cbv = cbv / cbv_reference
+    if settings.core_cbv_weight and relative_cbv is None:  # (the profile's core volumes read it too)
+        raise PerfnetInputError(None, "the core rule weighs in rCBV: no CBV map with a positive reference")
     if settings.adc_core_mm2_s is not None:
         if adc is None or adc.shape != brain.shape:
             raise PerfnetInputError("--adc", "an ADC map on the maps' grid is needed for an ADC core")
@@ -297,7 +340,7 @@ def segment_lesions(
                 )
             raw_core = raw_hypo & (np.nan_to_num(core_probability, nan=0.0) >= core_threshold)
         else:
-            raw_core = raw_hypo & (cbf < settings.core_threshold(reference))
+            raw_core = raw_hypo & settings.core_mask(cbf, relative_cbv, reference)
         core = clean_mask(raw_core, voxel_size, settings) & hypo
     penumbra = hypo & ~core
 
@@ -346,7 +389,7 @@ def segment_lesions(
     tmax_volumes = {f"{t:g}": volume(brain & (tmax > t)) for t in TMAX_PROFILE_S}
     k = settings.cbf_calibration
     core_volumes = {
-        f"{100 * f:g}": volume(raw_hypo & (cbf < settings.core_threshold(reference, k * f)))
+        f"{100 * f:g}": volume(raw_hypo & settings.core_mask(cbf, relative_cbv, reference, k * f))
         for f in CORE_PROFILE
     }
     result.profile = {
@@ -357,11 +400,8 @@ def segment_lesions(
         "core_volumes_ml": core_volumes,
         "rcbv_hypoperfused": None,
     }
-    if cbv is not None and hypo.any() and pool.any():
-        cbv = np.nan_to_num(np.asarray(cbv, dtype=np.float64), nan=0.0)
-        cbv_reference = float(np.median(cbv[pool]))
-        if cbv_reference > 0:
-            result.profile["rcbv_hypoperfused"] = round(float(cbv[hypo].mean()) / cbv_reference, 3)
+    if relative_cbv is not None and hypo.any():
+        result.profile["rcbv_hypoperfused"] = round(float(relative_cbv[hypo].mean()), 3)
     return result
 
 
@@ -371,6 +411,8 @@ def calibrated(settings: LesionSettings, calibration: dict[str, Any] | None) -> 
     calibration = calibration or {}
     if calibration.get("factor"):
         settings = replace(settings, cbf_calibration=float(calibration["factor"]))
+    if calibration.get("cbv_weight"):
+        settings = replace(settings, core_cbv_weight=float(calibration["cbv_weight"]))
     if calibration.get("offset"):
         held = calibration.get("references")
         settings = replace(
@@ -467,6 +509,13 @@ def core_rule(
         return (
             f"{rule}, read on the flow above this method's {a:g} (its reading of no flow): CBF − {a:g}"
             f" < {100 * fraction:.1f} % of (reference − {a:g}){here} ({source})"
+        )
+    if settings.core_cbv_weight:
+        w, rule_pct = settings.core_cbv_weight, 100 * settings.core_relative_cbf
+        return (
+            f"hypoperfused and (rCBF · rCBV^{w:g})^(1/{1 + w:g}) < {100 * settings.core_fraction:.1f} %,"
+            f" CBF and CBV each relative to the reference: the rCBF rule ({rule_pct:g} %)"
+            f" × {settings.cbf_calibration:.3g} with blood volume weighed in for this method ({source})"
         )
     if settings.cbf_calibration == 1.0:
         return rule

@@ -18,6 +18,13 @@ offset a (:data:`OFFSETS`, in the network's CBF units) together with the thresho
 same bounds: core where CBF − a < t × (reference − a), the rule read on the flow above the
 network's reading of no flow (:meth:`perfnet.lesions.LesionSettings.core_threshold`);
 ``score_maps(..., offsets=OFFSETS)`` scores every pair. Ties go to the smaller offset.
+
+A network may read a core's flow partly by its delay (docs/cnn.md "The CNN's core"), and its blood
+volume, the area under the curve, without it. :func:`choose_cbv_weight` picks a weight w
+(:data:`CBV_WEIGHTS`) with the threshold t, under the same bounds: core where the weighted
+geometric mean (rCBF · rCBV^w)^(1/(1+w)) < t (:meth:`perfnet.lesions.LesionSettings.core_mask`);
+``score_maps(..., cbv_weights=CBV_WEIGHTS)`` scores every pair; ties go to the smaller weight, and
+w = 0 is the plain factor. An offset and a CBV weight are not fitted together.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-#: the thresholds tried
-THRESHOLDS = np.round(np.arange(0.15, 0.605, 0.01), 2)
+#: the thresholds tried (up to 0.80: a CBV-weighted index's best threshold lies higher)
+THRESHOLDS = np.round(np.arange(0.15, 0.805, 0.01), 2)
 #: the issue's bound on false core in a study without one (mL)
 FALSE_CORE_ML = 5.0
 #: the largest total core found / total true core allowed (studies with a core)
@@ -38,42 +45,59 @@ MIN_CORE_ML = 1.0
 RESAMPLES = 200
 #: the offsets tried by :func:`choose_offset` (the network's CBF units, mL/100 g/min)
 OFFSETS = np.arange(0.0, 15.0, 2.0)
+#: the CBV weights tried by :func:`choose_cbv_weight`
+CBV_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
 def score_maps(
-    maps: Any, truth_core: np.ndarray, exclude: np.ndarray | None = None, offsets: Any = None
+    maps: Any,
+    truth_core: np.ndarray,
+    exclude: np.ndarray | None = None,
+    offsets: Any = None,
+    cbv_weights: Any = None,
 ) -> dict[str, Any]:
     """Per threshold: the core Dice against ``truth_core`` (``scores``; for a study without a core
     the core volume found, mL) and the core volume found (``volumes``, mL); the true volume
     (``true_ml``) and the study's reference CBF (``reference``). ``maps``: a
-    :class:`~perfnet.io.types.PerfusionMaps` with cbf and tmax. ``offsets``: the same for each
-    offset too (``offset_scores`` / ``offset_volumes``, one list per offset, keyed ``f"{a:g}"``)."""
+    :class:`~perfnet.io.types.PerfusionMaps` with cbf and tmax (and cbv for ``cbv_weights``).
+    ``offsets``: the same for each offset too (``offset_scores`` / ``offset_volumes``, one list per
+    offset, keyed ``f"{a:g}"``); ``cbv_weights``: for each CBV weight (``cbv_scores`` /
+    ``cbv_volumes``); not both."""
     from perfnet.evaluation import dice
     from perfnet.lesions import LesionSettings, segment_lesions, voxel_volume_ml
 
+    if offsets is not None and cbv_weights is not None:
+        raise ValueError("score_maps: offsets or CBV weights, not both")
+    kind = "offset" if offsets is not None else "cbv" if cbv_weights is not None else None
+    grid = offsets if kind == "offset" else cbv_weights
     voxel_ml = voxel_volume_ml(maps.affine)
     true_ml = float(truth_core.sum() * voxel_ml)
     has_core = true_ml >= MIN_CORE_ML
-    by_offset: dict[str, tuple[list[float], list[float]]] = {}
+    by_value: dict[str, tuple[list[float], list[float]]] = {}
     reference = 0.0
     cbf, tmax = maps["cbf"], maps["tmax"]
-    for a in [0.0] if offsets is None else sorted({0.0, *map(float, offsets)}):
+    cbv = maps.maps.get("cbv") if kind == "cbv" else None
+    for v in [0.0] if kind is None else sorted({0.0, *map(float, grid)}):
         scores, volumes = [], []
         for t in THRESHOLDS:
-            settings = LesionSettings(core_relative_cbf=float(t), cbf_offset=a)
+            settings = LesionSettings(
+                core_relative_cbf=float(t),
+                cbf_offset=v if kind == "offset" else 0.0,
+                core_cbv_weight=v if kind == "cbv" else 0.0,
+            )
             result = segment_lesions(
-                cbf, tmax, maps.brain_mask, maps.affine, settings, exclude, profile=False
+                cbf, tmax, maps.brain_mask, maps.affine, settings, exclude, cbv=cbv, profile=False
             )
             volumes.append(round(float(result.core.sum() * voxel_ml), 3))
             scores.append(dice(result.core, truth_core) if has_core else volumes[-1])
             reference = result.reference_cbf
-        by_offset[f"{a:g}"] = (scores, volumes)
-    scores, volumes = by_offset["0"]
+        by_value[f"{v:g}"] = (scores, volumes)
+    scores, volumes = by_value["0"]
     row = {"has_core": has_core, "scores": scores, "volumes": volumes, "true_ml": round(true_ml, 3)}
     row["reference"] = round(float(reference), 3)
-    if offsets is not None:
-        row["offset_scores"] = {a: v[0] for a, v in by_offset.items()}
-        row["offset_volumes"] = {a: v[1] for a, v in by_offset.items()}
+    if kind is not None:
+        row[f"{kind}_scores"] = {a: v[0] for a, v in by_value.items()}
+        row[f"{kind}_volumes"] = {a: v[1] for a, v in by_value.items()}
     return row
 
 
@@ -100,8 +124,8 @@ def choose(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float, dict[
     return float(THRESHOLDS[best]), curve
 
 
-def _at_offset(rows: list[dict[str, Any]], offset: str) -> list[dict[str, Any]]:
-    return [r | {"scores": r["offset_scores"][offset], "volumes": r["offset_volumes"][offset]} for r in rows]
+def _at(rows: list[dict[str, Any]], kind: str, value: str) -> list[dict[str, Any]]:
+    return [r | {"scores": r[f"{kind}_scores"][value], "volumes": r[f"{kind}_volumes"][value]} for r in rows]
 
 
 def choose_offset(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float, float, dict[str, float]]:
@@ -111,10 +135,25 @@ def choose_offset(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float
     threshold nearest the rule. ``rows`` scored with offsets (:func:`score_maps`). When no pair with
     an offset is within the bounds, :func:`choose`'s pick without one. Returns the offset, the
     threshold and the mean Dice per threshold at that offset."""
-    offsets = sorted(rows[0]["offset_scores"], key=float) if rows else ["0"]
+    return _choose_along(rows, "offset", rule)
+
+
+def choose_cbv_weight(
+    rows: list[dict[str, Any]], rule: float = 0.30
+) -> tuple[float, float, dict[str, float]]:
+    """:func:`choose_offset` for the CBV weight (module docstring): the (weight, threshold) pair
+    with the best mean core Dice within both bounds, ties to the smaller weight; ``rows`` scored
+    with CBV weights. Returns the weight, the threshold and the mean Dice per threshold at it."""
+    return _choose_along(rows, "cbv", rule)
+
+
+def _choose_along(
+    rows: list[dict[str, Any]], kind: str, rule: float
+) -> tuple[float, float, dict[str, float]]:
+    values = sorted(rows[0][f"{kind}_scores"], key=float) if rows else ["0"]
     best: tuple[tuple[float, ...], str, float, dict[str, float]] | None = None
-    for offset in offsets:
-        at = _at_offset(rows, offset)
+    for value in values:
+        at = _at(rows, kind, value)
         threshold, curve = choose(at, rule)
         i = int(np.argmin(abs(THRESHOLDS - threshold)))
         cores = [r for r in at if r["has_core"]]
@@ -122,9 +161,9 @@ def choose_offset(rows: list[dict[str, Any]], rule: float = 0.30) -> tuple[float
         within = max(false, default=0.0) <= FALSE_CORE_ML and sum(r["volumes"][i] for r in cores) <= (
             VOLUME_RATIO_MAX * sum(r["true_ml"] for r in cores)
         )
-        key = (float(within), curve[f"{threshold:.2f}"], -float(offset))
+        key = (float(within), curve[f"{threshold:.2f}"], -float(value))
         if best is None or key > best[0]:
-            best = (key, offset, threshold, curve)
+            best = (key, value, threshold, curve)
     assert best is not None
     if not best[0][0]:
         threshold, curve = choose(rows, rule)
@@ -139,11 +178,11 @@ def bootstrap(
     as there are, drawn with replacement; seeded, so the same rows give the same answer): its 5th,
     50th and 95th percentiles and the share of resamples that pick the threshold chosen on all
     rows. A wide interval says the calibration studies are too few to fix the factor."""
-    offsets = bool(rows) and "offset_scores" in rows[0]
+    kind = next((k for k in ("offset", "cbv") if rows and f"{k}_scores" in rows[0]), None)
 
     def pick(sample: list[dict[str, Any]]) -> tuple[float, float]:
-        if offsets:
-            return choose_offset(sample, rule)[:2]
+        if kind is not None:
+            return _choose_along(sample, kind, rule)[:2]
         return 0.0, choose(sample, rule)[0]
 
     chosen = pick(rows)
@@ -158,13 +197,15 @@ def bootstrap(
         "threshold_p95": p95,
         "share_choosing_it": round(float(np.all(np.isclose(picks, chosen), axis=1).mean()), 3),
     }
-    if offsets:
+    if kind is not None:
+        name = {"offset": "offset", "cbv": "cbv_weight"}[kind]
         o5, o50, o95 = (round(float(v), 2) for v in np.percentile(picks[:, 0], [5, 50, 95]))
-        spread |= {"offset_p5": o5, "offset_median": o50, "offset_p95": o95}
+        spread |= {f"{name}_p5": o5, f"{name}_median": o50, f"{name}_p95": o95}
     return spread
 
 
 __all__ = [
+    "CBV_WEIGHTS",
     "FALSE_CORE_ML",
     "MIN_CORE_ML",
     "OFFSETS",
@@ -173,6 +214,7 @@ __all__ = [
     "VOLUME_RATIO_MAX",
     "bootstrap",
     "choose",
+    "choose_cbv_weight",
     "choose_offset",
     "score_maps",
 ]
