@@ -217,10 +217,13 @@ def main() -> int:
     if args.cbv and not all("cbv_scores" in r for r in rows):
         parser.error(f"--cbv: the rows in {args.rows} were scored without CBV weights")
     plain = choose(rows, rule)  # the factor alone (no offset)
-    offset, threshold, curve = choose_offset(rows, rule) if args.offsets else (0.0, *plain)
-    weight = 0.0
-    if args.cbv:
+    offset, weight, (threshold, curve) = 0.0, 0.0, plain
+    if args.offsets:
+        offset, threshold, curve = choose_offset(rows, rule)
+    elif args.cbv:
         weight, threshold, curve = choose_cbv_weight(rows, rule)
+    # the chosen rule's per-study volumes: its offset's or its weight's, else the factor's alone
+    chosen = ("offset", offset) if offset else ("cbv", weight) if weight else None
     factor = round(threshold / rule, 4)
     references = sorted(r["reference"] for r in rows if r.get("reference"))
     spread = bootstrap(rows, rule)
@@ -235,17 +238,17 @@ def main() -> int:
     fitted = f"{100 * threshold:.0f} % with an offset of {offset:g}" if offset else f"{100 * threshold:.0f} %"
     if weight:
         fitted = f"{100 * threshold:.0f} % of (rCBF · rCBV^{weight:g})^(1/{1 + weight:g})"
-    offset_spread = (
-        f", offset {spread['offset_p5']:g}–{spread['offset_p95']:g}" if "offset_p5" in spread else ""
+    pair_spread = "".join(
+        f", {label} {spread[f'{key}_p5']:g}–{spread[f'{key}_p95']:g}"
+        for key, label in (("offset", "offset"), ("cbv_weight", "CBV weight"))
+        if f"{key}_p5" in spread
     )
-    if "cbv_weight_p5" in spread:
-        offset_spread = f", CBV weight {spread['cbv_weight_p5']:g}–{spread['cbv_weight_p95']:g}"
     source = (
         f"tools/calibrate_core.py: {whose}{args.studies} style-A {modality} phantom studies{drawn_as}"
         f" (seeds {CALIBRATION_SEED}–{CALIBRATION_SEED + args.studies - 1}, {n_core} with a core),"
         f" mean core Dice {curve[f'{threshold:.2f}']:.3f} at {fitted} against"
         f" {at_rule:.3f} at {100 * rule:.0f} %; on {spread['resamples']} resamples of the"
-        f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} %{offset_spread}"
+        f" studies {100 * spread['threshold_p5']:.0f}–{100 * spread['threshold_p95']:.0f} %{pair_spread}"
         f" (5th–95th percentile)"
     )
     record = {
@@ -267,13 +270,9 @@ def main() -> int:
                 "lesion": r["lesion"],
                 **({"cut_after_s": r["cut_after_s"]} if "cut_after_s" in r else {}),
                 "true_core_ml": r["true_ml"],
-                "core_ml": (
-                    r["offset_volumes"][f"{offset:g}"]
-                    if offset
-                    else r["cbv_volumes"][f"{weight:g}"]
-                    if weight
-                    else r["volumes"]
-                )[int(np.argmin(abs(THRESHOLDS - threshold)))],
+                "core_ml": (r[f"{chosen[0]}_volumes"][f"{chosen[1]:g}"] if chosen else r["volumes"])[
+                    int(np.argmin(abs(THRESHOLDS - threshold)))
+                ],
             }
             for r in rows
         ],

@@ -355,8 +355,9 @@ def write_report(
     settings = lesions["settings"]
     tmax_thr = settings["tmax_threshold_s"]
     core_pct = 100 * settings["core_relative_cbf"]
-    calibrated = settings.get("cbf_calibration", 1.0) != 1.0 or bool(settings.get("cbf_offset"))
-    calibrated = calibrated or bool(settings.get("core_cbv_weight"))
+    calibrated = settings.get("cbf_calibration", 1.0) != 1.0 or any(
+        settings.get(k) for k in ("cbf_offset", "core_cbv_weight")
+    )
     core_text = (
         f"core threshold: CBF &lt; {core_pct:.0f} % of {lesions['reference_cbf']:.1f}"
         f" ({html.escape(settings['reference'])} reference)"
